@@ -1,0 +1,40 @@
+# Two entry points: `make demo` and `make test`. Both build .venv from the project's own
+# files, so they work on a fresh machine with only Python 3.10+, pip and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit integration bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[vault,dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python examples/demo.py
+
+test: $(VENV)/.installed lint typecheck
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff format --check src tests examples bench
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy --strict src
+
+unit: $(VENV)/.installed
+	$(BIN)/python -m pytest tests/unit tests/vectors
+
+integration: $(VENV)/.installed
+	$(BIN)/python -m pytest -m integration
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,47 @@
+"""HKDF-SHA256 (RFC 5869) key derivation: one base key, many purpose-separated keys."""
+
+from __future__ import annotations
+
+from ._encoding import MAX_KEY_BYTES, check_length
+
+
+def _as_bytes(value: object, *, what: str, allow_str: bool) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        if allow_str:
+            return value.encode("utf-8")
+        raise TypeError(
+            f"{what} must be bytes, not str; ask get_encryption_key(..., encoding='bytes') "
+            "or decode the hex/base64 text first"
+        )
+    kinds = "bytes or str" if allow_str else "bytes"
+    raise TypeError(f"{what} must be {kinds}, not {type(value).__name__}")
+
+
+def hkdf_sha256(
+    base_key: object, purpose: object, key_bytes: object = 32, salt: object = None
+) -> bytes:
+    """Derive ``key_bytes`` bytes from ``base_key`` for ``purpose`` with HKDF-SHA256.
+
+    IKM is ``base_key``, ``info`` is ``purpose`` (UTF-8 when a ``str``) and ``salt`` is
+    optional, exactly as RFC 5869 defines them, so its SHA-256 test vectors apply.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: ``base_key`` or ``purpose`` is empty, or ``key_bytes`` is outside
+            1..8160 (HKDF-SHA256's limit).
+    """
+    ikm = _as_bytes(base_key, what="base_key", allow_str=False)
+    info = _as_bytes(purpose, what="purpose", allow_str=True)
+    length = check_length(key_bytes, what="key_bytes", low=1, high=MAX_KEY_BYTES)
+    salt_bytes = None if salt is None else _as_bytes(salt, what="salt", allow_str=False)
+    if not ikm:
+        raise ValueError("base_key must not be empty")
+    if not info:
+        raise ValueError("purpose must not be empty: it is what keeps derived keys apart")
+    # Imported here so `import secureml.key_management` stays light.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt_bytes, info=info).derive(ikm)

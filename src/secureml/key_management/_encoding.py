@@ -1,0 +1,107 @@
+"""Key material <-> bytes / hex / base64, and the length rules.
+
+Text key material (environment variables, or Vault values stored as text) is read as
+``hex:...`` or ``base64:...``, or unprefixed when it decodes to exactly the wanted
+length. Nothing is ever hashed, padded or cut to fit: a wrong length is an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Literal, TypeAlias
+
+from .errors import KeyFormatError
+
+Encoding: TypeAlias = Literal["bytes", "hex", "base64", "base64url"]
+ENCODINGS: tuple[str, ...] = ("bytes", "hex", "base64", "base64url")
+
+# HKDF-SHA256 can expand to at most 255 hash blocks (RFC 5869, section 2.3).
+MAX_KEY_BYTES = 255 * 32
+MIN_KEY_BYTES = 16
+
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_B64URL = re.compile(r"[A-Za-z0-9_\-]*={0,2}")
+
+
+def check_encoding(encoding: object) -> Encoding:
+    """Return ``encoding`` if it is one of :data:`ENCODINGS`, else raise ``ValueError``."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
+    return encoding  # type: ignore[return-value]
+
+
+def check_length(value: object, *, what: str, low: int, high: int = MAX_KEY_BYTES) -> int:
+    """Validate a byte length argument: an ``int`` (not ``bool``) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}; got {value}")
+    return value
+
+
+def encode_key(key: bytes, encoding: Encoding) -> bytes | str:
+    """Render raw key bytes in the requested encoding (text encodings return ``str``)."""
+    if encoding == "bytes":
+        return key
+    if encoding == "hex":
+        return key.hex()
+    if encoding == "base64":
+        return base64.b64encode(key).decode("ascii")
+    return base64.urlsafe_b64encode(key).decode("ascii")
+
+
+def _b64decode(text: str) -> bytes | None:
+    """Decode standard or URL-safe base64, padding optional; ``None`` if it is neither."""
+    for alphabet, decode in ((_B64, base64.b64decode), (_B64URL, base64.urlsafe_b64decode)):
+        if alphabet.fullmatch(text):
+            padded = text.rstrip("=")
+            padded += "=" * (-len(padded) % 4)
+            try:
+                return decode(padded)
+            except (binascii.Error, ValueError):
+                return None
+    return None
+
+
+def _hexdecode(text: str) -> bytes | None:
+    return bytes.fromhex(text) if _HEX.fullmatch(text) else None
+
+
+def decode_key_text(text: str, key_bytes: int, *, described: str) -> bytes:
+    """Decode text key material to exactly ``key_bytes`` bytes.
+
+    Args:
+        text: ``hex:<hex>``, ``base64:<base64>``, or unprefixed hex or base64.
+        key_bytes: The length the caller needs.
+        described: How to name the material in errors (``key 'k' from env SECUREML_K``);
+            the material itself never appears in a message.
+
+    Raises:
+        KeyFormatError: The text does not decode, or decodes to another length.
+    """
+    stripped = text.strip()
+    prefix, sep, body = stripped.partition(":")
+    if sep and prefix.lower() in ("hex", "base64"):
+        decoded = _hexdecode(body) if prefix.lower() == "hex" else _b64decode(body)
+        if decoded is None:
+            raise KeyFormatError(f"{described} is marked {prefix.lower()}: but does not decode")
+        return check_key_bytes(decoded, key_bytes, described=described)
+    # Unprefixed text is accepted only when its length makes the reading unambiguous.
+    for decoded in (_hexdecode(stripped), _b64decode(stripped)):
+        if decoded is not None and len(decoded) == key_bytes:
+            return decoded
+    raise KeyFormatError(
+        f"{described} is not hex or base64 of {key_bytes} bytes "
+        f"({len(stripped)} characters); store raw bytes, or text prefixed "
+        "'hex:' or 'base64:'"
+    )
+
+
+def check_key_bytes(key: bytes, key_bytes: int, *, described: str) -> bytes:
+    """Return ``key`` if it is exactly ``key_bytes`` long, else raise :class:`KeyFormatError`."""
+    if len(key) != key_bytes:
+        raise KeyFormatError(f"{described} is {len(key)} bytes long; {key_bytes} were requested")
+    return key

@@ -1,0 +1,418 @@
+"""KeyManager: the lookup chain, key encodings and derivation.
+
+Policy lives here (which source is asked, in what order, what a miss or an outage
+means, how key material is decoded); I/O lives in the backends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NoReturn, TypeVar, overload
+
+from ._config import resolve_vault_settings
+from ._derivation import hkdf_sha256
+from ._devdefaults import (
+    PRODUCTION_ENV_VAR,
+    dev_default_key,
+    dev_default_secret,
+    running_in_production,
+)
+from ._encoding import (
+    MIN_KEY_BYTES,
+    Encoding,
+    check_encoding,
+    check_key_bytes,
+    check_length,
+    decode_key_text,
+    encode_key,
+)
+from ._names import validate_name, validate_path
+from .backends.base import SecretBackend, SecretValue
+from .backends.env import EnvBackend
+from .backends.vault import VALUE_FIELD, VaultBackend
+from .errors import (
+    ConfigurationError,
+    KeyFormatError,
+    SecretNotFoundError,
+    SecurityWarning,
+    VaultUnavailableError,
+)
+
+__all__ = ["KeyManager"]
+
+logger = logging.getLogger("secureml.key_management")
+
+_T = TypeVar("_T")
+_Value = TypeVar("_Value")
+
+
+class KeyManager:
+    """Secrets and encryption keys from Vault, the environment, or dev defaults.
+
+    A lookup asks, in order: Vault (when configured), the environment variable
+    ``SECUREML_<NAME>`` (when ``use_env_fallback``), the caller's ``default=``, and a
+    deterministic development default (only when ``use_default_fallback``). The first
+    that has the secret wins; if none has it, :class:`SecretNotFoundError` lists what was
+    tried. Vault being unreachable, sealed or without the secret moves on to the next
+    source (logged once, not per call); Vault refusing the token or the path raises,
+    because a fallback must never hide a policy or credential mistake.
+
+    Building a manager never touches the network: Vault is first contacted on the first
+    lookup. A manager is safe to share between threads.
+
+    Args:
+        vault_url: Vault/OpenBao address, e.g. ``https://vault.example.com:8200``. When
+            omitted: ``SECUREML_VAULT_URL``, ``BAO_ADDR``, ``VAULT_ADDR``. No URL
+            anywhere means no Vault.
+        vault_token: Token for Vault. When omitted: ``SECUREML_VAULT_TOKEN``,
+            ``BAO_TOKEN``, ``VAULT_TOKEN``.
+        vault_path: Folder under the KV mount that holds the secrets (``""`` for the
+            mount's root).
+        use_env_fallback: Read ``SECUREML_<NAME>`` environment variables.
+        use_default_fallback: Serve generated, *insecure* deterministic defaults as a
+            last resort. For development only; refused when ``SECUREML_ENV`` is
+            ``production`` or ``prod``.
+        vault_mount: The KV engine's mount path.
+        vault_namespace: Vault Enterprise / OpenBao namespace. When omitted:
+            ``SECUREML_VAULT_NAMESPACE``, ``BAO_NAMESPACE``, ``VAULT_NAMESPACE``.
+        vault_ca_cert: CA bundle (file or directory) to verify Vault's TLS certificate.
+            When omitted: ``SECUREML_VAULT_CACERT``, ``BAO_CACERT``, ``VAULT_CACERT``;
+            otherwise the system's trust store. Verification is always on.
+        vault_kv_version: 1 or 2 to skip detecting the mount's KV version.
+        timeout: Seconds to wait for Vault on each request.
+        backend: Use this :class:`~secureml.key_management.backends.SecretBackend`
+            instead of Vault (the Vault settings must then be left unset).
+
+    Raises:
+        ConfigurationError: Contradictory or unsafe settings (e.g. a Vault URL but no
+            token, hvac missing, dev defaults in production).
+        TypeError: An argument of the wrong type.
+        ValueError: A malformed ``vault_path`` or ``vault_mount``.
+
+    Example:
+        >>> km = KeyManager(use_default_fallback=True)
+        >>> key = km.get_encryption_key("master_key")   # warns: dev default
+        >>> len(km.derive_key(key, purpose="data_encryption"))
+        32
+    """
+
+    def __init__(
+        self,
+        vault_url: str | None = None,
+        vault_token: str | None = None,
+        vault_path: str = "secureml",
+        use_env_fallback: bool = True,
+        use_default_fallback: bool = False,
+        *,
+        vault_mount: str = "secret",
+        vault_namespace: str | None = None,
+        vault_ca_cert: str | None = None,
+        vault_kv_version: int | None = None,
+        timeout: float = 5.0,
+        backend: SecretBackend | None = None,
+    ) -> None:
+        self._vault_path = validate_path(vault_path, what="vault_path")
+        self._vault_mount = validate_name(vault_mount, what="vault_mount")
+        self._use_env_fallback = _check_flag(use_env_fallback, "use_env_fallback")
+        self._use_default_fallback = _check_flag(use_default_fallback, "use_default_fallback")
+        if self._use_default_fallback and running_in_production():
+            raise ConfigurationError(
+                f"use_default_fallback=True is refused because {PRODUCTION_ENV_VAR} says "
+                "production: dev defaults are public values, not secrets"
+            )
+        if backend is not None:
+            if vault_url is not None or vault_token is not None:
+                raise ConfigurationError("pass either backend= or vault_url=/vault_token=")
+            if not isinstance(backend, SecretBackend):
+                raise TypeError("backend must implement the SecretBackend protocol")
+            self._primary: SecretBackend | None = backend
+        else:
+            settings = resolve_vault_settings(
+                url=vault_url,
+                token=vault_token,
+                namespace=vault_namespace,
+                ca_cert=vault_ca_cert,
+                timeout=timeout,
+            )
+            self._primary = (
+                None
+                if settings is None
+                else VaultBackend(
+                    settings,
+                    mount=self._vault_mount,
+                    path=self._vault_path,
+                    kv_version=vault_kv_version,
+                )
+            )
+        self._env = EnvBackend() if self._use_env_fallback else None
+        self._once_lock = threading.Lock()
+        self._said: set[tuple[str, str]] = set()
+
+    # -- public API ------------------------------------------------------------------
+
+    @overload
+    def get_secret(self, name: str) -> SecretValue: ...
+    @overload
+    def get_secret(self, name: str, default: _T) -> SecretValue | _T: ...
+
+    def get_secret(self, name: str, default: Any = None) -> Any:
+        """Return secret ``name`` from the first source that has it.
+
+        Args:
+            name: Letters, digits, ``_-.``, with ``/`` between segments.
+            default: Returned when neither Vault nor the environment has the secret
+                (before any dev default). ``None`` means "no default".
+
+        Returns:
+            ``str`` for text, ``bytes`` for secrets stored as bytes, a ``dict`` for a Vault
+            secret with several fields and no ``value`` field; or ``default``.
+
+        Raises:
+            SecretNotFoundError: No source had it; the message lists the sources tried.
+            PermissionDeniedError: Vault's policies forbid reading it.
+            AuthenticationError: Vault rejected the token.
+            VaultUnavailableError: Vault is down and no later source had it.
+            ValueError: ``name`` is malformed.
+        """
+        validate_name(name)
+        value, _ = self._lookup(name, default, lambda: dev_default_secret(name))
+        return value
+
+    def set_secret(self, name: str, value: str | bytes | Mapping[str, Any]) -> bool:
+        """Store ``value`` as secret ``name`` in Vault.
+
+        Text is stored in the field ``value``; bytes as base64 with ``encoding=base64``
+        (and read back as bytes); a mapping as the secret's fields.
+
+        Args:
+            name: Letters, digits, ``_-.``, with ``/`` between segments.
+            value: ``str``, ``bytes`` or a mapping of field names to JSON values.
+
+        Returns:
+            ``True`` once Vault has acknowledged the write. Failure always raises.
+
+        Raises:
+            ConfigurationError: No Vault is configured (the environment is read-only).
+            PermissionDeniedError: Vault's policies forbid the write.
+            AuthenticationError: Vault rejected the token.
+            VaultUnavailableError: Vault could not be reached; nothing was written.
+            TypeError: ``value`` is of an unsupported type.
+            ValueError: ``name`` or a mapping's field names are malformed.
+        """
+        validate_name(name)
+        checked = _check_secret_value(value, name)
+        if self._primary is None:
+            raise ConfigurationError(
+                f"cannot store {name!r}: no Vault is configured (pass vault_url= and "
+                "vault_token=, or set SECUREML_VAULT_URL and SECUREML_VAULT_TOKEN)"
+            )
+        self._primary.put(name, checked)
+        return True
+
+    @overload
+    def get_encryption_key(
+        self,
+        key_name: str = ...,
+        key_bytes: int = ...,
+        encoding: Literal["bytes"] = ...,
+    ) -> bytes: ...
+    @overload
+    def get_encryption_key(
+        self,
+        key_name: str = ...,
+        key_bytes: int = ...,
+        *,
+        encoding: Literal["hex", "base64", "base64url"],
+    ) -> str: ...
+    @overload
+    def get_encryption_key(
+        self, key_name: str, key_bytes: int, encoding: Literal["hex", "base64", "base64url"]
+    ) -> str: ...
+
+    def get_encryption_key(
+        self, key_name: str = "master_key", key_bytes: int = 32, encoding: Encoding = "bytes"
+    ) -> bytes | str:
+        """Return encryption key ``key_name``: exactly ``key_bytes`` bytes, encoded.
+
+        Key material stored as bytes is used as is; text (environment variables, text
+        in Vault) is read as ``hex:...``/``base64:...``, or as unprefixed hex/base64
+        when it decodes to exactly ``key_bytes``. Material of another length is an error:
+        it is never hashed, padded or cut to fit.
+
+        Args:
+            key_name: The key's secret name.
+            key_bytes: The key length in bytes, 16 to 8160.
+            encoding: ``bytes`` (raw), or text: ``hex``, ``base64``, ``base64url``.
+
+        Returns:
+            ``bytes`` for ``encoding="bytes"``, else a ``str``.
+
+        Raises:
+            KeyFormatError: The stored material has the wrong length or does not decode.
+            SecretNotFoundError: No source had the key.
+            PermissionDeniedError, AuthenticationError, VaultUnavailableError: as for
+                :meth:`get_secret`.
+            ValueError: A bad ``key_name``, ``key_bytes`` or ``encoding``.
+        """
+        validate_name(key_name, what="key_name")
+        length = check_length(key_bytes, what="key_bytes", low=MIN_KEY_BYTES)
+        checked_encoding = check_encoding(encoding)
+        material, where = self._lookup(key_name, None, lambda: dev_default_key(key_name, length))
+        described = f"key {key_name!r} from {where}"
+        if isinstance(material, (bytes, bytearray)):
+            key = check_key_bytes(bytes(material), length, described=described)
+        elif isinstance(material, str):
+            key = decode_key_text(material, length, described=described)
+        else:
+            raise KeyFormatError(
+                f"{described} is a {type(material).__name__}, not key material; store it in "
+                f"the field {VALUE_FIELD!r}"
+            )
+        return encode_key(key, checked_encoding)
+
+    def derive_key(
+        self,
+        base_key: bytes,
+        purpose: str | bytes,
+        key_bytes: int = 32,
+        *,
+        salt: bytes | None = None,
+    ) -> bytes:
+        """Derive a purpose-specific key from ``base_key`` with HKDF-SHA256 (RFC 5869).
+
+        Different purposes give independent keys, so a key leaked from one use says
+        nothing about another. Same inputs, same key: nothing is stored.
+
+        Args:
+            base_key: The input key material, e.g. from :meth:`get_encryption_key`.
+            purpose: HKDF ``info``: what the key is for (``str`` is UTF-8 encoded).
+            key_bytes: Output length, 1 to 8160.
+            salt: Optional HKDF salt.
+
+        Returns:
+            ``key_bytes`` bytes.
+
+        Raises:
+            TypeError: ``base_key`` is not bytes (e.g. hex text), or another bad type.
+            ValueError: Empty ``base_key`` or ``purpose``, or ``key_bytes`` out of range.
+        """
+        return hkdf_sha256(base_key, purpose, key_bytes, salt)
+
+    # -- the lookup chain ------------------------------------------------------------
+
+    def _lookup(
+        self, name: str, default: object, dev_default: Callable[[], _Value]
+    ) -> tuple[Any, str]:
+        """Walk the chain; return the value and where it came from."""
+        tried: list[str] = []
+        outage: VaultUnavailableError | None = None
+        if self._primary is not None:
+            where = self._primary.locate(name)
+            tried.append(where)
+            try:
+                value = self._primary.get(name)
+            except VaultUnavailableError as exc:
+                outage = exc
+                self._log_once(
+                    ("outage", self._primary.source),
+                    "%s; falling back to the next source until it answers again",
+                    exc,
+                )
+            else:
+                self._forget(("outage", self._primary.source))
+                if value is not None:
+                    return value, where
+                self._log_once(("absent", name), "secret %r is not in %s", name, where)
+        if self._env is not None:
+            where = self._env.locate(name)
+            tried.append(where)
+            value = self._env.get(name)
+            if value is not None:
+                return value, where
+        if default is not None:
+            return default, "default="
+        if self._use_default_fallback:
+            self._warn_dev_default(name)
+            return dev_default(), "insecure dev default"
+        if outage is not None:
+            _raise_outage(outage, name, tried)
+        raise SecretNotFoundError(name, tried)
+
+    def _log_once(self, condition: tuple[str, str], message: str, *args: object) -> None:
+        with self._once_lock:
+            if condition in self._said:
+                return
+            self._said.add(condition)
+        logger.warning(message, *args)
+
+    def _forget(self, condition: tuple[str, str]) -> None:
+        if condition in self._said:
+            with self._once_lock:
+                self._said.discard(condition)
+
+    def _warn_dev_default(self, name: str) -> None:
+        with self._once_lock:
+            if ("dev-default", name) in self._said:
+                return
+            self._said.add(("dev-default", name))
+        warnings.warn(
+            f"serving an INSECURE deterministic development default for {name!r}: anyone "
+            "can compute it. Store the secret in Vault or the environment, and set "
+            "use_default_fallback=False outside development.",
+            SecurityWarning,
+            stacklevel=4,
+        )
+
+    # -- hygiene ---------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        vault = self._primary.settings.url if isinstance(self._primary, VaultBackend) else None
+        return (
+            f"KeyManager(vault_url={vault!r}, vault_path={self._vault_path!r}, "
+            f"vault_mount={self._vault_mount!r}, use_env_fallback={self._use_env_fallback}, "
+            f"use_default_fallback={self._use_default_fallback})"
+        )
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # Pickling would write the Vault token into the pickle.
+        raise TypeError(
+            "KeyManager cannot be pickled (it holds a Vault token); create one in each "
+            "process instead"
+        )
+
+
+def _check_flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be True or False, not {type(value).__name__}")
+    return value
+
+
+def _check_secret_value(value: object, name: str) -> str | bytes | dict[str, Any]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError(f"secret {name!r}: a mapping value needs at least one field")
+        if not all(isinstance(k, str) and k for k in value):
+            raise ValueError(f"secret {name!r}: field names must be non-empty str")
+        if VALUE_FIELD in value:
+            raise ValueError(
+                f"secret {name!r}: a mapping with a {VALUE_FIELD!r} field would read back as "
+                "that field alone; pass the value itself, or rename the field"
+            )
+        return dict(value)
+    raise TypeError(
+        f"secret {name!r} must be str, bytes or a mapping of fields, not {type(value).__name__}"
+    )
+
+
+def _raise_outage(outage: VaultUnavailableError, name: str, tried: list[str]) -> NoReturn:
+    """Vault was down and nothing after it had the secret: say both, keep the type."""
+    raise type(outage)(
+        f"{outage}; no fallback had {name!r} either (tried: {', '.join(tried)})"
+    ) from outage

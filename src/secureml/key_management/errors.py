@@ -1,0 +1,113 @@
+"""The one exception hierarchy of :mod:`secureml.key_management`.
+
+::
+
+    KeyManagementError                 base of everything raised on purpose
+    +-- ConfigurationError             (ValueError) bad settings, refused dev defaults
+    +-- SecretNotFoundError            (KeyError, LookupError, ValueError) no source had it
+    +-- KeyFormatError                 (ValueError) wrong length, undecodable key material
+    +-- VaultError                     the server answered with a problem
+    |   +-- VaultUnavailableError      unreachable, timed out, 5xx: fallbacks may apply
+    |   |   +-- VaultSealedError       the server is sealed
+    |   +-- PermissionDeniedError      403: the policy forbids it; never masked
+    |   +-- AuthenticationError        the token is invalid, expired or revoked
+    +-- UnsupportedOperationError      the source cannot do that (e.g. write to env)
+    +-- InvalidCiphertextError         decryption failed; deliberately opaque
+
+    SecurityWarning (UserWarning)      an insecure setting is in use (dev defaults)
+
+Every message names the secret and the source involved, never a secret value or a
+token, so errors are safe to log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "InvalidCiphertextError",
+    "KeyFormatError",
+    "KeyManagementError",
+    "PermissionDeniedError",
+    "SecretNotFoundError",
+    "SecurityWarning",
+    "UnsupportedOperationError",
+    "VaultError",
+    "VaultSealedError",
+    "VaultUnavailableError",
+]
+
+
+class KeyManagementError(Exception):
+    """Base class of every error :mod:`secureml.key_management` raises on purpose."""
+
+
+class ConfigurationError(KeyManagementError, ValueError):
+    """The manager's settings are wrong or unsafe; the message says how to fix them."""
+
+
+class SecretNotFoundError(KeyManagementError, KeyError, ValueError):
+    """No configured source holds the secret.
+
+    Attributes:
+        name: The secret that was asked for.
+        sources_tried: The sources consulted, in order (e.g. ``vault:secret/secureml/x``).
+    """
+
+    def __init__(self, name: str, sources_tried: Sequence[str]) -> None:
+        self.name = name
+        self.sources_tried = tuple(sources_tried)
+        tried = ", ".join(self.sources_tried) if self.sources_tried else "no source enabled"
+        super().__init__(f"secret {name!r} not found (tried: {tried})")
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would repr() the message, wrapping it in quotes.
+        return str(self.args[0])
+
+
+class KeyFormatError(KeyManagementError, ValueError):
+    """Key material has the wrong length or cannot be decoded."""
+
+
+class VaultError(KeyManagementError):
+    """Vault (or OpenBao) answered with an error or could not be asked."""
+
+
+class VaultUnavailableError(VaultError):
+    """Vault could not be reached, timed out, or answered 5xx.
+
+    Reads fall through to the next source on this error; writes raise it.
+    """
+
+
+class VaultSealedError(VaultUnavailableError):
+    """Vault is sealed and serves nothing until an operator unseals it."""
+
+
+class PermissionDeniedError(VaultError):
+    """The token is valid but its policies forbid the operation.
+
+    Never masked by a fallback: a policy mistake must be seen, not papered over.
+    """
+
+
+class AuthenticationError(VaultError):
+    """Vault rejected the credentials: the token is invalid, expired or revoked."""
+
+
+class UnsupportedOperationError(KeyManagementError):
+    """The operation is not possible with the configured source (the message says why)."""
+
+
+class InvalidCiphertextError(KeyManagementError):
+    """Decryption failed.
+
+    Deliberately says nothing about why (bad tag, truncation, wrong key), so failures
+    give an attacker no oracle.
+    """
+
+
+class SecurityWarning(UserWarning):
+    """An insecure setting is in use, such as a generated development default key."""
