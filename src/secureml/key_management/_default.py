@@ -78,6 +78,12 @@ def get_encryption_key(
 ) -> str: ...
 
 
+@overload
+def get_encryption_key(
+    key_name: str = ..., key_bytes: int = ..., encoding: Encoding = ...
+) -> bytes | str: ...
+
+
 def get_encryption_key(
     key_name: str = "master_key", key_bytes: int = 32, encoding: Encoding = "bytes"
 ) -> bytes | str:

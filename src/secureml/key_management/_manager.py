@@ -232,6 +232,11 @@ class KeyManager:
         self, key_name: str, key_bytes: int, encoding: Literal["hex", "base64", "base64url"]
     ) -> str: ...
 
+    @overload
+    def get_encryption_key(
+        self, key_name: str = ..., key_bytes: int = ..., encoding: Encoding = ...
+    ) -> bytes | str: ...
+
     def get_encryption_key(
         self, key_name: str = "master_key", key_bytes: int = 32, encoding: Encoding = "bytes"
     ) -> bytes | str:
@@ -325,14 +330,15 @@ class KeyManager:
                 self._forget(("outage", self._primary.source))
                 if value is not None:
                     return value, where
-                self._log_once(("absent", name), "secret %r is not in %s", name, where)
         if self._env is not None:
             where = self._env.locate(name)
             tried.append(where)
             value = self._env.get(name)
             if value is not None:
+                self._note_fallback(name, tried, outage)
                 return value, where
         if default is not None:
+            self._note_fallback(name, tried, outage)
             return default, "default="
         if self._use_default_fallback:
             self._warn_dev_default(name)
@@ -340,6 +346,19 @@ class KeyManager:
         if outage is not None:
             _raise_outage(outage, name, tried)
         raise SecretNotFoundError(name, tried)
+
+    def _note_fallback(
+        self, name: str, tried: list[str], outage: VaultUnavailableError | None
+    ) -> None:
+        """Say once per name that Vault did not have a secret a fallback then served."""
+        if self._primary is not None and outage is None:
+            self._log_once(
+                ("absent", name),
+                "secret %r is not in %s; using a fallback (%s)",
+                name,
+                tried[0],
+                ", ".join(tried[1:]) or "default=",
+            )
 
     def _log_once(self, condition: tuple[str, str], message: str, *args: object) -> None:
         with self._once_lock:

@@ -291,8 +291,8 @@ class VaultBackend:
         except Exception:  # noqa: S110 - the original 403 is the error to report
             pass
         raise PermissionDeniedError(
-            f"the Vault token's policies do not allow it to {action} {where} "
-            f"(or that mount does not exist) at {url}"
+            f"Vault at {url} denied permission to {action} {where}: the token's policies "
+            "do not allow it (or the mount does not exist)"
         ) from exc
 
     def __repr__(self) -> str:

@@ -1,0 +1,133 @@
+"""`make demo`: a tour of secureml against a local OpenBao server it starts and stops.
+
+Runs the spec's own examples, then sets and reads secrets, fetches a key in every
+encoding, derives purpose keys, and shows the fallbacks and errors. Key material is only
+ever shown as a short preview.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_spec import SPEC_EXAMPLES, run_example, seed_secrets
+
+from secureml._devserver import DevServer
+from secureml.key_management import KeyManagementError, KeyManager, SecurityWarning
+
+
+def preview(value: object) -> str:
+    """A short, safe glimpse of a secret: never the whole thing."""
+    if isinstance(value, bytes):
+        return f"{value[:3].hex()}... ({len(value)} bytes)"
+    text = str(value)
+    return f"{text[:6]}... ({len(text)} chars)"
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def seed(server: DevServer, manager: KeyManager) -> None:
+    step("Seed: the bao CLI writes one secret, secureml writes two random keys")
+    api_key = f"value=demo-{secrets.token_hex(8)}"
+    server.bao("kv", "put", "-mount=secret", "secureml/api_key", api_key)
+    seed_secrets(manager)
+    print("   bao kv put -mount=secret secureml/api_key value=...  -> stored")
+    print("   set_secret('master_key' / 'data_encryption_key', 32 random bytes) -> True")
+
+
+def spec_examples(server: DevServer) -> None:
+    step("The spec's examples, verbatim (placeholder URL and token swapped for this server)")
+    for example in SPEC_EXAMPLES:
+        names = run_example(example, vault_url=server.address, vault_token=server.root_token)
+        shown = ", ".join(
+            f"{name}={preview(names[name])}"
+            for name in ("api_key", "encryption_key", "key", "hmac_key")
+            if name in names
+        )
+        print(f"   {example}: ok  {shown}")
+
+
+def set_and_get(server: DevServer, manager: KeyManager) -> None:
+    step("Set a secret, read it back, and read it with the bao CLI")
+    ok = manager.set_secret("feature-store/password", secrets.token_urlsafe(16))
+    print(f"   set_secret('feature-store/password', ...) -> {ok}")
+    value = manager.get_secret("feature-store/password")
+    print(f"   get_secret('feature-store/password')      -> {preview(value)}")
+    cli = server.bao(
+        "kv", "get", "-mount=secret", "-field=value", "secureml/feature-store/password"
+    )
+    print(f"   bao kv get secureml/feature-store/password -> {preview(cli.stdout.decode())}")
+
+
+def keys(manager: KeyManager) -> None:
+    step("One key, every encoding")
+    for encoding in ("bytes", "hex", "base64", "base64url"):
+        key = manager.get_encryption_key("master_key", 32, encoding)
+        print(f"   get_encryption_key('master_key', encoding={encoding!r}) -> {preview(key)}")
+
+    step("Purpose-separated keys (HKDF-SHA256)")
+    master = manager.get_encryption_key("master_key")
+    enc = manager.derive_key(master, purpose="data_encryption")
+    mac = manager.derive_key(master, purpose="data_integrity")
+    print(f"   derive_key(master, 'data_encryption') -> {preview(enc)}")
+    print(f"   derive_key(master, 'data_integrity')  -> {preview(mac)}")
+    print(f"   independent keys: {enc != mac}")
+
+
+def fallbacks(server: DevServer, manager: KeyManager) -> None:
+    step("Fallback: a secret Vault does not have comes from SECUREML_<NAME>")
+    os.environ["SECUREML_WANDB_API_KEY"] = "wandb-" + secrets.token_hex(8)
+    try:
+        print(f"   get_secret('wandb_api_key') -> {preview(manager.get_secret('wandb_api_key'))}")
+    finally:
+        del os.environ["SECUREML_WANDB_API_KEY"]
+
+    step("Least privilege: a read-only token reads, cannot write, and says so")
+    policy = b'path "secret/data/secureml/*" { capabilities = ["read"] }'
+    server.bao("policy", "write", "demo-read-only", "-", input=policy)
+    token = server.bao("token", "create", "-policy=demo-read-only", "-field=token").stdout
+    reader = KeyManager(vault_url=server.address, vault_token=token.decode())
+    print(f"   reader.get_secret('api_key') -> {preview(reader.get_secret('api_key'))}")
+    try:
+        reader.set_secret("api_key", "overwritten")
+    except KeyManagementError as exc:
+        print(f"   reader.set_secret('api_key', ...) -> {type(exc).__name__}: {exc}")
+
+    step("No Vault at all: development defaults, loud on purpose")
+    laptop = KeyManager(use_default_fallback=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        key = laptop.get_encryption_key("scratch_key")
+    print(f"   get_encryption_key('scratch_key') -> {preview(key)}")
+    for warning in caught:
+        if issubclass(warning.category, SecurityWarning):
+            print(f"   SecurityWarning: {warning.message}")
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stdout, format="   log %(levelname)s: %(message)s"
+    )
+    with DevServer() as server:
+        pid = server.pid
+        print(f"Started an OpenBao dev server at {server.address} (pid {pid})")
+        manager = KeyManager(vault_url=server.address, vault_token=server.root_token)
+        seed(server, manager)
+        spec_examples(server)
+        set_and_get(server, manager)
+        keys(manager)
+        fallbacks(server, manager)
+    print(f"\nStopped the OpenBao server (pid {pid}). Done.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
