@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -74,16 +75,21 @@ class DevServer:
         port: TCP port; a free one when omitted.
         root_token: The dev root token; a random one when omitted. It is handed to the
             server through its environment, not its command line, so ``ps`` cannot show it.
+        tls: Serve HTTPS with a throw-away CA (``bao server -dev-tls``); its certificate is
+            at :attr:`ca_cert` once started.
 
     Example:
         >>> with DevServer() as server:                     # doctest: +SKIP
         ...     server.bao("kv", "put", "-mount=secret", "secureml/x", "value=1")
     """
 
-    def __init__(self, port: int | None = None, root_token: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, root_token: str | None = None, *, tls: bool = False
+    ) -> None:
         self.port = port if port is not None else free_loopback_port()
         self.root_token = root_token if root_token is not None else "dev-" + secrets.token_hex(16)
-        self.address = f"http://{_LOOPBACK}:{self.port}"
+        self.tls = tls
+        self.address = f"{'https' if tls else 'http'}://{_LOOPBACK}:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
 
@@ -96,6 +102,13 @@ class DevServer:
     def log_path(self) -> Path | None:
         """The server's log file (it contains the root token: keep it private)."""
         return None if self._workdir is None else self._workdir / "server.log"
+
+    @property
+    def ca_cert(self) -> str | None:
+        """The CA certificate that signed a TLS server's certificate (``tls=True`` only)."""
+        if not self.tls or self._workdir is None:
+            return None
+        return str(self._workdir / "vault-ca.pem")
 
     def start(self, timeout: float = 30.0) -> DevServer:
         """Start the server and wait until it answers ``sys/health``.
@@ -112,9 +125,12 @@ class DevServer:
             "BAO_DEV_ROOT_TOKEN_ID": self.root_token,
             "HOME": str(self._workdir),  # keeps the CLI's token helper out of ~
         }
+        argv = [bao_binary(), "server", "-dev", f"-dev-listen-address={_LOOPBACK}:{self.port}"]
+        if self.tls:
+            argv += ["-dev-tls", f"-dev-tls-cert-dir={self._workdir}"]
         log = open(self._workdir / "server.log", "wb")  # noqa: SIM115 - lives with the process
         self._process = subprocess.Popen(  # noqa: S603 - a fixed binary, fixed flags
-            [bao_binary(), "server", "-dev", f"-dev-listen-address={_LOOPBACK}:{self.port}"],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -136,9 +152,15 @@ class DevServer:
         while process is not None and time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"bao exited with {process.returncode}: {self._tail()}")
+            context = None
+            if self.tls:
+                if not os.path.exists(str(self.ca_cert)):
+                    time.sleep(0.05)
+                    continue
+                context = ssl.create_default_context(cafile=self.ca_cert)
             try:
-                with urllib.request.urlopen(  # noqa: S310 - loopback http only
-                    f"{self.address}/v1/sys/health", timeout=1
+                with urllib.request.urlopen(  # noqa: S310 - loopback only
+                    f"{self.address}/v1/sys/health", timeout=1, context=context
                 ) as response:
                     if json.load(response).get("initialized"):
                         return
@@ -173,7 +195,10 @@ class DevServer:
 
     def env(self) -> dict[str, str]:
         """The variables that point a ``bao`` CLI or secureml at this server."""
-        return {"BAO_ADDR": self.address, "BAO_TOKEN": self.root_token}
+        env = {"BAO_ADDR": self.address, "BAO_TOKEN": self.root_token}
+        if self.ca_cert is not None:
+            env["BAO_CACERT"] = self.ca_cert
+        return env
 
     def bao(
         self, *args: str, input: bytes | None = None, extra_env: Mapping[str, str] | None = None
