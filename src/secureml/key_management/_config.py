@@ -24,7 +24,15 @@ INSTALL_HINT = "install the Vault extra: pip install 'secureml[vault]'"
 
 @dataclass(frozen=True)
 class VaultSettings:
-    """Where and how to reach Vault. The token is kept out of ``repr``."""
+    """Where and how to reach Vault; the token is kept out of ``repr``.
+
+    Attributes:
+        url: Base address, e.g. ``https://vault.example.com:8200``.
+        token: The Vault token sent as ``X-Vault-Token``.
+        namespace: Vault Enterprise / OpenBao namespace, sent on every request.
+        ca_cert: CA bundle file or directory to verify TLS against (system store if unset).
+        timeout: Seconds to wait for each request.
+    """
 
     url: str
     token: str = field(repr=False)

@@ -46,7 +46,6 @@ __all__ = ["KeyManager"]
 logger = logging.getLogger("secureml.key_management")
 
 _T = TypeVar("_T")
-_Value = TypeVar("_Value")
 
 
 class KeyManager:
@@ -309,7 +308,7 @@ class KeyManager:
     # -- the lookup chain ------------------------------------------------------------
 
     def _lookup(
-        self, name: str, default: object, dev_default: Callable[[], _Value]
+        self, name: str, default: object, dev_default: Callable[[], object]
     ) -> tuple[Any, str]:
         """Walk the chain; return the value and where it came from."""
         tried: list[str] = []

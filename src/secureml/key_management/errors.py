@@ -66,6 +66,10 @@ class SecretNotFoundError(KeyManagementError, KeyError, ValueError):
         # KeyError.__str__ would repr() the message, wrapping it in quotes.
         return str(self.args[0])
 
+    def __reduce__(self) -> tuple[type[SecretNotFoundError], tuple[str, tuple[str, ...]]]:
+        # Rebuild from the fields, so the error survives pickling (multiprocessing).
+        return (type(self), (self.name, self.sources_tried))
+
 
 class KeyFormatError(KeyManagementError, ValueError):
     """Key material has the wrong length or cannot be decoded."""

@@ -7,8 +7,9 @@ package never imports hvac.
 
 from __future__ import annotations
 
+from .._config import VaultSettings
 from .base import SecretBackend, SecretValue
 from .env import EnvBackend
 from .vault import VaultBackend
 
-__all__ = ["EnvBackend", "SecretBackend", "SecretValue", "VaultBackend"]
+__all__ = ["EnvBackend", "SecretBackend", "SecretValue", "VaultBackend", "VaultSettings"]
