@@ -1,8 +1,8 @@
 """Key material <-> bytes / hex / base64, and the length rules.
 
 Text key material (environment variables, or Vault values stored as text) is read as
-``hex:...`` or ``base64:...``, or unprefixed when it decodes to exactly the wanted
-length. Nothing is ever hashed, padded or cut to fit: a wrong length is an error.
+``hex:...`` or ``base64:...``, or unprefixed: as hex when it is made of hex digits only,
+else as base64. Nothing is ever hashed, padded or cut to fit: a wrong length is an error.
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def decode_key_text(text: str, key_bytes: int, *, described: str) -> bytes:
     """Decode text key material to exactly ``key_bytes`` bytes.
 
     Args:
-        text: ``hex:<hex>``, ``base64:<base64>``, or unprefixed hex or base64.
+        text: ``hex:<hex>``, ``base64:<base64>``, or unprefixed hex or base64. Unprefixed
+            text made only of hex digits is read as hex (rare base64 such as ``AAAA``
+            needs its ``base64:`` prefix).
         key_bytes: The length the caller needs.
         described: How to name the material in errors (``key 'k' from env SECUREML_K``);
             the material itself never appears in a message.
@@ -89,10 +91,13 @@ def decode_key_text(text: str, key_bytes: int, *, described: str) -> bytes:
         if decoded is None:
             raise KeyFormatError(f"{described} is marked {prefix.lower()}: but does not decode")
         return check_key_bytes(decoded, key_bytes, described=described)
-    # Unprefixed text is accepted only when its length makes the reading unambiguous.
-    for decoded in (_hexdecode(stripped), _b64decode(stripped)):
-        if decoded is not None and len(decoded) == key_bytes:
-            return decoded
+    # Text made only of hex digits is hex, never reinterpreted as base64 to make a
+    # length fit: a 64-digit hex key asked for as 48 bytes is an error, not another key.
+    decoded = _hexdecode(stripped)
+    if decoded is None:
+        decoded = _b64decode(stripped)
+    if decoded is not None:
+        return check_key_bytes(decoded, key_bytes, described=described)
     raise KeyFormatError(
         f"{described} is not hex or base64 of {key_bytes} bytes "
         f"({len(stripped)} characters); store raw bytes, or text prefixed "

@@ -1,0 +1,107 @@
+"""Secret names and their environment variables."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from secureml.key_management import KeyManager
+from secureml.key_management._names import env_var_name, validate_name
+
+SEGMENT = st.from_regex(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,11}", fullmatch=True).filter(
+    lambda s: ".." not in s and s != "."
+)
+VALID_NAMES = st.lists(SEGMENT, min_size=1, max_size=4).map("/".join)
+
+
+@pytest.mark.parametrize(
+    "name", ["api_key", "master-key", "v1.2", "team/db/password", "A", "x.y-z_0/q"]
+)
+def test_valid(name: str) -> None:
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "/lead",
+        "trail/",
+        "dou//ble",
+        "../etc",
+        "a/../b",
+        "a..b",
+        ".",
+        "a/./b",
+        "sp ace",
+        "tab\t",
+        "ünï",
+        "semi;colon",
+        "new\nline",
+        "q?x",
+        "hash#",
+    ],
+)
+def test_invalid_is_a_value_error_naming_it(name: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(name)) if name else "empty"):
+        validate_name(name)
+
+
+@pytest.mark.parametrize("name", [None, 1, b"bytes", ["x"]])
+def test_non_str_is_a_type_error(name: object) -> None:
+    with pytest.raises(TypeError, match="str"):
+        validate_name(name)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.get_secret("../x"),
+        lambda m: m.set_secret("a//b", "v"),
+        lambda m: m.get_encryption_key("bad name"),
+    ],
+)
+def test_manager_validates_before_any_lookup(call: object) -> None:
+    manager = KeyManager(use_default_fallback=True)
+    with pytest.raises(ValueError, match="name"):
+        call(manager)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("name", "env"),
+    [
+        ("api_key", "SECUREML_API_KEY"),
+        ("db/password", "SECUREML_DB_PASSWORD"),
+        ("api-key.v2", "SECUREML_API_KEY_V2"),
+        ("MiXeD", "SECUREML_MIXED"),
+    ],
+)
+def test_env_var_name(name: str, env: str) -> None:
+    assert env_var_name(name) == env
+
+
+@given(VALID_NAMES)
+def test_every_valid_name_maps_to_a_portable_variable(name: str) -> None:
+    assert validate_name(name) == name
+    env = env_var_name(name)
+    assert re.fullmatch(r"SECUREML_[A-Z0-9_]+", env)
+    assert len(env) == len("SECUREML_") + len(name)
+    assert env_var_name(name) == env
+
+
+@given(st.text(max_size=20))
+def test_validation_accepts_exactly_the_rules(text: str) -> None:
+    segments = text.split("/")
+    ok = (
+        bool(text)
+        and ".." not in text
+        and all(re.fullmatch(r"[A-Za-z0-9_.\-]+", s) and s != "." for s in segments)
+    )
+    if ok:
+        assert validate_name(text) == text
+    else:
+        with pytest.raises(ValueError, match="name"):
+            validate_name(text)
