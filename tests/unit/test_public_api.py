@@ -1,0 +1,95 @@
+"""The public surface: names, docs, and a light, silent import."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+import secureml
+import secureml.key_management as km
+from secureml.key_management import backends
+
+
+@pytest.mark.parametrize("module", [km, backends, secureml, km.errors])
+def test_all_is_sorted_resolves_and_is_documented(module: object) -> None:
+    names = module.__all__  # type: ignore[attr-defined]
+    assert names == sorted(names)
+    for name in names:
+        obj = getattr(module, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert inspect.getdoc(obj), f"{name} has no docstring"
+
+
+def test_spec_signatures() -> None:
+    init = inspect.signature(km.KeyManager)
+    spec = [
+        ("vault_url", None),
+        ("vault_token", None),
+        ("vault_path", "secureml"),
+        ("use_env_fallback", True),
+        ("use_default_fallback", False),
+    ]
+    params = list(init.parameters.values())
+    assert [(p.name, p.default) for p in params[:5]] == spec
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[5:])
+    assert init.parameters["vault_mount"].default == "secret"
+
+    def defaults(func: object) -> dict[str, object]:
+        sig = inspect.signature(func)  # type: ignore[arg-type]
+        return {n: p.default for n, p in sig.parameters.items() if n != "self"}
+
+    assert defaults(km.KeyManager.get_secret) == {"name": inspect.Parameter.empty, "default": None}
+    assert defaults(km.KeyManager.set_secret) == {
+        "name": inspect.Parameter.empty,
+        "value": inspect.Parameter.empty,
+    }
+    expected_key = {"key_name": "master_key", "key_bytes": 32, "encoding": "bytes"}
+    assert defaults(km.KeyManager.get_encryption_key) == expected_key
+    assert defaults(km.get_encryption_key) == expected_key
+    derive = inspect.signature(km.KeyManager.derive_key).parameters
+    assert derive["key_bytes"].default == 32
+    assert derive["salt"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_public_objects_show_the_public_module() -> None:
+    assert km.KeyManager.__module__ == "secureml.key_management"
+    assert km.get_encryption_key.__module__ == "secureml.key_management"
+
+
+def test_top_level_reexports() -> None:
+    from secureml import KeyManager, configure_default_key_manager, get_encryption_key
+
+    assert KeyManager is km.KeyManager
+    assert configure_default_key_manager is km.configure_default_key_manager
+    assert get_encryption_key is km.get_encryption_key
+
+
+IMPORT_PROBE = """
+import sys, warnings
+warnings.simplefilter("error")
+{prelude}
+import secureml.key_management
+from secureml import KeyManager, configure_default_key_manager, get_encryption_key
+heavy = [m for m in ("hvac", "requests", "urllib3", "cryptography") if sys.modules.get(m)]
+import threading
+print("heavy:", heavy, "threads:", threading.active_count(),
+      "default:", secureml.key_management._default._default)
+"""
+
+
+@pytest.mark.parametrize("prelude", ["", "sys.modules['hvac'] = None"], ids=["hvac", "no-hvac"])
+def test_import_is_light_and_silent(prelude: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Even with Vault configured in the environment, importing must not act on it.
+    monkeypatch.setenv("VAULT_ADDR", "http://127.0.0.1:1")
+    monkeypatch.setenv("VAULT_TOKEN", "t")
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", IMPORT_PROBE.format(prelude=prelude)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stderr == ""
+    assert done.stdout.strip() == "heavy: [] threads: 1 default: None"
