@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
 from ._encoding import MAX_KEY_BYTES, check_length
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.hashes import SHA256
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 
 def _as_bytes(value: object, *, what: str, allow_str: bool) -> bytes:
@@ -40,8 +47,14 @@ def hkdf_sha256(
         raise ValueError("base_key must not be empty")
     if not info:
         raise ValueError("purpose must not be empty: it is what keeps derived keys apart")
-    # Imported here so `import secureml.key_management` stays light.
-    from cryptography.hazmat.primitives import hashes
+    hkdf, sha256 = _primitives()
+    return hkdf(algorithm=sha256(), length=length, salt=salt_bytes, info=info).derive(ikm)
+
+
+@functools.cache
+def _primitives() -> tuple[type[HKDF], type[SHA256]]:
+    # Imported on first use, so `import secureml.key_management` stays light.
+    from cryptography.hazmat.primitives.hashes import SHA256
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt_bytes, info=info).derive(ikm)
+    return HKDF, SHA256
