@@ -77,6 +77,8 @@ class DevServer:
             server through its environment, not its command line, so ``ps`` cannot show it.
         tls: Serve HTTPS with a throw-away CA (``bao server -dev-tls``); its certificate is
             at :attr:`ca_cert` once started.
+        extra_config: HCL added with ``-config`` (e.g. a second ``listener`` with TLS
+            certificates of your own); the dev listener stays at :attr:`address`.
 
     Example:
         >>> with DevServer() as server:                     # doctest: +SKIP
@@ -84,11 +86,17 @@ class DevServer:
     """
 
     def __init__(
-        self, port: int | None = None, root_token: str | None = None, *, tls: bool = False
+        self,
+        port: int | None = None,
+        root_token: str | None = None,
+        *,
+        tls: bool = False,
+        extra_config: str | None = None,
     ) -> None:
         self.port = port if port is not None else free_loopback_port()
         self.root_token = root_token if root_token is not None else "dev-" + secrets.token_hex(16)
         self.tls = tls
+        self.extra_config = extra_config
         self.address = f"{'https' if tls else 'http'}://{_LOOPBACK}:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
@@ -128,6 +136,10 @@ class DevServer:
         argv = [bao_binary(), "server", "-dev", f"-dev-listen-address={_LOOPBACK}:{self.port}"]
         if self.tls:
             argv += ["-dev-tls", f"-dev-tls-cert-dir={self._workdir}"]
+        if self.extra_config is not None:
+            config = self._workdir / "extra.hcl"
+            config.write_text(self.extra_config)
+            argv.append(f"-config={config}")
         log = open(self._workdir / "server.log", "wb")  # noqa: SIM115 - lives with the process
         self._process = subprocess.Popen(  # noqa: S603 - a fixed binary, fixed flags
             argv,

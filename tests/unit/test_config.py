@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from secureml.key_management import ConfigurationError, KeyManager
+from secureml.key_management import ConfigurationError, KeyManager, TokenAuth
 from secureml.key_management._config import VaultSettings, resolve_vault_settings
 
 TOKEN = "hvs.super-secret-token-value"
@@ -28,17 +28,17 @@ def test_no_url_means_no_vault() -> None:
 @pytest.mark.parametrize(
     ("env", "url"),
     [
-        ({"VAULT_ADDR": "http://v:1"}, "http://v:1"),
-        ({"VAULT_ADDR": "http://v:1", "BAO_ADDR": "http://b:1"}, "http://b:1"),
+        ({"VAULT_ADDR": "https://v:1"}, "https://v:1"),
+        ({"VAULT_ADDR": "https://v:1", "BAO_ADDR": "https://b:1"}, "https://b:1"),
         (
             {
-                "VAULT_ADDR": "http://v:1",
-                "BAO_ADDR": "http://b:1",
-                "SECUREML_VAULT_URL": "http://s:1",
+                "VAULT_ADDR": "https://v:1",
+                "BAO_ADDR": "https://b:1",
+                "SECUREML_VAULT_URL": "https://s:1",
             },
-            "http://s:1",
+            "https://s:1",
         ),
-        ({"SECUREML_VAULT_URL": "", "VAULT_ADDR": "http://v:1"}, "http://v:1"),
+        ({"SECUREML_VAULT_URL": "", "VAULT_ADDR": "https://v:1"}, "https://v:1"),
     ],
 )
 def test_url_precedence(env: dict[str, str], url: str) -> None:
@@ -47,10 +47,16 @@ def test_url_precedence(env: dict[str, str], url: str) -> None:
     assert resolved.url == url
 
 
+def token_of(resolved: object) -> str:
+    auth = resolved.auth  # type: ignore[attr-defined]
+    assert isinstance(auth, TokenAuth)
+    return auth._token
+
+
 def test_token_precedence() -> None:
-    env = {"VAULT_ADDR": "http://v:1", "VAULT_TOKEN": "v", "BAO_TOKEN": "b"}
-    assert settings(**env).token == "b"  # type: ignore[union-attr]
-    assert settings(**env, SECUREML_VAULT_TOKEN="s").token == "s"  # type: ignore[union-attr]
+    env = {"VAULT_ADDR": "https://v:1", "VAULT_TOKEN": "v", "BAO_TOKEN": "b"}
+    assert token_of(settings(**env)) == "b"
+    assert token_of(settings(**env, SECUREML_VAULT_TOKEN="s")) == "s"
 
 
 def test_namespace_and_ca_from_env(tmp_path: pytest.TempPathFactory) -> None:
@@ -65,11 +71,11 @@ def test_namespace_and_ca_from_env(tmp_path: pytest.TempPathFactory) -> None:
 
 
 def test_explicit_arguments_win(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SECUREML_VAULT_URL", "http://env:1")
+    monkeypatch.setenv("SECUREML_VAULT_URL", "https://env:1")
     monkeypatch.setenv("SECUREML_VAULT_TOKEN", "env-token")
-    km = KeyManager(vault_url="http://arg:2", vault_token="arg-token")
-    assert "vault_url='http://arg:2'" in repr(km)
-    assert km._primary.settings.token == "arg-token"  # type: ignore[union-attr]
+    km = KeyManager(vault_url="https://arg:2", vault_token="arg-token")
+    assert "vault_url='https://arg:2'" in repr(km)
+    assert token_of(km._primary.settings) == "arg-token"  # type: ignore[union-attr]
 
 
 def test_env_configures_a_manager(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,7 +85,7 @@ def test_env_configures_a_manager(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_url_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigurationError, match="no token"):
+    with pytest.raises(ConfigurationError, match="no credentials"):
         KeyManager(vault_url="http://127.0.0.1:8200")
     monkeypatch.setenv("VAULT_ADDR", "http://127.0.0.1:8200")
     with pytest.raises(ConfigurationError, match="VAULT_TOKEN"):
@@ -118,23 +124,23 @@ def test_malformed_tokens_are_not_echoed(token: str) -> None:
 
 def test_token_is_trimmed() -> None:
     km = KeyManager(vault_url="http://127.0.0.1:8200", vault_token=f"  {TOKEN}\n")
-    assert km._primary.settings.token == TOKEN  # type: ignore[union-attr]
+    assert token_of(km._primary.settings) == TOKEN  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
         ({"vault_url": 8200, "vault_token": TOKEN}, TypeError),
-        ({"vault_url": "http://h:1", "vault_token": b"t"}, TypeError),
-        ({"vault_url": "http://h:1", "vault_token": TOKEN, "timeout": 0}, ValueError),
-        ({"vault_url": "http://h:1", "vault_token": TOKEN, "timeout": "5"}, TypeError),
-        ({"vault_url": "http://h:1", "vault_token": TOKEN, "vault_kv_version": 3}, ValueError),
+        ({"vault_url": "https://h:1", "vault_token": b"t"}, TypeError),
+        ({"vault_url": "https://h:1", "vault_token": TOKEN, "timeout": 0}, ValueError),
+        ({"vault_url": "https://h:1", "vault_token": TOKEN, "timeout": "5"}, TypeError),
+        ({"vault_url": "https://h:1", "vault_token": TOKEN, "vault_kv_version": 3}, ValueError),
         ({"vault_path": "../up"}, ValueError),
         ({"vault_mount": ""}, ValueError),
         ({"use_env_fallback": "yes"}, TypeError),
         ({"use_default_fallback": 1}, TypeError),
         (
-            {"vault_url": "http://h:1", "vault_token": TOKEN, "vault_ca_cert": "/no/such/ca.pem"},
+            {"vault_url": "https://h:1", "vault_token": TOKEN, "vault_ca_cert": "/no/such/ca.pem"},
             ConfigurationError,
         ),
     ],
@@ -145,7 +151,7 @@ def test_constructor_validates(kwargs: dict[str, object], error: type[Exception]
 
 
 def test_empty_vault_path_is_the_mount_root() -> None:
-    km = KeyManager(vault_url="http://h:1", vault_token=TOKEN, vault_path="")
+    km = KeyManager(vault_url="https://h:1", vault_token=TOKEN, vault_path="")
     assert km._primary.locate("x") == "vault:secret/x"  # type: ignore[union-attr]
 
 

@@ -68,7 +68,7 @@ def test_repr_shows_settings_never_the_token() -> None:
         "vault_mount='secret', use_env_fallback=True, use_default_fallback=False)"
     )
     assert TOKEN not in repr(manager._primary)
-    assert TOKEN not in repr(VaultSettings("https://v:1", token=TOKEN))
+    assert TOKEN not in repr(VaultSettings("https://v:1", km.TokenAuth(TOKEN)))
 
 
 def test_manager_refuses_pickling_and_copying() -> None:

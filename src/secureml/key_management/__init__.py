@@ -13,8 +13,17 @@ Example:
 
 from __future__ import annotations
 
+from ._auth import (
+    AppRoleAuth,
+    JWTAuth,
+    KubernetesAuth,
+    TokenAuth,
+    UserpassAuth,
+    VaultAuth,
+)
 from ._default import configure_default_key_manager, get_default_key_manager, get_encryption_key
 from ._manager import KeyManager
+from ._status import KeyManagerStatus
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -28,22 +37,31 @@ from .errors import (
     VaultError,
     VaultSealedError,
     VaultUnavailableError,
+    WriteOutcomeUnknownError,
 )
 
 __all__ = [
+    "AppRoleAuth",
     "AuthenticationError",
     "ConfigurationError",
     "InvalidCiphertextError",
+    "JWTAuth",
     "KeyFormatError",
     "KeyManagementError",
     "KeyManager",
+    "KeyManagerStatus",
+    "KubernetesAuth",
     "PermissionDeniedError",
     "SecretNotFoundError",
     "SecurityWarning",
+    "TokenAuth",
     "UnsupportedOperationError",
+    "UserpassAuth",
+    "VaultAuth",
     "VaultError",
     "VaultSealedError",
     "VaultUnavailableError",
+    "WriteOutcomeUnknownError",
     "configure_default_key_manager",
     "get_default_key_manager",
     "get_encryption_key",
@@ -51,7 +69,14 @@ __all__ = [
 
 # Exported objects show the public module path (httpx does the same).
 for _name in (
+    "AppRoleAuth",
+    "JWTAuth",
     "KeyManager",
+    "KeyManagerStatus",
+    "KubernetesAuth",
+    "TokenAuth",
+    "UserpassAuth",
+    "VaultAuth",
     "configure_default_key_manager",
     "get_default_key_manager",
     "get_encryption_key",

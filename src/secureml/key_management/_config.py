@@ -1,44 +1,84 @@
 """Vault connection settings: explicit arguments first, then the environment.
 
 Precedence for each setting: the argument, then ``SECUREML_VAULT_*``, then ``BAO_*``
-(as OpenBao's own client prefers it), then ``VAULT_*``.
+(as OpenBao's own client prefers it), then ``VAULT_*``. ``VAULT_SKIP_VERIFY`` is
+deliberately not read: turning TLS verification off takes ``verify=False`` in code.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import re
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-from .errors import ConfigurationError
+from ._auth import AppRoleAuth, TokenAuth, VaultAuth
+from .errors import ConfigurationError, SecurityWarning
 
 URL_VARS = ("SECUREML_VAULT_URL", "BAO_ADDR", "VAULT_ADDR")
 TOKEN_VARS = ("SECUREML_VAULT_TOKEN", "BAO_TOKEN", "VAULT_TOKEN")
+ROLE_ID_VAR = "SECUREML_VAULT_ROLE_ID"
+SECRET_ID_VAR = "SECUREML_VAULT_SECRET_ID"  # noqa: S105 - a variable name
 NAMESPACE_VARS = ("SECUREML_VAULT_NAMESPACE", "BAO_NAMESPACE", "VAULT_NAMESPACE")
-CACERT_VARS = ("SECUREML_VAULT_CACERT", "BAO_CACERT", "VAULT_CACERT")
+# Vault's CLI: VAULT_CACERT wins over VAULT_CAPATH.
+CACERT_VARS = (
+    "SECUREML_VAULT_CACERT",
+    "BAO_CACERT",
+    "VAULT_CACERT",
+    "BAO_CAPATH",
+    "VAULT_CAPATH",
+)
+CLIENT_CERT_VARS = ("SECUREML_VAULT_CLIENT_CERT", "BAO_CLIENT_CERT", "VAULT_CLIENT_CERT")
+CLIENT_KEY_VARS = ("SECUREML_VAULT_CLIENT_KEY", "BAO_CLIENT_KEY", "VAULT_CLIENT_KEY")
+TIMEOUT_VARS = ("SECUREML_VAULT_TIMEOUT", "BAO_CLIENT_TIMEOUT", "VAULT_CLIENT_TIMEOUT")
+RETRIES_VARS = ("SECUREML_VAULT_MAX_RETRIES", "BAO_MAX_RETRIES", "VAULT_MAX_RETRIES")
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_RETRIES = 2
+MAX_RETRIES = 10
+
+_T = TypeVar("_T")
 
 INSTALL_HINT = "install the Vault extra: pip install 'secureml[vault]'"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+_warned_plain_http: set[str] = set()
+_warned_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
 class VaultSettings:
-    """Where and how to reach Vault; the token is kept out of ``repr``.
+    """Where and how to reach Vault. Nothing secret shows in ``repr``.
 
     Attributes:
         url: Base address, e.g. ``https://vault.example.com:8200``.
-        token: The Vault token sent as ``X-Vault-Token``.
+        auth: How to obtain a token (:class:`~secureml.key_management.TokenAuth`,
+            :class:`~secureml.key_management.AppRoleAuth`, ...).
         namespace: Vault Enterprise / OpenBao namespace, sent on every request.
-        ca_cert: CA bundle file or directory to verify TLS against (system store if unset).
-        timeout: Seconds to wait for each request.
+        ca_cert: CA bundle file, or a directory of hashed CA files, to verify TLS
+            against (the system store if unset).
+        client_cert: Client certificate (PEM) for mutual TLS.
+        client_key: The client certificate's private key (PEM), if not in ``client_cert``.
+        verify: Verify the server's TLS certificate. Off only when asked for in code.
+        timeout: Seconds to connect, and to wait for each answer.
+        retries: Extra attempts after a failure worth retrying (0 disables).
     """
 
     url: str
-    token: str = field(repr=False)
+    auth: VaultAuth
     namespace: str | None = None
     ca_cert: str | None = None
-    timeout: float = 5.0
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int = DEFAULT_RETRIES
 
 
 def _from_env(environ: Mapping[str, str], names: tuple[str, ...]) -> str | None:
@@ -67,74 +107,212 @@ def _check_url(url: object) -> str:
     return url.strip().rstrip("/")
 
 
-def _check_token(token: object) -> str:
+def check_token(token: object) -> str:
+    """``token``, stripped, or an error that describes (never shows) what is wrong."""
     if not isinstance(token, str):
         raise TypeError(f"vault_token must be a str, not {type(token).__name__}")
     token = token.strip()
     if not token or not token.isprintable() or any(c.isspace() for c in token):
-        # Never echo the token: say what is wrong with it, not what it is.
         raise ConfigurationError(
             "vault_token is empty or contains whitespace or control characters"
         )
     return token
 
 
-def _check_timeout(timeout: object) -> float:
+def _parse_duration(text: object, source: str) -> float:
+    """Seconds from a variable such as ``VAULT_CLIENT_TIMEOUT`` (``5``, ``5s``, ``500ms``)."""
+    match = _DURATION.match(str(text))
+    if match is None:
+        raise ConfigurationError(
+            f"{source}={text!r} is not a duration; use seconds such as 5, 5s or 500ms"
+        )
+    number, unit = float(match.group(1)), match.group(2) or "s"
+    return _check_timeout(number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit], source)
+
+
+def _check_timeout(timeout: object, source: str) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+        raise TypeError(f"{source} must be a number of seconds, not {type(timeout).__name__}")
     if not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds; got {timeout}")
+        raise ValueError(f"{source} must be a positive number of seconds; got {timeout}")
     return float(timeout)
+
+
+def _parse_count(text: object, source: str) -> int:
+    """A whole number from a variable such as ``VAULT_MAX_RETRIES``."""
+    if not str(text).strip().isdigit():
+        raise ConfigurationError(f"{source}={text!r} is not a whole number")
+    return _check_retries(int(str(text)), source)
+
+
+def _check_retries(retries: object, source: str) -> int:
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"{source} must be an int, not {type(retries).__name__}")
+    if not 0 <= retries <= MAX_RETRIES:
+        raise ValueError(f"{source} must be 0 to {MAX_RETRIES}; got {retries}")
+    return retries
+
+
+def _check_file(path: object, what: str) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path, not {type(path).__name__}")
+    checked = os.fspath(path)
+    if not os.path.exists(checked):
+        raise ConfigurationError(f"{what} {checked!r} does not exist")
+    return str(checked)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_plain_http(url: str) -> None:
+    """Plain HTTP beyond this machine sends the token in clear text: say so, once."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+        return
+    with _warned_lock:
+        if url in _warned_plain_http:
+            return
+        _warned_plain_http.add(url)
+    warnings.warn(
+        f"Vault at {url} is reached over plain http: tokens and secrets cross the network "
+        "unencrypted. Use https:// outside local development.",
+        SecurityWarning,
+        stacklevel=4,
+    )
+
+
+def _resolve_auth(
+    token: str | None, auth: VaultAuth | None, env: Mapping[str, str]
+) -> VaultAuth | None:
+    if auth is not None:
+        if token is not None:
+            raise ConfigurationError("pass vault_auth= or vault_token=, not both")
+        if not isinstance(auth, VaultAuth):
+            raise TypeError(
+                "vault_auth must be an auth method such as TokenAuth or AppRoleAuth, "
+                f"not {type(auth).__name__}"
+            )
+        return auth
+    if token is not None:
+        return TokenAuth(check_token(token))
+    role_id, secret_id = env.get(ROLE_ID_VAR, "").strip(), env.get(SECRET_ID_VAR, "").strip()
+    if role_id or secret_id:
+        if not (role_id and secret_id):
+            raise ConfigurationError(
+                f"AppRole needs both {ROLE_ID_VAR} and {SECRET_ID_VAR}; only one is set"
+            )
+        return AppRoleAuth(role_id, secret_id)
+    env_token = _from_env(env, TOKEN_VARS)
+    return None if env_token is None else TokenAuth(check_token(env_token))
 
 
 def resolve_vault_settings(
     *,
     url: str | None,
     token: str | None,
-    namespace: str | None,
-    ca_cert: str | None,
-    timeout: float,
+    auth: VaultAuth | None = None,
+    namespace: str | None = None,
+    ca_cert: str | None = None,
+    client_cert: str | None = None,
+    client_key: str | None = None,
+    verify: bool = True,
+    timeout: float | None = None,
+    retries: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> VaultSettings | None:
     """Work out the Vault settings, or ``None`` when no Vault is configured.
 
-    Vault is on when a URL is given or found in the environment. A token found only in
-    the environment, with no URL anywhere, is ignored: ``VAULT_TOKEN`` is often set for
-    the ``vault`` CLI alone.
+    Vault is on when a URL is given or found in the environment. Credentials found only
+    in the environment, with no URL anywhere, are ignored: ``VAULT_TOKEN`` is often set
+    for the ``vault`` CLI alone.
+
+    Warns:
+        SecurityWarning: ``verify=False``, or plain ``http://`` to a host other than
+            loopback (once per address).
 
     Raises:
-        ConfigurationError: A URL with no token, a token with no URL (both given as
-            arguments), a malformed URL or token, or hvac missing.
+        ConfigurationError: A URL with no credentials, credentials with no URL (both
+            given as arguments), malformed values, missing files, or hvac missing.
         TypeError: An argument has the wrong type.
     """
     env = os.environ if environ is None else environ
-    checked_timeout = _check_timeout(timeout)
+    checked_timeout = (
+        _check_timeout(timeout, "timeout")
+        if timeout is not None
+        else _env_value(env, TIMEOUT_VARS, _parse_duration, DEFAULT_TIMEOUT)
+    )
+    checked_retries = (
+        _check_retries(retries, "retries")
+        if retries is not None
+        else _env_value(env, RETRIES_VARS, _parse_count, DEFAULT_RETRIES)
+    )
+    if not isinstance(verify, bool):
+        raise TypeError(f"verify must be True or False, not {type(verify).__name__}")
     resolved_url = url if url is not None else _from_env(env, URL_VARS)
     if resolved_url is None:
-        if token is not None:
+        if token is not None or auth is not None:
             raise ConfigurationError(
-                "vault_token was given but no Vault URL: pass vault_url= or set "
+                "Vault credentials were given but no Vault URL: pass vault_url= or set "
                 "SECUREML_VAULT_URL (or VAULT_ADDR)"
             )
         return None
     checked_url = _check_url(resolved_url)
-    resolved_token = token if token is not None else _from_env(env, TOKEN_VARS)
-    if resolved_token is None:
+    resolved_auth = _resolve_auth(token, auth, env)
+    if resolved_auth is None:
         raise ConfigurationError(
-            f"Vault URL {checked_url} is configured but no token: pass vault_token= or set "
-            "SECUREML_VAULT_TOKEN (or VAULT_TOKEN)"
+            f"Vault URL {checked_url} is configured but no credentials: pass vault_token= "
+            "or vault_auth=, or set SECUREML_VAULT_TOKEN (or VAULT_TOKEN)"
         )
     if importlib.util.find_spec("hvac") is None:
         raise ConfigurationError(
             f"Vault URL {checked_url} is configured but hvac is missing: {INSTALL_HINT}"
         )
     resolved_ca = ca_cert if ca_cert is not None else _from_env(env, CACERT_VARS)
-    if resolved_ca is not None and not os.path.exists(resolved_ca):
-        raise ConfigurationError(f"vault_ca_cert {resolved_ca!r} does not exist")
+    if resolved_ca is not None and not verify:
+        raise ConfigurationError(
+            "vault_ca_cert is set but verify=False turns verification off; keep one"
+        )
+    cert = client_cert if client_cert is not None else _from_env(env, CLIENT_CERT_VARS)
+    key = client_key if client_key is not None else _from_env(env, CLIENT_KEY_VARS)
+    if key is not None and cert is None:
+        raise ConfigurationError("vault_client_key needs vault_client_cert as well")
+    if not verify:
+        warnings.warn(
+            f"TLS verification of Vault at {checked_url} is OFF (verify=False): anyone on "
+            "the network path can read the token and the secrets. Use vault_ca_cert= instead.",
+            SecurityWarning,
+            stacklevel=3,
+        )
+    _warn_plain_http(checked_url)
     return VaultSettings(
         url=checked_url,
-        token=_check_token(resolved_token),
+        auth=resolved_auth,
         namespace=namespace if namespace is not None else _from_env(env, NAMESPACE_VARS),
-        ca_cert=resolved_ca,
+        ca_cert=None if resolved_ca is None else _check_file(resolved_ca, "vault_ca_cert"),
+        client_cert=None if cert is None else _check_file(cert, "vault_client_cert"),
+        client_key=None if key is None else _check_file(key, "vault_client_key"),
+        verify=verify,
         timeout=checked_timeout,
+        retries=checked_retries,
     )
+
+
+def _env_value(
+    env: Mapping[str, str],
+    names: tuple[str, ...],
+    check: Callable[[object, str], _T],
+    default: _T,
+) -> _T:
+    """The first of ``names`` set in ``env``, checked (errors name the variable)."""
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            return check(value, name)
+    return default

@@ -10,8 +10,10 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Literal, NoReturn, TypeVar, overload
 
+from ._auth import VaultAuth
 from ._config import resolve_vault_settings
 from ._derivation import hkdf_sha256
 from ._devdefaults import (
@@ -30,6 +32,7 @@ from ._encoding import (
     encode_key,
 )
 from ._names import validate_name, validate_path
+from ._status import KeyManagerStatus
 from .backends.base import SecretBackend, SecretValue
 from .backends.env import EnvBackend
 from .backends.vault import VALUE_FIELD, VaultBackend
@@ -66,8 +69,10 @@ class KeyManager:
         vault_url: Vault/OpenBao address, e.g. ``https://vault.example.com:8200``. When
             omitted: ``SECUREML_VAULT_URL``, ``BAO_ADDR``, ``VAULT_ADDR``. No URL
             anywhere means no Vault.
-        vault_token: Token for Vault. When omitted: ``SECUREML_VAULT_TOKEN``,
-            ``BAO_TOKEN``, ``VAULT_TOKEN``.
+        vault_token: Token for Vault (short for ``vault_auth=TokenAuth(token)``). When
+            neither it nor ``vault_auth`` is given: AppRole from
+            ``SECUREML_VAULT_ROLE_ID`` and ``SECUREML_VAULT_SECRET_ID``, else a token
+            from ``SECUREML_VAULT_TOKEN``, ``BAO_TOKEN``, ``VAULT_TOKEN``.
         vault_path: Folder under the KV mount that holds the secrets (``""`` for the
             mount's root).
         use_env_fallback: Read ``SECUREML_<NAME>`` environment variables.
@@ -75,13 +80,30 @@ class KeyManager:
             last resort. For development only; refused when ``SECUREML_ENV`` is
             ``production`` or ``prod``.
         vault_mount: The KV engine's mount path.
-        vault_namespace: Vault Enterprise / OpenBao namespace. When omitted:
-            ``SECUREML_VAULT_NAMESPACE``, ``BAO_NAMESPACE``, ``VAULT_NAMESPACE``.
-        vault_ca_cert: CA bundle (file or directory) to verify Vault's TLS certificate.
-            When omitted: ``SECUREML_VAULT_CACERT``, ``BAO_CACERT``, ``VAULT_CACERT``;
-            otherwise the system's trust store. Verification is always on.
+        vault_auth: How to log in: :class:`TokenAuth`, :class:`AppRoleAuth`,
+            :class:`UserpassAuth`, :class:`JWTAuth`, :class:`KubernetesAuth`. Tokens are
+            renewed before they expire and, for methods that can, obtained again by
+            logging in when they run out or are revoked.
+        vault_namespace: Vault Enterprise / OpenBao namespace, sent on every request
+            (logins too). When omitted: ``SECUREML_VAULT_NAMESPACE``, ``BAO_NAMESPACE``,
+            ``VAULT_NAMESPACE``.
+        vault_ca_cert: CA bundle file, or directory of hashed CA files, to verify Vault's
+            TLS certificate. When omitted: ``SECUREML_VAULT_CACERT``, ``BAO_CACERT``,
+            ``VAULT_CACERT``, ``BAO_CAPATH``, ``VAULT_CAPATH``; otherwise the system's
+            trust store.
+        vault_client_cert: Client certificate (PEM) for mutual TLS (also
+            ``VAULT_CLIENT_CERT``).
+        vault_client_key: Its private key (PEM) if not in the certificate file (also
+            ``VAULT_CLIENT_KEY``).
         vault_kv_version: 1 or 2 to skip detecting the mount's KV version.
-        timeout: Seconds to wait for Vault on each request.
+        verify: Verify Vault's TLS certificate. ``False`` warns with
+            :class:`SecurityWarning`; there is no environment variable for it.
+        timeout: Seconds to connect, and to wait for each answer. When omitted:
+            ``VAULT_CLIENT_TIMEOUT`` (``BAO_CLIENT_TIMEOUT``), else 5.
+        retries: Extra attempts, with exponential backoff and jitter, after connection
+            errors, 412, 429 and 5xx other than 501 (never other 4xx); 0 disables. When
+            omitted: ``VAULT_MAX_RETRIES`` (``BAO_MAX_RETRIES``), else 2. A call takes
+            at most ``timeout`` x attempts plus backoff.
         backend: Use this :class:`~secureml.key_management.backends.SecretBackend`
             instead of Vault (the Vault settings must then be left unset).
 
@@ -107,10 +129,15 @@ class KeyManager:
         use_default_fallback: bool = False,
         *,
         vault_mount: str = "secret",
+        vault_auth: VaultAuth | None = None,
         vault_namespace: str | None = None,
         vault_ca_cert: str | None = None,
+        vault_client_cert: str | None = None,
+        vault_client_key: str | None = None,
         vault_kv_version: int | None = None,
-        timeout: float = 5.0,
+        verify: bool = True,
+        timeout: float | None = None,
+        retries: int | None = None,
         backend: SecretBackend | None = None,
     ) -> None:
         self._vault_path = validate_path(vault_path, what="vault_path")
@@ -123,8 +150,10 @@ class KeyManager:
                 "production: dev defaults are public values, not secrets"
             )
         if backend is not None:
-            if vault_url is not None or vault_token is not None:
-                raise ConfigurationError("pass either backend= or vault_url=/vault_token=")
+            if vault_url is not None or vault_token is not None or vault_auth is not None:
+                raise ConfigurationError(
+                    "pass either backend= or vault_url=/vault_token=/vault_auth="
+                )
             if not isinstance(backend, SecretBackend):
                 raise TypeError("backend must implement the SecretBackend protocol")
             self._primary: SecretBackend | None = backend
@@ -132,9 +161,14 @@ class KeyManager:
             settings = resolve_vault_settings(
                 url=vault_url,
                 token=vault_token,
+                auth=vault_auth,
                 namespace=vault_namespace,
                 ca_cert=vault_ca_cert,
+                client_cert=vault_client_cert,
+                client_key=vault_client_key,
+                verify=verify,
                 timeout=timeout,
+                retries=retries,
             )
             self._primary = (
                 None
@@ -304,6 +338,29 @@ class KeyManager:
             ValueError: Empty ``base_key`` or ``purpose``, or ``key_bytes`` out of range.
         """
         return hkdf_sha256(base_key, purpose, key_bytes, salt)
+
+    def status(self) -> KeyManagerStatus:
+        """Where the manager gets secrets from, and how Vault is doing.
+
+        Cheap: one health request (not retried), then, when Vault is up, a token
+        lookup (logging in first if no token is held yet) and, once, the KV version.
+        Never raises because Vault is down, sealed or refusing: the result's ``error``
+        says what went wrong. Holds no secret or token, so it is safe to log.
+
+        Example:
+            >>> km.status().reachable                 # doctest: +SKIP
+            True
+        """
+        base = (
+            self._primary.status()
+            if isinstance(self._primary, VaultBackend)
+            else KeyManagerStatus()
+        )
+        return replace(
+            base,
+            env_fallback=self._use_env_fallback,
+            default_fallback=self._use_default_fallback,
+        )
 
     # -- the lookup chain ------------------------------------------------------------
 

@@ -9,6 +9,7 @@
     +-- VaultError                     the server answered with a problem
     |   +-- VaultUnavailableError      unreachable, timed out, 5xx: fallbacks may apply
     |   |   +-- VaultSealedError       the server is sealed
+    |   |   +-- WriteOutcomeUnknownError  the link broke mid-write: it may have landed
     |   +-- PermissionDeniedError      403: the policy forbids it; never masked
     |   +-- AuthenticationError        the token is invalid, expired or revoked
     +-- UnsupportedOperationError      the source cannot do that (e.g. write to env)
@@ -37,6 +38,7 @@ __all__ = [
     "VaultError",
     "VaultSealedError",
     "VaultUnavailableError",
+    "WriteOutcomeUnknownError",
 ]
 
 
@@ -88,6 +90,14 @@ class VaultUnavailableError(VaultError):
 
 class VaultSealedError(VaultUnavailableError):
     """Vault is sealed and serves nothing until an operator unseals it."""
+
+
+class WriteOutcomeUnknownError(VaultUnavailableError):
+    """The connection broke after a write was sent: it may or may not have happened.
+
+    Such a write is not retried automatically (replaying it could overwrite a newer
+    value). Read the secret back to see whether it landed before writing again.
+    """
 
 
 class PermissionDeniedError(VaultError):

@@ -5,8 +5,12 @@ Layout: secret ``name`` lives at ``<mount>/<path>/<name>`` in the field ``value`
 reads. Bytes are stored as base64 text with a sibling field ``encoding=base64``. A
 secret with several fields and no ``value`` is returned whole, as a dict.
 
-Every hvac and requests exception is translated here, in :meth:`VaultBackend._errors`,
-so no hvac type reaches users.
+Every request goes through :meth:`VaultBackend._call`: it takes a token from the
+:class:`~._vault_session.TokenSession` (which logs in and renews), logs in again and
+retries once when Vault rejects the token, and translates hvac and requests exceptions
+into our hierarchy (``from None``: hvac keeps the server's response body on its
+exceptions). Retries, timeouts and redirects are the transport's job
+(:mod:`._vault_transport`).
 """
 
 from __future__ import annotations
@@ -14,21 +18,21 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._config import INSTALL_HINT, VaultSettings
+from .._status import KeyManagerStatus
 from ..errors import (
     AuthenticationError,
     ConfigurationError,
     KeyFormatError,
+    KeyManagementError,
     PermissionDeniedError,
     UnsupportedOperationError,
-    VaultError,
-    VaultSealedError,
-    VaultUnavailableError,
 )
+from ._vault_errors import translate
+from ._vault_session import TokenSession
 from .base import SecretValue
 
 if TYPE_CHECKING:
@@ -36,6 +40,19 @@ if TYPE_CHECKING:
 
 VALUE_FIELD = "value"
 ENCODING_FIELD = "encoding"
+
+_T = TypeVar("_T")
+
+#: ``sys/health`` answers 200 in every state with these, so a status probe never
+#: looks like a failure worth retrying.
+_HEALTH_PARAMS = {
+    "standbyok": "true",
+    "perfstandbyok": "true",
+    "sealedcode": "200",
+    "uninitcode": "200",
+    "drsecondarycode": "200",
+    "performancestandbycode": "200",
+}
 
 
 def pack_fields(value: SecretValue) -> dict[str, Any]:
@@ -70,18 +87,19 @@ class VaultBackend:
 
     The KV version is detected from the mount on first use (through
     ``sys/internal/ui/mounts``, which least-privilege tokens may read for their own
-    paths) unless ``kv_version`` is given. Each thread gets its own hvac client, because
-    a ``requests.Session`` was never promised to be thread-safe.
+    paths) unless ``kv_version`` is given. Each thread gets its own hvac client and
+    ``requests.Session`` (a session was never promised to be thread-safe); all threads
+    share one token session, so they log in once, not once each.
 
     Args:
-        settings: Where Vault is and the token to use.
+        settings: Where Vault is, how to log in, TLS, timeouts and retries.
         mount: The KV engine's mount path (``secret`` by default in Vault and OpenBao).
         path: The folder under the mount that holds secureml's secrets.
         kv_version: 1 or 2 to skip detection; ``None`` to detect.
 
     Example:
-        >>> backend = VaultBackend(VaultSettings("http://127.0.0.1:8200", token="..."))
-        >>> backend.locate("api_key")
+        >>> settings = VaultSettings("https://vault.example.com:8200", TokenAuth("..."))
+        >>> VaultBackend(settings).locate("api_key")
         'vault:secret/secureml/api_key'
     """
 
@@ -101,6 +119,7 @@ class VaultBackend:
         self._kv_version = kv_version
         self._detect_lock = threading.Lock()
         self._local = threading.local()
+        self._session = TokenSession(settings.auth, url=settings.url)
 
     @property
     def source(self) -> str:
@@ -108,8 +127,13 @@ class VaultBackend:
 
     @property
     def settings(self) -> VaultSettings:
-        """The connection settings (their ``repr`` hides the token)."""
+        """The connection settings (their ``repr`` hides credentials)."""
         return self._settings
+
+    @property
+    def session(self) -> TokenSession:
+        """The token session shared by every thread (login and renewal counts)."""
+        return self._session
 
     def locate(self, name: str) -> str:
         return f"vault:{self._mount}/{self._secret_path(name)}"
@@ -120,12 +144,14 @@ class VaultBackend:
     # -- I/O -------------------------------------------------------------------------
 
     def get(self, name: str, version: int | None = None) -> SecretValue | None:
-        import hvac.exceptions
-
         where = self.locate(name)
         kv = self.kv_version()
-        client = self._client()
-        with self._errors("read", where):
+        if kv == 1 and version is not None:
+            raise UnsupportedOperationError(f"{where} is on a KV v1 mount, which keeps no versions")
+
+        def read(client: hvac.Client) -> Any:
+            import hvac.exceptions
+
             try:
                 if kv == 2:
                     response = client.secrets.kv.v2.read_secret_version(
@@ -134,18 +160,14 @@ class VaultBackend:
                         mount_point=self._mount,
                         raise_on_deleted_version=True,
                     )
-                    fields = response["data"]["data"]
-                else:
-                    if version is not None:
-                        raise UnsupportedOperationError(
-                            f"{where} is on a KV v1 mount, which keeps no versions"
-                        )
-                    response = client.secrets.kv.v1.read_secret(
-                        path=self._secret_path(name), mount_point=self._mount
-                    )
-                    fields = response["data"]
+                    return response["data"]["data"]
+                return client.secrets.kv.v1.read_secret(
+                    path=self._secret_path(name), mount_point=self._mount
+                )["data"]
             except hvac.exceptions.InvalidPath:
                 return None
+
+        fields = self._call("read", where, read)
         if fields is None:
             return None
         return unpack_fields(fields, where)
@@ -153,17 +175,19 @@ class VaultBackend:
     def put(self, name: str, value: SecretValue) -> None:
         fields = pack_fields(value)
         kv = self.kv_version()
-        client = self._client()
-        with self._errors("write", self.locate(name)):
+
+        def write(client: hvac.Client) -> None:
             engine = client.secrets.kv.v2 if kv == 2 else client.secrets.kv.v1
             engine.create_or_update_secret(
                 path=self._secret_path(name), secret=fields, mount_point=self._mount
             )
 
+        self._call("write", self.locate(name), write)
+
     def delete(self, name: str) -> None:
         kv = self.kv_version()
-        client = self._client()
-        with self._errors("delete", self.locate(name)):
+
+        def delete(client: hvac.Client) -> None:
             if kv == 2:
                 client.secrets.kv.v2.delete_latest_version_of_secret(
                     path=self._secret_path(name), mount_point=self._mount
@@ -172,6 +196,8 @@ class VaultBackend:
                 client.secrets.kv.v1.delete_secret(
                     path=self._secret_path(name), mount_point=self._mount
                 )
+
+        self._call("delete", self.locate(name), delete)
 
     def kv_version(self) -> int:
         """The mount's KV version (1 or 2), detected once and remembered."""
@@ -183,8 +209,11 @@ class VaultBackend:
 
     def _detect_kv_version(self) -> int:
         probe = f"{self._mount}/{self._path}".rstrip("/")
-        with self._errors("detect the KV version of", f"vault:{self._mount}/"):
-            response = self._client().adapter.get(f"/v1/sys/internal/ui/mounts/{probe}")
+        response = self._call(
+            "detect the KV version of",
+            f"vault:{self._mount}/",
+            lambda client: client.adapter.get(f"/v1/sys/internal/ui/mounts/{probe}"),
+        )
         data = response.get("data") or {}
         engine = data.get("type")
         if engine not in ("kv", "generic"):
@@ -200,109 +229,164 @@ class VaultBackend:
             )
         return 2 if str((data.get("options") or {}).get("version", "1")) == "2" else 1
 
+    # -- status ----------------------------------------------------------------------
+
+    def status(self) -> KeyManagerStatus:
+        """Health, token and mount facts; never raises for an unreachable server.
+
+        One health request (not retried); then, if Vault is up, the token (logging in
+        if none is held yet) and the KV version.
+        """
+        s = self._settings
+        base = KeyManagerStatus(
+            vault_url=s.url,
+            auth_method=s.auth.method,
+            kv_mount=self._mount,
+            kv_version=self._kv_version,
+            namespace=s.namespace,
+        )
+        try:
+            health = self._translated(
+                "check the health of",
+                "the server",
+                lambda: self._client().adapter.get(
+                    "/v1/sys/health", params=_HEALTH_PARAMS, retries=0
+                ),
+            )
+        except KeyManagementError as exc:
+            return self._with_counts(base, error=str(exc))
+        sealed = bool(health.get("sealed"))
+        base = self._with_counts(
+            base,
+            reachable=True,
+            initialized=bool(health.get("initialized")),
+            sealed=sealed,
+            server_version=health.get("version"),
+        )
+        if sealed or not base.initialized:
+            return base
+        try:
+            kv_version = self.kv_version()
+            lookup = self._call(
+                "look up the token for",
+                "the server",
+                lambda client: client.adapter.get("/v1/auth/token/lookup-self", retries=0),
+            )
+        except KeyManagementError as exc:
+            return self._with_counts(base, kv_version=self._kv_version, error=str(exc))
+        data = lookup.get("data") or {}
+        return self._with_counts(
+            base,
+            kv_version=kv_version,
+            token_ttl=float(data["ttl"]) if data.get("ttl") else None,
+            renewable=bool(data.get("renewable")),
+        )
+
+    def _with_counts(self, status: KeyManagerStatus, **changes: Any) -> KeyManagerStatus:
+        from dataclasses import replace
+
+        return replace(
+            status, logins=self._session.logins, renewals=self._session.renewals, **changes
+        )
+
     # -- plumbing --------------------------------------------------------------------
+
+    def _call(self, action: str, where: str, op: Callable[[hvac.Client], _T]) -> _T:
+        """Run ``op`` with a valid token; log in again and retry once if it was rejected."""
+        import hvac.exceptions as hx
+
+        client = self._client()
+
+        def attempt() -> _T:
+            for retry in (False, True):
+                token, generation = self._session.token(client)
+                client.token = token
+                try:
+                    return op(client)
+                except (hx.Forbidden, hx.Unauthorized):
+                    if self._token_still_valid(client):
+                        raise PermissionDeniedError(
+                            f"Vault at {self._settings.url} denied permission to {action} "
+                            f"{where}: the token's policies do not allow it (or the mount "
+                            "does not exist)"
+                        ) from None
+                    if not retry and self._session.rejected(generation):
+                        continue
+                    raise self._rejected_token(action, where) from None
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return self._translated(action, where, attempt)
+
+    def _translated(self, action: str, where: str, op: Callable[[], _T]) -> _T:
+        """Run ``op``; raise hvac's and requests' exceptions as ours, without their bodies."""
+        try:
+            return op()
+        except KeyManagementError:
+            raise
+        except Exception as exc:
+            error = translate(exc, url=self._settings.url, action=action, where=where)
+            if error is None:
+                raise
+            raise error from None
+
+    def _token_still_valid(self, client: hvac.Client) -> bool:
+        """After a 403: does Vault still accept the token (so the policy said no)?"""
+        import hvac.exceptions as hx
+
+        try:
+            client.adapter.get("/v1/auth/token/lookup-self", retries=0)
+        except (hx.Forbidden, hx.Unauthorized):
+            return False
+        except Exception:
+            return True
+        return True
+
+    def _rejected_token(self, action: str, where: str) -> AuthenticationError:
+        method = self._settings.auth.method
+        if self._session.auth.can_login_again:
+            return AuthenticationError(
+                f"Vault at {self._settings.url} rejected a fresh {method} token while "
+                f"trying to {action} {where}; check the role's token policies and TTLs"
+            )
+        return AuthenticationError(
+            f"Vault at {self._settings.url} rejected the token (invalid, expired or revoked) "
+            f"while trying to {action} {where}; a plain token cannot log in again, so "
+            "supply a new one or use an auth method such as AppRoleAuth"
+        )
 
     def _client(self) -> hvac.Client:
         client: hvac.Client | None = getattr(self._local, "client", None)
         if client is None:
-            try:
-                import hvac
-            except ImportError:  # pragma: no cover - the manager checks this up front
-                raise ConfigurationError(f"hvac is not installed: {INSTALL_HINT}") from None
-            s = self._settings
-            client = hvac.Client(
-                url=s.url,
-                token=s.token,
-                namespace=s.namespace,
-                # Always explicit, so hvac never reads VAULT_SKIP_VERIFY behind our back.
-                verify=s.ca_cert if s.ca_cert else True,
-                timeout=s.timeout,
-                # requests would resend X-Vault-Token to whatever host a redirect names.
-                allow_redirects=False,
-            )
+            client = self._new_client()
             self._local.client = client
         return client
 
-    @contextmanager
-    def _errors(self, action: str, where: str) -> Iterator[None]:
-        """Translate hvac/requests exceptions into our hierarchy, naming ``where``."""
-        import hvac.exceptions as hx
-        import requests
-
-        url = self._settings.url
+    def _new_client(self) -> hvac.Client:
         try:
-            yield
-        except hx.Forbidden as exc:
-            self._raise_forbidden(action, where, exc)
-        except (hx.Unauthorized, hx.InvalidRequest) as exc:
-            if isinstance(exc, hx.Unauthorized):
-                raise AuthenticationError(
-                    f"Vault at {url} rejected the token while trying to {action} {where}"
-                ) from exc
-            raise VaultError(
-                f"Vault at {url} refused to {action} {where}: {_vault_errors(exc)}"
-            ) from exc
-        except hx.VaultDown as exc:
-            if "sealed" in _vault_errors(exc).lower():
-                raise VaultSealedError(
-                    f"Vault at {url} is sealed; cannot {action} {where}"
-                ) from exc
-            raise VaultUnavailableError(
-                f"Vault at {url} is unavailable (503); cannot {action} {where}"
-            ) from exc
-        except (
-            hx.InternalServerError,
-            hx.BadGateway,
-            hx.RateLimitExceeded,
-            hx.VaultNotInitialized,
-            hx.UnexpectedError,
-        ) as exc:
-            raise VaultUnavailableError(
-                f"Vault at {url} failed to {action} {where}: {type(exc).__name__}"
-            ) from exc
-        except requests.exceptions.SSLError as exc:
-            # Not "unavailable": a failed TLS check may be an attack, so no fallback.
-            raise VaultError(
-                f"TLS verification of Vault at {url} failed; set vault_ca_cert= to the CA "
-                "that signed its certificate"
-            ) from exc
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise VaultUnavailableError(
-                f"Vault at {url} is unreachable ({type(exc).__name__}); cannot {action} {where}"
-            ) from exc
-        except requests.exceptions.JSONDecodeError as exc:
-            raise VaultError(
-                f"Vault at {url} answered {action} of {where} with something that is not "
-                "Vault's JSON (a proxy or redirect?)"
-            ) from exc
+            import hvac
 
-    def _raise_forbidden(self, action: str, where: str, exc: Exception) -> NoReturn:
-        """403 means a bad token or a policy refusal; ask Vault which, to say so."""
-        import hvac.exceptions as hx
-
-        url = self._settings.url
-        try:
-            self._client().auth.token.lookup_self()
-        except hx.Forbidden:
-            raise AuthenticationError(
-                f"Vault at {url} rejected the token (invalid, expired or revoked) while "
-                f"trying to {action} {where}"
-            ) from exc
-        except Exception:  # noqa: S110 - the original 403 is the error to report
-            pass
-        raise PermissionDeniedError(
-            f"Vault at {url} denied permission to {action} {where}: the token's policies "
-            "do not allow it (or the mount does not exist)"
-        ) from exc
+            from ._vault_transport import PolicyAdapter
+        except ImportError:  # pragma: no cover - the manager checks this up front
+            raise ConfigurationError(f"hvac is not installed: {INSTALL_HINT}") from None
+        s = self._settings
+        verify: bool | str = s.ca_cert if s.ca_cert else s.verify
+        cert: tuple[str, str] | str | tuple[()] = ()  # () not None: hvac would read env
+        if s.client_cert is not None:
+            cert = (s.client_cert, s.client_key) if s.client_key else s.client_cert
+        return hvac.Client(
+            url=s.url,
+            token="",  # never hvac's own VAULT_TOKEN / ~/.vault-token lookup
+            namespace=s.namespace,
+            verify=verify,  # always explicit: hvac would read VAULT_SKIP_VERIFY & co
+            cert=cert,
+            timeout=s.timeout,
+            allow_redirects=False,
+            adapter=PolicyAdapter,
+            retries=s.retries,
+        )
 
     def __repr__(self) -> str:
         return (
-            f"VaultBackend(url={self._settings.url!r}, mount={self._mount!r}, path={self._path!r})"
+            f"VaultBackend(url={self._settings.url!r}, auth={self._settings.auth.method!r}, "
+            f"mount={self._mount!r}, path={self._path!r})"
         )
-
-
-def _vault_errors(exc: Exception) -> str:
-    """Vault's own error strings, which name paths and problems, never secret values."""
-    errors = getattr(exc, "errors", None) or []
-    text = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
-    return text.strip()[:300] or "no detail given"

@@ -1,0 +1,286 @@
+"""How a KeyManager logs in to Vault: one small object per auth method.
+
+Each method turns its credentials into a Vault token through hvac. None of them keeps a
+token; :mod:`._session` owns the token's lifecycle (renewal, re-login). Credentials never
+appear in a ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ._names import validate_name
+from .errors import AuthenticationError, ConfigurationError
+
+if TYPE_CHECKING:
+    import hvac
+
+__all__ = [
+    "AppRoleAuth",
+    "JWTAuth",
+    "KubernetesAuth",
+    "Login",
+    "TokenAuth",
+    "UserpassAuth",
+    "VaultAuth",
+]
+
+KUBERNETES_JWT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+@dataclass(frozen=True)
+class Login:
+    """A token an auth method obtained, and what Vault said about it.
+
+    Attributes:
+        token: The Vault token (hidden from ``repr``).
+        ttl: Seconds the token lives from now, as Vault reported; ``None`` if unknown.
+        renewable: Whether ``auth/token/renew-self`` may extend it.
+        token_type: ``service`` or ``batch`` (batch tokens are never renewed).
+    """
+
+    token: str = field(repr=False)
+    ttl: float | None
+    renewable: bool
+    token_type: str = "service"  # noqa: S105 - a token kind, not a token
+
+
+@runtime_checkable
+class VaultAuth(Protocol):
+    """An auth method. Implement ``login`` to add one."""
+
+    @property
+    def method(self) -> str:
+        """A short name for status and logs, e.g. ``approle``."""
+        ...
+
+    @property
+    def can_login_again(self) -> bool:
+        """Whether ``login`` can mint a fresh token once the current one expires."""
+        ...
+
+    def login(self, client: hvac.Client) -> Login:
+        """Obtain a token (``client`` carries the address, TLS and namespace)."""
+        ...
+
+
+def _login_result(response: Any, method: str) -> Login:
+    auth = response.get("auth") if isinstance(response, dict) else None
+    if not auth or not auth.get("client_token"):
+        raise AuthenticationError(f"Vault answered the {method} login without a token")
+    return Login(
+        token=str(auth["client_token"]),
+        ttl=float(auth.get("lease_duration") or 0) or None,
+        renewable=bool(auth.get("renewable")),
+        token_type=str(auth.get("token_type") or "service"),
+    )
+
+
+def _require_text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if not value.strip():
+        raise ConfigurationError(f"{what} must not be empty")
+    return value.strip()
+
+
+def _read_jwt(path: str, method: str) -> str:
+    # Re-read at every login: Kubernetes rotates projected service-account tokens.
+    try:
+        jwt = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the {method} JWT file {path!r}: {exc.strerror}"
+        ) from None
+    if not jwt:
+        raise ConfigurationError(f"the {method} JWT file {path!r} is empty")
+    return jwt
+
+
+class TokenAuth:
+    """A token you already have (what ``vault_token=`` means).
+
+    It cannot be renewed into a new one once expired: expiry raises
+    :class:`~secureml.key_management.AuthenticationError` saying so.
+
+    Example:
+        >>> KeyManager(vault_url=url, vault_auth=TokenAuth(os.environ["VAULT_TOKEN"]))
+    """
+
+    def __init__(self, token: str) -> None:
+        token = _require_text(token, "vault token")
+        if not token.isprintable() or any(c.isspace() for c in token):
+            raise ConfigurationError("the vault token contains whitespace or control characters")
+        self._token = token
+
+    @property
+    def method(self) -> str:
+        return "token"
+
+    @property
+    def can_login_again(self) -> bool:
+        return False
+
+    def login(self, client: hvac.Client) -> Login:
+        # TTL and renewability are learned from lookup-self by the session.
+        return Login(token=self._token, ttl=None, renewable=False)
+
+    def __repr__(self) -> str:
+        return "TokenAuth(token=***)"
+
+
+class AppRoleAuth:
+    """AppRole: a role ID and a secret ID (``auth/<mount>/login``).
+
+    Example:
+        >>> AppRoleAuth(role_id="…", secret_id="…")
+    """
+
+    def __init__(self, role_id: str, secret_id: str, mount: str = "approle") -> None:
+        self._role_id = _require_text(role_id, "role_id")
+        self._secret_id = _require_text(secret_id, "secret_id")
+        self._mount = validate_name(mount, what="auth mount")
+
+    @property
+    def method(self) -> str:
+        return "approle"
+
+    @property
+    def can_login_again(self) -> bool:
+        return True
+
+    def login(self, client: hvac.Client) -> Login:
+        response = client.auth.approle.login(
+            role_id=self._role_id,
+            secret_id=self._secret_id,
+            mount_point=self._mount,
+            use_token=False,
+        )
+        return _login_result(response, self.method)
+
+    def __repr__(self) -> str:
+        return f"AppRoleAuth(role_id=***, secret_id=***, mount={self._mount!r})"
+
+
+class UserpassAuth:
+    """Username and password (``auth/<mount>/login/<username>``).
+
+    Example:
+        >>> UserpassAuth("etl-bot", os.environ["ETL_PASSWORD"])
+    """
+
+    def __init__(self, username: str, password: str, mount: str = "userpass") -> None:
+        self._username = _require_text(username, "username")
+        self._password = _require_text(password, "password")
+        self._mount = validate_name(mount, what="auth mount")
+
+    @property
+    def method(self) -> str:
+        return "userpass"
+
+    @property
+    def can_login_again(self) -> bool:
+        return True
+
+    def login(self, client: hvac.Client) -> Login:
+        response = client.auth.userpass.login(
+            username=self._username,
+            password=self._password,
+            mount_point=self._mount,
+            use_token=False,
+        )
+        return _login_result(response, self.method)
+
+    def __repr__(self) -> str:
+        return f"UserpassAuth(username={self._username!r}, password=***, mount={self._mount!r})"
+
+
+class JWTAuth:
+    """A signed JWT for a role (``auth/<mount>/login``): OIDC workload identity, CI, …
+
+    Pass the token itself (``jwt=``) or a file that holds it (``jwt_path=``, re-read at
+    every login, so rotated tokens are picked up).
+
+    Example:
+        >>> JWTAuth(role="trainer", jwt_path="/var/run/secrets/tokens/vault")
+    """
+
+    def __init__(
+        self,
+        role: str,
+        jwt: str | None = None,
+        jwt_path: str | None = None,
+        mount: str = "jwt",
+    ) -> None:
+        self._role = _require_text(role, "role")
+        if (jwt is None) == (jwt_path is None):
+            raise ConfigurationError("JWTAuth needs exactly one of jwt= or jwt_path=")
+        self._jwt = None if jwt is None else _require_text(jwt, "jwt")
+        self._jwt_path = None if jwt_path is None else os.fspath(jwt_path)
+        self._mount = validate_name(mount, what="auth mount")
+
+    @property
+    def method(self) -> str:
+        return "jwt"
+
+    @property
+    def can_login_again(self) -> bool:
+        return True
+
+    def _current_jwt(self) -> str:
+        if self._jwt is not None:
+            return self._jwt
+        return _read_jwt(str(self._jwt_path), self.method)
+
+    def login(self, client: hvac.Client) -> Login:
+        response = client.auth.jwt.jwt_login(
+            role=self._role, jwt=self._current_jwt(), path=self._mount, use_token=False
+        )
+        return _login_result(response, self.method)
+
+    def __repr__(self) -> str:
+        source = f"jwt_path={self._jwt_path!r}" if self._jwt_path else "jwt=***"
+        return f"JWTAuth(role={self._role!r}, {source}, mount={self._mount!r})"
+
+
+class KubernetesAuth:
+    """A Kubernetes service-account token for a role (``auth/<mount>/login``).
+
+    The token file is re-read at every login, since Kubernetes rotates it.
+
+    Example:
+        >>> KubernetesAuth(role="feature-pipeline")
+    """
+
+    def __init__(
+        self, role: str, jwt_path: str = KUBERNETES_JWT_PATH, mount: str = "kubernetes"
+    ) -> None:
+        self._role = _require_text(role, "role")
+        self._jwt_path = os.fspath(jwt_path)
+        self._mount = validate_name(mount, what="auth mount")
+
+    @property
+    def method(self) -> str:
+        return "kubernetes"
+
+    @property
+    def can_login_again(self) -> bool:
+        return True
+
+    def login(self, client: hvac.Client) -> Login:
+        response = client.auth.kubernetes.login(
+            role=self._role,
+            jwt=_read_jwt(self._jwt_path, self.method),
+            mount_point=self._mount,
+            use_token=False,
+        )
+        return _login_result(response, self.method)
+
+    def __repr__(self) -> str:
+        return (
+            f"KubernetesAuth(role={self._role!r}, jwt_path={self._jwt_path!r}, "
+            f"mount={self._mount!r})"
+        )

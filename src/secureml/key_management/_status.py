@@ -1,0 +1,53 @@
+"""What :meth:`KeyManager.status` reports: one typed, printable snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["KeyManagerStatus"]
+
+
+@dataclass(frozen=True)
+class KeyManagerStatus:
+    """A snapshot of a manager's sources, safe to log (it holds no secret or token).
+
+    Vault fields are ``None`` when unknown: no Vault is configured, it could not be
+    reached, or the question needs a token that could not be obtained (``error`` says
+    why).
+
+    Attributes:
+        vault_url: The Vault address, or ``None`` when no Vault is configured.
+        reachable: Vault answered its health check.
+        initialized: Vault has been initialized.
+        sealed: Vault is sealed (it serves nothing until unsealed).
+        server_version: The server's version, e.g. ``2.4.1``.
+        auth_method: ``token``, ``approle``, ``userpass``, ``jwt``, ``kubernetes``...
+        token_ttl: Seconds the current token has left; ``None`` if it never expires or
+            is unknown.
+        renewable: Whether the current token can be renewed.
+        kv_mount: The KV engine's mount path.
+        kv_version: 1 or 2.
+        namespace: The Vault namespace requests are sent to.
+        logins: Logins so far by an auth method that can log in again.
+        renewals: Token renewals so far.
+        env_fallback: ``SECUREML_<NAME>`` variables are read after Vault.
+        default_fallback: Insecure development defaults are served as a last resort.
+        error: Why some Vault field is unknown, or ``None``.
+    """
+
+    vault_url: str | None = None
+    reachable: bool = False
+    initialized: bool | None = None
+    sealed: bool | None = None
+    server_version: str | None = None
+    auth_method: str | None = None
+    token_ttl: float | None = None
+    renewable: bool | None = None
+    kv_mount: str | None = None
+    kv_version: int | None = None
+    namespace: str | None = None
+    logins: int = 0
+    renewals: int = 0
+    env_fallback: bool = False
+    default_fallback: bool = False
+    error: str | None = None

@@ -1,0 +1,112 @@
+"""hvac and requests exceptions -> our hierarchy, in one place.
+
+The translated error is raised ``from None`` by callers: hvac keeps the server's response
+body on its exceptions (``.text``, ``.json``), and a body must never ride along on an
+error that may be logged. What the user needs (status, Vault's own error strings, the
+address and path) goes into the message instead.
+"""
+
+from __future__ import annotations
+
+from ..errors import (
+    AuthenticationError,
+    KeyManagementError,
+    PermissionDeniedError,
+    VaultError,
+    VaultSealedError,
+    VaultUnavailableError,
+)
+
+
+def vault_errors(exc: BaseException) -> str:
+    """Vault's own error strings, which name paths and problems, never secret values."""
+    errors = getattr(exc, "errors", None) or []
+    text = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
+    return " ".join(text.split())[:300] or "no detail given"
+
+
+def translate(
+    exc: BaseException, *, url: str, action: str, where: str, login: bool = False
+) -> KeyManagementError | None:
+    """Our error for ``exc`` (hvac or requests), or ``None`` if it is neither.
+
+    Args:
+        exc: What hvac/requests raised.
+        url: The Vault address, for the message.
+        action: What we were doing (``read``, ``write``, ``log in with approle``...).
+        where: What it was done to (``vault:secret/secureml/x``).
+        login: 400/401/403 on a login mean bad credentials, not a bad request.
+    """
+    if isinstance(exc, KeyManagementError):
+        return exc
+    target = f"{action} {where}".strip()
+    return _from_hvac(exc, url, target, login) or _from_requests(exc, url, target)
+
+
+def _from_hvac(  # noqa: PLR0911 - one return per kind of Vault answer
+    exc: BaseException, url: str, target: str, login: bool
+) -> KeyManagementError | None:
+    import hvac.exceptions as hx
+
+    if not isinstance(exc, hx.VaultError):
+        return None
+    detail = vault_errors(exc)
+    if login and isinstance(exc, (hx.InvalidRequest, hx.Unauthorized, hx.Forbidden)):
+        return AuthenticationError(
+            f"Vault at {url} refused to {target}: {detail}; check the credentials, the "
+            "role and the auth mount"
+        )
+    if isinstance(exc, hx.Forbidden):
+        return PermissionDeniedError(
+            f"Vault at {url} denied permission to {target}: the token's policies do not "
+            "allow it (or the mount does not exist)"
+        )
+    if isinstance(exc, hx.Unauthorized):
+        return AuthenticationError(f"Vault at {url} rejected the token; cannot {target}")
+    if isinstance(exc, hx.VaultDown):
+        if "sealed" in detail.lower():
+            return VaultSealedError(
+                f"Vault at {url} is sealed; cannot {target} until an operator unseals it"
+            )
+        return VaultUnavailableError(f"Vault at {url} is unavailable (503); cannot {target}")
+    unavailable = (
+        hx.InternalServerError,
+        hx.BadGateway,
+        hx.RateLimitExceeded,
+        hx.VaultNotInitialized,
+        hx.UnexpectedError,
+        hx.PreconditionFailed,
+    )
+    if isinstance(exc, unavailable):
+        return VaultUnavailableError(
+            f"Vault at {url} failed to {target} ({type(exc).__name__}: {detail})"
+        )
+    return VaultError(f"Vault at {url} refused to {target}: {detail}")
+
+
+def _from_requests(exc: BaseException, url: str, target: str) -> KeyManagementError | None:
+    import requests
+
+    if isinstance(exc, requests.exceptions.SSLError):
+        # Not "unavailable": a failed TLS check may be an attack, so no fallback.
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return VaultError(
+                f"TLS verification of Vault at {url} failed: its certificate is not signed "
+                "by a trusted CA or names another host; set vault_ca_cert= to the CA that "
+                "signed it"
+            )
+        return VaultError(
+            f"the TLS handshake with Vault at {url} failed; if the server requires a client "
+            "certificate, set vault_client_cert= and vault_client_key="
+        )
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return VaultUnavailableError(
+            f"Vault at {url} is unreachable ({type(exc).__name__}); cannot {target}; check "
+            "the address and that the server is running"
+        )
+    if isinstance(exc, requests.exceptions.JSONDecodeError):
+        return VaultError(
+            f"Vault at {url} answered the request to {target} with something that is not "
+            "Vault's JSON (a proxy or a redirect?)"
+        )
+    return None

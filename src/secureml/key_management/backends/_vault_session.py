@@ -1,0 +1,245 @@
+"""The Vault token's lifecycle: log in, renew before expiry, log in again when needed.
+
+Modelled on Vault's own LifetimeWatcher, but driven by use rather than a background
+thread: every request asks :meth:`TokenSession.token` for a token, which renews it once
+about two thirds of its TTL has passed (with 10-20 % jitter, so a fleet does not renew
+in step), logs in again before expiry once renewals stop extending it (max TTL), and
+logs in again after the server rejects it. Thread-safe and single-flight: however many
+threads find the token due, one of them talks to Vault and the others use its result.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .._auth import Login, VaultAuth
+from ..errors import AuthenticationError, KeyManagementError, VaultUnavailableError
+from ._vault_errors import translate
+
+if TYPE_CHECKING:
+    import hvac
+
+logger = logging.getLogger("secureml.key_management")
+
+#: Renew (or log in again) once this share of the TTL is gone, less the jitter.
+RENEW_FRACTION = 2 / 3
+JITTER = (0.10, 0.20)
+#: After a renewal failed because Vault was unavailable, try again this much later.
+RENEW_RETRY_SECONDS = 1.0
+#: A renewal that returns less than the previous TTL minus this has hit the max TTL.
+CAPPED_SLACK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What the session knows of its current token (for ``KeyManager.status()``).
+
+    Attributes:
+        ttl: Seconds left, or ``None`` when it never expires or no token is held yet.
+        renewable: Whether it can be renewed; ``None`` when no token is held yet.
+        token_type: ``service`` or ``batch``; ``None`` when no token is held yet.
+    """
+
+    ttl: float | None
+    renewable: bool | None
+    token_type: str | None
+
+
+@dataclass(frozen=True)
+class _State:
+    login: Login
+    generation: int
+    expires_at: float | None  # None: never expires (e.g. a root token)
+    refresh_at: float | None  # when to renew, or log in again; None: never
+    relogin: bool  # True once renewing no longer helps: the next refresh logs in
+
+
+def _jitter() -> float:
+    return random.uniform(*JITTER)  # noqa: S311 - spreading load, not cryptography
+
+
+class TokenSession:
+    """Hands out a valid token for an auth method; renews and logs in again as due.
+
+    Args:
+        auth: The auth method.
+        url: The Vault address, for error messages.
+        clock: Monotonic seconds; injectable for tests.
+        jitter: Returns a fraction within ``JITTER``; injectable for tests.
+
+    Attributes:
+        logins: Logins performed by a method that can log in again (not plain tokens).
+        renewals: Successful token renewals.
+    """
+
+    def __init__(
+        self,
+        auth: VaultAuth,
+        *,
+        url: str,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = _jitter,
+    ) -> None:
+        self.auth = auth
+        self._url = url
+        self._clock = clock
+        self._jitter = jitter
+        self._lock = threading.Lock()
+        self._state: _State | None = None
+        self._generation = 0
+        self.logins = 0
+        self.renewals = 0
+
+    # -- what requests use -----------------------------------------------------------
+
+    def token(self, client: hvac.Client) -> tuple[str, int]:
+        """A token valid now and its generation (report it to :meth:`rejected`).
+
+        Raises:
+            AuthenticationError: Login failed, or a token that cannot be replaced expired.
+            VaultUnavailableError: Vault could not be reached to log in.
+        """
+        state = self._state
+        if state is not None and not self._due(state) and not self._expired(state):
+            return state.login.token, state.generation
+        with self._lock:
+            state = self._state
+            if state is None or self._expired(state):
+                state = self._fresh(client, state)
+            elif self._due(state):
+                state = self._refresh(client, state)
+            return state.login.token, state.generation
+
+    def rejected(self, generation: int) -> bool:
+        """Vault rejected the token of ``generation``; return whether to log in and retry.
+
+        Only the first thread to report a generation drops it; the others find the
+        newer token when they ask again.
+        """
+        if not self.auth.can_login_again:
+            return False
+        with self._lock:
+            if self._state is not None and self._state.generation == generation:
+                self._state = None
+        return True
+
+    def info(self) -> TokenInfo:
+        """The current token's TTL left and renewability (no request is made)."""
+        state = self._state
+        if state is None:
+            return TokenInfo(None, None, None)
+        ttl = None if state.expires_at is None else max(0.0, state.expires_at - self._clock())
+        return TokenInfo(ttl, state.login.renewable, state.login.token_type)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _due(self, state: _State) -> bool:
+        return state.refresh_at is not None and self._clock() >= state.refresh_at
+
+    def _expired(self, state: _State) -> bool:
+        return state.expires_at is not None and self._clock() >= state.expires_at
+
+    @contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except KeyManagementError:
+            raise
+        except Exception as exc:
+            error = translate(exc, url=self._url, action=action, where="", login=True)
+            if error is None:
+                raise
+            raise error from None
+
+    def _fresh(self, client: hvac.Client, old: _State | None) -> _State:
+        if old is not None and not self.auth.can_login_again:
+            raise AuthenticationError(
+                f"the Vault token for {self._url} has expired, and a plain token cannot log "
+                "in again: supply a new token, or use an auth method such as AppRoleAuth "
+                "that can"
+            )
+        client.token = ""  # a stale token must not ride along on a login request
+        with self._translated(f"log in with {self.auth.method}"):
+            login = self.auth.login(client)
+            if login.ttl is None:
+                login = _looked_up(client, login)
+        self.logins += int(self.auth.can_login_again)
+        self._generation += 1
+        state = self._schedule(login, relogin=False, generation=self._generation)
+        self._state = state
+        logger.debug("vault %s login: token generation %d", self.auth.method, state.generation)
+        return state
+
+    def _refresh(self, client: hvac.Client, state: _State) -> _State:
+        if state.relogin:
+            return self._fresh(client, None)
+        client.token = state.login.token
+        try:
+            with self._translated("renew the token"):
+                response = client.auth.token.renew_self()
+        except VaultUnavailableError:
+            # The token is still valid: keep using it and try again shortly.
+            retry = _State(
+                state.login,
+                state.generation,
+                state.expires_at,
+                self._clock() + RENEW_RETRY_SECONDS,
+                relogin=False,
+            )
+            self._state = retry
+            return retry
+        except AuthenticationError:
+            # Revoked under us: a method that can log in does; a plain token cannot.
+            return self._fresh(client, state if not self.auth.can_login_again else None)
+        self.renewals += 1
+        auth = response.get("auth") or {}
+        new_ttl = float(auth.get("lease_duration") or 0)
+        login = Login(state.login.token, new_ttl or None, bool(auth.get("renewable")), "service")
+        # A renewal that no longer restores the TTL has hit the max TTL: the token will
+        # die, so the next refresh logs in again, before it expires.
+        capped = new_ttl + CAPPED_SLACK_SECONDS < (state.login.ttl or 0.0)
+        renewed = self._schedule(login, relogin=capped, generation=state.generation)
+        self._state = renewed
+        logger.debug("vault token renewed: generation %d, ttl %.0fs", state.generation, new_ttl)
+        return renewed
+
+    def _schedule(self, login: Login, *, relogin: bool, generation: int) -> _State:
+        now = self._clock()
+        if not login.ttl:
+            return _State(login, generation, None, None, relogin=False)
+        expires_at = now + login.ttl
+        refresh_at = now + login.ttl * RENEW_FRACTION * (1 - self._jitter())
+        renewable = login.renewable and login.token_type != "batch"  # noqa: S105 - a kind
+        if relogin or not renewable:
+            # Renewing cannot help: log in again before expiry, if this method can.
+            can_login = self.auth.can_login_again
+            return _State(login, generation, expires_at, refresh_at if can_login else None, True)
+        return _State(login, generation, expires_at, refresh_at, False)
+
+
+def _looked_up(client: hvac.Client, login: Login) -> Login:
+    """Ask Vault what it knows of a token we were handed (TTL, renewable, type).
+
+    A token without the ``default`` policy may not look itself up; it is then used as
+    is, and a token that is simply wrong is reported by the first real request.
+    """
+    import hvac.exceptions
+
+    client.token = login.token
+    try:
+        data = (client.auth.token.lookup_self() or {}).get("data") or {}
+    except hvac.exceptions.Forbidden:
+        return login
+    return Login(
+        token=login.token,
+        ttl=float(data.get("ttl") or 0) or None,
+        renewable=bool(data.get("renewable")),
+        token_type=str(data.get("type") or "service"),
+    )

@@ -1,0 +1,1 @@
+"""Test-support helpers: a throwaway PKI and a loopback HTTP(S) stub server."""
