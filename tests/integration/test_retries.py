@@ -1,0 +1,197 @@
+"""Retries, backoff, deadlines and unknown write outcomes, with faults injected in front
+of the real server (tests/support/fault_proxy.py forwards everything it does not break).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from secureml._devserver import DevServer, free_loopback_port
+from secureml.key_management import (
+    KeyManager,
+    SecretNotFoundError,
+    VaultError,
+    VaultUnavailableError,
+    WriteOutcomeUnknownError,
+)
+from secureml.key_management.backends._vault_transport import BACKOFF_CAP_SECONDS
+from tests.support.fault_proxy import Fault, FaultProxy
+
+
+@pytest.fixture
+def proxy(bao_server: DevServer) -> Iterator[FaultProxy]:
+    with FaultProxy(bao_server.address) as running:
+        yield running
+
+
+def manager_via(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str, **kwargs: object
+) -> KeyManager:
+    options: dict[str, object] = {"timeout": 2, "vault_kv_version": 2}
+    options.update(kwargs)
+    return KeyManager(
+        vault_url=proxy.origin,
+        vault_token=bao_server.root_token,
+        vault_path=vault_path,
+        use_env_fallback=False,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def warm(proxy: FaultProxy, bao_server: DevServer, vault_path: str) -> KeyManager:
+    """A manager that has logged in and holds secret ``x``, so faults hit only reads."""
+    manager = manager_via(proxy, bao_server, vault_path)
+    manager.set_secret("x", "1")
+    assert manager.get_secret("x") == "1"
+    proxy.hits.clear()
+    return manager
+
+
+def test_5xx_is_retried_then_succeeds(warm: KeyManager, proxy: FaultProxy) -> None:
+    proxy.inject(Fault.status(503), Fault.status(502))
+    assert warm.get_secret("x") == "1"
+    assert [hit.fault.status_code if hit.fault else 200 for hit in proxy.hits] == [503, 502, 200]
+
+
+def test_429_honours_retry_after(warm: KeyManager, proxy: FaultProxy) -> None:
+    proxy.inject(Fault.status(429, retry_after=1))
+    started = time.monotonic()
+    assert warm.get_secret("x") == "1"
+    assert time.monotonic() - started >= 1.0
+    assert len(proxy.hits) == 2
+
+
+def test_412_is_retried(warm: KeyManager, proxy: FaultProxy) -> None:
+    proxy.inject(Fault.status(412))
+    assert warm.get_secret("x") == "1"
+    assert len(proxy.hits) == 2
+
+
+@pytest.mark.parametrize("status", [400, 404, 405, 501])
+def test_other_4xx_and_501_are_not_retried(
+    warm: KeyManager, proxy: FaultProxy, status: int
+) -> None:
+    proxy.inject(Fault.status(status))
+    if status == 404:
+        # 404 is Vault's "no such secret": absent, not an error.
+        with pytest.raises(SecretNotFoundError):
+            warm.get_secret("x")
+    else:
+        with pytest.raises(VaultError):
+            warm.get_secret("x")
+    assert len(proxy.hits) == 1
+
+
+def test_gives_up_after_retries(warm: KeyManager, proxy: FaultProxy) -> None:
+    proxy.inject(*[Fault.status(503)] * 5)
+    with pytest.raises(VaultUnavailableError, match="503"):
+        warm.get_secret("x")
+    assert len(proxy.hits) == 3  # the default: 2 retries
+
+
+def test_retries_zero_disables_retrying(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str
+) -> None:
+    manager = manager_via(proxy, bao_server, vault_path, retries=0)
+    manager.set_secret("x", "1")
+    proxy.hits.clear()
+    proxy.inject(Fault.status(503))
+    with pytest.raises(VaultUnavailableError):
+        manager.get_secret("x")
+    assert len(proxy.hits) == 1
+
+
+def test_retries_from_vault_max_retries(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAULT_MAX_RETRIES", "4")
+    manager = manager_via(proxy, bao_server, vault_path)
+    manager.set_secret("x", "1")
+    proxy.hits.clear()
+    proxy.inject(*[Fault.status(500)] * 4)
+    assert manager.get_secret("x") == "1"
+    assert len(proxy.hits) == 5
+
+
+def test_a_dropped_read_is_retried(warm: KeyManager, proxy: FaultProxy) -> None:
+    proxy.inject(Fault.drop())
+    assert warm.get_secret("x") == "1"
+    assert len(proxy.hits) == 2
+
+
+@pytest.mark.parametrize("forwarded", [False, True], ids=["lost-before", "lost-after"])
+def test_a_dropped_write_is_reported_as_unknown_not_replayed(
+    warm: KeyManager, proxy: FaultProxy, forwarded: bool
+) -> None:
+    proxy.inject(Fault.drop(forward=forwarded))
+    with pytest.raises(WriteOutcomeUnknownError, match="may or may not have happened") as caught:
+        warm.set_secret("x", "2")
+    assert isinstance(caught.value, VaultUnavailableError)
+    assert len(proxy.hits) == 1  # sent once, never replayed
+    # The message was honest: the write did land when the proxy forwarded it.
+    assert warm.get_secret("x") == ("2" if forwarded else "1")
+
+
+def test_a_dropped_login_is_retried(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str
+) -> None:
+    """A plain token's first request (lookup-self) is a safe replay."""
+    manager = manager_via(proxy, bao_server, vault_path)
+    proxy.inject(Fault.drop(path_prefix="/v1/auth/token/lookup-self"))
+    with pytest.raises(SecretNotFoundError):
+        manager.get_secret("x")
+    assert len(proxy.hits_for("lookup-self")) == 2
+
+
+# -- deadlines -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A port that accepts connections (the kernel's backlog) but never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_silent_server_costs_at_most_timeout_times_attempts_plus_backoff(
+    black_hole: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timeout, retries = 0.5, 2
+    manager = KeyManager(vault_url=black_hole, vault_token="s.t0ken", timeout=timeout)
+    started = time.monotonic()
+    with pytest.raises(VaultUnavailableError, match="unreachable"):
+        manager.get_secret("x")
+    elapsed = time.monotonic() - started
+    budget = timeout * (retries + 1) + BACKOFF_CAP_SECONDS * retries
+    assert timeout * (retries + 1) <= elapsed < budget, elapsed
+    # With an env fallback the same outage costs the same, then the fallback answers.
+    monkeypatch.setenv("SECUREML_X", "from-env")
+    started = time.monotonic()
+    assert manager.get_secret("x") == "from-env"
+    assert time.monotonic() - started < budget
+
+
+def test_a_stopped_server_fails_fast() -> None:
+    with DevServer() as server:
+        address, token = server.address, server.root_token
+    manager = KeyManager(vault_url=address, vault_token=token, timeout=2)
+    started = time.monotonic()
+    with pytest.raises(VaultUnavailableError, match="unreachable"):
+        manager.get_secret("x")
+    # Connection refused is immediate: only the backoff between attempts is spent.
+    assert time.monotonic() - started < BACKOFF_CAP_SECONDS * 2 + 0.5
+
+
+def test_nothing_listening_at_all() -> None:
+    manager = KeyManager(
+        vault_url=f"http://127.0.0.1:{free_loopback_port()}", vault_token="s.t", retries=0
+    )
+    with pytest.raises(VaultUnavailableError, match="check the address"):
+        manager.get_secret("x")
