@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509 import verification
+
 from tests.support.http_stub import Seen, StubServer, json_response
 from tests.support.pki import CLIENT_COMMON_NAME, Pki, make_pki
 

@@ -71,6 +71,7 @@ class TokenSession:
     Args:
         auth: The auth method.
         url: The Vault address, for error messages.
+        namespace: The namespace logins go to, for error messages.
         clock: Monotonic seconds; injectable for tests.
         jitter: Returns a fraction within ``JITTER``; injectable for tests.
 
@@ -84,11 +85,13 @@ class TokenSession:
         auth: VaultAuth,
         *,
         url: str,
+        namespace: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = _jitter,
     ) -> None:
         self.auth = auth
         self._url = url
+        self._where = f"namespace {namespace!r}" if namespace else "the root namespace"
         self._clock = clock
         self._jitter = jitter
         self._lock = threading.Lock()
@@ -166,7 +169,7 @@ class TokenSession:
                 "that can"
             )
         client.token = ""  # a stale token must not ride along on a login request
-        with self._translated(f"log in with {self.auth.method}"):
+        with self._translated(f"log in with {self.auth.method} in {self._where}"):
             login = self.auth.login(client)
             if login.ttl is None:
                 login = _looked_up(client, login)

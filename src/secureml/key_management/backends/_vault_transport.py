@@ -24,7 +24,7 @@ import requests
 from hvac.adapters import JSONAdapter
 from urllib3.exceptions import InsecureRequestWarning
 
-from ..errors import VaultError, WriteOutcomeUnknownError
+from ..errors import VaultError, VaultUnavailableError, WriteOutcomeUnknownError
 
 RETRY_STATUSES = frozenset({412, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -99,6 +99,9 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             _origin(self.base_uri)
         }
         self._sleep = sleep
+        #: Set by the backend around one public call (login, retry and all), so the
+        #: call as a whole ends by then; ``None`` outside a call.
+        self.call_deadline: float | None = None
 
     def request(
         self,
@@ -114,16 +117,22 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         attempt = 0
         hopped = False
         deadline = time.monotonic() + self._budget(retries)
+        if self.call_deadline is not None:
+            deadline = min(deadline, self.call_deadline)
         while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise VaultUnavailableError(
+                    f"Vault at {base} did not answer {method.upper()} {url} before the "
+                    "call's deadline (timeout x attempts + backoff)"
+                )
             try:
-                response = self._send(base, method, url, headers, kwargs)
+                response = self._send(base, method, url, headers, kwargs, remaining=remaining)
+            except requests.exceptions.SSLError:
+                # A failed TLS check is not transient (and nothing was sent): no retry.
+                raise
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                if not (_never_sent(exc) or _replayable(method, url, kwargs)):
-                    raise WriteOutcomeUnknownError(
-                        f"the connection to Vault at {base} broke after a {method.upper()} "
-                        f"of {url} was sent: the write may or may not have happened; read "
-                        "it back before trying again"
-                    ) from None
+                self._check_replayable(exc, base, method, url, kwargs)
                 delay = self._backoff(attempt)
                 if attempt >= retries or time.monotonic() + delay > deadline:
                     raise
@@ -150,6 +159,18 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
                     pass
             return response
 
+    @staticmethod
+    def _check_replayable(
+        exc: requests.RequestException, base: str, method: str, url: str, kwargs: dict[str, Any]
+    ) -> None:
+        """Raise if the request may have reached Vault and replaying it is unsafe."""
+        if not (_never_sent(exc) or _replayable(method, url, kwargs)):
+            raise WriteOutcomeUnknownError(
+                f"the connection to Vault at {base} broke after a {method.upper()} of {url} "
+                "was sent: the write may or may not have happened; read it back before "
+                "trying again"
+            ) from None
+
     def _send(
         self,
         base: str,
@@ -157,6 +178,8 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         url: str,
         headers: dict[str, str] | None,
         kwargs: dict[str, Any],
+        *,
+        remaining: float,
     ) -> requests.Response:
         while "//" in url:
             url = url.replace("//", "/")
@@ -169,6 +192,9 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             sent_headers["X-Vault-Namespace"] = self.namespace
         options = {**self._kwargs, **kwargs}
         options.pop("wrap_ttl", None)
+        timeout = options.get("timeout")
+        if isinstance(timeout, (int, float)) and timeout > remaining:
+            options["timeout"] = remaining  # never wait past the deadline
         if self.strict_http and method.lower() == "list":
             method = "get"
             options["params"] = {**options.get("params", {}), "list": "true"}
@@ -201,6 +227,10 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
                 "not following (the token would be sent there)"
             )
         return target
+
+    def budget(self, retries: int | None = None) -> float:
+        """The most one request may take (with ``retries``, default the adapter's)."""
+        return self._budget(self.retries if retries is None else retries)
 
     def _budget(self, retries: int) -> float:
         """The most a request may take: every attempt's timeout, and backoff between."""

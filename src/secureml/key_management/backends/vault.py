@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -119,7 +120,7 @@ class VaultBackend:
         self._kv_version = kv_version
         self._detect_lock = threading.Lock()
         self._local = threading.local()
-        self._session = TokenSession(settings.auth, url=settings.url)
+        self._session = TokenSession(settings.auth, url=settings.url, namespace=settings.namespace)
 
     @property
     def source(self) -> str:
@@ -315,7 +316,16 @@ class VaultBackend:
                     raise self._rejected_token(action, where) from None
             raise AssertionError("unreachable")  # pragma: no cover
 
-        return self._translated(action, where, attempt)
+        adapter = client.adapter
+        outermost = adapter.call_deadline is None
+        if outermost:
+            # Logging in, a retry after re-login: all of it within one request's budget.
+            adapter.call_deadline = time.monotonic() + adapter.budget()
+        try:
+            return self._translated(action, where, attempt)
+        finally:
+            if outermost:
+                adapter.call_deadline = None
 
     def _translated(self, action: str, where: str, op: Callable[[], _T]) -> _T:
         """Run ``op``; raise hvac's and requests' exceptions as ours, without their bodies."""
