@@ -19,7 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_spec import SPEC_EXAMPLES, run_example, seed_secrets
 
 from secureml._devserver import DevServer
-from secureml.key_management import KeyManagementError, KeyManager, SecurityWarning
+from secureml.key_management import (
+    AppRoleAuth,
+    KeyManagementError,
+    KeyManager,
+    SecurityWarning,
+)
 
 
 def preview(value: object) -> str:
@@ -112,6 +117,29 @@ def fallbacks(server: DevServer, manager: KeyManager) -> None:
             print(f"   SecurityWarning: {warning.message}")
 
 
+def production(server: DevServer) -> None:
+    step("Production style: AppRole login, a 30 s token renewed for you, status()")
+    server.bao("auth", "enable", "approle")
+    server.bao("write", "auth/approle/role/demo", "token_policies=demo-read-only", "token_ttl=30s")
+    role_id = server.bao("read", "-field=role_id", "auth/approle/role/demo/role-id").stdout
+    secret_id = server.bao(
+        "write", "-f", "-field=secret_id", "auth/approle/role/demo/secret-id"
+    ).stdout
+    service = KeyManager(
+        vault_url=server.address,
+        vault_auth=AppRoleAuth(role_id.decode().strip(), secret_id.decode().strip()),
+        vault_kv_version=2,  # the read-only policy may not read sys/internal/ui/mounts
+    )
+    print(f"   service.get_secret('api_key') -> {preview(service.get_secret('api_key'))}")
+    status = service.status()
+    print(
+        f"   status(): reachable={status.reachable} sealed={status.sealed} "
+        f"version={status.server_version} auth={status.auth_method} "
+        f"token_ttl={status.token_ttl:.0f}s renewable={status.renewable} "
+        f"kv={status.kv_mount} v{status.kv_version} logins={status.logins}"
+    )
+
+
 def main() -> int:
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stdout, format="   log %(levelname)s: %(message)s"
@@ -125,6 +153,7 @@ def main() -> int:
         set_and_get(server, manager)
         keys(manager)
         fallbacks(server, manager)
+        production(server)
     print(f"\nStopped the OpenBao server (pid {pid}). Done.")
     return 0
 
