@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from secureml._devserver import DevServer
-from secureml.key_management import KeyManager
+from secureml.key_management import AppRoleAuth, KeyManager
 
 ROUNDS = 7
 
@@ -76,6 +76,28 @@ def threaded_ops_per_s(
     return threads * n / (time.perf_counter() - start)
 
 
+def approle_row(server: DevServer, n: int) -> tuple[str, float, float, str]:
+    """AppRole: secureml logs in and renews; raw hvac logs in once and never renews."""
+    server.bao("auth", "enable", "approle")
+    server.bao("write", "auth/approle/role/bench", "token_policies=root", "token_ttl=1h")
+    role_id = server.bao("read", "-field=role_id", "auth/approle/role/bench/role-id")
+    secret_id = server.bao("write", "-f", "-field=secret_id", "auth/approle/role/bench/secret-id")
+    role, secret = role_id.stdout.decode().strip(), secret_id.stdout.decode().strip()
+    approle = KeyManager(vault_url=server.address, vault_auth=AppRoleAuth(role, secret))
+    raw_client = hvac.Client(url=server.address)
+    raw_client.auth.approle.login(role_id=role, secret_id=secret)
+    kv = raw_client.secrets.kv.v2
+
+    def raw_get() -> object:
+        r = kv.read_secret_version(
+            path="secureml/x", mount_point="secret", raise_on_deleted_version=True
+        )
+        return r["data"]["data"]["value"]
+
+    ours, raw = side_by_side(lambda: approle.get_secret("x"), raw_get, n)
+    return ("get_secret via AppRole", ours, raw, f"hvac after one approle login, n={n}")
+
+
 def main() -> int:
     print(
         f"python {platform.python_version()}, hvac {version('hvac')}, "
@@ -110,6 +132,8 @@ def main() -> int:
         rows.append(("get_secret (Vault KV v2 read)", ours, raw, f"raw hvac read, n={n}"))
         ours, raw = side_by_side(lambda: manager.get_encryption_key("k"), raw_key, n)
         rows.append(("get_encryption_key (Vault)", ours, raw, f"hvac read + b64decode, n={n}"))
+
+        rows.append(approle_row(server, n))
 
         def make_ours() -> Callable[[], object]:
             return lambda: manager.get_secret("x")

@@ -4,7 +4,6 @@ of the real server (tests/support/fault_proxy.py forwards everything it does not
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
@@ -149,15 +148,6 @@ def test_a_dropped_login_is_retried(
 
 
 # -- deadlines -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def black_hole() -> Iterator[str]:
-    """A port that accepts connections (the kernel's backlog) but never answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
 def test_a_silent_server_costs_at_most_timeout_times_attempts_plus_backoff(

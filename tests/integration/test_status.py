@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from secureml._devserver import DevServer, free_loopback_port
 from secureml.key_management import KeyManager, KeyManagerStatus
@@ -61,14 +57,6 @@ def test_an_unreachable_server_is_reported_not_raised() -> None:
     assert status.error is not None
     assert "unreachable" in status.error
     assert "s.t0ken" not in repr(status)
-
-
-@pytest.fixture
-def black_hole() -> Iterator[str]:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
 def test_status_of_a_silent_server_takes_one_timeout(black_hole: str) -> None:

@@ -132,73 +132,82 @@ class TokenAuth:
         return "TokenAuth(token=***)"
 
 
-class AppRoleAuth:
+class _LoginMethod:
+    """An auth method that logs in with credentials, so it can always log in again."""
+
+    _method = ""
+
+    def __init__(self, mount: str) -> None:
+        self._mount = validate_name(mount, what="auth mount")
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @property
+    def can_login_again(self) -> bool:
+        return True
+
+    def login(self, client: hvac.Client) -> Login:
+        return _login_result(self._request_login(client), self._method)
+
+    def _request_login(self, client: hvac.Client) -> Any:
+        raise NotImplementedError
+
+
+class AppRoleAuth(_LoginMethod):
     """AppRole: a role ID and a secret ID (``auth/<mount>/login``).
 
     Example:
         >>> AppRoleAuth(role_id="…", secret_id="…")
     """
 
+    _method = "approle"
+
     def __init__(self, role_id: str, secret_id: str, mount: str = "approle") -> None:
         self._role_id = _require_text(role_id, "role_id")
         self._secret_id = _require_text(secret_id, "secret_id")
-        self._mount = validate_name(mount, what="auth mount")
+        super().__init__(mount)
 
-    @property
-    def method(self) -> str:
-        return "approle"
-
-    @property
-    def can_login_again(self) -> bool:
-        return True
-
-    def login(self, client: hvac.Client) -> Login:
-        response = client.auth.approle.login(
+    def _request_login(self, client: hvac.Client) -> Any:
+        return client.auth.approle.login(
             role_id=self._role_id,
             secret_id=self._secret_id,
             mount_point=self._mount,
             use_token=False,
         )
-        return _login_result(response, self.method)
 
     def __repr__(self) -> str:
         return f"AppRoleAuth(role_id=***, secret_id=***, mount={self._mount!r})"
 
 
-class UserpassAuth:
+class UserpassAuth(_LoginMethod):
     """Username and password (``auth/<mount>/login/<username>``).
 
     Example:
         >>> UserpassAuth("etl-bot", os.environ["ETL_PASSWORD"])
     """
 
+    _method = "userpass"
+
     def __init__(self, username: str, password: str, mount: str = "userpass") -> None:
         self._username = _require_text(username, "username")
         self._password = _require_text(password, "password")
-        self._mount = validate_name(mount, what="auth mount")
+        super().__init__(mount)
 
-    @property
-    def method(self) -> str:
-        return "userpass"
-
-    @property
-    def can_login_again(self) -> bool:
-        return True
-
-    def login(self, client: hvac.Client) -> Login:
-        response = client.auth.userpass.login(
+    def _request_login(self, client: hvac.Client) -> Any:
+        return client.auth.userpass.login(
             username=self._username,
             password=self._password,
             mount_point=self._mount,
             use_token=False,
         )
-        return _login_result(response, self.method)
 
     def __repr__(self) -> str:
         return f"UserpassAuth(username={self._username!r}, password=***, mount={self._mount!r})"
 
 
-class JWTAuth:
+class JWTAuth(_LoginMethod):
     """A signed JWT for a role (``auth/<mount>/login``): OIDC workload identity, CI, …
 
     Pass the token itself (``jwt=``) or a file that holds it (``jwt_path=``, re-read at
@@ -207,6 +216,8 @@ class JWTAuth:
     Example:
         >>> JWTAuth(role="trainer", jwt_path="/var/run/secrets/tokens/vault")
     """
+
+    _method = "jwt"
 
     def __init__(
         self,
@@ -220,33 +231,24 @@ class JWTAuth:
             raise ConfigurationError("JWTAuth needs exactly one of jwt= or jwt_path=")
         self._jwt = None if jwt is None else _require_text(jwt, "jwt")
         self._jwt_path = None if jwt_path is None else os.fspath(jwt_path)
-        self._mount = validate_name(mount, what="auth mount")
-
-    @property
-    def method(self) -> str:
-        return "jwt"
-
-    @property
-    def can_login_again(self) -> bool:
-        return True
+        super().__init__(mount)
 
     def _current_jwt(self) -> str:
         if self._jwt is not None:
             return self._jwt
         return _read_jwt(str(self._jwt_path), self.method)
 
-    def login(self, client: hvac.Client) -> Login:
-        response = client.auth.jwt.jwt_login(
+    def _request_login(self, client: hvac.Client) -> Any:
+        return client.auth.jwt.jwt_login(
             role=self._role, jwt=self._current_jwt(), path=self._mount, use_token=False
         )
-        return _login_result(response, self.method)
 
     def __repr__(self) -> str:
         source = f"jwt_path={self._jwt_path!r}" if self._jwt_path else "jwt=***"
         return f"JWTAuth(role={self._role!r}, {source}, mount={self._mount!r})"
 
 
-class KubernetesAuth:
+class KubernetesAuth(_LoginMethod):
     """A Kubernetes service-account token for a role (``auth/<mount>/login``).
 
     The token file is re-read at every login, since Kubernetes rotates it.
@@ -255,29 +257,22 @@ class KubernetesAuth:
         >>> KubernetesAuth(role="feature-pipeline")
     """
 
+    _method = "kubernetes"
+
     def __init__(
         self, role: str, jwt_path: str = KUBERNETES_JWT_PATH, mount: str = "kubernetes"
     ) -> None:
         self._role = _require_text(role, "role")
         self._jwt_path = os.fspath(jwt_path)
-        self._mount = validate_name(mount, what="auth mount")
+        super().__init__(mount)
 
-    @property
-    def method(self) -> str:
-        return "kubernetes"
-
-    @property
-    def can_login_again(self) -> bool:
-        return True
-
-    def login(self, client: hvac.Client) -> Login:
-        response = client.auth.kubernetes.login(
+    def _request_login(self, client: hvac.Client) -> Any:
+        return client.auth.kubernetes.login(
             role=self._role,
             jwt=_read_jwt(self._jwt_path, self.method),
             mount_point=self._mount,
             use_token=False,
         )
-        return _login_result(response, self.method)
 
     def __repr__(self) -> str:
         return (

@@ -164,9 +164,9 @@ class TokenSession:
     def _fresh(self, client: hvac.Client, old: _State | None) -> _State:
         if old is not None and not self.auth.can_login_again:
             raise AuthenticationError(
-                f"the Vault token for {self._url} has expired or was revoked, and a plain token cannot log "
-                "in again: supply a new token, or use an auth method such as AppRoleAuth "
-                "that can"
+                f"the Vault token for {self._url} has expired or was revoked, and a plain "
+                "token cannot log in again: supply a new token, or use an auth method such "
+                "as AppRoleAuth that can"
             )
         client.token = ""  # a stale token must not ride along on a login request
         with self._translated(f"log in with {self.auth.method} in {self._where}"):
