@@ -79,11 +79,15 @@ def threaded_ops_per_s(
 def approle_row(server: DevServer, n: int) -> tuple[str, float, float, str]:
     """AppRole: secureml logs in and renews; raw hvac logs in once and never renews."""
     server.bao("auth", "enable", "approle")
-    server.bao("write", "auth/approle/role/bench", "token_policies=root", "token_ttl=1h")
+    policy = b'path "secret/data/secureml/*" { capabilities = ["read"] }'
+    server.bao("policy", "write", "bench-read", "-", input=policy)
+    server.bao("write", "auth/approle/role/bench", "token_policies=bench-read", "token_ttl=1h")
     role_id = server.bao("read", "-field=role_id", "auth/approle/role/bench/role-id")
     secret_id = server.bao("write", "-f", "-field=secret_id", "auth/approle/role/bench/secret-id")
     role, secret = role_id.stdout.decode().strip(), secret_id.stdout.decode().strip()
-    approle = KeyManager(vault_url=server.address, vault_auth=AppRoleAuth(role, secret))
+    approle = KeyManager(
+        vault_url=server.address, vault_auth=AppRoleAuth(role, secret), vault_kv_version=2
+    )
     raw_client = hvac.Client(url=server.address)
     raw_client.auth.approle.login(role_id=role, secret_id=secret)
     kv = raw_client.secrets.kv.v2
