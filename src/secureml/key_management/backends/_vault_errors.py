@@ -8,6 +8,9 @@ address and path) goes into the message instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from ..errors import (
     AuthenticationError,
     KeyManagementError,
@@ -23,6 +26,31 @@ def vault_errors(exc: BaseException) -> str:
     errors = getattr(exc, "errors", None) or []
     text = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
     return " ".join(text.split())[:300] or "no detail given"
+
+
+_T = TypeVar("_T")
+
+
+def translated(
+    op: Callable[[], _T], *, url: str, action: str, where: str, login: bool = False
+) -> _T:
+    """Run ``op``; raise whatever it raises as our error, with no exception chained.
+
+    hvac's exceptions carry the server's response body, and requests' carry the request
+    with its ``X-Vault-Token`` header; ``raise ... from None`` would still keep them on
+    ``__context__``. So the error is raised outside the handler, its chain cleared.
+    """
+    try:
+        return op()
+    except KeyManagementError as exc:
+        error: KeyManagementError = exc
+    except Exception as exc:
+        found = translate(exc, url=url, action=action, where=where, login=login)
+        if found is None:
+            raise
+        error = found
+    error.__cause__ = error.__context__ = None
+    raise error
 
 
 def translate(

@@ -14,14 +14,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._auth import Login, VaultAuth
-from ..errors import AuthenticationError, KeyManagementError, VaultUnavailableError
-from ._vault_errors import translate
+from ..errors import AuthenticationError, VaultUnavailableError
+from ._vault_errors import translated
 
 if TYPE_CHECKING:
     import hvac
@@ -149,17 +148,9 @@ class TokenSession:
     def _expired(self, state: _State) -> bool:
         return state.expires_at is not None and self._clock() >= state.expires_at
 
-    @contextmanager
-    def _translated(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except KeyManagementError:
-            raise
-        except Exception as exc:
-            error = translate(exc, url=self._url, action=action, where="", login=True)
-            if error is None:
-                raise
-            raise error from None
+    def _login(self, client: hvac.Client) -> Login:
+        login = self.auth.login(client)
+        return _looked_up(client, login) if login.ttl is None else login
 
     def _fresh(self, client: hvac.Client, old: _State | None) -> _State:
         if old is not None and not self.auth.can_login_again:
@@ -169,10 +160,13 @@ class TokenSession:
                 "as AppRoleAuth that can"
             )
         client.token = ""  # a stale token must not ride along on a login request
-        with self._translated(f"log in with {self.auth.method} in {self._where}"):
-            login = self.auth.login(client)
-            if login.ttl is None:
-                login = _looked_up(client, login)
+        login = translated(
+            lambda: self._login(client),
+            url=self._url,
+            action=f"log in with {self.auth.method} in {self._where}",
+            where="",
+            login=True,
+        )
         self.logins += int(self.auth.can_login_again)
         self._generation += 1
         state = self._schedule(login, relogin=False, generation=self._generation)
@@ -185,8 +179,9 @@ class TokenSession:
             return self._fresh(client, None)
         client.token = state.login.token
         try:
-            with self._translated("renew the token"):
-                response = client.auth.token.renew_self()
+            response = translated(
+                client.auth.token.renew_self, url=self._url, action="renew the token", where=""
+            )
         except VaultUnavailableError:
             # The token is still valid: keep using it and try again shortly.
             retry = _State(

@@ -32,7 +32,7 @@ from ..errors import (
     PermissionDeniedError,
     UnsupportedOperationError,
 )
-from ._vault_errors import translate
+from ._vault_errors import translated
 from ._vault_session import TokenSession
 from .base import SecretValue
 
@@ -328,16 +328,7 @@ class VaultBackend:
                 adapter.call_deadline = None
 
     def _translated(self, action: str, where: str, op: Callable[[], _T]) -> _T:
-        """Run ``op``; raise hvac's and requests' exceptions as ours, without their bodies."""
-        try:
-            return op()
-        except KeyManagementError:
-            raise
-        except Exception as exc:
-            error = translate(exc, url=self._settings.url, action=action, where=where)
-            if error is None:
-                raise
-            raise error from None
+        return translated(op, url=self._settings.url, action=action, where=where)
 
     def _token_still_valid(self, client: hvac.Client) -> bool:
         """After a 403: does Vault still accept the token (so the policy said no)?"""
