@@ -54,6 +54,53 @@ def test_spec_signatures() -> None:
     assert derive["salt"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
+def test_production_vault_signatures() -> None:
+    """Issue 3's names and defaults, as written there."""
+
+    def params(obj: object) -> list[tuple[str, object]]:
+        sig = inspect.signature(obj)  # type: ignore[arg-type]
+        return [(n, p.default) for n, p in sig.parameters.items()]
+
+    empty = inspect.Parameter.empty
+    assert params(km.TokenAuth) == [("token", empty)]
+    assert params(km.AppRoleAuth) == [
+        ("role_id", empty),
+        ("secret_id", empty),
+        ("mount", "approle"),
+    ]
+    assert params(km.UserpassAuth) == [
+        ("username", empty),
+        ("password", empty),
+        ("mount", "userpass"),
+    ]
+    assert params(km.JWTAuth) == [
+        ("role", empty),
+        ("jwt", None),
+        ("jwt_path", None),
+        ("mount", "jwt"),
+    ]
+    assert params(km.KubernetesAuth) == [
+        ("role", empty),
+        ("jwt_path", "/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        ("mount", "kubernetes"),
+    ]
+    init = inspect.signature(km.KeyManager).parameters
+    for name, default in [
+        ("vault_auth", None),
+        ("vault_namespace", None),
+        ("vault_ca_cert", None),
+        ("vault_client_cert", None),
+        ("vault_client_key", None),
+        ("verify", True),
+        ("timeout", None),
+        ("retries", None),
+    ]:
+        assert init[name].default == default, name
+        assert init[name].kind is inspect.Parameter.KEYWORD_ONLY
+    assert inspect.signature(km.configure_default_key_manager) == inspect.signature(km.KeyManager)
+    assert callable(km.KeyManager.status)
+
+
 def test_public_objects_show_the_public_module() -> None:
     assert km.KeyManager.__module__ == "secureml.key_management"
     assert km.get_encryption_key.__module__ == "secureml.key_management"
