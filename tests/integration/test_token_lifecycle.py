@@ -221,3 +221,27 @@ def test_32_threads_log_in_once_per_token_generation(
     assert 2 <= session.logins <= 5, session.logins
     assert session._generation == session.logins
     assert logins_seen_by_server(bao_server, role, 200) == session.logins
+
+
+def test_a_failed_early_login_keeps_the_current_token_until_it_expires(
+    bao_server: DevServer,
+    seeded: str,
+    make_role: Callable[..., Role],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A secret ID good for one login: the early re-login (at ~2/3 of 4 s) is refused.
+    role = make_role(token_type="batch", token_ttl="4s", secret_id_uses=1)
+    manager = manager_for(bao_server, seeded, vault_auth=role.auth())
+    assert manager.get_secret("x") == "v"
+    state = session_of(manager)._state
+    assert state is not None
+    assert state.expires_at is not None
+    expires_at = state.expires_at
+    with caplog.at_level("WARNING", logger="secureml.key_management"):
+        # Reads until shortly before expiry: the early re-login fails, the reads do not.
+        assert read_for(manager, expires_at - time.monotonic() - 0.3) == []
+    assert "stays in use until it expires" in caplog.text
+    assert role.secret_id not in caplog.text
+    time.sleep(max(0.0, expires_at - time.monotonic() + 0.2))
+    with pytest.raises(AuthenticationError, match="log in with approle"):
+        manager.get_secret("x")

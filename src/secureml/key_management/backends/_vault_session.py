@@ -32,6 +32,10 @@ RENEW_FRACTION = 2 / 3
 JITTER = (0.10, 0.20)
 #: After a renewal failed because Vault was unavailable, try again this much later.
 RENEW_RETRY_SECONDS = 1.0
+#: Count a token as expired this much early (at most a quarter of its TTL): Vault
+#: stores a batch token's creation time in whole seconds, so it may die up to 1 s
+#: before the TTL it reported has passed here.
+EXPIRY_MARGIN_SECONDS = 1.0
 #: A renewal that returns less than the previous TTL minus this has hit the max TTL.
 CAPPED_SLACK_SECONDS = 1.0
 
@@ -111,13 +115,23 @@ class TokenSession:
         state = self._state
         if state is not None and not self._due(state) and not self._expired(state):
             return state.login.token, state.generation
-        with self._lock:
+        # Another thread may be logging in; wait for it, but not past this call's deadline.
+        deadline = getattr(client.adapter, "call_deadline", None)
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            raise VaultUnavailableError(
+                f"gave up waiting for another thread's login to Vault at {self._url} "
+                "within this call's deadline"
+            )
+        try:
             state = self._state
             if state is None or self._expired(state):
                 state = self._fresh(client, state)
             elif self._due(state):
                 state = self._refresh(client, state)
             return state.login.token, state.generation
+        finally:
+            self._lock.release()
 
     def rejected(self, generation: int) -> bool:
         """Vault rejected the token of ``generation``; return whether to log in and retry.
@@ -176,23 +190,19 @@ class TokenSession:
 
     def _refresh(self, client: hvac.Client, state: _State) -> _State:
         if state.relogin:
-            return self._fresh(client, None)
+            try:
+                return self._fresh(client, None)
+            except (VaultUnavailableError, AuthenticationError) as exc:
+                # Logging in early failed, but the token still works: use it, try again.
+                logger.warning("%s; the current token stays in use until it expires", exc)
+                return self._retry_later(state)
         client.token = state.login.token
         try:
             response = translated(
                 client.auth.token.renew_self, url=self._url, action="renew the token", where=""
             )
         except VaultUnavailableError:
-            # The token is still valid: keep using it and try again shortly.
-            retry = _State(
-                state.login,
-                state.generation,
-                state.expires_at,
-                self._clock() + RENEW_RETRY_SECONDS,
-                relogin=False,
-            )
-            self._state = retry
-            return retry
+            return self._retry_later(state)  # the token is still valid meanwhile
         except AuthenticationError:
             # Revoked under us: a method that can log in does; a plain token cannot.
             return self._fresh(client, state if not self.auth.can_login_again else None)
@@ -208,11 +218,20 @@ class TokenSession:
         logger.debug("vault token renewed: generation %d, ttl %.0fs", state.generation, new_ttl)
         return renewed
 
+    def _retry_later(self, state: _State) -> _State:
+        """Keep ``state``'s token; refresh again shortly (never past its expiry)."""
+        retry_at = self._clock() + RENEW_RETRY_SECONDS
+        if state.expires_at is not None:
+            retry_at = min(retry_at, state.expires_at)
+        later = _State(state.login, state.generation, state.expires_at, retry_at, state.relogin)
+        self._state = later
+        return later
+
     def _schedule(self, login: Login, *, relogin: bool, generation: int) -> _State:
         now = self._clock()
         if not login.ttl:
             return _State(login, generation, None, None, relogin=False)
-        expires_at = now + login.ttl
+        expires_at = now + login.ttl - min(EXPIRY_MARGIN_SECONDS, login.ttl / 4)
         refresh_at = now + login.ttl * RENEW_FRACTION * (1 - self._jitter())
         renewable = login.renewable and login.token_type != "batch"  # noqa: S105 - a kind
         if relogin or not renewable:
