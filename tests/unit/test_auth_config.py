@@ -174,7 +174,14 @@ def test_bad_environment_values_name_the_variable(env: dict[str, str], match: st
 
 @pytest.mark.parametrize(
     ("kwargs", "error"),
-    [({"retries": -1}, ValueError), ({"retries": 1.5}, TypeError), ({"verify": "no"}, TypeError)],
+    [
+        ({"retries": -1}, ValueError),
+        ({"retries": 1.5}, TypeError),
+        ({"verify": "no"}, TypeError),
+        ({"vault_namespace": "team\nX-Evil: 1"}, ConfigurationError),
+        ({"vault_namespace": "two words"}, ConfigurationError),
+        ({"vault_namespace": 7}, TypeError),
+    ],
 )
 def test_bad_arguments(kwargs: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
@@ -235,8 +242,9 @@ def test_plain_http_beyond_loopback_warns_once() -> None:
     [
         ("GET", "/v1/secret/data/x", None, True),
         ("LIST", "/v1/secret/metadata/", None, True),
-        ("POST", "/v1/auth/approle/login", {"role_id": "r"}, True),
-        ("POST", "/v1/auth/jwt/login", {"role": "r"}, True),
+        ("POST", "/v1/auth/approle/login", {"role_id": "r"}, False),
+        ("POST", "/v1/auth/jwt/login", {"role": "r"}, False),
+        ("POST", "/v1/auth/token/lookup-self", {}, True),
         ("POST", "/v1/auth/token/renew-self", {}, True),
         ("POST", "/v1/secret/data/x", {"data": {"value": "v"}, "options": {"cas": 3}}, True),
         ("POST", "/v1/secret/data/x", {"data": {"value": "v"}}, False),

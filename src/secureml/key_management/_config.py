@@ -153,6 +153,20 @@ def _check_retries(retries: object, source: str) -> int:
     return retries
 
 
+def _check_namespace(namespace: object) -> str | None:
+    if namespace is None:
+        return None
+    if not isinstance(namespace, str):
+        raise TypeError(f"vault_namespace must be a str, not {type(namespace).__name__}")
+    checked = namespace.strip().strip("/")
+    if not checked or not checked.isprintable() or any(c.isspace() for c in checked):
+        raise ConfigurationError(
+            f"vault_namespace {namespace!r} must be a path such as 'team' or 'org/team', "
+            "without spaces or control characters"
+        )
+    return checked
+
+
 def _check_file(path: object, what: str) -> str:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{what} must be a path, not {type(path).__name__}")
@@ -294,7 +308,9 @@ def resolve_vault_settings(
     return VaultSettings(
         url=checked_url,
         auth=resolved_auth,
-        namespace=namespace if namespace is not None else _from_env(env, NAMESPACE_VARS),
+        namespace=_check_namespace(
+            namespace if namespace is not None else _from_env(env, NAMESPACE_VARS)
+        ),
         ca_cert=None if resolved_ca is None else _check_file(resolved_ca, "vault_ca_cert"),
         client_cert=None if cert is None else _check_file(cert, "vault_client_cert"),
         client_key=None if key is None else _check_file(key, "vault_client_key"),

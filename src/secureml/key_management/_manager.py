@@ -232,6 +232,9 @@ class KeyManager:
             PermissionDeniedError: Vault's policies forbid the write.
             AuthenticationError: Vault rejected the token.
             VaultUnavailableError: Vault could not be reached; nothing was written.
+            WriteOutcomeUnknownError: The connection broke after the write was sent (or a
+                gateway answered 500/502/504): it may or may not have landed. Not retried
+                automatically; read the secret back before writing again.
             TypeError: ``value`` is of an unsupported type.
             ValueError: ``name`` or a mapping's field names are malformed.
         """

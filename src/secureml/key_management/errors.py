@@ -9,7 +9,7 @@
     +-- VaultError                     the server answered with a problem
     |   +-- VaultUnavailableError      unreachable, timed out, 5xx: fallbacks may apply
     |   |   +-- VaultSealedError       the server is sealed
-    |   |   +-- WriteOutcomeUnknownError  the link broke mid-write: it may have landed
+    |   +-- WriteOutcomeUnknownError   the link broke mid-write: it may have landed
     |   +-- PermissionDeniedError      403: the policy forbids it; never masked
     |   +-- AuthenticationError        the token is invalid, expired or revoked
     +-- UnsupportedOperationError      the source cannot do that (e.g. write to env)
@@ -92,11 +92,14 @@ class VaultSealedError(VaultUnavailableError):
     """Vault is sealed and serves nothing until an operator unseals it."""
 
 
-class WriteOutcomeUnknownError(VaultUnavailableError):
-    """The connection broke after a write was sent: it may or may not have happened.
+class WriteOutcomeUnknownError(VaultError):
+    """A write (or login) may or may not have happened: the connection broke after it
+    was sent, or a gateway answered 500/502/504.
 
-    Such a write is not retried automatically (replaying it could overwrite a newer
-    value). Read the secret back to see whether it landed before writing again.
+    It is not retried automatically, since a replay could overwrite a newer value (or
+    spend a single-use secret ID). Read the secret back to see whether it landed before
+    writing again. Deliberately not a :class:`VaultUnavailableError`, which means the
+    request was not carried out and retrying it is safe.
     """
 
 

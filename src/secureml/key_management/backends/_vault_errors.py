@@ -102,8 +102,6 @@ def _from_hvac(  # noqa: PLR0911 - one return per kind of Vault answer
         hx.BadGateway,
         hx.RateLimitExceeded,
         hx.VaultNotInitialized,
-        hx.UnexpectedError,
-        hx.PreconditionFailed,
     )
     if isinstance(exc, unavailable):
         return VaultUnavailableError(
@@ -137,4 +135,6 @@ def _from_requests(exc: BaseException, url: str, target: str) -> KeyManagementEr
             f"Vault at {url} answered the request to {target} with something that is not "
             "Vault's JSON (a proxy or a redirect?)"
         )
+    if isinstance(exc, requests.exceptions.RequestException):
+        return VaultError(f"the request to {target} at Vault {url} failed ({type(exc).__name__})")
     return None

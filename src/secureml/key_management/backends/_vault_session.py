@@ -15,11 +15,11 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .._auth import Login, VaultAuth
-from ..errors import AuthenticationError, VaultUnavailableError
+from ..errors import AuthenticationError, PermissionDeniedError, VaultUnavailableError
 from ._vault_errors import translated
 
 if TYPE_CHECKING:
@@ -190,12 +190,7 @@ class TokenSession:
 
     def _refresh(self, client: hvac.Client, state: _State) -> _State:
         if state.relogin:
-            try:
-                return self._fresh(client, None)
-            except (VaultUnavailableError, AuthenticationError) as exc:
-                # Logging in early failed, but the token still works: use it, try again.
-                logger.warning("%s; the current token stays in use until it expires", exc)
-                return self._retry_later(state)
+            return self._replace_token(client, state)
         client.token = state.login.token
         try:
             response = translated(
@@ -203,9 +198,9 @@ class TokenSession:
             )
         except VaultUnavailableError:
             return self._retry_later(state)  # the token is still valid meanwhile
-        except AuthenticationError:
-            # Revoked under us: a method that can log in does; a plain token cannot.
-            return self._fresh(client, state if not self.auth.can_login_again else None)
+        except (AuthenticationError, PermissionDeniedError):
+            # Revoked, or not allowed renew-self (no default policy): renewing is over.
+            return self._replace_token(client, state)
         self.renewals += 1
         auth = response.get("auth") or {}
         new_ttl = float(auth.get("lease_duration") or 0)
@@ -217,6 +212,20 @@ class TokenSession:
         self._state = renewed
         logger.debug("vault token renewed: generation %d, ttl %.0fs", state.generation, new_ttl)
         return renewed
+
+    def _replace_token(self, client: hvac.Client, state: _State) -> _State:
+        """Renewing no longer helps (max TTL reached, or renewal refused): log in again
+        if this method can, keeping the current token while that fails; a plain token
+        is kept until the server rejects it (and the error then says why)."""
+        if self.auth.can_login_again:
+            try:
+                return self._fresh(client, None)
+            except (VaultUnavailableError, AuthenticationError) as exc:
+                logger.warning("%s; the current token stays in use until it expires", exc)
+                return self._retry_later(replace(state, relogin=True))
+        kept = replace(state, refresh_at=None, relogin=True)
+        self._state = kept
+        return kept
 
     def _retry_later(self, state: _State) -> _State:
         """Keep ``state``'s token; refresh again shortly (never past its expiry)."""

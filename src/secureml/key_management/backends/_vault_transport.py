@@ -1,14 +1,23 @@
-"""How requests reach Vault: retries with backoff, and a redirect policy that keeps the token home.
+"""How requests reach Vault: retries, deadlines, and a redirect policy that keeps the token home.
 
 An hvac adapter, so every hvac call (KV, auth, token, sys) goes through the same rules:
 
-- Retries: on connection errors, on 5xx except 501, on 412 (a standby that has not caught
-  up) and on 429 (honouring ``Retry-After``); never on other 4xx. Exponential backoff with
-  full jitter. A request whose outcome is unknown (the connection broke after it was sent)
-  is retried only when replaying it is harmless: reads, and KV v2 check-and-set writes.
-  Otherwise the caller is told the write may or may not have happened.
+- Retries, with exponential backoff and jitter: on a connection that failed or broke, on
+  412 (a standby that has not caught up), 429 (honouring ``Retry-After``) and 503 (not
+  sealed) - answers that mean the request was not processed. On 500, 502 and 504 only
+  when replaying is harmless. Never on other 4xx, nor on 501.
+- Unknown outcomes: a request that may have been processed (the connection broke after
+  it was sent, or a gateway answered 500/502/504) is replayed only when that is harmless:
+  reads, token renewals and lookups, and KV v2 check-and-set writes. Otherwise the caller
+  gets :class:`~secureml.key_management.WriteOutcomeUnknownError`. Logins are not
+  replayed either: a repeat could use up a single-use AppRole secret ID.
+- Deadlines: a request, retries included, ends within ``timeout`` x attempts plus
+  backoff, and within the deadline of the call it belongs to (``call_deadline``). The
+  answer's body is read with the deadline checked between reads, so a server that
+  drips bytes cannot hold a call.
 - Redirects: requests would resend ``X-Vault-Token`` to whatever host a redirect names.
-  Here at most one hop is followed, only to a configured address, never https -> http.
+  Here at most one 307/308 hop is followed, to its ``Location`` on a configured origin
+  only, never https -> http.
 """
 
 from __future__ import annotations
@@ -17,26 +26,45 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from hvac.adapters import JSONAdapter
 from urllib3.exceptions import InsecureRequestWarning
 
 from ..errors import VaultError, VaultUnavailableError, WriteOutcomeUnknownError
 
-RETRY_STATUSES = frozenset({412, 429, 500, 502, 503, 504})
+#: The request was not processed: safe to send again, whatever it was.
+NOT_PROCESSED_STATUSES = frozenset({412, 429, 503})
+#: A gateway or Vault failed, perhaps after processing: only harmless requests are resent.
+MAYBE_PROCESSED_STATUSES = frozenset({500, 502, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+FOLLOWED_REDIRECTS = frozenset({307, 308})  # the ones that keep the method and body
+#: Statuses hvac turns into its own exception types (translated in _vault_errors).
+HVAC_STATUSES = frozenset({400, 401, 403, 404, 429, 500, 501, 502, 503})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "LIST", "OPTIONS"})
+BROKEN_CONNECTION = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 2.0
 RETRY_AFTER_CAP_SECONDS = 5.0
+READ_CHUNK_BYTES = 64 * 1024
 
 
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path or "/"
 
 
 def _never_sent(exc: requests.RequestException) -> bool:
@@ -49,18 +77,21 @@ def _never_sent(exc: requests.RequestException) -> bool:
     return type(reason).__name__ in never
 
 
+def _is_login(path: str) -> bool:
+    return path.startswith("/v1/auth/") and "/login" in path
+
+
 def _replayable(method: str, url: str, kwargs: dict[str, Any]) -> bool:
     """Whether sending the request twice is harmless.
 
-    Reads are; so are logins and token renewals (a duplicate only mints or extends a
-    token), and KV v2 check-and-set writes (a replay of one that landed fails its CAS).
+    Reads are; so are token renewals and lookups, and KV v2 check-and-set writes (a
+    replay of one that landed fails its CAS). Logins are not: a single-use secret ID
+    would be spent by the first, and the token it minted orphaned.
     """
     if method.upper() in IDEMPOTENT_METHODS:
         return True
-    path = url.split("?", 1)[0].rstrip("/")
-    if path.startswith("/v1/auth/") and (
-        "/login" in path or path.endswith(("/renew-self", "/lookup-self"))
-    ):
+    path = _path(url).rstrip("/")
+    if path.startswith("/v1/auth/token/") and path.endswith(("/renew-self", "/lookup-self")):
         return True
     body = kwargs.get("json")
     options = body.get("options") if isinstance(body, dict) else None
@@ -71,16 +102,32 @@ def _sealed(response: requests.Response) -> bool:
     return response.status_code == 503 and "sealed" in response.text.lower()
 
 
-class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
-    """hvac's JSON adapter with secureml's retry and redirect rules (see module doc).
+def _vault_errors(response: requests.Response) -> str:
+    """Vault's own error strings from an answer, which name paths, never secrets."""
+    try:
+        errors = response.json().get("errors") or []
+    except (ValueError, AttributeError):
+        return "no detail given"
+    return " ".join("; ".join(str(e) for e in errors).split())[:300] or "no detail given"
 
-    A request's worst case is bounded: ``timeout`` per attempt plus the backoff between
-    attempts; a retry that could not finish inside that budget is not started. Pass
-    ``retries=`` to one request (``adapter.get(url, retries=0)``) to override.
+
+@dataclass(frozen=True)
+class _Broken:
+    """A connection that failed or broke: what it was, and whether to send it again."""
+
+    kind: str
+    replayable: bool
+
+
+class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
+    """hvac's JSON adapter with secureml's retry, deadline and redirect rules (module doc).
+
+    Per request, ``retries=`` overrides the adapter's retries and ``bare=True`` sends
+    neither token nor namespace (``sys/health`` is root-only and needs neither).
 
     Args:
         retries: Extra attempts after the first (0 disables retrying).
-        allowed_origins: ``scheme://host:port`` of every configured Vault address.
+        allowed_origins: ``scheme://host:port`` of every other configured Vault address.
         sleep: Injectable for tests.
         **kwargs: hvac's adapter arguments.
     """
@@ -113,85 +160,134 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
     ) -> Any:
         retries = kwargs.pop("retries", None)
         retries = self.retries if retries is None else retries
-        base = self.base_uri
-        attempt = 0
-        hopped = False
+        bare = bool(kwargs.pop("bare", False))
+        kwargs.pop("wrap_ttl", None)  # response wrapping is not used
+        while "//" in url:
+            url = url.replace("//", "/")  # as Vault's CLI does
+        target = self.urljoin(self.base_uri, url)
+        replayable = _replayable(method, url, kwargs)
         deadline = time.monotonic() + self._budget(retries)
         if self.call_deadline is not None:
             deadline = min(deadline, self.call_deadline)
+        attempt = 0
+        hopped = False
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise VaultUnavailableError(
-                    f"Vault at {base} did not answer {method.upper()} {url} before the "
-                    "call's deadline (timeout x attempts + backoff)"
-                )
-            try:
-                response = self._send(base, method, url, headers, kwargs, remaining=remaining)
-            except requests.exceptions.SSLError:
-                # A failed TLS check is not transient (and nothing was sent): no retry.
-                raise
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                self._check_replayable(exc, base, method, url, kwargs)
+            outcome = self._attempt(method, target, headers, kwargs, deadline=deadline, bare=bare)
+            if isinstance(outcome, _Broken):
+                if not outcome.replayable and not replayable:
+                    raise self._unknown_outcome(
+                        method, target, f"the connection broke ({outcome.kind})"
+                    )
                 delay = self._backoff(attempt)
                 if attempt >= retries or time.monotonic() + delay > deadline:
-                    raise
+                    # A fresh exception: requests' own carries the request and its token.
+                    raise requests.exceptions.ConnectionError(outcome.kind)
                 self._sleep(delay)
                 attempt += 1
                 continue
+            response = outcome
             status = response.status_code
             if status in REDIRECT_STATUSES:
-                base = self._redirect_target(base, response, hopped)
+                target = self._redirect_target(target, response, hopped)
                 hopped = True
                 continue
-            if status in RETRY_STATUSES and not _sealed(response) and attempt < retries:
+            may_retry = (status in NOT_PROCESSED_STATUSES and not _sealed(response)) or (
+                status in MAYBE_PROCESSED_STATUSES and replayable
+            )
+            if may_retry and attempt < retries:
                 delay = self._retry_after(response) or self._backoff(attempt)
                 if time.monotonic() + delay <= deadline:
                     self._sleep(delay)
                     attempt += 1
                     continue
-            if not response.ok and raise_exception and not self.ignore_exceptions:
-                self._raise_for_error(method, url, response)
-            if status == 200:
-                try:
-                    return response.json()
-                except ValueError:
-                    pass
-            return response
+            if status in MAYBE_PROCESSED_STATUSES and not replayable:
+                raise self._unknown_outcome(method, target, f"it answered {status}")
+            return self._result(method, target, response, raise_exception)
 
-    @staticmethod
-    def _check_replayable(
-        exc: requests.RequestException, base: str, method: str, url: str, kwargs: dict[str, Any]
-    ) -> None:
-        """Raise if the request may have reached Vault and replaying it is unsafe."""
-        if not (_never_sent(exc) or _replayable(method, url, kwargs)):
-            raise WriteOutcomeUnknownError(
-                f"the connection to Vault at {base} broke after a {method.upper()} of {url} "
-                "was sent: the write may or may not have happened; read it back before "
-                "trying again"
-            ) from None
-
-    def _send(
+    def _attempt(
         self,
-        base: str,
         method: str,
-        url: str,
+        target: str,
         headers: dict[str, str] | None,
         kwargs: dict[str, Any],
         *,
-        remaining: float,
+        deadline: float,
+        bare: bool,
+    ) -> requests.Response | _Broken:
+        if time.monotonic() >= deadline:
+            raise VaultUnavailableError(
+                f"Vault at {_origin(target)} did not answer {method.upper()} {_path(target)} "
+                "within the call's deadline (timeout x attempts + backoff)"
+            )
+        try:
+            return self._send(method, target, headers, kwargs, deadline=deadline, bare=bare)
+        except requests.exceptions.SSLError:
+            raise  # a failed TLS check is not transient, and nothing was sent
+        except BROKEN_CONNECTION as exc:
+            return _Broken(type(exc).__name__, replayable=_never_sent(exc))
+
+    def _result(
+        self, method: str, target: str, response: requests.Response, raise_exception: bool
+    ) -> Any:
+        if not response.ok and raise_exception and not self.ignore_exceptions:
+            self._raise_for_error(method, target, response)
+        if response.status_code != 200:
+            return response
+        try:
+            return response.json()
+        except ValueError:
+            pass  # raised below, outside the handler: the decode error holds the body
+        raise VaultError(
+            f"Vault at {_origin(target)} answered {method.upper()} {_path(target)} with "
+            "something that is not Vault's JSON (a proxy or a login page in the way?)"
+        )
+
+    def _raise_for_error(self, method: str, url: str, response: requests.Response) -> None:
+        status = response.status_code
+        if status in HVAC_STATUSES:
+            super()._raise_for_error(method, url, response)
+        where = f"{method.upper()} {_path(url)}"
+        detail = _vault_errors(response)
+        if status == 412 or status >= 500:
+            raise VaultUnavailableError(
+                f"Vault at {_origin(url)} answered {status} to {where} ({detail})"
+            )
+        raise VaultError(f"Vault at {_origin(url)} answered {status} to {where}: {detail}")
+
+    @staticmethod
+    def _unknown_outcome(method: str, target: str, what: str) -> VaultError:
+        if _is_login(_path(target)):
+            # Unavailable, not "unknown write": reads may fall back, the next call retries.
+            return VaultUnavailableError(
+                f"a login at Vault {_origin(target)} may or may not have happened ({what}); "
+                "not repeated, since a repeat could use up a single-use secret ID; the next "
+                "call logs in again"
+            )
+        return WriteOutcomeUnknownError(
+            f"Vault at {_origin(target)}: {what} after a {method.upper()} of "
+            f"{_path(target)} was sent, so the write may or may not have happened; read it "
+            "back before trying again"
+        )
+
+    def _send(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str] | None,
+        kwargs: dict[str, Any],
+        *,
+        deadline: float,
+        bare: bool,
     ) -> requests.Response:
-        while "//" in url:
-            url = url.replace("//", "/")
         sent_headers = dict(headers or {})
         if self.request_header:
             sent_headers["X-Vault-Request"] = "true"
-        if self.token:
+        if self.token and not bare:
             sent_headers["X-Vault-Token"] = self.token
-        if self.namespace:
+        if self.namespace and not bare:
             sent_headers["X-Vault-Namespace"] = self.namespace
         options = {**self._kwargs, **kwargs}
-        options.pop("wrap_ttl", None)
+        remaining = max(0.001, deadline - time.monotonic())
         timeout = options.get("timeout")
         if isinstance(timeout, (int, float)) and timeout > remaining:
             options["timeout"] = remaining  # never wait past the deadline
@@ -200,9 +296,10 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             options["params"] = {**options.get("params", {}), "list": "true"}
         request = {
             "method": method,
-            "url": self.urljoin(base, url),
+            "url": target,
             "headers": sent_headers,
             "allow_redirects": False,
+            "stream": True,
             **options,
         }
         if options.get("verify") is False:
@@ -210,21 +307,28 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             # would repeat that on every request.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", InsecureRequestWarning)
-                return self.session.request(**request)  # type: ignore[no-any-return]
-        response: requests.Response = self.session.request(**request)
+                response: requests.Response = self.session.request(**request)
+        else:
+            response = self.session.request(**request)
+        _read_body(response, deadline)
         return response
 
-    def _redirect_target(self, base: str, response: requests.Response, hopped: bool) -> str:
-        location = response.headers.get("Location", "")
-        target = _origin(location) if "://" in location else _origin(base)
+    def _redirect_target(self, current: str, response: requests.Response, hopped: bool) -> str:
+        origin = _origin(current)
+        target = urljoin(current, response.headers.get("Location", ""))
         if hopped:
-            raise VaultError(f"Vault at {base} redirected more than once; not following")
-        if urlsplit(base).scheme == "https" and urlsplit(target).scheme != "https":
-            raise VaultError(f"Vault at {base} redirected from https to http; not following")
-        if target not in self.allowed_origins:
+            raise VaultError(f"Vault at {origin} redirected more than once; not following")
+        if urlsplit(current).scheme == "https" and urlsplit(target).scheme != "https":
+            raise VaultError(f"Vault at {origin} redirected from https to http; not following")
+        if _origin(target) not in self.allowed_origins:
             raise VaultError(
-                f"Vault at {base} redirected to {target}, which is not a configured address; "
-                "not following (the token would be sent there)"
+                f"Vault at {origin} redirected to {_origin(target)}, which is not a "
+                "configured address; not following (the token would be sent there)"
+            )
+        if response.status_code not in FOLLOWED_REDIRECTS:
+            raise VaultError(
+                f"Vault at {origin} answered a {response.status_code} redirect; only 307 and "
+                "308 (which keep the request as it is) are followed"
             )
         return target
 
@@ -249,3 +353,35 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             return min(RETRY_AFTER_CAP_SECONDS, max(0.0, float(value)))
         except ValueError:
             return None
+
+
+def _read_body(response: requests.Response, deadline: float) -> None:
+    """Read the whole answer, checking the deadline between reads (each read is bounded
+    by the socket timeout, so a server that drips bytes is cut off at the deadline)."""
+    raw = response.raw
+    read = getattr(raw, "read1", None) or raw.read
+    body = bytearray()
+    try:
+        while True:
+            chunk = read(READ_CHUNK_BYTES, decode_content=True)
+            if not chunk:
+                break
+            body += chunk
+            if time.monotonic() > deadline:
+                raise requests.exceptions.ReadTimeout("the call's deadline passed mid-answer")
+    except urllib3.exceptions.ReadTimeoutError:
+        response.close()
+        raise requests.exceptions.ReadTimeout("timed out reading the answer") from None
+    except urllib3.exceptions.SSLError:
+        response.close()
+        raise requests.exceptions.SSLError("TLS failed while reading the answer") from None
+    except (urllib3.exceptions.HTTPError, OSError):
+        # The answer was cut short (or its encoding broken): requests' name for that.
+        response.close()
+        raise requests.exceptions.ChunkedEncodingError("the answer was cut short") from None
+    except BaseException:
+        response.close()
+        raise
+    response._content = bytes(body)  # what requests does when it reads ``.content``
+    response._content_consumed = True  # type: ignore[attr-defined]
+    response.close()  # content consumed: hands the connection back to the pool

@@ -19,7 +19,8 @@ import base64
 import binascii
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._config import INSTALL_HINT, VaultSettings
@@ -31,6 +32,7 @@ from ..errors import (
     KeyManagementError,
     PermissionDeniedError,
     UnsupportedOperationError,
+    VaultUnavailableError,
 )
 from ._vault_errors import translated
 from ._vault_session import TokenSession
@@ -145,6 +147,10 @@ class VaultBackend:
     # -- I/O -------------------------------------------------------------------------
 
     def get(self, name: str, version: int | None = None) -> SecretValue | None:
+        with self._deadline():
+            return self._get(name, version)
+
+    def _get(self, name: str, version: int | None) -> SecretValue | None:
         where = self.locate(name)
         kv = self.kv_version()
         if kv == 1 and version is not None:
@@ -175,17 +181,22 @@ class VaultBackend:
 
     def put(self, name: str, value: SecretValue) -> None:
         fields = pack_fields(value)
-        kv = self.kv_version()
+        with self._deadline():
+            kv = self.kv_version()
 
-        def write(client: hvac.Client) -> None:
-            engine = client.secrets.kv.v2 if kv == 2 else client.secrets.kv.v1
-            engine.create_or_update_secret(
-                path=self._secret_path(name), secret=fields, mount_point=self._mount
-            )
+            def write(client: hvac.Client) -> None:
+                engine = client.secrets.kv.v2 if kv == 2 else client.secrets.kv.v1
+                engine.create_or_update_secret(
+                    path=self._secret_path(name), secret=fields, mount_point=self._mount
+                )
 
-        self._call("write", self.locate(name), write)
+            self._call("write", self.locate(name), write)
 
     def delete(self, name: str) -> None:
+        with self._deadline():
+            self._delete(name)
+
+    def _delete(self, name: str) -> None:
         kv = self.kv_version()
 
         def delete(client: hvac.Client) -> None:
@@ -203,9 +214,19 @@ class VaultBackend:
     def kv_version(self) -> int:
         """The mount's KV version (1 or 2), detected once and remembered."""
         if self._kv_version is None:
-            with self._detect_lock:
-                if self._kv_version is None:
-                    self._kv_version = self._detect_kv_version()
+            with self._deadline() as deadline:
+                # Threads queue here while one detects; none waits past its deadline.
+                if not self._detect_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    raise VaultUnavailableError(
+                        f"gave up waiting for another thread to detect the KV version of "
+                        f"vault:{self._mount}/ at {self._settings.url} within this call's "
+                        "deadline"
+                    )
+                try:
+                    if self._kv_version is None:
+                        self._kv_version = self._detect_kv_version()
+                finally:
+                    self._detect_lock.release()
         return self._kv_version
 
     def _detect_kv_version(self) -> int:
@@ -251,7 +272,7 @@ class VaultBackend:
                 "check the health of",
                 "the server",
                 lambda: self._client().adapter.get(
-                    "/v1/sys/health", params=_HEALTH_PARAMS, retries=0
+                    "/v1/sys/health", params=_HEALTH_PARAMS, retries=0, bare=True
                 ),
             )
         except KeyManagementError as exc:
@@ -305,7 +326,9 @@ class VaultBackend:
                 try:
                     return op(client)
                 except (hx.Forbidden, hx.Unauthorized):
-                    if self._token_still_valid(client):
+                    # A token minted for this retry is not stale: a 403 is the policy's
+                    # (the token may lack the default policy that lets it look itself up).
+                    if retry or self._token_still_valid(client):
                         raise PermissionDeniedError(
                             f"Vault at {self._settings.url} denied permission to {action} "
                             f"{where}: the token's policies do not allow it (or the mount "
@@ -316,13 +339,21 @@ class VaultBackend:
                     raise self._rejected_token(action, where) from None
             raise AssertionError("unreachable")  # pragma: no cover
 
-        adapter = client.adapter
+        with self._deadline():
+            return self._translated(action, where, attempt)
+
+    @contextmanager
+    def _deadline(self) -> Iterator[float]:
+        """One deadline for a whole public call: KV detection, login, retry and all.
+
+        Nested uses keep the outer deadline. Yields it (``time.monotonic()`` seconds).
+        """
+        adapter = self._client().adapter
         outermost = adapter.call_deadline is None
         if outermost:
-            # Logging in, a retry after re-login: all of it within one request's budget.
             adapter.call_deadline = time.monotonic() + adapter.budget()
         try:
-            return self._translated(action, where, attempt)
+            yield adapter.call_deadline
         finally:
             if outermost:
                 adapter.call_deadline = None
