@@ -5,12 +5,14 @@ of the real server (tests/support/fault_proxy.py forwards everything it does not
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from secureml._devserver import DevServer, free_loopback_port
 from secureml.key_management import (
+    AppRoleAuth,
     KeyManager,
     SecretNotFoundError,
     VaultError,
@@ -186,3 +188,95 @@ def test_nothing_listening_at_all() -> None:
     )
     with pytest.raises(VaultUnavailableError, match="check the address"):
         manager.get_secret("x")
+
+
+# -- answers that are cut, slow, or not Vault's ------------------------------------------
+
+
+def test_a_read_cut_mid_answer_is_retried(warm: KeyManager, proxy: FaultProxy) -> None:
+    proxy.inject(Fault.cut())
+    assert warm.get_secret("x") == "1"
+    assert len(proxy.hits) == 2
+
+
+def test_a_write_cut_mid_answer_is_unknown(warm: KeyManager, proxy: FaultProxy) -> None:
+    proxy.inject(Fault.cut())
+    with pytest.raises(WriteOutcomeUnknownError):
+        warm.set_secret("x", "2")
+    assert len(proxy.hits) == 1
+    assert warm.get_secret("x") == "2"  # it did land: the error was right to hedge
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_a_write_answered_by_a_failing_gateway_is_not_replayed(
+    warm: KeyManager, proxy: FaultProxy, status: int
+) -> None:
+    proxy.inject(Fault.status(status))
+    with pytest.raises(WriteOutcomeUnknownError, match=str(status)):
+        warm.set_secret("x", "2")
+    assert len(proxy.hits) == 1
+
+
+@pytest.mark.parametrize("status", [412, 429, 503])
+def test_a_write_refused_before_processing_is_retried(
+    warm: KeyManager, proxy: FaultProxy, status: int
+) -> None:
+    proxy.inject(Fault.status(status))
+    assert warm.set_secret("x", "2") is True
+    assert len(proxy.hits) == 2
+
+
+def test_a_dripping_answer_is_cut_off_at_the_deadline(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str
+) -> None:
+    manager = manager_via(proxy, bao_server, vault_path, timeout=0.5, retries=0)
+    manager.set_secret("x", "1")
+    proxy.inject(Fault.drip(0.1))  # each byte well inside the socket timeout
+    started = time.monotonic()
+    with pytest.raises(VaultUnavailableError):
+        manager.get_secret("x")
+    assert time.monotonic() - started < 1.0
+
+
+def test_an_answer_that_is_not_json_is_an_error_not_a_success(
+    warm: KeyManager, proxy: FaultProxy
+) -> None:
+    portal = b"<html>Please log in to the corporate proxy</html>"
+    proxy.inject(Fault.replace(200, portal))
+    with pytest.raises(VaultError, match="not Vault's JSON") as caught:
+        warm.set_secret("x", "2")
+    assert "corporate proxy" not in str(caught.value)
+    proxy.inject(Fault.replace(200, portal))
+    with pytest.raises(VaultError, match="not Vault's JSON") as caught:
+        warm.get_secret("x")
+    assert not isinstance(caught.value, VaultUnavailableError)  # never a fallback
+
+
+@pytest.mark.parametrize("status", [405, 409, 413, 422])
+def test_unexpected_4xx_is_an_error_not_an_outage(
+    warm: KeyManager, proxy: FaultProxy, status: int
+) -> None:
+    proxy.inject(Fault.status(status))
+    with pytest.raises(VaultError, match=str(status)) as caught:
+        warm.get_secret("x")
+    assert not isinstance(caught.value, VaultUnavailableError)
+    assert len(proxy.hits) == 1
+
+
+def test_a_login_whose_answer_was_lost_is_not_replayed(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repeat could spend a single-use secret ID: the read falls back instead."""
+    mount = f"approle-{uuid.uuid4().hex[:8]}"
+    bao_server.bao("auth", "enable", f"-path={mount}", "approle")
+    bao_server.bao("write", f"auth/{mount}/role/r", "token_policies=default")
+    role_id = bao_server.bao("read", "-field=role_id", f"auth/{mount}/role/r/role-id")
+    secret_id = bao_server.bao("write", "-f", "-field=secret_id", f"auth/{mount}/role/r/secret-id")
+    auth = AppRoleAuth(role_id.stdout.decode().strip(), secret_id.stdout.decode().strip(), mount)
+    manager = KeyManager(
+        vault_url=proxy.origin, vault_auth=auth, vault_path=vault_path, vault_kv_version=2
+    )
+    monkeypatch.setenv("SECUREML_X", "from-env")
+    proxy.inject(Fault.drop(forward=True, path_prefix=f"/v1/auth/{mount}/login"))
+    assert manager.get_secret("x") == "from-env"
+    assert len(proxy.hits_for("/login")) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 from secureml._devserver import DevServer, free_loopback_port
 from secureml.key_management import KeyManager, KeyManagerStatus
@@ -82,3 +83,20 @@ def test_a_refused_token_is_reported(bao_server: DevServer) -> None:
     assert status.reachable is True
     assert status.error is not None
     assert "s.not-a-real-token" not in status.error
+
+
+def test_status_inside_a_namespace(bao_server: DevServer) -> None:
+    """sys/health is root-only: the probe must not carry the namespace."""
+    namespace = f"ns-status-{uuid.uuid4().hex[:8]}"
+    bao_server.bao("namespace", "create", namespace)
+    bao_server.bao(
+        "secrets", "enable", "-path=secret", "kv-v2", extra_env={"BAO_NAMESPACE": namespace}
+    )
+    manager = KeyManager(
+        vault_url=bao_server.address, vault_token=bao_server.root_token, vault_namespace=namespace
+    )
+    status = manager.status()
+    assert status.reachable is True
+    assert status.namespace == namespace
+    assert status.kv_version == 2
+    assert status.error is None

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 import pytest
 
 from secureml._devserver import DevServer
-from secureml.key_management import AppRoleAuth, AuthenticationError, KeyManager
+from secureml.key_management import (
+    AppRoleAuth,
+    AuthenticationError,
+    KeyManager,
+    PermissionDeniedError,
+)
 from secureml.key_management.backends import VaultBackend
 from secureml.key_management.backends._vault_session import TokenSession
 
@@ -245,3 +250,21 @@ def test_a_failed_early_login_keeps_the_current_token_until_it_expires(
     time.sleep(max(0.0, expires_at - time.monotonic() + 0.2))
     with pytest.raises(AuthenticationError, match="log in with approle"):
         manager.get_secret("x")
+
+
+def test_tokens_without_the_default_policy(
+    bao_server: DevServer, seeded: str, make_role: Callable[..., Role]
+) -> None:
+    """Such tokens may not renew or look themselves up: secureml logs in again instead
+    of renewing, and a denied path is still a PermissionDeniedError."""
+    role = make_role(token_ttl="3s", token_no_default_policy="true")
+    manager = manager_for(bao_server, seeded, vault_auth=role.auth())
+    assert read_for(manager, 5) == []
+    session = session_of(manager)
+    assert session.renewals == 0
+    assert session.logins >= 2
+    denied_mount = f"denied-{uuid.uuid4().hex[:8]}"
+    bao_server.bao("secrets", "enable", f"-path={denied_mount}", "kv-v2")
+    elsewhere = manager_for(bao_server, seeded, vault_auth=role.auth(), vault_mount=denied_mount)
+    with pytest.raises(PermissionDeniedError):
+        elsewhere.get_secret("x")

@@ -9,6 +9,9 @@ to the real server and its real answer is passed back. Faults are queued per req
   client cannot know whether it was processed).
 - ``Fault.drop(forward=True)``: forward the request to Vault, then drop the answer (the
   write happened, the client is not told).
+- ``Fault.cut()``: forward, then send the answer's headers and half its body, and close.
+- ``Fault.drip(seconds)``: forward, then send the answer one byte per ``seconds``.
+- ``Fault.replace(status, body)``: answer ``body`` (not JSON, say) without forwarding.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import http.client
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +40,8 @@ class Fault:
     retry_after: float | None = None
     forward: bool = False
     path_prefix: str = "/v1/"
+    body: bytes = b""
+    seconds: float = 0.0
 
     @classmethod
     def status(
@@ -48,6 +54,21 @@ class Fault:
     def drop(cls, *, forward: bool = False, path_prefix: str = "/v1/") -> Fault:
         """Close the connection without an answer (after forwarding, if ``forward``)."""
         return cls("drop", forward=forward, path_prefix=path_prefix)
+
+    @classmethod
+    def cut(cls, *, path_prefix: str = "/v1/") -> Fault:
+        """Forward; answer the headers and half the body, then close the connection."""
+        return cls("cut", forward=True, path_prefix=path_prefix)
+
+    @classmethod
+    def drip(cls, seconds: float, *, path_prefix: str = "/v1/") -> Fault:
+        """Forward; send the answer one byte every ``seconds``."""
+        return cls("drip", forward=True, path_prefix=path_prefix, seconds=seconds)
+
+    @classmethod
+    def replace(cls, code: int, body: bytes, *, path_prefix: str = "/v1/") -> Fault:
+        """Answer ``code`` with ``body`` (as text/html) without forwarding."""
+        return cls("replace", code, path_prefix=path_prefix, body=body)
 
 
 @dataclass
@@ -131,12 +152,20 @@ class FaultProxy:
                 if fault is not None and fault.kind == "status":
                     self._answer_status(fault)
                     return
+                if fault is not None and fault.kind == "replace":
+                    self._answer(fault.status_code, {"Content-Type": "text/html"}, fault.body)
+                    return
                 if fault is None or fault.forward:
                     status, headers, payload = proxy._forward(
                         self.command, self.path, dict(self.headers.items()), body
                     )
                     if fault is None:
                         self._answer(status, headers, payload)
+                        return
+                    if fault.kind == "cut":
+                        self._answer(status, headers, payload, send=len(payload) // 2)
+                    elif fault.kind == "drip":
+                        self._answer(status, headers, payload, pause=fault.seconds)
                         return
                 self._drop()
 
@@ -147,14 +176,33 @@ class FaultProxy:
                     headers["Retry-After"] = f"{fault.retry_after:g}"
                 self._answer(fault.status_code, headers, payload)
 
-            def _answer(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+            def _answer(
+                self,
+                status: int,
+                headers: dict[str, str],
+                payload: bytes,
+                *,
+                send: int | None = None,
+                pause: float = 0.0,
+            ) -> None:
                 self.send_response(status)
                 for name, value in headers.items():
                     if name.lower() not in _HOP_BY_HOP:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                sent = payload if send is None else payload[:send]
+                if not pause:
+                    self.wfile.write(sent)
+                    return
+                self.wfile.flush()
+                for index in range(len(sent)):
+                    time.sleep(pause)
+                    try:
+                        self.wfile.write(sent[index : index + 1])
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client gave up, as it should
 
             def _drop(self) -> None:
                 self.close_connection = True
