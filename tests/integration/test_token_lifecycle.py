@@ -184,8 +184,9 @@ def test_a_renewable_plain_token_is_renewed(bao_server: DevServer, seeded: str) 
         seeded,
         vault_token=str(token["auth"]["client_token"]),  # type: ignore[index]
     )
+    # 5 s of reads on a 3 s token: it only lived through them by being renewed.
     assert read_for(manager, 5) == []
-    assert session_of(manager).renewals >= 2
+    assert session_of(manager).renewals >= 1
     assert manager.status().token_ttl is not None
 
 

@@ -300,7 +300,8 @@ class VaultBackend:
         return self._with_counts(
             base,
             kv_version=kv_version,
-            token_ttl=float(data["ttl"]) if data.get("ttl") else None,
+            # Tokens that never expire (root) have no expire_time; others may be at 0 s.
+            token_ttl=float(data.get("ttl") or 0) if data.get("expire_time") else None,
             renewable=bool(data.get("renewable")),
         )
 
