@@ -335,8 +335,8 @@ class VaultBackend:
                             f"{where}: the token's policies do not allow it (or the mount "
                             "does not exist)"
                         ) from None
-                    if not retry and self._session.rejected(generation):
-                        continue
+                    if self._session.rejected(generation):
+                        continue  # logged out: log in again and retry once
                     raise self._rejected_token(action, where) from None
             raise AssertionError("unreachable")  # pragma: no cover
 
@@ -375,12 +375,7 @@ class VaultBackend:
         return True
 
     def _rejected_token(self, action: str, where: str) -> AuthenticationError:
-        method = self._settings.auth.method
-        if self._session.auth.can_login_again:
-            return AuthenticationError(
-                f"Vault at {self._settings.url} rejected a fresh {method} token while "
-                f"trying to {action} {where}; check the role's token policies and TTLs"
-            )
+        """A plain token Vault no longer accepts; nothing can log in again."""
         return AuthenticationError(
             f"Vault at {self._settings.url} rejected the token (invalid, expired or revoked) "
             f"while trying to {action} {where}; a plain token cannot log in again, so "
