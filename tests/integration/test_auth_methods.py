@@ -121,7 +121,9 @@ def make_user(
 
 
 def manager_with(server: DevServer, vault_path: str, auth: VaultAuth, **kwargs: Any) -> KeyManager:
-    """A manager logging in with ``auth`` on the dev server's ``secret/`` mount."""
+    """A manager logging in with ``auth`` on the dev server's ``secret/`` mount, no cache
+    (these tests are about what reaches the server)."""
+    kwargs.setdefault("cache_ttl", 0)
     return KeyManager(vault_url=server.address, vault_path=vault_path, vault_auth=auth, **kwargs)
 
 

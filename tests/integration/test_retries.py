@@ -32,7 +32,7 @@ def proxy(bao_server: DevServer) -> Iterator[FaultProxy]:
 def manager_via(
     proxy: FaultProxy, bao_server: DevServer, vault_path: str, **kwargs: object
 ) -> KeyManager:
-    options: dict[str, object] = {"timeout": 2, "vault_kv_version": 2}
+    options: dict[str, object] = {"timeout": 2, "vault_kv_version": 2, "cache_ttl": 0}
     options.update(kwargs)
     return KeyManager(
         vault_url=proxy.origin,

@@ -110,6 +110,7 @@ def manager_for(server: DevServer, vault_path: str, **kwargs: object) -> KeyMana
         vault_url=server.address,
         vault_path=vault_path,
         use_env_fallback=False,
+        cache_ttl=0,  # every read reaches the server: these tests are about tokens
         **kwargs,  # type: ignore[arg-type]
     )
 

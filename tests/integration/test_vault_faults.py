@@ -89,7 +89,9 @@ class TestBadTokens:
 
     def test_revoked_token(self, bao_server: DevServer, vault_path: str) -> None:
         token = bao_server.bao("token", "create", "-field=token").stdout.decode()
-        manager = KeyManager(vault_url=bao_server.address, vault_token=token, vault_path=vault_path)
+        manager = KeyManager(
+            vault_url=bao_server.address, vault_token=token, vault_path=vault_path, cache_ttl=0
+        )
         manager.set_secret("r", "before")
         assert manager.get_secret("r") == "before"
         bao_server.bao("token", "revoke", token)
@@ -143,7 +145,9 @@ class TestServerGoesAway:
     def test_stopped_mid_run(
         self, server: DevServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
     ) -> None:
-        manager = KeyManager(vault_url=server.address, vault_token=server.root_token, timeout=2)
+        manager = KeyManager(
+            vault_url=server.address, vault_token=server.root_token, timeout=2, cache_ttl=0
+        )
         manager.set_secret("s", "from-vault")
         assert manager.get_secret("s") == "from-vault"
         server.stop()

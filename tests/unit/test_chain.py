@@ -123,7 +123,7 @@ def test_outage_warning_repeats_after_recovery(
 ) -> None:
     monkeypatch.setenv("SECUREML_A", "env")
     backend = DictBackend({"a": "vault"}, fail=VaultUnavailableError("down"))
-    km = KeyManager(backend=backend)
+    km = KeyManager(backend=backend, cache_ttl=0)
     with caplog.at_level(logging.WARNING, "secureml.key_management"):
         km.get_secret("a")
         backend.fail = None

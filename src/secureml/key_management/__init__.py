@@ -23,7 +23,7 @@ from ._auth import (
 )
 from ._default import configure_default_key_manager, get_default_key_manager, get_encryption_key
 from ._manager import KeyManager
-from ._status import KeyManagerStatus
+from ._status import AccessEvent, KeyManagerStats, KeyManagerStatus
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -41,6 +41,7 @@ from .errors import (
 )
 
 __all__ = [
+    "AccessEvent",
     "AppRoleAuth",
     "AuthenticationError",
     "ConfigurationError",
@@ -49,6 +50,7 @@ __all__ = [
     "KeyFormatError",
     "KeyManagementError",
     "KeyManager",
+    "KeyManagerStats",
     "KeyManagerStatus",
     "KubernetesAuth",
     "PermissionDeniedError",
@@ -69,9 +71,11 @@ __all__ = [
 
 # Exported objects show the public module path (httpx does the same).
 for _name in (
+    "AccessEvent",
     "AppRoleAuth",
     "JWTAuth",
     "KeyManager",
+    "KeyManagerStats",
     "KeyManagerStatus",
     "KubernetesAuth",
     "TokenAuth",

@@ -12,13 +12,13 @@ import ipaddress
 import os
 import re
 import threading
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ._auth import AppRoleAuth, TokenAuth, VaultAuth
+from ._warnings import warn_caller
 from .errors import ConfigurationError, SecurityWarning
 
 URL_VARS = ("SECUREML_VAULT_URL", "BAO_ADDR", "VAULT_ADDR")
@@ -194,11 +194,10 @@ def _warn_plain_http(url: str) -> None:
         if url in _warned_plain_http:
             return
         _warned_plain_http.add(url)
-    warnings.warn(
+    warn_caller(
         f"Vault at {url} is reached over plain http: tokens and secrets cross the network "
         "unencrypted. Use https:// outside local development.",
         SecurityWarning,
-        stacklevel=4,
     )
 
 
@@ -298,11 +297,10 @@ def resolve_vault_settings(
     if key is not None and cert is None:
         raise ConfigurationError("vault_client_key needs vault_client_cert as well")
     if not verify:
-        warnings.warn(
+        warn_caller(
             f"TLS verification of Vault at {checked_url} is OFF (verify=False): anyone on "
             "the network path can read the token and the secrets. Use vault_ca_cert= instead.",
             SecurityWarning,
-            stacklevel=3,
         )
     _warn_plain_http(checked_url)
     return VaultSettings(

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Literal, NoReturn, TypeVar, overload
 
 from ._auth import VaultAuth
+from ._cache import ABSENT, CacheEntry, SecretCache
 from ._config import resolve_vault_settings
+from ._counters import BACKEND_READS, HITS, MISSES, STALE, Counters
 from ._derivation import hkdf_sha256
 from ._devdefaults import (
     PRODUCTION_ENV_VAR,
@@ -32,7 +34,8 @@ from ._encoding import (
     encode_key,
 )
 from ._names import validate_name, validate_path
-from ._status import KeyManagerStatus
+from ._status import AccessEvent, KeyManagerStats, KeyManagerStatus
+from ._warnings import warn_caller
 from .backends.base import SecretBackend, SecretValue
 from .backends.env import EnvBackend
 from .backends.vault import VALUE_FIELD, VaultBackend
@@ -104,6 +107,16 @@ class KeyManager:
             errors, 412, 429 and 5xx other than 501 (never other 4xx); 0 disables. When
             omitted: ``VAULT_MAX_RETRIES`` (``BAO_MAX_RETRIES``), else 2. A call takes
             at most ``timeout`` x attempts plus backoff.
+        cache_ttl: Seconds a value read from Vault is served from memory (0: no cache).
+            Writes through this manager drop the name's entries at once; see
+            :meth:`invalidate` for changes made elsewhere.
+        cache_size: Most names (and versions) cached; the least recently used goes.
+        max_stale: While Vault is unreachable or sealed, serve a cached value up to this
+            many seconds old (one WARNING per name) before falling back to the
+            environment (0: never serve stale). Never after a permission error.
+        audit_hook: Called with an :class:`AccessEvent` (operation, name, source,
+            outcome, duration; never the value) after every access. Exceptions it
+            raises are logged, not propagated.
         backend: Use this :class:`~secureml.key_management.backends.SecretBackend`
             instead of Vault (the Vault settings must then be left unset).
 
@@ -138,6 +151,10 @@ class KeyManager:
         verify: bool = True,
         timeout: float | None = None,
         retries: int | None = None,
+        cache_ttl: float = 60.0,
+        cache_size: int = 1024,
+        max_stale: float = 3600.0,
+        audit_hook: Callable[[AccessEvent], object] | None = None,
         backend: SecretBackend | None = None,
     ) -> None:
         self._vault_path = validate_path(vault_path, what="vault_path")
@@ -183,6 +200,15 @@ class KeyManager:
         self._env = EnvBackend() if self._use_env_fallback else None
         self._once_lock = threading.Lock()
         self._said: set[tuple[str, str]] = set()
+        self._cache = SecretCache(
+            ttl=_check_seconds(cache_ttl, "cache_ttl"),
+            size=_check_size(cache_size),
+            max_stale=_check_seconds(max_stale, "max_stale"),
+        )
+        self._counts = Counters()
+        if audit_hook is not None and not callable(audit_hook):
+            raise TypeError("audit_hook must be callable with one AccessEvent")
+        self._audit = audit_hook
 
     # -- public API ------------------------------------------------------------------
 
@@ -210,9 +236,19 @@ class KeyManager:
             VaultUnavailableError: Vault is down and no later source had it.
             ValueError: ``name`` is malformed.
         """
-        validate_name(name)
-        value, _ = self._lookup(name, default, lambda: dev_default_secret(name))
-        return value
+        try:
+            entry = self._cache.fresh((name, None))
+        except TypeError:  # unhashable: let validation say what is wrong with it
+            entry = None
+        if entry is not None and entry.value is not ABSENT and self._audit is None:
+            self._counts.mine()[HITS] += 1  # the hot path: no lock, no validation (done)
+            return entry.value
+
+        def read() -> tuple[Any, str | None, str]:
+            validate_name(name)
+            return self._lookup(name, default, lambda: dev_default_secret(name))
+
+        return self._observed("get_secret", name, read)
 
     def set_secret(self, name: str, value: str | bytes | Mapping[str, Any]) -> bool:
         """Store ``value`` as secret ``name`` in Vault.
@@ -245,8 +281,18 @@ class KeyManager:
                 f"cannot store {name!r}: no Vault is configured (pass vault_url= and "
                 "vault_token=, or set SECUREML_VAULT_URL and SECUREML_VAULT_TOKEN)"
             )
-        self._primary.put(name, checked)
-        return True
+        primary = self._primary
+
+        def write() -> tuple[bool, str | None, str]:
+            try:
+                primary.put(name, checked)
+            finally:
+                # Even a write of unknown outcome may have changed the value.
+                self._cache.invalidate(lambda key: key[0] == name)
+            return True, primary.locate(name), "ok"
+
+        result: bool = self._observed("set_secret", name, write)
+        return result
 
     @overload
     def get_encryption_key(
@@ -301,7 +347,24 @@ class KeyManager:
         validate_name(key_name, what="key_name")
         length = check_length(key_bytes, what="key_bytes", low=MIN_KEY_BYTES)
         checked_encoding = check_encoding(encoding)
-        material, where = self._lookup(key_name, None, lambda: dev_default_key(key_name, length))
+
+        def read() -> tuple[bytes | str, str | None, str]:
+            material, where, outcome = self._lookup(
+                key_name, None, lambda: dev_default_key(key_name, length)
+            )
+            return (
+                self._decode_key(key_name, material, where, length, checked_encoding),
+                where,
+                outcome,
+            )
+
+        key: bytes | str = self._observed("get_encryption_key", key_name, read)
+        return key
+
+    @staticmethod
+    def _decode_key(
+        key_name: str, material: object, where: str | None, length: int, encoding: Encoding
+    ) -> bytes | str:
         described = f"key {key_name!r} from {where}"
         if isinstance(material, (bytes, bytearray)):
             key = check_key_bytes(bytes(material), length, described=described)
@@ -312,7 +375,7 @@ class KeyManager:
                 f"{described} is a {type(material).__name__}, not key material; store it in "
                 f"the field {VALUE_FIELD!r}"
             )
-        return encode_key(key, checked_encoding)
+        return encode_key(key, encoding)
 
     def derive_key(
         self,
@@ -365,46 +428,172 @@ class KeyManager:
             default_fallback=self._use_default_fallback,
         )
 
+    def stats(self) -> KeyManagerStats:
+        """Counters since this manager was built: cache, backend, logins, errors.
+
+        Example:
+            >>> km.stats().hits                       # doctest: +SKIP
+            4096
+        """
+        (hits, misses, stale, reads), errors = self._counts.totals()
+        session = getattr(self._primary, "session", None)
+        return KeyManagerStats(
+            hits=hits,
+            misses=misses,
+            stale_serves=stale,
+            backend_reads=reads,
+            failovers=int(getattr(self._primary, "failovers", 0)),
+            logins=int(getattr(session, "logins", 0)),
+            renewals=int(getattr(session, "renewals", 0)),
+            errors=errors,
+        )
+
+    def invalidate(self, name: str | None = None) -> int:
+        """Drop cached values: every version of ``name``, or everything when ``None``.
+
+        Writes through this manager already do this; call it after a secret was changed
+        elsewhere (the ``bao`` CLI, another process) to see the change before
+        ``cache_ttl`` runs out.
+
+        Returns:
+            How many cache entries were dropped.
+        """
+        if name is None:
+            return self._cache.invalidate()
+        validate_name(name)
+        return self._cache.invalidate(lambda key: key[0] == name)
+
     # -- the lookup chain ------------------------------------------------------------
 
     def _lookup(
         self, name: str, default: object, dev_default: Callable[[], object]
-    ) -> tuple[Any, str]:
-        """Walk the chain; return the value and where it came from."""
+    ) -> tuple[Any, str, str]:
+        """Walk the chain; return the value, where it came from, and how (``ok``,
+        ``cached``, ``stale``)."""
         tried: list[str] = []
         outage: VaultUnavailableError | None = None
         if self._primary is not None:
             where = self._primary.locate(name)
             tried.append(where)
             try:
-                value = self._primary.get(name)
+                value, outcome = self._read_primary(self._primary, name)
             except VaultUnavailableError as exc:
-                outage = exc
-                self._log_once(
-                    ("outage", self._primary.source),
-                    "%s; falling back to the next source until it answers again",
-                    exc,
-                )
+                stale = self._cache.stale((name, None))
+                if stale is not None and stale.value is not ABSENT:
+                    self._serve_stale(name, exc, stale)
+                    return stale.value, where, "stale"
+                if stale is None:
+                    outage = exc
+                    self._log_once(
+                        ("outage", self._primary.source),
+                        "%s; falling back to the next source until it answers again",
+                        exc,
+                    )
             else:
-                self._forget(("outage", self._primary.source))
                 if value is not None:
-                    return value, where
+                    return value, where, outcome
         if self._env is not None:
             where = self._env.locate(name)
             tried.append(where)
             value = self._env.get(name)
             if value is not None:
                 self._note_fallback(name, tried, outage)
-                return value, where
+                return value, where, "ok"
         if default is not None:
             self._note_fallback(name, tried, outage)
-            return default, "default="
+            return default, "default=", "ok"
         if self._use_default_fallback:
             self._warn_dev_default(name)
-            return dev_default(), "insecure dev default"
+            return dev_default(), "insecure dev default", "ok"
         if outage is not None:
             _raise_outage(outage, name, tried)
         raise SecretNotFoundError(name, tried)
+
+    def _read_primary(self, primary: SecretBackend, name: str) -> tuple[Any, str]:
+        """The primary source's answer for ``name`` (``None``: absent), through the
+        cache; concurrent misses share one backend read."""
+        counts = self._counts.mine()
+        key = (name, None)
+        entry = self._cache.fresh(key)
+        if entry is not None:
+            counts[HITS] += 1
+            return (None if entry.value is ABSENT else entry.value), "cached"
+        counts[MISSES] += 1
+
+        def load() -> object:
+            self._counts.mine()[BACKEND_READS] += 1
+            value = primary.get(name)
+            return ABSENT if value is None else value
+
+        value, _ = self._cache.load(key, load)
+        self._recovered(primary.source)
+        return (None if value is ABSENT else value), "ok"
+
+    def _serve_stale(self, name: str, outage: VaultUnavailableError, entry: CacheEntry) -> None:
+        self._counts.mine()[STALE] += 1
+        self._log_once(
+            ("stale", name),
+            "%s; serving %r from a cached value %.0f s old (max_stale allows %.0f s)",
+            outage,
+            name,
+            time.monotonic() - entry.fetched_at,
+            self._cache.max_stale,
+        )
+
+    def _recovered(self, source: str) -> None:
+        """The primary answered: outage and stale notices may be given again."""
+        if self._said:
+            with self._once_lock:
+                self._said = {c for c in self._said if c[0] not in ("outage", "stale")}
+
+    # -- observability ---------------------------------------------------------------
+
+    def _observed(
+        self, operation: str, name: str, call: Callable[[], tuple[_T, str | None, str]]
+    ) -> _T:
+        """Run ``call``; count its errors and tell ``audit_hook`` how it went."""
+        started = time.perf_counter()
+        try:
+            value, source, outcome = call()
+        except Exception as exc:
+            self._counts.error(type(exc).__name__)
+            self._emit(
+                operation,
+                name,
+                source=None,
+                outcome="error",
+                error=type(exc).__name__,
+                started=started,
+            )
+            raise
+        self._emit(operation, name, source=source, outcome=outcome, error=None, started=started)
+        return value
+
+    def _emit(
+        self,
+        operation: str,
+        name: str,
+        *,
+        source: str | None,
+        outcome: str,
+        error: str | None,
+        started: float,
+    ) -> None:
+        if self._audit is None:
+            return
+        event = AccessEvent(
+            operation=operation,
+            name=name if isinstance(name, str) else repr(type(name)),
+            source=source,
+            version=None,
+            outcome=outcome,
+            error=error,
+            duration=time.perf_counter() - started,
+        )
+        try:
+            self._audit(event)
+        except Exception as exc:  # an audit sink must never break the call it observes
+            self._log_once(("audit", type(exc).__name__), "audit_hook raised %r", exc)
 
     def _note_fallback(
         self, name: str, tried: list[str], outage: VaultUnavailableError | None
@@ -436,12 +625,11 @@ class KeyManager:
             if ("dev-default", name) in self._said:
                 return
             self._said.add(("dev-default", name))
-        warnings.warn(
+        warn_caller(
             f"serving an INSECURE deterministic development default for {name!r}: anyone "
             "can compute it. Store the secret in Vault or the environment, and set "
             "use_default_fallback=False outside development.",
             SecurityWarning,
-            stacklevel=4,
         )
 
     # -- hygiene ---------------------------------------------------------------------
@@ -460,6 +648,22 @@ class KeyManager:
             "KeyManager cannot be pickled (it holds a Vault token); create one in each "
             "process instead"
         )
+
+
+def _check_seconds(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    if not value >= 0:
+        raise ValueError(f"{what} must be 0 or more seconds; got {value}")
+    return float(value)
+
+
+def _check_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"cache_size must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"cache_size must be at least 1; got {value}")
+    return value
 
 
 def _check_flag(value: object, what: str) -> bool:

@@ -1,10 +1,10 @@
-"""What :meth:`KeyManager.status` reports: one typed, printable snapshot."""
+"""What a manager reports about itself: status, counters, and access events."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["KeyManagerStatus"]
+__all__ = ["AccessEvent", "KeyManagerStats", "KeyManagerStatus"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,54 @@ class KeyManagerStatus:
     env_fallback: bool = False
     default_fallback: bool = False
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyManagerStats:
+    """Counters since the manager was built (:meth:`KeyManager.stats`).
+
+    Attributes:
+        hits: Reads answered from the cache.
+        misses: Reads the cache could not answer.
+        stale_serves: Reads answered from an expired cache entry because Vault was down.
+        backend_reads: Reads sent to Vault (after single-flight: concurrent misses for
+            one name count once).
+        failovers: Requests that moved on to another Vault address.
+        logins: Logins by an auth method that can log in again.
+        renewals: Token renewals.
+        errors: Errors raised to callers, by exception class name.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    stale_serves: int = 0
+    backend_reads: int = 0
+    failovers: int = 0
+    logins: int = 0
+    renewals: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AccessEvent:
+    """One access, as passed to ``audit_hook``. Never carries the value.
+
+    Attributes:
+        operation: ``get_secret``, ``get_encryption_key`` or ``set_secret``.
+        name: The secret's name.
+        source: Where the value came from (``vault:secret/secureml/x``, ``env:...``,
+            ``default=``, ``insecure dev default``), or the source written to; ``None``
+            when nothing answered.
+        version: The version asked for (``None``: the latest).
+        outcome: ``ok``, ``cached``, ``stale`` or ``error``.
+        error: The exception class name when ``outcome`` is ``error``.
+        duration: Seconds the call took.
+    """
+
+    operation: str
+    name: str
+    source: str | None
+    version: int | None
+    outcome: str
+    error: str | None
+    duration: float

@@ -1,0 +1,146 @@
+"""The manager's read cache: TTL, LRU bound, single-flight loads, stale-if-error.
+
+Policy lives in the manager; this module only keeps entries. A hit is a dict lookup and
+a clock check, with no lock: ML jobs read the same key thousands of times a second.
+Misses for the same key are single-flight: one caller loads, the others wait for its
+result (or its error). Entries outlive their TTL, up to ``max_stale`` seconds after they
+were fetched, so an outage can be ridden through on values that were true recently.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ABSENT", "CacheEntry", "CacheKey", "SecretCache"]
+
+#: (name, version): a cache belongs to one manager, whose primary source is fixed.
+CacheKey = tuple[str, "int | None"]
+
+
+class _Absent:
+    """The backend answered "no such secret" (cached too: env-served names are hot)."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+
+@dataclass
+class CacheEntry:
+    """A value the backend returned, and when."""
+
+    value: Any = field(repr=False)
+    fetched_at: float
+    expires_at: float
+    used_at: float
+
+
+class SecretCache:
+    """A bounded TTL cache with single-flight loading. Thread-safe.
+
+    Args:
+        ttl: Seconds an entry is fresh; 0 disables caching (loads still single-flight).
+        size: Most entries kept; the least recently used goes first.
+        max_stale: Seconds after fetching that an entry may still be served stale.
+        clock: Monotonic seconds; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        ttl: float,
+        size: int,
+        max_stale: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.max_stale = max_stale
+        self._clock = clock
+        self._entries: dict[CacheKey, CacheEntry] = {}
+        self._lock = threading.Lock()
+        self._loading: dict[CacheKey, Future[Any]] = {}
+
+    def fresh(self, key: CacheKey) -> CacheEntry | None:
+        """The entry for ``key`` if it is still fresh (no lock: a hit must be cheap)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = self._clock()
+        if now >= entry.expires_at:
+            return None
+        entry.used_at = now
+        return entry
+
+    def stale(self, key: CacheKey) -> CacheEntry | None:
+        """The entry for ``key`` if it is at most ``max_stale`` seconds old."""
+        entry = self._entries.get(key)
+        if entry is None or self._clock() - entry.fetched_at > self.max_stale:
+            return None
+        return entry
+
+    def load(self, key: CacheKey, loader: Callable[[], Any]) -> tuple[Any, bool]:
+        """The value for ``key``: fresh from the cache, or loaded once for all callers.
+
+        Returns:
+            The value, and whether this caller ran ``loader`` (False: it shared another
+            caller's load, or hit the cache).
+
+        Raises:
+            Whatever ``loader`` raised (each waiting caller gets its own copy).
+        """
+        with self._lock:
+            entry = self.fresh(key)
+            if entry is not None:
+                return entry.value, False
+            flight = self._loading.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._loading[key] = Future()
+        if not leader:
+            try:
+                return flight.result(), False
+            except BaseException as exc:
+                # One exception object raised in many threads would share a traceback.
+                raise copy.copy(exc) from None
+        try:
+            value = loader()
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        else:
+            self.put(key, value)
+            flight.set_result(value)
+            return value, True
+        finally:
+            with self._lock:
+                self._loading.pop(key, None)
+
+    def put(self, key: CacheKey, value: Any) -> None:
+        """Remember ``value`` (if caching is on), evicting the least recently used."""
+        if self.ttl <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            if key not in self._entries and len(self._entries) >= self.size:
+                oldest = min(self._entries, key=lambda k: self._entries[k].used_at)
+                del self._entries[oldest]
+            self._entries[key] = CacheEntry(value, now, now + self.ttl, now)
+
+    def invalidate(self, match: Callable[[CacheKey], bool] | None = None) -> int:
+        """Drop the entries whose key ``match`` accepts (all when ``None``); count them."""
+        with self._lock:
+            doomed = [k for k in self._entries if match is None or match(k)]
+            for key in doomed:
+                del self._entries[key]
+            return len(doomed)
+
+    def __len__(self) -> int:
+        return len(self._entries)
