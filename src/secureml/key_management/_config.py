@@ -57,7 +57,7 @@ class VaultSettings:
     """Where and how to reach Vault. Nothing secret shows in ``repr``.
 
     Attributes:
-        url: Base address, e.g. ``https://vault.example.com:8200``.
+        url: Base address, e.g. ``https://vault.example.com:8200`` (the first node).
         auth: How to obtain a token (:class:`~secureml.key_management.TokenAuth`,
             :class:`~secureml.key_management.AppRoleAuth`, ...).
         namespace: Vault Enterprise / OpenBao namespace, sent on every request.
@@ -67,7 +67,8 @@ class VaultSettings:
         client_key: The client certificate's private key (PEM), if not in ``client_cert``.
         verify: Verify the server's TLS certificate. Off only when asked for in code.
         timeout: Seconds to connect, and to wait for each answer.
-        retries: Extra attempts after a failure worth retrying (0 disables).
+        retries: Extra rounds after a failure worth retrying (0 disables).
+        urls: Every node's address, ``url`` first (a cluster without a load balancer).
     """
 
     url: str
@@ -79,6 +80,11 @@ class VaultSettings:
     verify: bool = True
     timeout: float = DEFAULT_TIMEOUT
     retries: int = DEFAULT_RETRIES
+    urls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            object.__setattr__(self, "urls", (self.url,))
 
 
 def _from_env(environ: Mapping[str, str], names: tuple[str, ...]) -> str | None:
@@ -105,6 +111,24 @@ def _check_url(url: object) -> str:
     if parts.query or parts.fragment:
         raise ConfigurationError(f"vault_url {url!r} must not have a query or fragment")
     return url.strip().rstrip("/")
+
+
+def _check_urls(value: object) -> tuple[str, ...]:
+    """One address, or several (a list, or a comma-separated string) for a cluster."""
+    if isinstance(value, str):
+        parts: list[object] = [p for p in value.split(",") if p.strip()]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise TypeError(f"vault_url must be a str or a list of str, not {type(value).__name__}")
+    if not parts:
+        raise ConfigurationError("vault_url is empty; give at least one address")
+    urls = tuple(dict.fromkeys(_check_url(p) for p in parts))  # in order, no repeats
+    if len({urlsplit(u).scheme for u in urls}) > 1:
+        raise ConfigurationError(
+            "vault_url mixes http:// and https:// addresses; a cluster is one or the other"
+        )
+    return urls
 
 
 def check_token(token: object) -> str:
@@ -228,7 +252,7 @@ def _resolve_auth(
 
 def resolve_vault_settings(
     *,
-    url: str | None,
+    url: str | list[str] | tuple[str, ...] | None,
     token: str | None,
     auth: VaultAuth | None = None,
     namespace: str | None = None,
@@ -276,7 +300,8 @@ def resolve_vault_settings(
                 "SECUREML_VAULT_URL (or VAULT_ADDR)"
             )
         return None
-    checked_url = _check_url(resolved_url)
+    urls = _check_urls(resolved_url)
+    checked_url = urls[0]
     resolved_auth = _resolve_auth(token, auth, env)
     if resolved_auth is None:
         raise ConfigurationError(
@@ -302,7 +327,8 @@ def resolve_vault_settings(
             "the network path can read the token and the secrets. Use vault_ca_cert= instead.",
             SecurityWarning,
         )
-    _warn_plain_http(checked_url)
+    for each in urls:
+        _warn_plain_http(each)
     return VaultSettings(
         url=checked_url,
         auth=resolved_auth,
@@ -315,6 +341,7 @@ def resolve_vault_settings(
         verify=verify,
         timeout=checked_timeout,
         retries=checked_retries,
+        urls=urls,
     )
 
 

@@ -69,9 +69,12 @@ class KeyManager:
     lookup. A manager is safe to share between threads.
 
     Args:
-        vault_url: Vault/OpenBao address, e.g. ``https://vault.example.com:8200``. When
-            omitted: ``SECUREML_VAULT_URL``, ``BAO_ADDR``, ``VAULT_ADDR``. No URL
-            anywhere means no Vault.
+        vault_url: Vault/OpenBao address, e.g. ``https://vault.example.com:8200``, or
+            the addresses of a cluster's nodes (a list, or comma-separated): a request
+            moves on to the next node when one is down, sealed or cannot serve, and
+            the node that answered is asked first next time. When omitted:
+            ``SECUREML_VAULT_URL``, ``BAO_ADDR``, ``VAULT_ADDR``. No URL anywhere means
+            no Vault.
         vault_token: Token for Vault (short for ``vault_auth=TokenAuth(token)``). When
             neither it nor ``vault_auth`` is given: AppRole from
             ``SECUREML_VAULT_ROLE_ID`` and ``SECUREML_VAULT_SECRET_ID``, else a token
@@ -135,7 +138,7 @@ class KeyManager:
 
     def __init__(
         self,
-        vault_url: str | None = None,
+        vault_url: str | list[str] | None = None,
         vault_token: str | None = None,
         vault_path: str = "secureml",
         use_env_fallback: bool = True,
@@ -635,7 +638,11 @@ class KeyManager:
     # -- hygiene ---------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        vault = self._primary.settings.url if isinstance(self._primary, VaultBackend) else None
+        vault = (
+            ",".join(self._primary.settings.urls)
+            if isinstance(self._primary, VaultBackend)
+            else None
+        )
         return (
             f"KeyManager(vault_url={vault!r}, vault_path={self._vault_path!r}, "
             f"vault_mount={self._vault_mount!r}, use_env_fallback={self._use_env_fallback}, "

@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -36,6 +36,8 @@ from hvac.adapters import JSONAdapter
 from urllib3.exceptions import InsecureRequestWarning
 
 from ..errors import VaultError, VaultUnavailableError, WriteOutcomeUnknownError
+from ._vault_cluster import INDEX_HEADER, AddressBook, Consistency
+from ._vault_cluster import origin as _origin
 
 #: The request was not processed: safe to send again, whatever it was.
 NOT_PROCESSED_STATUSES = frozenset({412, 429, 503})
@@ -56,11 +58,6 @@ BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 2.0
 RETRY_AFTER_CAP_SECONDS = 5.0
 READ_CHUNK_BYTES = 64 * 1024
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _path(url: str) -> str:
@@ -119,6 +116,24 @@ class _Broken:
     replayable: bool
 
 
+@dataclass
+class _Tries:
+    """Where one request stands: which node, which round of retries, which redirect."""
+
+    nodes: tuple[str, ...]
+    retries: int
+    deadline: float
+    cursor: int = 0
+    in_round: int = 0
+    rounds: int = 0
+    target: str | None = None  # set by a redirect
+    hopped: bool = False
+
+    @property
+    def node(self) -> str:
+        return self.nodes[self.cursor % len(self.nodes)]
+
+
 class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
     """hvac's JSON adapter with secureml's retry, deadline and redirect rules (module doc).
 
@@ -126,8 +141,10 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
     neither token nor namespace (``sys/health`` is root-only and needs neither).
 
     Args:
-        retries: Extra attempts after the first (0 disables retrying).
-        allowed_origins: ``scheme://host:port`` of every other configured Vault address.
+        retries: Extra rounds after the first (0 disables retrying). A round tries every
+            node once, starting with the one that answered last.
+        addresses: The cluster's nodes (shared by the backend's threads).
+        consistency: The backend's read-your-writes state (shared too).
         sleep: Injectable for tests.
         **kwargs: hvac's adapter arguments.
     """
@@ -136,15 +153,16 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         self,
         *args: Any,
         retries: int = 2,
-        allowed_origins: Iterable[str] = (),
+        addresses: AddressBook | None = None,
+        consistency: Consistency | None = None,
         sleep: Callable[[float], None] = time.sleep,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.retries = retries
-        self.allowed_origins = frozenset(_origin(o) for o in allowed_origins) | {
-            _origin(self.base_uri)
-        }
+        self.addresses = addresses or AddressBook([self.base_uri])
+        self.consistency = consistency or Consistency()
+        self.allowed_origins = frozenset(_origin(a) for a in self.addresses.addresses)
         self._sleep = sleep
         #: Set by the backend around one public call (login, retry and all), so the
         #: call as a whole ends by then; ``None`` outside a call.
@@ -164,45 +182,77 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         kwargs.pop("wrap_ttl", None)  # response wrapping is not used
         while "//" in url:
             url = url.replace("//", "/")  # as Vault's CLI does
-        target = self.urljoin(self.base_uri, url)
         replayable = _replayable(method, url, kwargs)
-        deadline = time.monotonic() + self._budget(retries)
-        if self.call_deadline is not None:
-            deadline = min(deadline, self.call_deadline)
-        attempt = 0
-        hopped = False
+        sent_headers = {**(headers or {}), **({} if bare else self.consistency.headers())}
+        tries = _Tries(self.addresses.order(), retries, self._deadline(retries))
         while True:
-            outcome = self._attempt(method, target, headers, kwargs, deadline=deadline, bare=bare)
+            target = tries.target or self.urljoin(tries.node, url)
+            outcome = self._attempt(
+                method, target, sent_headers, kwargs, deadline=tries.deadline, bare=bare
+            )
             if isinstance(outcome, _Broken):
                 if not outcome.replayable and not replayable:
                     raise self._unknown_outcome(
                         method, target, f"the connection broke ({outcome.kind})"
                     )
-                delay = self._backoff(attempt)
-                if attempt >= retries or time.monotonic() + delay > deadline:
-                    # A fresh exception: requests' own carries the request and its token.
-                    raise requests.exceptions.ConnectionError(outcome.kind)
-                self._sleep(delay)
-                attempt += 1
-                continue
+                if self._next_try(tries, self._backoff(tries.rounds)):
+                    continue
+                # A fresh exception: requests' own carries the request and its token.
+                raise requests.exceptions.ConnectionError(outcome.kind)
             response = outcome
             status = response.status_code
             if status in REDIRECT_STATUSES:
-                target = self._redirect_target(target, response, hopped)
-                hopped = True
+                tries.target = self._redirect_target(target, response, tries.hopped)
+                tries.hopped = True
                 continue
-            may_retry = (status in NOT_PROCESSED_STATUSES and not _sealed(response)) or (
-                status in MAYBE_PROCESSED_STATUSES and replayable
+            sealed = _sealed(response)
+            try_elsewhere = (
+                sealed
+                or status in NOT_PROCESSED_STATUSES
+                or (status in MAYBE_PROCESSED_STATUSES and replayable)
             )
-            if may_retry and attempt < retries:
-                delay = self._retry_after(response) or self._backoff(attempt)
-                if time.monotonic() + delay <= deadline:
-                    self._sleep(delay)
-                    attempt += 1
+            if try_elsewhere:
+                delay = self._retry_after(response) or self._backoff(tries.rounds)
+                # A sealed node stays sealed: try the others, but not again after a pause.
+                if self._next_try(tries, delay, another_round=not sealed):
                     continue
             if status in MAYBE_PROCESSED_STATUSES and not replayable:
                 raise self._unknown_outcome(method, target, f"it answered {status}")
+            if not try_elsewhere:
+                self.addresses.answered(_origin(target))
+            if method.upper() not in IDEMPOTENT_METHODS:
+                self.consistency.saw(response.headers.get(INDEX_HEADER))
             return self._result(method, target, response, raise_exception)
+
+    def _next_try(self, tries: _Tries, delay: float, *, another_round: bool = True) -> bool:
+        """Move to the next node; after a full round of failures, pause and start over
+        (if retries and the deadline allow). Returns False when it is time to give up."""
+        tries.in_round += 1
+        tries.target = None
+        tries.hopped = False
+        tries.cursor += 1
+        if tries.in_round < len(tries.nodes):
+            go_on = time.monotonic() < tries.deadline
+        elif (
+            not another_round
+            or tries.rounds >= tries.retries
+            or time.monotonic() + delay > tries.deadline
+        ):
+            go_on = False
+        else:
+            self._sleep(delay)
+            tries.rounds += 1
+            tries.in_round = 0
+            go_on = True
+        if go_on and len(tries.nodes) > 1:
+            self.addresses.failed_over()
+        return go_on
+
+    def _deadline(self, retries: int) -> float:
+        deadline = time.monotonic() + self._budget(retries)
+        if self.call_deadline is not None:
+            deadline = min(deadline, self.call_deadline)
+        return deadline
 
     def _attempt(
         self,
@@ -337,10 +387,12 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         return self._budget(self.retries if retries is None else retries)
 
     def _budget(self, retries: int) -> float:
-        """The most a request may take: every attempt's timeout, and backoff between."""
+        """The most a request may take: every attempt's timeout (each node, each round),
+        and the backoff between rounds."""
         timeout = self._kwargs.get("timeout") or 0
         per_attempt = sum(timeout) if isinstance(timeout, tuple) else float(timeout)
-        return per_attempt * (retries + 1) + BACKOFF_CAP_SECONDS * retries
+        attempts = (retries + 1) * len(self.addresses)
+        return per_attempt * attempts + BACKOFF_CAP_SECONDS * retries
 
     def _backoff(self, attempt: int) -> float:
         cap = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)

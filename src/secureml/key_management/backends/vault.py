@@ -34,6 +34,7 @@ from ..errors import (
     UnsupportedOperationError,
     VaultUnavailableError,
 )
+from ._vault_cluster import AddressBook, Consistency
 from ._vault_errors import translated
 from ._vault_session import TokenSession
 from .base import SecretValue
@@ -123,6 +124,9 @@ class VaultBackend:
         self._detect_lock = threading.Lock()
         self._local = threading.local()
         self._session = TokenSession(settings.auth, url=settings.url, namespace=settings.namespace)
+        # Shared by every thread's client: which node answers, what we wrote last.
+        self._addresses = AddressBook(settings.urls)
+        self._consistency = Consistency()
 
     @property
     def source(self) -> str:
@@ -132,6 +136,11 @@ class VaultBackend:
     def settings(self) -> VaultSettings:
         """The connection settings (their ``repr`` hides credentials)."""
         return self._settings
+
+    @property
+    def failovers(self) -> int:
+        """Requests that moved on to another node of the cluster."""
+        return self._addresses.failovers
 
     @property
     def session(self) -> TokenSession:
@@ -411,6 +420,8 @@ class VaultBackend:
             allow_redirects=False,
             adapter=PolicyAdapter,
             retries=s.retries,
+            addresses=self._addresses,
+            consistency=self._consistency,
         )
 
     def __repr__(self) -> str:
