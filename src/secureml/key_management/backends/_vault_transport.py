@@ -36,6 +36,7 @@ from hvac.adapters import JSONAdapter
 from urllib3.exceptions import InsecureRequestWarning
 
 from ..errors import VaultError, VaultUnavailableError, WriteOutcomeUnknownError
+from . import _vault_http as http
 from ._vault_cluster import INDEX_HEADER, AddressBook, Consistency
 from ._vault_cluster import origin as _origin
 
@@ -48,12 +49,6 @@ FOLLOWED_REDIRECTS = frozenset({307, 308})  # the ones that keep the method and 
 #: Statuses hvac turns into its own exception types (translated in _vault_errors).
 HVAC_STATUSES = frozenset({400, 401, 403, 404, 429, 500, 501, 502, 503})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "LIST", "OPTIONS"})
-BROKEN_CONNECTION = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
 BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 2.0
 RETRY_AFTER_CAP_SECONDS = 5.0
@@ -62,16 +57,6 @@ READ_CHUNK_BYTES = 64 * 1024
 
 def _path(url: str) -> str:
     return urlsplit(url).path or "/"
-
-
-def _never_sent(exc: requests.RequestException) -> bool:
-    """True when the request cannot have reached Vault (it failed while connecting)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    reason = exc.args[0] if exc.args else None
-    reason = getattr(reason, "reason", reason)
-    never = ("NewConnectionError", "ConnectTimeoutError", "NameResolutionError")
-    return type(reason).__name__ in never
 
 
 def _is_login(path: str) -> bool:
@@ -164,6 +149,13 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         self.consistency = consistency or Consistency()
         self.allowed_origins = frozenset(_origin(a) for a in self.addresses.addresses)
         self._sleep = sleep
+        timeout = self._kwargs.get("timeout") or 30
+        self._timeout = float(max(timeout) if isinstance(timeout, tuple) else timeout)
+        self._pool = http.make_pool(
+            self.base_uri,
+            verify=self._kwargs.get("verify", True),
+            cert=self._kwargs.get("cert") or (),
+        )
         #: Set by the backend around one public call (login, retry and all), so the
         #: call as a whole ends by then; ``None`` outside a call.
         self.call_deadline: float | None = None
@@ -271,10 +263,16 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             )
         try:
             return self._send(method, target, headers, kwargs, deadline=deadline, bare=bare)
-        except requests.exceptions.SSLError:
-            raise  # a failed TLS check is not transient, and nothing was sent
-        except BROKEN_CONNECTION as exc:
-            return _Broken(type(exc).__name__, replayable=_never_sent(exc))
+        except urllib3.exceptions.SSLError as exc:
+            # Not transient, nothing was sent: no retry. Re-raised as requests' type,
+            # which is what the error translation (and hvac users) know.
+            raise requests.exceptions.SSLError(str(exc)) from None
+        except http.NOT_SENT as exc:
+            return _Broken(type(exc).__name__, replayable=True)
+        except http.DeadlinePassedError:
+            return _Broken("the call's deadline passed mid-answer", replayable=False)
+        except http.BROKEN as exc:
+            return _Broken(type(exc).__name__, replayable=False)
 
     def _result(
         self, method: str, target: str, response: requests.Response, raise_exception: bool
@@ -336,32 +334,27 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             sent_headers["X-Vault-Token"] = self.token
         if self.namespace and not bare:
             sent_headers["X-Vault-Namespace"] = self.namespace
-        options = {**self._kwargs, **kwargs}
-        remaining = max(0.001, deadline - time.monotonic())
-        timeout = options.get("timeout")
-        if isinstance(timeout, (int, float)) and timeout > remaining:
-            options["timeout"] = remaining  # never wait past the deadline
         if self.strict_http and method.lower() == "list":
             method = "get"
-            options["params"] = {**options.get("params", {}), "list": "true"}
-        request = {
-            "method": method,
-            "url": target,
-            "headers": sent_headers,
-            "allow_redirects": False,
-            "stream": True,
-            **options,
-        }
-        if options.get("verify") is False:
+            kwargs = {**kwargs, "params": {**kwargs.get("params", {}), "list": "true"}}
+        timeout = min(self._timeout, max(0.001, deadline - time.monotonic()))
+        if self._kwargs.get("verify") is False:
             # The user turned verification off and was warned once, at set-up; urllib3
             # would repeat that on every request.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", InsecureRequestWarning)
-                response: requests.Response = self.session.request(**request)
-        else:
-            response = self.session.request(**request)
-        _read_body(response, deadline)
-        return response
+                return http.send(
+                    self._pool,
+                    method,
+                    target,
+                    sent_headers,
+                    kwargs,
+                    timeout=timeout,
+                    deadline=deadline,
+                )
+        return http.send(
+            self._pool, method, target, sent_headers, kwargs, timeout=timeout, deadline=deadline
+        )
 
     def _redirect_target(self, current: str, response: requests.Response, hopped: bool) -> str:
         origin = _origin(current)
@@ -405,35 +398,3 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             return min(RETRY_AFTER_CAP_SECONDS, max(0.0, float(value)))
         except ValueError:
             return None
-
-
-def _read_body(response: requests.Response, deadline: float) -> None:
-    """Read the whole answer, checking the deadline between reads (each read is bounded
-    by the socket timeout, so a server that drips bytes is cut off at the deadline)."""
-    raw = response.raw
-    read = getattr(raw, "read1", None) or raw.read
-    body = bytearray()
-    try:
-        while True:
-            chunk = read(READ_CHUNK_BYTES, decode_content=True)
-            if not chunk:
-                break
-            body += chunk
-            if time.monotonic() > deadline:
-                raise requests.exceptions.ReadTimeout("the call's deadline passed mid-answer")
-    except urllib3.exceptions.ReadTimeoutError:
-        response.close()
-        raise requests.exceptions.ReadTimeout("timed out reading the answer") from None
-    except urllib3.exceptions.SSLError:
-        response.close()
-        raise requests.exceptions.SSLError("TLS failed while reading the answer") from None
-    except (urllib3.exceptions.HTTPError, OSError):
-        # The answer was cut short (or its encoding broken): requests' name for that.
-        response.close()
-        raise requests.exceptions.ChunkedEncodingError("the answer was cut short") from None
-    except BaseException:
-        response.close()
-        raise
-    response._content = bytes(body)  # what requests does when it reads ``.content``
-    response._content_consumed = True  # type: ignore[attr-defined]
-    response.close()  # content consumed: hands the connection back to the pool

@@ -1,0 +1,116 @@
+"""Timing machinery for bench/run.py: interleaved rounds, threaded throughput, imports.
+
+Every contestant of a group is timed once per round, in a rotated order, and the median
+of the rounds is reported: a noisy neighbour then hurts all contestants alike instead of
+whichever one happened to run during the noise.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+Call = Callable[[], object]
+
+ROUNDS = 7
+THROUGHPUT_ROUNDS = 5
+
+
+def per_op_us(func: Call, n: int) -> float:
+    """Mean µs per call of ``func`` over ``n`` back-to-back calls."""
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        func()
+    return (time.perf_counter_ns() - start) / n / 1000
+
+
+def interleaved(
+    contestants: Mapping[str, tuple[Call, int]], rounds: int = ROUNDS
+) -> dict[str, float]:
+    """Median µs per call of each ``name: (func, n)``, timed in interleaved rounds."""
+    for func, n in contestants.values():  # warm-up: connections, caches, lazy imports
+        per_op_us(func, max(1, n // 10))
+    names = list(contestants)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            func, n = contestants[name]
+            samples[name].append(per_op_us(func, n))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def ops_per_s(calls: Sequence[Call], n: int) -> float:
+    """Calls per second when each of ``calls`` runs ``n`` times in its own thread."""
+    barrier = threading.Barrier(len(calls) + 1)
+
+    def work(call: Call) -> None:
+        barrier.wait()
+        for _ in range(n):
+            call()
+
+    workers = [threading.Thread(target=work, args=(c,)) for c in calls]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for w in workers:
+        w.join()
+    return len(calls) * n / (time.perf_counter() - start)
+
+
+def interleaved_throughput(
+    contestants: Mapping[str, tuple[Sequence[Call], int]], rounds: int = THROUGHPUT_ROUNDS
+) -> dict[str, float]:
+    """Median ops/s of each ``name: (one call per thread, total calls)``, interleaved."""
+    for calls, total in contestants.values():
+        ops_per_s(calls, max(1, total // len(calls) // 10))
+    names = list(contestants)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            calls, total = contestants[name]
+            samples[name].append(ops_per_s(calls, total // len(calls)))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def cold_import_ms(modules: Sequence[str], runs: int = 9) -> dict[str, float]:
+    """Median ms for a fresh interpreter to import each module, interleaved."""
+    samples: dict[str, list[float]] = {m: [] for m in modules}
+    for _ in range(runs):
+        for module in modules:
+            start = time.perf_counter_ns()
+            subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+            samples[module].append((time.perf_counter_ns() - start) / 1e6)
+    return {m: statistics.median(v) for m, v in samples.items()}
+
+
+def _tcp_client_ports(server_port: int) -> set[int] | None:
+    """Local ports of this host's TCP sockets connected to ``server_port`` (Linux)."""
+    ports: set[int] = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    local, remote = line.split()[1:3]
+                    if int(remote.rsplit(":", 1)[1], 16) == server_port:
+                        ports.add(int(local.rsplit(":", 1)[1], 16))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return ports
+
+
+def new_connections(func: Call, server_port: int, n: int = 100) -> int | None:
+    """TCP connections ``func`` opened to the server in ``n`` warm calls (0: keep-alive)."""
+    func()
+    before = _tcp_client_ports(server_port)
+    for _ in range(n):
+        func()
+    after = _tcp_client_ports(server_port)
+    if before is None or after is None:
+        return None
+    return len(after - before)
