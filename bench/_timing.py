@@ -7,6 +7,8 @@ whichever one happened to run during the noise.
 
 from __future__ import annotations
 
+import functools
+import queue
 import statistics
 import subprocess
 import sys
@@ -43,37 +45,85 @@ def interleaved(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def ops_per_s(calls: Sequence[Call], n: int) -> float:
-    """Calls per second when each of ``calls`` runs ``n`` times in its own thread."""
-    barrier = threading.Barrier(len(calls) + 1)
+class Workers:
+    """Long-lived threads, like an application's thread pool: call ``i`` of a sample
+    always runs on thread ``i``, so per-thread state (connections) is set up once, in
+    the warm-up, and not again in every sample."""
 
-    def work(call: Call) -> None:
-        barrier.wait()
-        for _ in range(n):
-            call()
+    def __init__(self, size: int) -> None:
+        self._queues: list[queue.SimpleQueue[Callable[[], None] | None]] = [
+            queue.SimpleQueue() for _ in range(size)
+        ]
+        self._threads = [
+            threading.Thread(target=self._serve, args=(q,), daemon=True) for q in self._queues
+        ]
+        for t in self._threads:
+            t.start()
 
-    workers = [threading.Thread(target=work, args=(c,)) for c in calls]
-    for w in workers:
-        w.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for w in workers:
-        w.join()
-    return len(calls) * n / (time.perf_counter() - start)
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+        while (job := jobs.get()) is not None:
+            job()
+
+    def ops_per_s(self, calls: Sequence[Call], n: int) -> float:
+        """Calls per second when each of ``calls`` runs ``n`` times on its own thread."""
+        if len(calls) > len(self._queues):
+            raise ValueError(f"{len(calls)} calls, only {len(self._queues)} threads")
+        started = threading.Barrier(len(calls) + 1)
+        finished = threading.Barrier(len(calls) + 1)
+        spans: list[tuple[float, float]] = []
+        errors: list[BaseException] = []
+
+        def job(call: Call) -> None:
+            started.wait()
+            begin = time.perf_counter()
+            try:
+                for _ in range(n):
+                    call()
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                spans.append((begin, time.perf_counter()))
+                finished.wait()
+
+        for q, call in zip(self._queues, calls, strict=False):
+            q.put(functools.partial(job, call))
+        started.wait()
+        finished.wait()
+        if errors:
+            raise errors[0]
+        # Timed by the workers: the main thread may get the GIL back only after the
+        # first of them has run for a switch interval.
+        elapsed = max(end for _, end in spans) - min(begin for begin, _ in spans)
+        return len(calls) * n / elapsed
+
+    def close(self) -> None:
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def interleaved_throughput(
-    contestants: Mapping[str, tuple[Sequence[Call], int]], rounds: int = THROUGHPUT_ROUNDS
+    workers: Workers,
+    contestants: Mapping[str, tuple[Sequence[Call], int]],
+    rounds: int = THROUGHPUT_ROUNDS,
 ) -> dict[str, float]:
     """Median ops/s of each ``name: (one call per thread, total calls)``, interleaved."""
     for calls, total in contestants.values():
-        ops_per_s(calls, max(1, total // len(calls) // 10))
+        workers.ops_per_s(calls, max(1, total // len(calls) // 10))
     names = list(contestants)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             calls, total = contestants[name]
-            samples[name].append(ops_per_s(calls, total // len(calls)))
+            samples[name].append(workers.ops_per_s(calls, total // len(calls)))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -104,12 +154,13 @@ def _tcp_client_ports(server_port: int) -> set[int] | None:
     return ports
 
 
-def new_connections(func: Call, server_port: int, n: int = 100) -> int | None:
-    """TCP connections ``func`` opened to the server in ``n`` warm calls (0: keep-alive)."""
-    func()
+def new_connections(run: Call, server_port: int) -> int | None:
+    """TCP connections to the server that appeared while ``run`` ran (None: not Linux).
+
+    Run it warm: 0 means every request went over a connection that was already open.
+    """
     before = _tcp_client_ports(server_port)
-    for _ in range(n):
-        func()
+    run()
     after = _tcp_client_ports(server_port)
     if before is None or after is None:
         return None

@@ -84,6 +84,11 @@ def _sealed(response: requests.Response) -> bool:
     return response.status_code == 503 and "sealed" in response.text.lower()
 
 
+def _leaderless(response: requests.Response) -> bool:
+    """A standby during an election: it could not forward, so it did nothing."""
+    return response.status_code == 500 and "active cluster node not found" in response.text
+
+
 def _vault_errors(response: requests.Response) -> str:
     """Vault's own error strings from an answer, which name paths, never secrets."""
     try:
@@ -200,6 +205,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             sealed = _sealed(response)
             try_elsewhere = (
                 sealed
+                or _leaderless(response)
                 or status in NOT_PROCESSED_STATUSES
                 or (status in MAYBE_PROCESSED_STATUSES and replayable)
             )
@@ -208,7 +214,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
                 # A sealed node stays sealed: try the others, but not again after a pause.
                 if self._next_try(tries, delay, another_round=not sealed):
                     continue
-            if status in MAYBE_PROCESSED_STATUSES and not replayable:
+            if status in MAYBE_PROCESSED_STATUSES and not replayable and not _leaderless(response):
                 raise self._unknown_outcome(method, target, f"it answered {status}")
             if not try_elsewhere:
                 self.addresses.answered(_origin(target))
