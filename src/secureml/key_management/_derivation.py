@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING
 
 from ._encoding import MAX_KEY_BYTES, check_length
@@ -39,6 +38,18 @@ def hkdf_sha256(
         ValueError: ``base_key`` or ``purpose`` is empty, or ``key_bytes`` is outside
             1..8160 (HKDF-SHA256's limit).
     """
+    hkdf, sha256 = _HKDF or _load_primitives()
+    if (
+        type(base_key) is bytes
+        and type(purpose) is str
+        and key_bytes == 32
+        and type(key_bytes) is int
+        and salt is None
+        and base_key
+        and purpose
+    ):
+        # The common call, checked the cheap way: derive_key(key, "purpose").
+        return hkdf(sha256, 32, None, purpose.encode()).derive(base_key)
     ikm = _as_bytes(base_key, what="base_key", allow_str=False)
     info = _as_bytes(purpose, what="purpose", allow_str=True)
     length = check_length(key_bytes, what="key_bytes", low=1, high=MAX_KEY_BYTES)
@@ -47,14 +58,18 @@ def hkdf_sha256(
         raise ValueError("base_key must not be empty")
     if not info:
         raise ValueError("purpose must not be empty: it is what keeps derived keys apart")
-    hkdf, sha256 = _primitives()
-    return hkdf(algorithm=sha256(), length=length, salt=salt_bytes, info=info).derive(ikm)
+    return hkdf(sha256, length, salt_bytes, info).derive(ikm)
 
 
-@functools.cache
-def _primitives() -> tuple[type[HKDF], type[SHA256]]:
-    # Imported on first use, so `import secureml.key_management` stays light.
+_HKDF: tuple[type[HKDF], SHA256] | None = None
+
+
+def _load_primitives() -> tuple[type[HKDF], SHA256]:
+    """Import cryptography on first use (so `import secureml.key_management` stays light);
+    one SHA256 instance serves every call, as hash algorithm objects are immutable."""
+    global _HKDF  # noqa: PLW0603 - a lazily filled module constant
     from cryptography.hazmat.primitives.hashes import SHA256
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    return HKDF, SHA256
+    _HKDF = (HKDF, SHA256())
+    return _HKDF

@@ -347,6 +347,19 @@ class KeyManager:
                 :meth:`get_secret`.
             ValueError: A bad ``key_name``, ``key_bytes`` or ``encoding``.
         """
+        if encoding == "bytes" and type(key_bytes) is int and key_bytes >= MIN_KEY_BYTES:
+            try:
+                entry = self._cache.fresh((key_name, None))
+            except TypeError:  # unhashable: let validation say what is wrong with it
+                entry = None
+            if (
+                entry is not None
+                and type(entry.value) is bytes
+                and len(entry.value) == key_bytes
+                and self._audit is None
+            ):
+                self._counts.mine()[HITS] += 1  # raw key bytes, cached: nothing to decode
+                return entry.value
         validate_name(key_name, what="key_name")
         length = check_length(key_bytes, what="key_bytes", low=MIN_KEY_BYTES)
         checked_encoding = check_encoding(encoding)

@@ -22,7 +22,6 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 import urllib3
-from requests.structures import CaseInsensitiveDict
 from requests.utils import get_environ_proxies
 
 READ_CHUNK_BYTES = 64 * 1024
@@ -100,15 +99,19 @@ def send(
     params = kwargs.get("params")
     if params:
         url = f"{url}?{urlencode(params, doseq=True)}"
-    raw = pool.request(
+    # The host's own pool, straight: PoolManager.request would parse the URL and look
+    # the pool up again on every call.
+    parts = urlsplit(url)
+    raw = pool.connection_from_url(url).urlopen(
         method.upper(),
-        url,
+        parts.path + (f"?{parts.query}" if parts.query else ""),
         body=body,
         headers=headers,
         timeout=urllib3.Timeout(connect=timeout, read=timeout),
         redirect=False,
         retries=False,
         preload_content=False,
+        assert_same_host=False,
     )
     try:
         content = _read_whole(raw, deadline)
@@ -117,14 +120,28 @@ def send(
         raise
     finally:
         raw.release_conn()
-    response = requests.Response()
-    response.status_code = raw.status
-    response.headers = CaseInsensitiveDict(raw.headers)
-    response._content = content
-    response.encoding = "utf-8"
-    response.reason = raw.reason or ""
-    response.url = url
-    return response
+    return Answer(raw.status, raw.headers, content, url, raw.reason or "")
+
+
+class Answer(requests.Response):
+    """A ``requests.Response`` with what hvac reads from one, and nothing else: building
+    a full one (cookie jar and all) costs more than parsing Vault's JSON."""
+
+    def __init__(
+        self, status: int, headers: Any, content: bytes, url: str, reason: str
+    ) -> None:  # deliberately not calling super().__init__()
+        self.status_code = status
+        self.headers = headers  # urllib3's HTTPHeaderDict: already case-insensitive
+        self._content = content
+        self._content_consumed = True
+        self._next = None
+        self.encoding = "utf-8"
+        self.reason = reason
+        self.url = url
+        self.raw = None
+        self.history = []
+        self.request = None  # type: ignore[assignment]
+        self.connection = None  # type: ignore[assignment]
 
 
 def _read_whole(raw: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
