@@ -51,7 +51,8 @@ def make_pool(
     base_url: str, *, verify: bool | str, cert: tuple[str, str] | str | tuple[()]
 ) -> urllib3.PoolManager:
     """A connection pool for ``base_url`` with secureml's TLS settings (and env proxy)."""
-    options: dict[str, Any] = {"maxsize": 4, "block": False, "retries": False}
+    # Shared by every thread of a backend: connections beyond maxsize are closed after use.
+    options: dict[str, Any] = {"maxsize": 32, "block": False, "retries": False}
     if urlsplit(base_url).scheme == "https":
         if verify is False:
             options["cert_reqs"] = "CERT_NONE"

@@ -135,6 +135,8 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             node once, starting with the one that answered last.
         addresses: The cluster's nodes (shared by the backend's threads).
         consistency: The backend's read-your-writes state (shared too).
+        pool: urllib3's connection pool (thread-safe; shared, so short-lived threads
+            reuse connections rather than open their own).
         sleep: Injectable for tests.
         **kwargs: hvac's adapter arguments.
     """
@@ -145,6 +147,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         retries: int = 2,
         addresses: AddressBook | None = None,
         consistency: Consistency | None = None,
+        pool: urllib3.PoolManager | None = None,
         sleep: Callable[[float], None] = time.sleep,
         **kwargs: Any,
     ) -> None:
@@ -156,7 +159,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         self._sleep = sleep
         timeout = self._kwargs.get("timeout") or 30
         self._timeout = float(max(timeout) if isinstance(timeout, tuple) else timeout)
-        self._pool = http.make_pool(
+        self._pool = pool or http.make_pool(
             self.base_uri,
             verify=self._kwargs.get("verify", True),
             cert=self._kwargs.get("cert") or (),

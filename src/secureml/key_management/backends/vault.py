@@ -41,6 +41,7 @@ from .base import SecretValue
 
 if TYPE_CHECKING:
     import hvac
+    import urllib3
 
 VALUE_FIELD = "value"
 ENCODING_FIELD = "encoding"
@@ -127,6 +128,8 @@ class VaultBackend:
         # Shared by every thread's client: which node answers, what we wrote last.
         self._addresses = AddressBook(settings.urls)
         self._consistency = Consistency()
+        self._pool: urllib3.PoolManager | None = None
+        self._pool_lock = threading.Lock()
 
     @property
     def source(self) -> str:
@@ -405,11 +408,16 @@ class VaultBackend:
             from ._vault_transport import PolicyAdapter
         except ImportError:  # pragma: no cover - the manager checks this up front
             raise ConfigurationError(f"hvac is not installed: {INSTALL_HINT}") from None
+        from ._vault_http import make_pool
+
         s = self._settings
         verify: bool | str = s.ca_cert if s.ca_cert else s.verify
         cert: tuple[str, str] | str | tuple[()] = ()  # () not None: hvac would read env
         if s.client_cert is not None:
             cert = (s.client_cert, s.client_key) if s.client_key else s.client_cert
+        with self._pool_lock:
+            if self._pool is None:  # one connection pool for every thread's client
+                self._pool = make_pool(s.url, verify=verify, cert=cert)
         return hvac.Client(
             url=s.url,
             token="",  # never hvac's own VAULT_TOKEN / ~/.vault-token lookup
@@ -422,6 +430,7 @@ class VaultBackend:
             retries=s.retries,
             addresses=self._addresses,
             consistency=self._consistency,
+            pool=self._pool,
         )
 
     def __repr__(self) -> str:
