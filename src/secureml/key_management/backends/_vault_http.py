@@ -47,10 +47,26 @@ class DeadlinePassedError(Exception):
     """The call's deadline passed while the answer was still arriving."""
 
 
+class Pools:
+    """urllib3's pool manager, with each node's own pool kept at hand (looking it up
+    through the manager parses and normalises the URL on every request)."""
+
+    def __init__(self, manager: urllib3.PoolManager) -> None:
+        self.manager = manager
+        self._by_origin: dict[str, urllib3.HTTPConnectionPool] = {}
+
+    def for_origin(self, origin: str) -> urllib3.HTTPConnectionPool:
+        found = self._by_origin.get(origin)
+        if found is None:  # a race only builds the same pool twice; the manager keeps one
+            found = self._by_origin[origin] = self.manager.connection_from_url(origin)
+        return found
+
+
 def make_pool(
     base_url: str, *, verify: bool | str, cert: tuple[str, str] | str | tuple[()]
-) -> urllib3.PoolManager:
-    """A connection pool for ``base_url`` with secureml's TLS settings (and env proxy)."""
+) -> Pools:
+    """Connection pools for ``base_url``'s cluster with secureml's TLS settings (and the
+    environment's proxy)."""
     # Shared by every thread of a backend: connections beyond maxsize are closed after use.
     options: dict[str, Any] = {"maxsize": 32, "block": False, "retries": False}
     if urlsplit(base_url).scheme == "https":
@@ -67,12 +83,12 @@ def make_pool(
             options["cert_file"], options["key_file"] = cert
     proxy = get_environ_proxies(base_url).get(urlsplit(base_url).scheme)
     if proxy:
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
+        return Pools(urllib3.ProxyManager(proxy, **options))
+    return Pools(urllib3.PoolManager(**options))
 
 
 def send(
-    pool: urllib3.PoolManager,
+    pools: Pools,
     method: str,
     url: str,
     headers: dict[str, str],
@@ -103,7 +119,7 @@ def send(
     # The host's own pool, straight: PoolManager.request would parse the URL and look
     # the pool up again on every call.
     parts = urlsplit(url)
-    raw = pool.connection_from_url(url).urlopen(
+    raw = pools.for_origin(f"{parts.scheme}://{parts.netloc}").urlopen(
         method.upper(),
         parts.path + (f"?{parts.query}" if parts.query else ""),
         body=body,

@@ -147,7 +147,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         retries: int = 2,
         addresses: AddressBook | None = None,
         consistency: Consistency | None = None,
-        pool: urllib3.PoolManager | None = None,
+        pool: http.Pools | None = None,
         sleep: Callable[[float], None] = time.sleep,
         **kwargs: Any,
     ) -> None:

@@ -41,7 +41,8 @@ from .base import SecretValue
 
 if TYPE_CHECKING:
     import hvac
-    import urllib3
+
+    from ._vault_http import Pools
 
 VALUE_FIELD = "value"
 ENCODING_FIELD = "encoding"
@@ -128,7 +129,7 @@ class VaultBackend:
         # Shared by every thread's client: which node answers, what we wrote last.
         self._addresses = AddressBook(settings.urls)
         self._consistency = Consistency()
-        self._pool: urllib3.PoolManager | None = None
+        self._pool: Pools | None = None
         self._pool_lock = threading.Lock()
 
     @property
