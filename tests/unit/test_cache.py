@@ -306,3 +306,71 @@ def test_cache_object_single_flight_shares_errors_as_copies() -> None:
     other.join()
     assert len(caught) == 3
     assert len({id(e) for e in caught}) == 3
+
+
+def test_a_read_in_flight_during_a_write_does_not_cache_the_old_value() -> None:
+    backend = SlowBackend({"k": "old"}, delay=0.3)
+    km = KeyManager(backend=backend)
+    reader = threading.Thread(target=km.get_secret, args=("k",))
+    reader.start()
+    time.sleep(0.05)  # the read is now waiting on the backend, holding "old"
+    km.set_secret("k", "new")
+    assert km.get_secret("k") == "new"  # not the in-flight read's answer
+    reader.join()
+    assert km.get_secret("k") == "new"  # and that answer was not cached either
+
+
+def test_invalidate_cuts_a_load_in_flight_loose() -> None:
+    backend = SlowBackend({"k": "old"}, delay=0.3)
+    km = KeyManager(backend=backend)
+    reader = threading.Thread(target=km.get_secret, args=("k",))
+    reader.start()
+    time.sleep(0.05)
+    backend.data["k"] = "changed elsewhere"
+    km.invalidate("k")
+    reader.join()
+    assert km.get_secret("k") == "changed elsewhere"
+
+
+def test_a_permission_error_drops_the_cached_value_for_good() -> None:
+    backend = DictBackend({"k": "cached"})
+    km = KeyManager(backend=backend, cache_ttl=0.05, max_stale=60)
+    km.get_secret("k")
+    time.sleep(0.06)
+    backend.fail = PermissionDeniedError("denied: dict:k")
+    with pytest.raises(PermissionDeniedError):
+        km.get_secret("k")
+    backend.fail = VaultUnavailableError("down")  # and now Vault goes away as well
+    with pytest.raises(VaultUnavailableError):
+        km.get_secret("k")  # not the value the identity may no longer read
+
+
+def test_dict_values_are_private_copies() -> None:
+    backend = DictBackend({"db": {"user": "u", "password": "p"}})
+    km = KeyManager(backend=backend)
+    first = km.get_secret("db")
+    first.pop("password")
+    assert km.get_secret("db") == {"user": "u", "password": "p"}
+
+
+def test_a_cached_absence_during_an_outage_reports_the_outage() -> None:
+    backend = DictBackend()
+    km = KeyManager(backend=backend, cache_ttl=0.05, max_stale=60)
+    with pytest.raises(SecretNotFoundError):
+        km.get_secret("k")
+    time.sleep(0.06)
+    backend.fail = VaultUnavailableError("down")
+    with pytest.raises(VaultUnavailableError):
+        km.get_secret("k")
+
+
+def test_counters_of_ended_threads_are_folded_not_kept() -> None:
+    km = KeyManager(backend=DictBackend({"k": "v"}))
+    for _ in range(200):
+        thread = threading.Thread(target=km.get_secret, args=("k",))
+        thread.start()
+        thread.join()
+    km.get_secret("k")
+    assert len(km._counts._boxes) < 10
+    stats = km.stats()
+    assert stats.hits + stats.misses == 201

@@ -67,6 +67,7 @@ class SecretCache:
         self._entries: dict[CacheKey, CacheEntry] = {}
         self._lock = threading.Lock()
         self._loading: dict[CacheKey, Future[Any]] = {}
+        self._epoch = 0  # bumped by every invalidation
 
     def fresh(self, key: CacheKey) -> CacheEntry | None:
         """The entry for ``key`` if it is still fresh (no lock: a hit must be cheap)."""
@@ -104,6 +105,7 @@ class SecretCache:
             leader = flight is None
             if flight is None:
                 flight = self._loading[key] = Future()
+            epoch = self._epoch
         if not leader:
             try:
                 return flight.result(), False
@@ -116,30 +118,43 @@ class SecretCache:
             flight.set_exception(exc)
             raise
         else:
-            self.put(key, value)
+            self._put(key, value, epoch)
             flight.set_result(value)
             return value, True
         finally:
             with self._lock:
-                self._loading.pop(key, None)
+                if self._loading.get(key) is flight:
+                    del self._loading[key]
 
     def put(self, key: CacheKey, value: Any) -> None:
         """Remember ``value`` (if caching is on), evicting the least recently used."""
+        self._put(key, value, None)
+
+    def _put(self, key: CacheKey, value: Any, epoch: int | None) -> None:
         if self.ttl <= 0:
             return
         now = self._clock()
         with self._lock:
+            if epoch is not None and epoch != self._epoch:
+                return  # invalidated while it loaded: the value may predate a write
             if key not in self._entries and len(self._entries) >= self.size:
                 oldest = min(self._entries, key=lambda k: self._entries[k].used_at)
                 del self._entries[oldest]
             self._entries[key] = CacheEntry(value, now, now + self.ttl, now)
 
     def invalidate(self, match: Callable[[CacheKey], bool] | None = None) -> int:
-        """Drop the entries whose key ``match`` accepts (all when ``None``); count them."""
+        """Drop the entries whose key ``match`` accepts (all when ``None``); count them.
+
+        Loads already in flight are cut loose too: their result is not cached, and
+        callers that come after this start a new load rather than share an old one.
+        """
         with self._lock:
+            self._epoch += 1
             doomed = [k for k in self._entries if match is None or match(k)]
             for key in doomed:
                 del self._entries[key]
+            for key in [k for k in self._loading if match is None or match(k)]:
+                del self._loading[key]
             return len(doomed)
 
     def __len__(self) -> int:

@@ -19,7 +19,8 @@ class Counters:
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self._all: list[list[int]] = []
+        self._boxes: list[tuple[threading.Thread, list[int]]] = []
+        self._retired = [0] * _FIELDS  # from threads that have ended
         self._lock = threading.Lock()
         self._errors: Counter[str] = Counter()
 
@@ -30,8 +31,18 @@ class Counters:
         except AttributeError:
             box = self._local.box = [0] * _FIELDS
             with self._lock:
-                self._all.append(box)
+                self._retire_ended()  # so a thread-per-request server does not grow this
+                self._boxes.append((threading.current_thread(), box))
             return box
+
+    def _retire_ended(self) -> None:
+        alive = []
+        for thread, box in self._boxes:
+            if thread.is_alive():
+                alive.append((thread, box))
+            else:
+                self._retired = [a + b for a, b in zip(self._retired, box, strict=True)]
+        self._boxes = alive
 
     def error(self, kind: str) -> None:
         with self._lock:
@@ -40,6 +51,7 @@ class Counters:
     def totals(self) -> tuple[list[int], dict[str, int]]:
         """Every thread's tallies added up, and errors by class name."""
         with self._lock:
-            boxes = list(self._all)
+            self._retire_ended()
+            boxes = [box for _, box in self._boxes] + [self._retired]
             errors = dict(self._errors)
         return [sum(box[i] for box in boxes) for i in range(_FIELDS)], errors

@@ -6,6 +6,7 @@ means, how key material is decoded); I/O lives in the backends.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -40,8 +41,10 @@ from .backends.base import SecretBackend, SecretValue
 from .backends.env import EnvBackend
 from .backends.vault import VALUE_FIELD, VaultBackend
 from .errors import (
+    AuthenticationError,
     ConfigurationError,
     KeyFormatError,
+    PermissionDeniedError,
     SecretNotFoundError,
     SecurityWarning,
     VaultUnavailableError,
@@ -245,7 +248,7 @@ class KeyManager:
             entry = None
         if entry is not None and entry.value is not ABSENT and self._audit is None:
             self._counts.mine()[HITS] += 1  # the hot path: no lock, no validation (done)
-            return entry.value
+            return _private(entry.value)
 
         def read() -> tuple[Any, str | None, str]:
             validate_name(name)
@@ -287,10 +290,12 @@ class KeyManager:
         primary = self._primary
 
         def write() -> tuple[bool, str | None, str]:
+            # Before: a read already in flight must not cache what it finds. After: a
+            # write of unknown outcome may have changed the value too.
+            self._cache.invalidate(lambda key: key[0] == name)
             try:
                 primary.put(name, checked)
             finally:
-                # Even a write of unknown outcome may have changed the value.
                 self._cache.invalidate(lambda key: key[0] == name)
             return True, primary.locate(name), "ok"
 
@@ -497,9 +502,9 @@ class KeyManager:
                 stale = self._cache.stale((name, None))
                 if stale is not None and stale.value is not ABSENT:
                     self._serve_stale(name, exc, stale)
-                    return stale.value, where, "stale"
+                    return _private(stale.value), where, "stale"
+                outage = exc
                 if stale is None:
-                    outage = exc
                     self._log_once(
                         ("outage", self._primary.source),
                         "%s; falling back to the next source until it answers again",
@@ -533,7 +538,7 @@ class KeyManager:
         entry = self._cache.fresh(key)
         if entry is not None:
             counts[HITS] += 1
-            return (None if entry.value is ABSENT else entry.value), "cached"
+            return (None if entry.value is ABSENT else _private(entry.value)), "cached"
         counts[MISSES] += 1
 
         def load() -> object:
@@ -541,9 +546,17 @@ class KeyManager:
             value = primary.get(name)
             return ABSENT if value is None else value
 
-        value, _ = self._cache.load(key, load)
+        try:
+            value, _ = self._cache.load(key, load)
+        except PermissionDeniedError:
+            # Never again serve what this identity may no longer read, not even stale.
+            self._cache.invalidate(lambda cached: cached[0] == name)
+            raise
+        except AuthenticationError:
+            self._cache.invalidate()  # the credentials are gone: so is what they read
+            raise
         self._recovered(primary.source)
-        return (None if value is ABSENT else value), "ok"
+        return (None if value is ABSENT else _private(value)), "ok"
 
     def _serve_stale(self, name: str, outage: VaultUnavailableError, entry: CacheEntry) -> None:
         self._counts.mine()[STALE] += 1
@@ -668,6 +681,12 @@ class KeyManager:
             "KeyManager cannot be pickled (it holds a Vault token); create one in each "
             "process instead"
         )
+
+
+def _private(value: _T) -> _T:
+    """``value`` as the caller may keep it: str and bytes are immutable and shared; a
+    dict of fields is copied, so changing it cannot change what others are served."""
+    return copy.deepcopy(value) if type(value) is dict else value
 
 
 def _check_seconds(value: object, what: str) -> float:
