@@ -112,8 +112,10 @@ class TokenAuth:
 
     def __init__(self, token: str) -> None:
         token = _require_text(token, "vault token")
-        if not token.isprintable() or any(c.isspace() for c in token):
-            raise ConfigurationError("the vault token contains whitespace or control characters")
+        if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+            raise ConfigurationError(
+                "the vault token contains whitespace, control or non-ASCII characters"
+            )
         self._token = token
 
     @property

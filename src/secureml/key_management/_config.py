@@ -131,14 +131,19 @@ def _check_urls(value: object) -> tuple[str, ...]:
     return urls
 
 
+def _header_safe(text: str) -> bool:
+    """Printable ASCII without spaces: what an HTTP header can carry unchanged."""
+    return text.isascii() and text.isprintable() and not any(c.isspace() for c in text)
+
+
 def check_token(token: object) -> str:
     """``token``, stripped, or an error that describes (never shows) what is wrong."""
     if not isinstance(token, str):
         raise TypeError(f"vault_token must be a str, not {type(token).__name__}")
     token = token.strip()
-    if not token or not token.isprintable() or any(c.isspace() for c in token):
+    if not token or not _header_safe(token):
         raise ConfigurationError(
-            "vault_token is empty or contains whitespace or control characters"
+            "vault_token is empty or contains whitespace, control or non-ASCII characters"
         )
     return token
 
@@ -183,7 +188,7 @@ def _check_namespace(namespace: object) -> str | None:
     if not isinstance(namespace, str):
         raise TypeError(f"vault_namespace must be a str, not {type(namespace).__name__}")
     checked = namespace.strip().strip("/")
-    if not checked or not checked.isprintable() or any(c.isspace() for c in checked):
+    if not checked or not _header_safe(checked):
         raise ConfigurationError(
             f"vault_namespace {namespace!r} must be a path such as 'team' or 'org/team', "
             "without spaces or control characters"

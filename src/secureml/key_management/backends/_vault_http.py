@@ -18,7 +18,7 @@ import json
 import os
 import time
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import requests
 import urllib3
@@ -48,25 +48,57 @@ class DeadlinePassedError(Exception):
 
 
 class Pools:
-    """urllib3's pool manager, with each node's own pool kept at hand (looking it up
-    through the manager parses and normalises the URL on every request)."""
+    """Connections to a cluster's nodes: one urllib3 pool per node, kept at hand (a
+    lookup through the pool manager parses the URL on every request), direct or through
+    the environment's proxy as ``NO_PROXY`` decides for that node."""
 
-    def __init__(self, manager: urllib3.PoolManager) -> None:
-        self.manager = manager
-        self._by_origin: dict[str, urllib3.HTTPConnectionPool] = {}
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options
+        self._direct = urllib3.PoolManager(**options)
+        self._proxies: dict[str, urllib3.ProxyManager] = {}
+        self._by_origin: dict[str, Any] = {}
 
-    def for_origin(self, origin: str) -> urllib3.HTTPConnectionPool:
+    def for_origin(self, origin: str) -> Any:
+        """What to call ``urlopen`` on for ``origin`` (see :func:`send`)."""
         found = self._by_origin.get(origin)
-        if found is None:  # a race only builds the same pool twice; the manager keeps one
-            found = self._by_origin[origin] = self.manager.connection_from_url(origin)
+        if found is None:  # a race only builds the same thing twice
+            found = self._by_origin[origin] = self._route(origin)
         return found
+
+    def _route(self, origin: str) -> Any:
+        proxy = get_environ_proxies(origin).get(urlsplit(origin).scheme)
+        if not proxy:
+            return self._direct.connection_from_url(origin)
+        manager = self._proxies.get(proxy)
+        if manager is None:
+            parts = urlsplit(proxy)
+            headers = None
+            if parts.username:
+                credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+                headers = urllib3.make_headers(proxy_basic_auth=credentials)
+            manager = self._proxies[proxy] = urllib3.ProxyManager(
+                proxy, proxy_headers=headers, **self._options
+            )
+        return _Proxied(manager)
+
+
+class _Proxied:
+    """A node behind a proxy: requests go through the proxy manager with the absolute
+    URL (for http the proxy needs it; for https the manager tunnels with CONNECT)."""
+
+    def __init__(self, manager: urllib3.ProxyManager) -> None:
+        self.manager = manager
 
 
 def make_pool(
     base_url: str, *, verify: bool | str, cert: tuple[str, str] | str | tuple[()]
 ) -> Pools:
-    """Connection pools for ``base_url``'s cluster with secureml's TLS settings (and the
-    environment's proxy)."""
+    """Connection pools for ``base_url``'s cluster with secureml's TLS settings.
+
+    Without a CA given, certificates are checked against what ``requests`` (and so
+    hvac) would use: ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` if set, else certifi's
+    bundle.
+    """
     # Shared by every thread of a backend: connections beyond maxsize are closed after use.
     options: dict[str, Any] = {"maxsize": 32, "block": False, "retries": False}
     if urlsplit(base_url).scheme == "https":
@@ -74,17 +106,23 @@ def make_pool(
             options["cert_reqs"] = "CERT_NONE"
         else:
             options["cert_reqs"] = "CERT_REQUIRED"
-            if isinstance(verify, str):
-                key = "ca_cert_dir" if os.path.isdir(verify) else "ca_certs"
-                options[key] = verify
+            ca = verify if isinstance(verify, str) else _default_ca_bundle()
+            key = "ca_cert_dir" if os.path.isdir(ca) else "ca_certs"
+            options[key] = ca
         if isinstance(cert, str):
             options["cert_file"] = cert
         elif len(cert) == 2:
             options["cert_file"], options["key_file"] = cert
-    proxy = get_environ_proxies(base_url).get(urlsplit(base_url).scheme)
-    if proxy:
-        return Pools(urllib3.ProxyManager(proxy, **options))
-    return Pools(urllib3.PoolManager(**options))
+    return Pools(options)
+
+
+def _default_ca_bundle() -> str:
+    from requests.utils import DEFAULT_CA_BUNDLE_PATH
+
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return str(DEFAULT_CA_BUNDLE_PATH)
 
 
 def send(
@@ -116,20 +154,22 @@ def send(
     params = kwargs.get("params")
     if params:
         url = f"{url}?{urlencode(params, doseq=True)}"
-    # The host's own pool, straight: PoolManager.request would parse the URL and look
-    # the pool up again on every call.
     parts = urlsplit(url)
-    raw = pools.for_origin(f"{parts.scheme}://{parts.netloc}").urlopen(
-        method.upper(),
-        parts.path + (f"?{parts.query}" if parts.query else ""),
-        body=body,
-        headers=headers,
-        timeout=urllib3.Timeout(connect=timeout, read=timeout),
-        redirect=False,
-        retries=False,
-        preload_content=False,
-        assert_same_host=False,
-    )
+    route = pools.for_origin(f"{parts.scheme}://{parts.netloc}")
+    common: dict[str, Any] = {
+        "body": body,
+        "headers": headers,
+        # total: connecting and waiting for the answer together, not each in full.
+        "timeout": urllib3.Timeout(total=timeout, connect=timeout, read=timeout),
+        "redirect": False,
+        "retries": False,
+        "preload_content": False,
+    }
+    if isinstance(route, _Proxied):
+        raw = route.manager.urlopen(method.upper(), url, **common)
+    else:
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        raw = route.urlopen(method.upper(), path, assert_same_host=False, **common)
     try:
         content = _read_whole(raw, deadline)
     except BaseException:

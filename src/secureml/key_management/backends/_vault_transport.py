@@ -104,6 +104,7 @@ class _Broken:
 
     kind: str
     replayable: bool
+    tls: str | None = None  # the TLS failure, if that is what it was
 
 
 @dataclass
@@ -118,6 +119,7 @@ class _Tries:
     rounds: int = 0
     target: str | None = None  # set by a redirect
     hopped: bool = False
+    sealed: int = 0  # nodes found sealed in this round
 
     @property
     def node(self) -> str:
@@ -191,21 +193,15 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
                 method, target, sent_headers, kwargs, deadline=tries.deadline, bare=bare
             )
             if isinstance(outcome, _Broken):
-                if not outcome.replayable and not replayable:
-                    raise self._unknown_outcome(
-                        method, target, f"the connection broke ({outcome.kind})"
-                    )
-                if self._next_try(tries, self._backoff(tries.rounds)):
-                    continue
-                # A fresh exception: requests' own carries the request and its token.
-                raise requests.exceptions.ConnectionError(outcome.kind)
+                self._after_broken(method, target, outcome, tries, replayable=replayable)
+                continue
             response = outcome
             status = response.status_code
             if status in REDIRECT_STATUSES:
-                tries.target = self._redirect_target(target, response, tries.hopped)
-                tries.hopped = True
+                self._after_redirect(target, response, tries)
                 continue
             sealed = _sealed(response)
+            tries.sealed += sealed
             try_elsewhere = (
                 sealed
                 or _leaderless(response)
@@ -214,8 +210,8 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             )
             if try_elsewhere:
                 delay = self._retry_after(response) or self._backoff(tries.rounds)
-                # A sealed node stays sealed: try the others, but not again after a pause.
-                if self._next_try(tries, delay, another_round=not sealed):
+                # Sealed nodes stay sealed: when all are, no second round.
+                if self._next_try(tries, delay, another_round=tries.sealed < len(tries.nodes)):
                     continue
             if status in MAYBE_PROCESSED_STATUSES and not replayable and not _leaderless(response):
                 raise self._unknown_outcome(method, target, f"it answered {status}")
@@ -224,6 +220,32 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             if method.upper() not in IDEMPOTENT_METHODS:
                 self.consistency.saw(response.headers.get(INDEX_HEADER))
             return self._result(method, target, response, raise_exception)
+
+    def _after_broken(
+        self, method: str, target: str, outcome: _Broken, tries: _Tries, *, replayable: bool
+    ) -> None:
+        """Move on from a node whose connection failed, or raise if that is not safe
+        or nothing is left to try."""
+        if not outcome.replayable and not replayable:
+            raise self._unknown_outcome(method, target, f"the connection broke ({outcome.kind})")
+        # A failed TLS check will fail again: other nodes, but no second round.
+        if self._next_try(tries, self._backoff(tries.rounds), another_round=outcome.tls is None):
+            return
+        # Fresh exceptions: requests' own carry the request, and its token.
+        if outcome.tls is not None:
+            raise requests.exceptions.SSLError(outcome.tls)
+        raise requests.exceptions.ConnectionError(outcome.kind)
+
+    def _after_redirect(self, target: str, response: requests.Response, tries: _Tries) -> None:
+        """Follow a redirect our rules allow; otherwise this node cannot serve."""
+        try:
+            tries.target = self._redirect_target(target, response, tries.hopped)
+        except VaultError:
+            # Not followed (the token must not go there): try the next node, if any.
+            if self._next_try(tries, self._backoff(tries.rounds), another_round=False):
+                return
+            raise
+        tries.hopped = True
 
     def _next_try(self, tries: _Tries, delay: float, *, another_round: bool = True) -> bool:
         """Move to the next node; after a full round of failures, pause and start over
@@ -244,6 +266,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             self._sleep(delay)
             tries.rounds += 1
             tries.in_round = 0
+            tries.sealed = 0
             go_on = True
         if go_on and len(tries.nodes) > 1:
             self.addresses.failed_over()
@@ -273,9 +296,16 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         try:
             return self._send(method, target, headers, kwargs, deadline=deadline, bare=bare)
         except urllib3.exceptions.SSLError as exc:
-            # Not transient, nothing was sent: no retry. Re-raised as requests' type,
-            # which is what the error translation (and hvac users) know.
-            raise requests.exceptions.SSLError(str(exc)) from None
+            # Nothing was sent. The node may be restarting, or an impostor: try the
+            # others, and report the TLS failure if none answers.
+            return _Broken("TLS", replayable=True, tls=str(exc))
+        except (UnicodeError, ValueError):
+            # A header that cannot be sent (a token or namespace outside ASCII): say so
+            # without the exception, whose message would quote the header's value.
+            raise VaultError(
+                f"a request to Vault at {_origin(target)} could not be sent: the token or "
+                "namespace contains characters HTTP headers cannot carry"
+            ) from None
         except http.NOT_SENT as exc:
             return _Broken(type(exc).__name__, replayable=True)
         except http.DeadlinePassedError:
