@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from secureml._devserver import DevServer, free_loopback_port
 from secureml.key_management import ConfigurationError, KeyManager, VaultError
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.http_stub import Seen, StubServer
+from tests.support.pki import make_pki
 
 
 @pytest.fixture
@@ -146,3 +148,96 @@ def test_a_redirect_to_an_unlisted_node_is_refused(bao_server: DevServer) -> Non
         )
         with pytest.raises(VaultError, match="not a configured address"):
             manager.get_secret("x")
+
+
+def test_a_node_failing_tls_is_skipped_for_the_next(tmp_path: Path) -> None:
+    """A node whose certificate does not verify (restarting behind a new one, or an
+    impostor) is passed over; the error says TLS only when no node answers."""
+    pki = make_pki(tmp_path)
+    listener = free_loopback_port()
+    config = f"""
+listener "tcp" {{
+  address = "127.0.0.1:{listener}"
+  tls_cert_file = "{pki.server.cert}"
+  tls_key_file = "{pki.server.key}"
+}}
+"""
+    with DevServer(extra_config=config) as server:
+        good = f"https://127.0.0.1:{listener}"
+        server.bao("kv", "put", "-mount=secret", "secureml/x", "value=v")
+
+        def anything(seen: Seen) -> tuple[int, dict[str, str], bytes]:
+            return 200, {}, b"{}"
+
+        # Speaks plain http where https is expected: every TLS handshake fails.
+        with StubServer(anything) as impostor:
+            impostor_url = f"https://127.0.0.1:{impostor.port}"
+            manager = KeyManager(
+                vault_url=[impostor_url, good],
+                vault_token=server.root_token,
+                vault_ca_cert=str(pki.other_ca_cert),
+                use_env_fallback=False,
+                retries=0,
+            )
+            with pytest.raises(VaultError, match="vault_ca_cert"):
+                manager.get_secret("x")  # nobody verifies: the TLS error, not "unavailable"
+            mixed = KeyManager(
+                vault_url=[impostor_url, good],
+                vault_token=server.root_token,
+                vault_ca_cert=str(pki.ca_cert),
+                use_env_fallback=False,
+                cache_ttl=0,
+            )
+            assert mixed.get_secret("x") == "v"
+
+
+def test_a_refused_redirect_moves_on_to_the_next_node(
+    bao_server: DevServer, vault_path: str
+) -> None:
+    bao_server.bao("kv", "put", "-mount=secret", f"{vault_path}/x", "value=v")
+
+    def elsewhere(seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        return 307, {"Location": f"http://localhost:9{seen.path}"}, b""
+
+    with StubServer(elsewhere) as confused:
+        manager = KeyManager(
+            vault_url=[confused.origin, bao_server.address],
+            vault_token=bao_server.root_token,
+            vault_path=vault_path,
+            use_env_fallback=False,
+            cache_ttl=0,
+        )
+        assert manager.get_secret("x") == "v"
+
+
+def test_requests_go_through_the_environments_proxy(
+    bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bao_server.bao("kv", "put", "-mount=secret", f"{vault_path}/x", "value=v")
+    with FaultProxy(bao_server.address) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.origin)
+        monkeypatch.setenv("NO_PROXY", "")
+        manager = KeyManager(
+            vault_url=bao_server.address,
+            vault_token=bao_server.root_token,
+            vault_path=vault_path,
+            cache_ttl=0,
+        )
+        assert manager.get_secret("x") == "v"
+        assert proxy.hits_for(f"{vault_path}/x")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = KeyManager(
+            vault_url=bao_server.address,
+            vault_token=bao_server.root_token,
+            vault_path=vault_path,
+            cache_ttl=0,
+        )
+        proxy.hits.clear()
+        assert direct.get_secret("x") == "v"
+        assert proxy.hits == []
+
+
+def test_a_non_ascii_token_is_refused_up_front() -> None:
+    with pytest.raises(ConfigurationError, match="non-ASCII") as caught:
+        KeyManager(vault_url="https://vault:8200", vault_token="s.t0ken\u20ac")
+    assert "t0ken" not in str(caught.value)
