@@ -62,7 +62,7 @@ class VaultSettings:
             :class:`~secureml.key_management.AppRoleAuth`, ...).
         namespace: Vault Enterprise / OpenBao namespace, sent on every request.
         ca_cert: CA bundle file, or a directory of hashed CA files, to verify TLS
-            against (the system store if unset).
+            against (if unset: REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, or certifi's bundle).
         client_cert: Client certificate (PEM) for mutual TLS.
         client_key: The client certificate's private key (PEM), if not in ``client_cert``.
         verify: Verify the server's TLS certificate. Off only when asked for in code.

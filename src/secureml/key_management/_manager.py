@@ -98,8 +98,9 @@ class KeyManager:
             ``VAULT_NAMESPACE``.
         vault_ca_cert: CA bundle file, or directory of hashed CA files, to verify Vault's
             TLS certificate. When omitted: ``SECUREML_VAULT_CACERT``, ``BAO_CACERT``,
-            ``VAULT_CACERT``, ``BAO_CAPATH``, ``VAULT_CAPATH``; otherwise the system's
-            trust store.
+            ``VAULT_CACERT``, ``BAO_CAPATH``, ``VAULT_CAPATH``; otherwise what
+            requests (and so hvac) trusts: ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, or
+            certifi's bundle.
         vault_client_cert: Client certificate (PEM) for mutual TLS (also
             ``VAULT_CLIENT_CERT``).
         vault_client_key: Its private key (PEM) if not in the certificate file (also

@@ -9,7 +9,8 @@ a ``requests.Response`` so hvac's API code works unchanged.
 
 Proxies from the environment (``HTTPS_PROXY``, ``NO_PROXY``...) are honoured as
 requests would. TLS verification is on unless the settings say otherwise; without a CA
-bundle the system trust store is used.
+bundle, what requests would trust is used (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``,
+certifi).
 """
 
 from __future__ import annotations
