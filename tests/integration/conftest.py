@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.raft import RaftCluster
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
@@ -21,3 +23,14 @@ def black_hole() -> Iterator[str]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def raft() -> Iterator[RaftCluster]:
+    """Three OpenBao nodes on Raft, all voters, KV v2 at ``secret/``; one cluster per
+    module (its tests kill and restart nodes); stopped by PID."""
+    cluster = RaftCluster(3).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

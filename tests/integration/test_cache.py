@@ -5,7 +5,6 @@ and never hiding a permission error behind a stale value.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from secureml._devserver import DevServer
 from secureml.key_management import KeyManager, PermissionDeniedError, VaultUnavailableError
 from tests.support.fault_proxy import FaultProxy
+from tests.support.threads import all_at_once
 
 
 def test_32_cold_threads_cause_one_read(bao_server: DevServer, vault_path: str) -> None:
@@ -25,18 +25,7 @@ def test_32_cold_threads_cause_one_read(bao_server: DevServer, vault_path: str) 
             vault_kv_version=2,
         )
         manager.status()  # log in first, so only reads of the secret remain to count
-        barrier = threading.Barrier(32)
-        results: list[object] = []
-
-        def worker() -> None:
-            barrier.wait()
-            results.append(manager.get_secret("hot"))
-
-        threads = [threading.Thread(target=worker) for _ in range(32)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = all_at_once(32, lambda: manager.get_secret("hot"))
     assert results == ["v"] * 32
     assert manager.stats().backend_reads == 1
     assert len(proxy.hits_for(f"/v1/secret/data/{vault_path}/hot")) == 1

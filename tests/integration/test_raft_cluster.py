@@ -9,9 +9,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from secureml.key_management import KeyManager
 from tests.support.raft import RaftCluster
@@ -20,16 +18,6 @@ from tests.support.raft import RaftCluster
 # a Raft heartbeat: a read right after a write may not see it yet.
 _REPLICATION_WAIT = 10.0
 _ELECTION_LIMIT = 15.0
-
-
-@pytest.fixture(scope="module")
-def raft() -> Iterator[RaftCluster]:
-    """Three OpenBao nodes on Raft, all voters, KV v2 at ``secret/``; stopped by PID."""
-    cluster = RaftCluster(3).start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def _eventually(read: Callable[[], str], expected: str, timeout: float) -> str:

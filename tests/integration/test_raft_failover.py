@@ -12,9 +12,6 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from secureml.key_management import KeyManagementError, KeyManager, VaultError
 from tests.support.raft import RaftCluster
@@ -23,15 +20,6 @@ READERS = 8
 READS = 5000
 #: Enough rounds of retries (with backoff) to outlast an election (1.5-2.5 s here).
 RETRIES = 6
-
-
-@pytest.fixture(scope="module")
-def raft() -> Iterator[RaftCluster]:
-    cluster = RaftCluster(3).start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def cluster_manager(raft: RaftCluster, **kwargs: object) -> KeyManager:

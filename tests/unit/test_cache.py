@@ -21,6 +21,7 @@ from secureml.key_management import (
     VaultUnavailableError,
 )
 from secureml.key_management._cache import SecretCache
+from tests.support.threads import all_at_once
 from tests.unit.test_chain import DictBackend
 
 
@@ -112,18 +113,7 @@ def test_absence_is_cached_too(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_concurrent_misses_share_one_backend_read() -> None:
     backend = SlowBackend({"k": "v"}, delay=0.2)
     km = KeyManager(backend=backend)
-    barrier = threading.Barrier(32)
-    results: list[object] = []
-
-    def worker() -> None:
-        barrier.wait()
-        results.append(km.get_secret("k"))
-
-    threads = [threading.Thread(target=worker) for _ in range(32)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = all_at_once(32, lambda: km.get_secret("k"))
     assert results == ["v"] * 32
     assert backend.reads == 1
     assert km.stats().backend_reads == 1
