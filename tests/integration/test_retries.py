@@ -4,6 +4,8 @@ of the real server (tests/support/fault_proxy.py forwards everything it does not
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -280,3 +282,48 @@ def test_a_login_whose_answer_was_lost_is_not_replayed(
     proxy.inject(Fault.drop(forward=True, path_prefix=f"/v1/auth/{mount}/login"))
     assert manager.get_secret("x") == "from-env"
     assert len(proxy.hits_for("/login")) == 1
+
+
+def test_headers_dripped_byte_by_byte_are_cut_off_at_the_deadline() -> None:
+    """Each byte arrives well within the socket timeout; only a watchdog can end this."""
+    stop = threading.Event()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.2)
+        port = listener.getsockname()[1]
+
+        def drip() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    continue
+                with conn:
+                    conn.recv(65536)
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                        if stop.is_set():
+                            break
+                        try:
+                            conn.sendall(bytes([byte]))
+                        except OSError:
+                            break  # the client gave up, as it should
+                        time.sleep(0.1)
+
+        server = threading.Thread(target=drip, daemon=True)
+        server.start()
+        manager = KeyManager(
+            vault_url=f"http://127.0.0.1:{port}",
+            vault_token="s.t0ken",
+            vault_kv_version=2,
+            timeout=0.5,
+            retries=0,
+            use_env_fallback=False,
+        )
+        started = time.monotonic()
+        with pytest.raises(VaultUnavailableError):
+            manager.get_secret("x")
+        elapsed = time.monotonic() - started
+        stop.set()
+        server.join(2)
+    assert elapsed < 1.5, elapsed

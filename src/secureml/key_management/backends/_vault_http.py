@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
 
 import requests
 import urllib3
 from requests.utils import get_environ_proxies
+
+from ._deadline import POOL_CLASSES, deadline_for_this_thread
 
 READ_CHUNK_BYTES = 64 * 1024
 
@@ -55,7 +57,7 @@ class Pools:
 
     def __init__(self, options: dict[str, Any]) -> None:
         self._options = options
-        self._direct = urllib3.PoolManager(**options)
+        self._direct = _watched(urllib3.PoolManager(**options))
         self._proxies: dict[str, urllib3.ProxyManager] = {}
         self._by_origin: dict[str, Any] = {}
 
@@ -77,10 +79,19 @@ class Pools:
             if parts.username:
                 credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
                 headers = urllib3.make_headers(proxy_basic_auth=credentials)
-            manager = self._proxies[proxy] = urllib3.ProxyManager(
-                proxy, proxy_headers=headers, **self._options
+            manager = self._proxies[proxy] = _watched(
+                urllib3.ProxyManager(proxy, proxy_headers=headers, **self._options)
             )
         return _Proxied(manager)
+
+
+_M = TypeVar("_M", bound=urllib3.PoolManager)
+
+
+def _watched(manager: _M) -> _M:
+    """``manager``, building pools whose requests the deadline watchdog can cut off."""
+    manager.pool_classes_by_scheme = POOL_CLASSES
+    return manager
 
 
 class _Proxied:
@@ -166,18 +177,20 @@ def send(
         "retries": False,
         "preload_content": False,
     }
-    if isinstance(route, _Proxied):
-        raw = route.manager.urlopen(method.upper(), url, **common)
-    else:
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        raw = route.urlopen(method.upper(), path, assert_same_host=False, **common)
-    try:
-        content = _read_whole(raw, deadline)
-    except BaseException:
-        raw.close()  # half-read: the connection must not be reused
-        raise
-    finally:
-        raw.release_conn()
+    # The watchdog bounds what socket timeouts cannot: an answer dripped byte by byte.
+    with deadline_for_this_thread(deadline):
+        if isinstance(route, _Proxied):
+            raw = route.manager.urlopen(method.upper(), url, **common)
+        else:
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            raw = route.urlopen(method.upper(), path, assert_same_host=False, **common)
+        try:
+            content = _read_whole(raw, deadline)
+        except BaseException:
+            raw.close()  # half-read: the connection must not be reused
+            raise
+        finally:
+            raw.release_conn()
     return Answer(raw.status, raw.headers, content, url, raw.reason or "")
 
 
