@@ -12,8 +12,8 @@ An hvac adapter, so every hvac call (KV, auth, token, sys) goes through the same
   gets :class:`~secureml.key_management.WriteOutcomeUnknownError`. Logins are not
   replayed either: a repeat could use up a single-use AppRole secret ID.
 - Deadlines: a request, retries included, ends within ``timeout`` x attempts plus
-  backoff, and within the deadline of the call it belongs to (``call_deadline``). The
-  answer's body is read with the deadline checked between reads, so a server that
+  backoff, and within the deadline of the call it belongs to (``call_deadline``). A
+  watchdog (:mod:`._deadline`) cuts the connection at that deadline, so a server that
   drips bytes cannot hold a call.
 - Redirects: requests would resend ``X-Vault-Token`` to whatever host a redirect names.
   Here at most one 307/308 hop is followed, to its ``Location`` on a configured origin
