@@ -50,6 +50,13 @@ class _Watchdog:
         with self._wake:
             self._watched.pop(ticket, None)
 
+    def release_conn(self, conn: Any) -> None:
+        """``conn`` goes back to its pool: whatever watched it must stop, before another
+        request (another thread's, with another deadline) can take it."""
+        with self._wake:
+            for ticket in [t for t, c in self._watched.items() if c is conn]:
+                del self._watched[ticket]
+
     def _run(self) -> None:
         while True:
             with self._wake:
@@ -93,13 +100,18 @@ def deadline_for_this_thread(deadline: float) -> Any:
 
 
 class _Watched:
-    """Pool mix-in: every request on a connection is watched until the block ends."""
+    """Pool mix-in: a request is watched from when it starts on a connection until the
+    connection goes back to the pool (or the thread's block ends)."""
 
     def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
         deadline = getattr(_local, "deadline", None)
         if deadline is not None:
             _local.tickets.append(WATCHDOG.watch(deadline, conn))
         return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
+
+    def _put_conn(self, conn: Any) -> None:
+        WATCHDOG.release_conn(conn)
+        super()._put_conn(conn)  # type: ignore[misc]
 
 
 class WatchedHTTPConnectionPool(_Watched, HTTPConnectionPool):
