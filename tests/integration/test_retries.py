@@ -284,8 +284,12 @@ def test_a_login_whose_answer_was_lost_is_not_replayed(
     assert len(proxy.hits_for("/login")) == 1
 
 
-def test_headers_dripped_byte_by_byte_are_cut_off_at_the_deadline() -> None:
-    """Each byte arrives well within the socket timeout; only a watchdog can end this."""
+@pytest.mark.parametrize(
+    "prefix", [b"", b"HTTP/1.1 200 OK\r\n"], ids=["before-status", "after-status"]
+)
+def test_headers_dripped_byte_by_byte_are_cut_off_at_the_deadline(prefix: bytes) -> None:
+    """Each byte arrives well within the socket timeout; only a watchdog can end this.
+    A cut after the status line must not pass for an (empty) answer either."""
     stop = threading.Event()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
@@ -301,7 +305,8 @@ def test_headers_dripped_byte_by_byte_are_cut_off_at_the_deadline() -> None:
                     continue
                 with conn:
                     conn.recv(65536)
-                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                    conn.sendall(prefix)
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: "[len(prefix) :] + b"a" * 1000:
                         if stop.is_set():
                             break
                         try:

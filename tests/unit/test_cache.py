@@ -364,3 +364,24 @@ def test_counters_of_ended_threads_are_folded_not_kept() -> None:
     assert len(km._counts._boxes) < 10
     stats = km.stats()
     assert stats.hits + stats.misses == 201
+
+
+def test_writes_to_other_names_do_not_stop_caching() -> None:
+    backend = SlowBackend({"hot": "v", "other": "o"}, delay=0.05)
+    km = KeyManager(backend=backend)
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            km.set_secret("other", "o")
+            time.sleep(0.01)
+
+    busy = threading.Thread(target=writer)
+    busy.start()
+    try:
+        for _ in range(10):
+            assert km.get_secret("hot") == "v"
+    finally:
+        stop.set()
+        busy.join()
+    assert km.stats().backend_reads <= 2

@@ -67,7 +67,6 @@ class SecretCache:
         self._entries: dict[CacheKey, CacheEntry] = {}
         self._lock = threading.Lock()
         self._loading: dict[CacheKey, Future[Any]] = {}
-        self._epoch = 0  # bumped by every invalidation
 
     def fresh(self, key: CacheKey) -> CacheEntry | None:
         """The entry for ``key`` if it is still fresh (no lock: a hit must be cheap)."""
@@ -105,7 +104,6 @@ class SecretCache:
             leader = flight is None
             if flight is None:
                 flight = self._loading[key] = Future()
-            epoch = self._epoch
         if not leader:
             try:
                 return flight.result(), False
@@ -118,7 +116,7 @@ class SecretCache:
             flight.set_exception(exc)
             raise
         else:
-            self._put(key, value, epoch)
+            self._put(key, value, flight)
             flight.set_result(value)
             return value, True
         finally:
@@ -130,12 +128,12 @@ class SecretCache:
         """Remember ``value`` (if caching is on), evicting the least recently used."""
         self._put(key, value, None)
 
-    def _put(self, key: CacheKey, value: Any, epoch: int | None) -> None:
+    def _put(self, key: CacheKey, value: Any, flight: Future[Any] | None) -> None:
         if self.ttl <= 0:
             return
         now = self._clock()
         with self._lock:
-            if epoch is not None and epoch != self._epoch:
+            if flight is not None and self._loading.get(key) is not flight:
                 return  # invalidated while it loaded: the value may predate a write
             if key not in self._entries and len(self._entries) >= self.size:
                 oldest = min(self._entries, key=lambda k: self._entries[k].used_at)
@@ -149,7 +147,6 @@ class SecretCache:
         callers that come after this start a new load rather than share an old one.
         """
         with self._lock:
-            self._epoch += 1
             doomed = [k for k in self._entries if match is None or match(k)]
             for key in doomed:
                 del self._entries[key]

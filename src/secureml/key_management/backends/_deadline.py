@@ -4,8 +4,8 @@ Socket timeouts bound each ``recv``, not a whole answer: a server (or a proxy in
 way) that sends its status line and headers a byte at a time can hold a request for
 ever while every single ``recv`` returns in time. The watchdog is one daemon thread per
 process with a heap of deadlines; when one passes while its request is still running,
-it shuts the connection's socket down, which wakes the blocked read with an error that
-the transport then treats like any broken connection.
+it shuts the connection's socket down and marks the request as cut, so the transport
+treats whatever half-answer it got as a broken connection.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
+import os
 import socket
 import threading
 import time
@@ -20,24 +22,37 @@ from typing import Any
 
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+logger = logging.getLogger("secureml.key_management")
+
 _local = threading.local()
 
 
 class _Watchdog:
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        # Also run in a forked child: the parent's lock and thread do not exist there.
         self._heap: list[tuple[float, int]] = []
-        self._watched: dict[int, Any] = {}
+        self._watched: dict[int, Any] = {}  # ticket -> connection
+        self._by_conn: dict[int, int] = {}  # id(connection) -> ticket
         self._ids = itertools.count()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self.fired: set[int] = set()
 
     def watch(self, deadline: float, conn: Any) -> int:
-        """Shut ``conn`` down at ``deadline`` unless :meth:`release` comes first."""
+        """Shut ``conn`` down at ``deadline`` unless it is released first."""
         with self._wake:
             ticket = next(self._ids)
             self._watched[ticket] = conn
+            self._by_conn[id(conn)] = ticket
             heapq.heappush(self._heap, (deadline, ticket))
-            if self._thread is None:
+            if len(self._heap) > 2 * len(self._watched) + 64:
+                # Released tickets leave entries behind; rebuild rather than let them pile up.
+                self._heap = [e for e in self._heap if e[1] in self._watched]
+                heapq.heapify(self._heap)
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="secureml-deadline-watchdog", daemon=True
                 )
@@ -46,57 +61,91 @@ class _Watchdog:
                 self._wake.notify()
         return ticket
 
-    def release(self, ticket: int) -> None:
+    def release(self, ticket: int) -> bool:
+        """Stop watching ``ticket``; return whether it had already been cut."""
         with self._wake:
-            self._watched.pop(ticket, None)
+            conn = self._watched.pop(ticket, None)
+            if conn is not None and self._by_conn.get(id(conn)) == ticket:
+                del self._by_conn[id(conn)]
+            if ticket in self.fired:
+                self.fired.discard(ticket)
+                return True
+            return False
 
     def release_conn(self, conn: Any) -> None:
         """``conn`` goes back to its pool: whatever watched it must stop, before another
         request (another thread's, with another deadline) can take it."""
         with self._wake:
-            for ticket in [t for t, c in self._watched.items() if c is conn]:
-                del self._watched[ticket]
+            ticket = self._by_conn.pop(id(conn), None)
+            if ticket is not None:
+                self._watched.pop(ticket, None)
 
     def _run(self) -> None:
         while True:
-            with self._wake:
-                while self._heap and self._heap[0][1] not in self._watched:
-                    heapq.heappop(self._heap)  # released in time: forget it
-                if not self._heap:
-                    self._wake.wait()
-                    continue
-                deadline, ticket = self._heap[0]
-                delay = deadline - time.monotonic()
-                if delay > 0:
-                    self._wake.wait(delay)
-                    continue
-                heapq.heappop(self._heap)
-                conn = self._watched.pop(ticket, None)
+            try:
+                self._step()
+            except Exception:  # the watchdog must outlive any one bad socket
+                logger.exception("the deadline watchdog failed to cut a connection")
+
+    def _step(self) -> None:
+        with self._wake:
+            while self._heap and self._heap[0][1] not in self._watched:
+                heapq.heappop(self._heap)  # released in time: forget it
+            if not self._heap:
+                self._wake.wait()
+                return
+            deadline, ticket = self._heap[0]
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                self._wake.wait(delay)
+                return
+            heapq.heappop(self._heap)
+            conn = self._watched.pop(ticket)
+            if self._by_conn.get(id(conn)) == ticket:
+                del self._by_conn[id(conn)]
+            self.fired.add(ticket)
+            # Under the lock: a connection being handed back waits for this, so the cut
+            # can never land on the next request that takes it.
             _cut(conn)
 
 
 def _cut(conn: Any) -> None:
     sock = getattr(conn, "sock", None)
-    if sock is not None:
+    # TLS inside a TLS proxy tunnel: urllib3's SSLTransport wraps the real socket.
+    sock = getattr(sock, "socket", sock)
+    if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
 
 
 WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=WATCHDOG._reset)
+
+
+class Cut(Exception):  # noqa: N818 - a signal between two functions, never raised to users
+    """The watchdog cut this thread's request at its deadline."""
 
 
 @contextlib.contextmanager
 def deadline_for_this_thread(deadline: float) -> Any:
-    """Requests made by this thread inside the block are cut off at ``deadline``."""
+    """Requests made by this thread inside the block are cut off at ``deadline``.
+
+    Raises:
+        Cut: The watchdog cut a request of the block (whatever it seemed to return).
+    """
     _local.deadline = deadline
     _local.tickets = []
+    cut = False
     try:
         yield
     finally:
         for ticket in _local.tickets:
-            WATCHDOG.release(ticket)
+            cut = WATCHDOG.release(ticket) or cut
         _local.deadline = None
         _local.tickets = []
+    if cut:
+        raise Cut
 
 
 class _Watched:
@@ -104,6 +153,7 @@ class _Watched:
     connection goes back to the pool (or the thread's block ends)."""
 
     def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        _local.new_connection = getattr(conn, "sock", None) is None
         deadline = getattr(_local, "deadline", None)
         if deadline is not None:
             _local.tickets.append(WATCHDOG.watch(deadline, conn))
@@ -112,6 +162,12 @@ class _Watched:
     def _put_conn(self, conn: Any) -> None:
         WATCHDOG.release_conn(conn)
         super()._put_conn(conn)  # type: ignore[misc]
+
+
+def on_new_connection() -> bool:
+    """Whether this thread's last request opened its connection (rather than reuse one):
+    a TLS failure there is the handshake's, before the request could be processed."""
+    return bool(getattr(_local, "new_connection", True))
 
 
 class WatchedHTTPConnectionPool(_Watched, HTTPConnectionPool):

@@ -23,9 +23,9 @@ from urllib.parse import unquote, urlencode, urlsplit
 
 import requests
 import urllib3
-from requests.utils import get_environ_proxies
+from requests.utils import get_environ_proxies, select_proxy
 
-from ._deadline import POOL_CLASSES, deadline_for_this_thread
+from ._deadline import POOL_CLASSES, Cut, deadline_for_this_thread
 
 READ_CHUNK_BYTES = 64 * 1024
 
@@ -69,7 +69,7 @@ class Pools:
         return found
 
     def _route(self, origin: str) -> Any:
-        proxy = get_environ_proxies(origin).get(urlsplit(origin).scheme)
+        proxy = select_proxy(origin, get_environ_proxies(origin))
         if not proxy:
             return self._direct.connection_from_url(origin)
         manager = self._proxies.get(proxy)
@@ -178,6 +178,23 @@ def send(
         "preload_content": False,
     }
     # The watchdog bounds what socket timeouts cannot: an answer dripped byte by byte.
+    try:
+        content, raw = _exchange(route, method, url, parts, common, deadline=deadline)
+    except Cut:
+        # Whatever came back (a cut can look like an empty 200) is not an answer.
+        raise DeadlinePassedError("the call's deadline passed while the answer arrived") from None
+    return Answer(raw.status, raw.headers, content, url, raw.reason or "")
+
+
+def _exchange(
+    route: Any,
+    method: str,
+    url: str,
+    parts: Any,
+    common: dict[str, Any],
+    *,
+    deadline: float,
+) -> tuple[bytes, Any]:
     with deadline_for_this_thread(deadline):
         if isinstance(route, _Proxied):
             raw = route.manager.urlopen(method.upper(), url, **common)
@@ -191,7 +208,7 @@ def send(
             raise
         finally:
             raw.release_conn()
-    return Answer(raw.status, raw.headers, content, url, raw.reason or "")
+    return content, raw
 
 
 class Answer(requests.Response):

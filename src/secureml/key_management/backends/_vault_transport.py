@@ -37,6 +37,7 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from ..errors import VaultError, VaultUnavailableError, WriteOutcomeUnknownError
 from . import _vault_http as http
+from ._deadline import on_new_connection
 from ._vault_cluster import INDEX_HEADER, AddressBook, Consistency
 from ._vault_cluster import origin as _origin
 
@@ -82,6 +83,12 @@ def _replayable(method: str, url: str, kwargs: dict[str, Any]) -> bool:
 
 def _sealed(response: requests.Response) -> bool:
     return response.status_code == 503 and "sealed" in response.text.lower()
+
+
+def _during_handshake(detail: str) -> bool:
+    """Whether an SSL error's text says the handshake failed (so nothing was sent)."""
+    markers = ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "handshake", "certificate")
+    return any(marker in detail for marker in markers)
 
 
 def _leaderless(response: requests.Response) -> bool:
@@ -296,10 +303,14 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         try:
             return self._send(method, target, headers, kwargs, deadline=deadline, bare=bare)
         except urllib3.exceptions.SSLError as exc:
-            # Nothing was sent. The node may be restarting, or an impostor: try the
-            # others, and report the TLS failure if none answers.
-            return _Broken("TLS", replayable=True, tls=str(exc))
-        except (UnicodeError, ValueError):
+            # A failed handshake sent nothing: the node may be restarting, or an impostor;
+            # try the others and report the TLS failure if none answers. A TLS error
+            # later in the exchange is a broken connection like any other.
+            detail = str(exc)
+            # TLS 1.3 reports a refused client certificate only on the first read.
+            handshake = _during_handshake(detail) or on_new_connection()
+            return _Broken("TLS", replayable=handshake, tls=detail)
+        except UnicodeEncodeError:
             # A header that cannot be sent (a token or namespace outside ASCII): say so
             # without the exception, whose message would quote the header's value.
             raise VaultError(
