@@ -39,6 +39,15 @@ class SlowBackend(DictBackend):
             return super().get(name, version)
 
 
+def cached_then_expired(max_stale: float) -> tuple[DictBackend, KeyManager]:
+    """A manager that read ``k`` ("cached") and whose cache entry has since expired."""
+    backend = DictBackend({"k": "cached"})
+    km = KeyManager(backend=backend, cache_ttl=0.05, max_stale=max_stale)
+    km.get_secret("k")
+    time.sleep(0.06)
+    return backend, km
+
+
 def test_hits_are_served_from_memory_as_the_same_object() -> None:
     value = b"\x00" * 32
     backend = DictBackend({"k": value})
@@ -163,10 +172,8 @@ def test_stale_if_error_serves_recent_values_with_one_warning(
 
 
 def test_past_max_stale_the_fallbacks_apply(monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = DictBackend({"k": "cached"})
-    km = KeyManager(backend=backend, cache_ttl=0.05, max_stale=0.1)
-    km.get_secret("k")
-    time.sleep(0.15)
+    backend, km = cached_then_expired(max_stale=0.1)
+    time.sleep(0.1)  # past max_stale too
     backend.fail = VaultUnavailableError("down")
     with pytest.raises(VaultUnavailableError):
         km.get_secret("k")
@@ -175,20 +182,14 @@ def test_past_max_stale_the_fallbacks_apply(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_max_stale_zero_never_serves_stale() -> None:
-    backend = DictBackend({"k": "cached"})
-    km = KeyManager(backend=backend, cache_ttl=0.05, max_stale=0)
-    km.get_secret("k")
-    time.sleep(0.06)
+    backend, km = cached_then_expired(max_stale=0)
     backend.fail = VaultUnavailableError("down")
     with pytest.raises(VaultUnavailableError):
         km.get_secret("k")
 
 
 def test_permission_denied_is_never_answered_from_stale_cache() -> None:
-    backend = DictBackend({"k": "cached"})
-    km = KeyManager(backend=backend, cache_ttl=0.05, max_stale=60)
-    km.get_secret("k")
-    time.sleep(0.06)
+    backend, km = cached_then_expired(max_stale=60)
     backend.fail = PermissionDeniedError("denied: dict:k")
     with pytest.raises(PermissionDeniedError):
         km.get_secret("k")
@@ -323,10 +324,7 @@ def test_invalidate_cuts_a_load_in_flight_loose() -> None:
 
 
 def test_a_permission_error_drops_the_cached_value_for_good() -> None:
-    backend = DictBackend({"k": "cached"})
-    km = KeyManager(backend=backend, cache_ttl=0.05, max_stale=60)
-    km.get_secret("k")
-    time.sleep(0.06)
+    backend, km = cached_then_expired(max_stale=60)
     backend.fail = PermissionDeniedError("denied: dict:k")
     with pytest.raises(PermissionDeniedError):
         km.get_secret("k")
