@@ -79,6 +79,11 @@ def _login_result(response: Any, method: str) -> Login:
     )
 
 
+def header_safe(text: str) -> bool:
+    """Printable ASCII without spaces: what an HTTP header can carry unchanged."""
+    return text.isascii() and text.isprintable() and not any(c.isspace() for c in text)
+
+
 def _require_text(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
@@ -112,7 +117,7 @@ class TokenAuth:
 
     def __init__(self, token: str) -> None:
         token = _require_text(token, "vault token")
-        if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        if not header_safe(token):
             raise ConfigurationError(
                 "the vault token contains whitespace, control or non-ASCII characters"
             )

@@ -124,16 +124,14 @@ class SecretCache:
                 if self._loading.get(key) is flight:
                     del self._loading[key]
 
-    def put(self, key: CacheKey, value: Any) -> None:
-        """Remember ``value`` (if caching is on), evicting the least recently used."""
-        self._put(key, value, None)
-
-    def _put(self, key: CacheKey, value: Any, flight: Future[Any] | None) -> None:
+    def _put(self, key: CacheKey, value: Any, flight: Future[Any]) -> None:
+        """Remember what ``flight`` loaded (if caching is on), evicting the least
+        recently used."""
         if self.ttl <= 0:
             return
         now = self._clock()
         with self._lock:
-            if flight is not None and self._loading.get(key) is not flight:
+            if self._loading.get(key) is not flight:
                 return  # invalidated while it loaded: the value may predate a write
             if key not in self._entries and len(self._entries) >= self.size:
                 oldest = min(self._entries, key=lambda k: self._entries[k].used_at)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from ._auth import AppRoleAuth, TokenAuth, VaultAuth
+from ._auth import AppRoleAuth, TokenAuth, VaultAuth, header_safe
 from ._warnings import warn_caller
 from .errors import ConfigurationError, SecurityWarning
 
@@ -131,17 +131,12 @@ def _check_urls(value: object) -> tuple[str, ...]:
     return urls
 
 
-def _header_safe(text: str) -> bool:
-    """Printable ASCII without spaces: what an HTTP header can carry unchanged."""
-    return text.isascii() and text.isprintable() and not any(c.isspace() for c in text)
-
-
 def check_token(token: object) -> str:
     """``token``, stripped, or an error that describes (never shows) what is wrong."""
     if not isinstance(token, str):
         raise TypeError(f"vault_token must be a str, not {type(token).__name__}")
     token = token.strip()
-    if not token or not _header_safe(token):
+    if not token or not header_safe(token):
         raise ConfigurationError(
             "vault_token is empty or contains whitespace, control or non-ASCII characters"
         )
@@ -188,7 +183,7 @@ def _check_namespace(namespace: object) -> str | None:
     if not isinstance(namespace, str):
         raise TypeError(f"vault_namespace must be a str, not {type(namespace).__name__}")
     checked = namespace.strip().strip("/")
-    if not checked or not _header_safe(checked):
+    if not checked or not header_safe(checked):
         raise ConfigurationError(
             f"vault_namespace {namespace!r} must be a path such as 'team' or 'org/team', "
             "without spaces or control characters"

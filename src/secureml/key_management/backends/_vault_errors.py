@@ -21,11 +21,18 @@ from ..errors import (
 )
 
 
-def vault_errors(exc: BaseException) -> str:
-    """Vault's own error strings, which name paths and problems, never secret values."""
-    errors = getattr(exc, "errors", None) or []
+def format_errors(errors: object) -> str:
+    """Vault's own error strings (a list, as in its JSON answers), in one bounded line:
+    they name paths and problems, never secret values."""
+    if not errors:
+        return "no detail given"
     text = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
     return " ".join(text.split())[:300] or "no detail given"
+
+
+def vault_errors(exc: BaseException) -> str:
+    """The error strings hvac kept from Vault's answer, formatted."""
+    return format_errors(getattr(exc, "errors", None))
 
 
 _T = TypeVar("_T")

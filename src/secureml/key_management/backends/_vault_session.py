@@ -41,21 +41,6 @@ CAPPED_SLACK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
-class TokenInfo:
-    """What the session knows of its current token (for ``KeyManager.status()``).
-
-    Attributes:
-        ttl: Seconds left, or ``None`` when it never expires or no token is held yet.
-        renewable: Whether it can be renewed; ``None`` when no token is held yet.
-        token_type: ``service`` or ``batch``; ``None`` when no token is held yet.
-    """
-
-    ttl: float | None
-    renewable: bool | None
-    token_type: str | None
-
-
-@dataclass(frozen=True)
 class _State:
     login: Login
     generation: int
@@ -145,14 +130,6 @@ class TokenSession:
             if self._state is not None and self._state.generation == generation:
                 self._state = None
         return True
-
-    def info(self) -> TokenInfo:
-        """The current token's TTL left and renewability (no request is made)."""
-        state = self._state
-        if state is None:
-            return TokenInfo(None, None, None)
-        ttl = None if state.expires_at is None else max(0.0, state.expires_at - self._clock())
-        return TokenInfo(ttl, state.login.renewable, state.login.token_type)
 
     # -- lifecycle -------------------------------------------------------------------
 

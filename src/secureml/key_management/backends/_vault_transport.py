@@ -40,6 +40,7 @@ from . import _vault_http as http
 from ._deadline import on_new_connection
 from ._vault_cluster import INDEX_HEADER, AddressBook, Consistency
 from ._vault_cluster import origin as _origin
+from ._vault_errors import format_errors
 
 #: The request was not processed: safe to send again, whatever it was.
 NOT_PROCESSED_STATUSES = frozenset({412, 429, 503})
@@ -99,10 +100,10 @@ def _leaderless(response: requests.Response) -> bool:
 def _vault_errors(response: requests.Response) -> str:
     """Vault's own error strings from an answer, which name paths, never secrets."""
     try:
-        errors = response.json().get("errors") or []
+        errors = response.json().get("errors")
     except (ValueError, AttributeError):
-        return "no detail given"
-    return " ".join("; ".join(str(e) for e in errors).split())[:300] or "no detail given"
+        errors = None
+    return format_errors(errors)
 
 
 @dataclass(frozen=True)

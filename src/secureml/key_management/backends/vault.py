@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._config import INSTALL_HINT, VaultSettings
@@ -319,8 +320,6 @@ class VaultBackend:
         )
 
     def _with_counts(self, status: KeyManagerStatus, **changes: Any) -> KeyManagerStatus:
-        from dataclasses import replace
-
         return replace(
             status, logins=self._session.logins, renewals=self._session.renewals, **changes
         )
