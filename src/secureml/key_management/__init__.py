@@ -24,6 +24,7 @@ from ._auth import (
 from ._default import configure_default_key_manager, get_default_key_manager, get_encryption_key
 from ._manager import KeyManager
 from ._status import AccessEvent, KeyManagerStats, KeyManagerStatus
+from .backends.base import KeyVersion
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -37,6 +38,7 @@ from .errors import (
     VaultError,
     VaultSealedError,
     VaultUnavailableError,
+    VersionConflictError,
     WriteOutcomeUnknownError,
 )
 
@@ -52,6 +54,7 @@ __all__ = [
     "KeyManager",
     "KeyManagerStats",
     "KeyManagerStatus",
+    "KeyVersion",
     "KubernetesAuth",
     "PermissionDeniedError",
     "SecretNotFoundError",
@@ -63,6 +66,7 @@ __all__ = [
     "VaultError",
     "VaultSealedError",
     "VaultUnavailableError",
+    "VersionConflictError",
     "WriteOutcomeUnknownError",
     "configure_default_key_manager",
     "get_default_key_manager",
@@ -77,6 +81,7 @@ for _name in (
     "KeyManager",
     "KeyManagerStats",
     "KeyManagerStatus",
+    "KeyVersion",
     "KubernetesAuth",
     "TokenAuth",
     "UserpassAuth",

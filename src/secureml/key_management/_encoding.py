@@ -84,24 +84,37 @@ def decode_key_text(text: str, key_bytes: int, *, described: str) -> bytes:
     Raises:
         KeyFormatError: The text does not decode, or decodes to another length.
     """
+    return check_key_bytes(
+        decode_key_material(text, described=described, wanted=key_bytes),
+        key_bytes,
+        described=described,
+    )
+
+
+def decode_key_material(text: str, *, described: str, wanted: int | None = None) -> bytes:
+    """Decode text key material (see :func:`decode_key_text`) at whatever length it has.
+
+    Args:
+        wanted: The length the caller needs, only to make the error message precise.
+    """
     stripped = text.strip()
     prefix, sep, body = stripped.partition(":")
     if sep and prefix.lower() in ("hex", "base64"):
         decoded = _hexdecode(body) if prefix.lower() == "hex" else _b64decode(body)
         if decoded is None:
             raise KeyFormatError(f"{described} is marked {prefix.lower()}: but does not decode")
-        return check_key_bytes(decoded, key_bytes, described=described)
+        return decoded
     # Text made only of hex digits is hex, never reinterpreted as base64 to make a
     # length fit: a 64-digit hex key asked for as 48 bytes is an error, not another key.
     decoded = _hexdecode(stripped)
     if decoded is None:
         decoded = _b64decode(stripped)
     if decoded is not None:
-        return check_key_bytes(decoded, key_bytes, described=described)
+        return decoded
+    of = f" of {wanted} bytes" if wanted is not None else ""
     raise KeyFormatError(
-        f"{described} is not hex or base64 of {key_bytes} bytes "
-        f"({len(stripped)} characters); store raw bytes, or text prefixed "
-        "'hex:' or 'base64:'"
+        f"{described} is not hex or base64{of} ({len(stripped)} characters); store raw "
+        "bytes, or text prefixed 'hex:' or 'base64:'"
     )
 
 

@@ -34,10 +34,11 @@ from ._encoding import (
     decode_key_text,
     encode_key,
 )
+from ._lifecycle import KeyLifecycle, check_version
 from ._names import validate_name, validate_path
 from ._status import AccessEvent, KeyManagerStats, KeyManagerStatus
 from ._warnings import warn_caller
-from .backends.base import SecretBackend, SecretValue
+from .backends.base import SecretBackend, SecretValue, VersionedSecretBackend
 from .backends.env import EnvBackend
 from .backends.vault import VALUE_FIELD, VaultBackend
 from .errors import (
@@ -47,6 +48,7 @@ from .errors import (
     PermissionDeniedError,
     SecretNotFoundError,
     SecurityWarning,
+    UnsupportedOperationError,
     VaultUnavailableError,
 )
 
@@ -57,7 +59,7 @@ logger = logging.getLogger("secureml.key_management")
 _T = TypeVar("_T")
 
 
-class KeyManager:
+class KeyManager(KeyLifecycle):
     """Secrets and encryption keys from Vault, the environment, or dev defaults.
 
     A lookup asks, in order: Vault (when configured), the environment variable
@@ -220,17 +222,21 @@ class KeyManager:
     # -- public API ------------------------------------------------------------------
 
     @overload
-    def get_secret(self, name: str) -> SecretValue: ...
+    def get_secret(self, name: str, *, version: int | None = ...) -> SecretValue: ...
     @overload
-    def get_secret(self, name: str, default: _T) -> SecretValue | _T: ...
+    def get_secret(
+        self, name: str, default: _T, *, version: int | None = ...
+    ) -> SecretValue | _T: ...
 
-    def get_secret(self, name: str, default: Any = None) -> Any:
+    def get_secret(self, name: str, default: Any = None, *, version: int | None = None) -> Any:
         """Return secret ``name`` from the first source that has it.
 
         Args:
             name: Letters, digits, ``_-.``, with ``/`` between segments.
             default: Returned when neither Vault nor the environment has the secret
                 (before any dev default). ``None`` means "no default".
+            version: Read this version (Vault KV v2 only; no fallback applies, and
+                ``default`` cannot be combined with it). ``None``: the latest.
 
         Returns:
             ``str`` for text, ``bytes`` for secrets stored as bytes, a ``dict`` for a Vault
@@ -238,13 +244,16 @@ class KeyManager:
 
         Raises:
             SecretNotFoundError: No source had it; the message lists the sources tried.
+                With ``version=``: that version does not exist, was deleted or destroyed
+                (the message says which).
             PermissionDeniedError: Vault's policies forbid reading it.
             AuthenticationError: Vault rejected the token.
             VaultUnavailableError: Vault is down and no later source had it.
-            ValueError: ``name`` is malformed.
+            UnsupportedOperationError: ``version=`` without a KV v2 Vault.
+            ValueError: ``name`` or ``version`` is malformed.
         """
         try:
-            entry = self._cache.fresh((name, None))
+            entry = self._cache.fresh((name, version))
         except TypeError:  # unhashable: let validation say what is wrong with it
             entry = None
         if entry is not None and entry.value is not ABSENT and self._audit is None:
@@ -253,9 +262,16 @@ class KeyManager:
 
         def read() -> tuple[Any, str | None, str]:
             validate_name(name)
-            return self._lookup(name, default, lambda: dev_default_secret(name))
+            if version is None:
+                return self._lookup(name, default, lambda: dev_default_secret(name))
+            if default is not None:
+                raise ValueError(
+                    "get_secret: default= cannot stand in for a specific version; pass one "
+                    "or the other"
+                )
+            return self._read_version(name, check_version(version))
 
-        return self._observed("get_secret", name, read)
+        return self._observed("get_secret", name, read, version=version)
 
     def set_secret(self, name: str, value: str | bytes | Mapping[str, Any]) -> bool:
         """Store ``value`` as secret ``name`` in Vault.
@@ -309,6 +325,8 @@ class KeyManager:
         key_name: str = ...,
         key_bytes: int = ...,
         encoding: Literal["bytes"] = ...,
+        *,
+        version: int | None = ...,
     ) -> bytes: ...
     @overload
     def get_encryption_key(
@@ -317,19 +335,35 @@ class KeyManager:
         key_bytes: int = ...,
         *,
         encoding: Literal["hex", "base64", "base64url"],
+        version: int | None = ...,
     ) -> str: ...
     @overload
     def get_encryption_key(
-        self, key_name: str, key_bytes: int, encoding: Literal["hex", "base64", "base64url"]
+        self,
+        key_name: str,
+        key_bytes: int,
+        encoding: Literal["hex", "base64", "base64url"],
+        *,
+        version: int | None = ...,
     ) -> str: ...
 
     @overload
     def get_encryption_key(
-        self, key_name: str = ..., key_bytes: int = ..., encoding: Encoding = ...
+        self,
+        key_name: str = ...,
+        key_bytes: int = ...,
+        encoding: Encoding = ...,
+        *,
+        version: int | None = ...,
     ) -> bytes | str: ...
 
     def get_encryption_key(
-        self, key_name: str = "master_key", key_bytes: int = 32, encoding: Encoding = "bytes"
+        self,
+        key_name: str = "master_key",
+        key_bytes: int = 32,
+        encoding: Encoding = "bytes",
+        *,
+        version: int | None = None,
     ) -> bytes | str:
         """Return encryption key ``key_name``: exactly ``key_bytes`` bytes, encoded.
 
@@ -342,6 +376,8 @@ class KeyManager:
             key_name: The key's secret name.
             key_bytes: The key length in bytes, 16 to 8160.
             encoding: ``bytes`` (raw), or text: ``hex``, ``base64``, ``base64url``.
+            version: Read this version of the key (Vault KV v2 only, no fallback), e.g.
+                to decrypt data written before a rotation. ``None``: the latest.
 
         Returns:
             ``bytes`` for ``encoding="bytes"``, else a ``str``.
@@ -349,13 +385,13 @@ class KeyManager:
         Raises:
             KeyFormatError: The stored material has the wrong length or does not decode.
             SecretNotFoundError: No source had the key.
-            PermissionDeniedError, AuthenticationError, VaultUnavailableError: as for
-                :meth:`get_secret`.
-            ValueError: A bad ``key_name``, ``key_bytes`` or ``encoding``.
+            PermissionDeniedError, AuthenticationError, VaultUnavailableError,
+                UnsupportedOperationError: as for :meth:`get_secret`.
+            ValueError: A bad ``key_name``, ``key_bytes``, ``encoding`` or ``version``.
         """
         if encoding == "bytes" and type(key_bytes) is int and key_bytes >= MIN_KEY_BYTES:
             try:
-                entry = self._cache.fresh((key_name, None))
+                entry = self._cache.fresh((key_name, version))
             except TypeError:  # unhashable: let validation say what is wrong with it
                 entry = None
             if (
@@ -371,16 +407,19 @@ class KeyManager:
         checked_encoding = check_encoding(encoding)
 
         def read() -> tuple[bytes | str, str | None, str]:
-            material, where, outcome = self._lookup(
-                key_name, None, lambda: dev_default_key(key_name, length)
-            )
+            if version is None:
+                material, where, outcome = self._lookup(
+                    key_name, None, lambda: dev_default_key(key_name, length)
+                )
+            else:
+                material, where, outcome = self._read_version(key_name, check_version(version))
             return (
                 self._decode_key(key_name, material, where, length, checked_encoding),
                 where,
                 outcome,
             )
 
-        key: bytes | str = self._observed("get_encryption_key", key_name, read)
+        key: bytes | str = self._observed("get_encryption_key", key_name, read, version=version)
         return key
 
     @staticmethod
@@ -531,11 +570,13 @@ class KeyManager:
             _raise_outage(outage, name, tried)
         raise SecretNotFoundError(name, tried)
 
-    def _read_primary(self, primary: SecretBackend, name: str) -> tuple[Any, str]:
+    def _read_primary(
+        self, primary: SecretBackend, name: str, version: int | None = None
+    ) -> tuple[Any, str]:
         """The primary source's answer for ``name`` (``None``: absent), through the
         cache; concurrent misses share one backend read."""
         counts = self._counts.mine()
-        key = (name, None)
+        key = (name, version)
         entry = self._cache.fresh(key)
         if entry is not None:
             counts[HITS] += 1
@@ -544,7 +585,7 @@ class KeyManager:
 
         def load() -> object:
             self._counts.mine()[BACKEND_READS] += 1
-            value = primary.get(name)
+            value = primary.get(name, version)
             return ABSENT if value is None else value
 
         try:
@@ -558,6 +599,64 @@ class KeyManager:
             raise
         self._recovered(primary.source)
         return (None if value is ABSENT else _private(value)), "ok"
+
+    def _read_version(self, name: str, version: int) -> tuple[Any, str, str]:
+        """Version ``version`` of ``name`` from the primary source (no fallback: no other
+        source has versions); a version that cannot be read is an error that says why."""
+        backend = self._versioned("read version", name)
+        where = backend.locate(name)
+        key = (name, version)
+        try:
+            value, outcome = self._read_primary(backend, name, version)
+        except VaultUnavailableError as exc:
+            # A version never changes: a stale copy is as true as a fresh one.
+            stale = self._cache.stale(key)
+            if stale is None or stale.value is ABSENT:
+                raise
+            self._serve_stale(name, exc, stale)
+            return _private(stale.value), where, "stale"
+        if value is None:
+            self._cache.invalidate(lambda cached: cached == key)  # it may yet be written
+            raise SecretNotFoundError(
+                name, [where], detail=self._why_unreadable(backend, name, version)
+            )
+        return value, where, outcome
+
+    @staticmethod
+    def _why_unreadable(backend: VersionedSecretBackend, name: str, version: int) -> str:
+        metadata = backend.metadata(name)
+        if metadata is None:
+            return "it does not exist"
+        record = metadata.version(version)
+        if record is None:
+            if version > metadata.current_version:
+                return f"it has no version {version} (the latest is {metadata.current_version})"
+            return (
+                f"version {version} is no longer kept (the store keeps the last "
+                f"{metadata.max_versions})"
+            )
+        if record.destroyed:
+            return f"version {version} was destroyed"
+        if record.deleted:
+            return (
+                f"version {version} was deleted (an operator can restore it: bao kv "
+                f"undelete -versions={version})"
+            )
+        return f"version {version} could not be read"
+
+    def _versioned(self, action: str, name: str) -> VersionedSecretBackend:
+        """The primary source, if it keeps versions; else say why the call cannot work."""
+        if self._primary is None:
+            raise UnsupportedOperationError(
+                f"cannot {action} {name!r}: no Vault is configured, and environment "
+                "variables and dev defaults keep no versions; configure a Vault KV v2 mount"
+            )
+        if not isinstance(self._primary, VersionedSecretBackend):
+            raise UnsupportedOperationError(
+                f"cannot {action} {name!r}: the {self._primary.source} backend keeps no "
+                "versions (it does not implement VersionedSecretBackend)"
+            )
+        return self._primary
 
     def _serve_stale(self, name: str, outage: VaultUnavailableError, entry: CacheEntry) -> None:
         self._counts.mine()[STALE] += 1
@@ -579,9 +678,20 @@ class KeyManager:
     # -- observability ---------------------------------------------------------------
 
     def _observed(
-        self, operation: str, name: str, call: Callable[[], tuple[_T, str | None, str]]
+        self,
+        operation: str,
+        name: str,
+        call: Callable[[], tuple[_T, str | None, str]],
+        *,
+        version: int | None = None,
+        returns_version: bool = False,
     ) -> _T:
-        """Run ``call``; count its errors and tell ``audit_hook`` how it went."""
+        """Run ``call``; count its errors and tell ``audit_hook`` how it went.
+
+        Args:
+            version: The version the call is about, if known up front.
+            returns_version: The call returns the version it made (generate, rotate).
+        """
         started = time.perf_counter()
         try:
             value, source, outcome = call()
@@ -591,12 +701,23 @@ class KeyManager:
                 operation,
                 name,
                 source=None,
+                version=version if type(version) is int else None,
                 outcome="error",
                 error=type(exc).__name__,
                 started=started,
             )
             raise
-        self._emit(operation, name, source=source, outcome=outcome, error=None, started=started)
+        if returns_version and isinstance(value, int):
+            version = value
+        self._emit(
+            operation,
+            name,
+            source=source,
+            version=version if type(version) is int else None,
+            outcome=outcome,
+            error=None,
+            started=started,
+        )
         return value
 
     def _emit(
@@ -605,6 +726,7 @@ class KeyManager:
         name: str,
         *,
         source: str | None,
+        version: int | None = None,
         outcome: str,
         error: str | None,
         started: float,
@@ -615,7 +737,7 @@ class KeyManager:
             operation=operation,
             name=name if isinstance(name, str) else repr(type(name)),
             source=source,
-            version=None,
+            version=version,
             outcome=outcome,
             error=error,
             duration=time.perf_counter() - started,

@@ -10,6 +10,7 @@
     |   +-- VaultUnavailableError      unreachable, timed out, 5xx: fallbacks may apply
     |   |   +-- VaultSealedError       the server is sealed
     |   +-- WriteOutcomeUnknownError   the link broke mid-write: it may have landed
+    |   +-- VersionConflictError       another writer made a new version first (CAS)
     |   +-- PermissionDeniedError      403: the policy forbids it; never masked
     |   +-- AuthenticationError        the token is invalid, expired or revoked
     +-- UnsupportedOperationError      the source cannot do that (e.g. write to env)
@@ -38,6 +39,7 @@ __all__ = [
     "VaultError",
     "VaultSealedError",
     "VaultUnavailableError",
+    "VersionConflictError",
     "WriteOutcomeUnknownError",
 ]
 
@@ -51,26 +53,32 @@ class ConfigurationError(KeyManagementError, ValueError):
 
 
 class SecretNotFoundError(KeyManagementError, KeyError, ValueError):
-    """No configured source holds the secret.
+    """No configured source holds the secret (or the version of it that was asked for).
 
     Attributes:
         name: The secret that was asked for.
         sources_tried: The sources consulted, in order (e.g. ``vault:secret/secureml/x``).
+        detail: What the source said about it (e.g. ``version 2 was destroyed``), or
+            ``None``.
     """
 
-    def __init__(self, name: str, sources_tried: Sequence[str]) -> None:
+    def __init__(self, name: str, sources_tried: Sequence[str], detail: str | None = None) -> None:
         self.name = name
         self.sources_tried = tuple(sources_tried)
+        self.detail = detail
         tried = ", ".join(self.sources_tried) if self.sources_tried else "no source enabled"
-        super().__init__(f"secret {name!r} not found (tried: {tried})")
+        message = f"secret {name!r} not found (tried: {tried})"
+        super().__init__(f"{message}: {detail}" if detail else message)
 
     def __str__(self) -> str:
         # KeyError.__str__ would repr() the message, wrapping it in quotes.
         return str(self.args[0])
 
-    def __reduce__(self) -> tuple[type[SecretNotFoundError], tuple[str, tuple[str, ...]]]:
+    def __reduce__(
+        self,
+    ) -> tuple[type[SecretNotFoundError], tuple[str, tuple[str, ...], str | None]]:
         # Rebuild from the fields, so the error survives pickling (multiprocessing).
-        return (type(self), (self.name, self.sources_tried))
+        return (type(self), (self.name, self.sources_tried, self.detail))
 
 
 class KeyFormatError(KeyManagementError, ValueError):
@@ -100,6 +108,15 @@ class WriteOutcomeUnknownError(VaultError):
     spend a single-use secret ID). Read the secret back to see whether it landed before
     writing again. Deliberately not a :class:`VaultUnavailableError`, which means the
     request was not carried out and retrying it is safe.
+    """
+
+
+class VersionConflictError(VaultError):
+    """A check-and-set write lost a race: another writer made a new version first.
+
+    Raised by :meth:`~secureml.key_management.KeyManager.rotate_key` when two rotations
+    of one key run at once: one wins, the other gets this error and nothing of its own
+    is written. Read the key's versions to see what the winner did.
     """
 
 

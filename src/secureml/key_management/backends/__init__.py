@@ -8,8 +8,23 @@ package never imports hvac.
 from __future__ import annotations
 
 from .._config import VaultSettings
-from .base import SecretBackend, SecretValue
+from .base import (
+    KeyVersion,
+    SecretBackend,
+    SecretMetadata,
+    SecretValue,
+    VersionedSecretBackend,
+)
 from .env import EnvBackend
 from .vault import VaultBackend
 
-__all__ = ["EnvBackend", "SecretBackend", "SecretValue", "VaultBackend", "VaultSettings"]
+__all__ = [
+    "EnvBackend",
+    "KeyVersion",
+    "SecretBackend",
+    "SecretMetadata",
+    "SecretValue",
+    "VaultBackend",
+    "VaultSettings",
+    "VersionedSecretBackend",
+]

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._config import INSTALL_HINT, VaultSettings
@@ -34,11 +36,12 @@ from ..errors import (
     PermissionDeniedError,
     UnsupportedOperationError,
     VaultUnavailableError,
+    VersionConflictError,
 )
 from ._vault_cluster import AddressBook, Consistency
-from ._vault_errors import translated
+from ._vault_errors import translated, vault_errors
 from ._vault_session import TokenSession
-from .base import SecretValue
+from .base import KeyVersion, SecretMetadata, SecretValue
 
 if TYPE_CHECKING:
     import hvac
@@ -49,6 +52,12 @@ VALUE_FIELD = "value"
 ENCODING_FIELD = "encoding"
 
 _T = TypeVar("_T")
+
+#: Versions a KV v2 mount keeps when neither the secret nor the mount says otherwise.
+KV_DEFAULT_MAX_VERSIONS = 10
+
+# Vault's timestamps carry nanoseconds and a "Z"; Python 3.10 parses neither.
+_TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?")
 
 #: ``sys/health`` answers 200 in every state with these, so a status probe never
 #: looks like a failure worth retrying.
@@ -69,6 +78,47 @@ def pack_fields(value: SecretValue) -> dict[str, Any]:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {VALUE_FIELD: base64.b64encode(value).decode("ascii"), ENCODING_FIELD: "base64"}
     return dict(value)
+
+
+def parse_timestamp(text: object) -> datetime | None:
+    """A Vault timestamp as an aware UTC ``datetime``; ``None`` for an empty one."""
+    match = _TIMESTAMP.fullmatch(str(text or "").strip())
+    if match is None:
+        return None
+    seconds, fraction, zone = match.groups()
+    stamp = datetime.fromisoformat(
+        f"{seconds}.{(fraction or '0')[:6]:0<6}{'+00:00' if zone in (None, 'Z') else zone}"
+    )
+    return stamp.astimezone(timezone.utc)
+
+
+def parse_metadata(data: Mapping[str, Any]) -> tuple[SecretMetadata, int]:
+    """KV v2 metadata as :class:`SecretMetadata`, and the secret's own ``max_versions``
+    (0: the mount's default applies)."""
+    current = int(data.get("current_version") or 0)
+    epoch = datetime.fromtimestamp(0, timezone.utc)
+    versions = []
+    for number, record in sorted((int(k), v) for k, v in (data.get("versions") or {}).items()):
+        deleted_at = parse_timestamp(record.get("deletion_time"))
+        versions.append(
+            KeyVersion(
+                version=number,
+                created_at=parse_timestamp(record.get("created_time")) or epoch,
+                # A deletion time in the future is a scheduled delete_version_after.
+                deleted=deleted_at is not None and deleted_at <= datetime.now(timezone.utc),
+                destroyed=bool(record.get("destroyed")),
+                is_current=number == current,
+                deleted_at=deleted_at,
+            )
+        )
+    own_max = int(data.get("max_versions") or 0)
+    metadata = SecretMetadata(
+        current_version=current,
+        versions=tuple(versions),
+        max_versions=own_max,
+        custom_metadata={str(k): str(v) for k, v in (data.get("custom_metadata") or {}).items()},
+    )
+    return metadata, own_max
 
 
 def unpack_fields(fields: Mapping[str, Any], where: str) -> SecretValue:
@@ -124,6 +174,7 @@ class VaultBackend:
         self._mount = mount
         self._path = path
         self._kv_version = kv_version
+        self._max_versions: int | None = None
         self._detect_lock = threading.Lock()
         self._local = threading.local()
         self._session = TokenSession(settings.auth, url=settings.url, namespace=settings.namespace)
@@ -224,6 +275,169 @@ class VaultBackend:
                 )
 
         self._call("delete", self.locate(name), delete)
+
+    # -- versions (KV v2) -------------------------------------------------------------
+
+    def put_version(self, name: str, value: SecretValue, *, cas: int | None = None) -> int:
+        fields = pack_fields(value)
+        where = self.locate(name)
+        with self._deadline():
+            self._require_versions("write a new version of", where)
+
+            def write(client: hvac.Client) -> int:
+                import hvac.exceptions as hx
+
+                try:
+                    response = client.secrets.kv.v2.create_or_update_secret(
+                        path=self._secret_path(name),
+                        secret=fields,
+                        cas=cas,
+                        mount_point=self._mount,
+                    )
+                except hx.InvalidRequest as exc:
+                    if cas is None or "check-and-set" not in vault_errors(exc):
+                        raise
+                    found = "it already exists" if cas == 0 else f"it is no longer at version {cas}"
+                    raise VersionConflictError(
+                        f"another writer changed {where} first ({found}); nothing was "
+                        "written: read its versions and decide again"
+                    ) from None
+                return int(response["data"]["version"])
+
+            return self._call("write", where, write)
+
+    def metadata(self, name: str) -> SecretMetadata | None:
+        where = self.locate(name)
+        with self._deadline():
+            self._require_versions("read the versions of", where)
+
+            def read(client: hvac.Client) -> Any:
+                import hvac.exceptions as hx
+
+                try:
+                    return client.secrets.kv.v2.read_secret_metadata(
+                        path=self._secret_path(name), mount_point=self._mount
+                    )["data"]
+                except hx.InvalidPath:
+                    return None
+
+            data = self._call("read the metadata of", where, read)
+            if data is None:
+                return None
+            metadata, own_max = parse_metadata(data)
+            if own_max == 0:
+                metadata = replace(metadata, max_versions=self._mount_max_versions())
+            return metadata
+
+    def set_custom_metadata(self, name: str, metadata: Mapping[str, str]) -> None:
+        where = self.locate(name)
+        with self._deadline():
+            self._require_versions("label", where)
+            # Only custom_metadata is sent: Vault leaves the fields it is not given alone.
+            self._call(
+                "write the metadata of",
+                where,
+                lambda client: client.adapter.post(
+                    f"/v1/{self._mount}/metadata/{self._secret_path(name)}",
+                    json={"custom_metadata": dict(metadata)},
+                ),
+            )
+
+    def delete_versions(self, name: str, versions: Sequence[int] | None, *, destroy: bool) -> None:
+        where = self.locate(name)
+        with self._deadline():
+            if self.kv_version() == 1:
+                raise UnsupportedOperationError(
+                    f"cannot {'destroy versions of' if destroy else 'soft-delete'} {where}: "
+                    "it is on a KV v1 mount, which keeps no versions and whose deletes "
+                    "cannot be undone; pass destroy=True (and no versions) to delete it "
+                    "for good"
+                )
+            if versions is None and not destroy:
+                self._delete(name)  # KV v2: soft-deletes the latest version
+                return
+            if versions is None:
+                metadata = self.metadata(name)
+                if metadata is None:
+                    return
+                versions = [metadata.current_version]
+            chosen = list(versions)
+
+            def delete(client: hvac.Client) -> None:
+                kv2 = client.secrets.kv.v2
+                remove = kv2.destroy_secret_versions if destroy else kv2.delete_secret_versions
+                remove(path=self._secret_path(name), versions=chosen, mount_point=self._mount)
+
+            self._call("destroy versions of" if destroy else "delete versions of", where, delete)
+
+    def destroy_all(self, name: str) -> None:
+        where = self.locate(name)
+        with self._deadline():
+            if self.kv_version() == 1:
+                self._delete(name)  # KV v1 deletes are already for good
+                return
+            self._call(
+                "destroy",
+                where,
+                lambda client: client.secrets.kv.v2.delete_metadata_and_all_versions(
+                    path=self._secret_path(name), mount_point=self._mount
+                ),
+            )
+
+    def list_names(self, prefix: str = "") -> list[str]:
+        folder, slash, start = prefix.rpartition("/")
+        top = folder + slash
+        names: list[str] = []
+        pending = [top]
+        while pending:  # each folder is its own call, with its own deadline
+            current = pending.pop()
+            for key in self._list_folder(current):
+                if current == top and not key.startswith(start):
+                    continue
+                (pending if key.endswith("/") else names).append(current + key)
+        return sorted(names)
+
+    def _list_folder(self, folder: str) -> list[str]:
+        where = f"vault:{self._mount}/{self._secret_path(folder)}"
+        with self._deadline():
+            kv = self.kv_version()
+
+            def list_keys(client: hvac.Client) -> list[str]:
+                import hvac.exceptions as hx
+
+                engine = client.secrets.kv.v2 if kv == 2 else client.secrets.kv.v1
+                try:
+                    response = engine.list_secrets(
+                        path=self._secret_path(folder), mount_point=self._mount
+                    )
+                except hx.InvalidPath:
+                    return []  # an empty or missing folder
+                return [str(k) for k in (response.get("data") or {}).get("keys") or []]
+
+            return self._call("list", where, list_keys)
+
+    def _require_versions(self, action: str, where: str) -> None:
+        if self.kv_version() == 1:
+            raise UnsupportedOperationError(
+                f"cannot {action} {where}: it is on a KV v1 mount, which keeps no versions; "
+                "use a KV v2 mount (bao secrets enable -version=2 kv) to generate, rotate "
+                "and read versions of keys"
+            )
+
+    def _mount_max_versions(self) -> int:
+        """The mount's ``max_versions`` (read once); Vault's default if we may not read it."""
+        if self._max_versions is None:
+
+            def read(client: hvac.Client) -> int:
+                config = client.secrets.kv.v2.read_configuration(mount_point=self._mount)
+                return int((config.get("data") or {}).get("max_versions") or 0)
+
+            try:
+                found = self._call("read the configuration of", f"vault:{self._mount}/", read)
+            except PermissionDeniedError:
+                found = 0
+            self._max_versions = found or KV_DEFAULT_MAX_VERSIONS
+        return self._max_versions
 
     def kv_version(self) -> int:
         """The mount's KV version (1 or 2), detected once and remembered."""
