@@ -24,6 +24,7 @@ from ._auth import (
 from ._default import configure_default_key_manager, get_default_key_manager, get_encryption_key
 from ._manager import KeyManager
 from ._status import AccessEvent, KeyManagerStats, KeyManagerStatus
+from ._transit import TransitKeyInfo, TransitKeys
 from .backends.base import KeyVersion
 from .errors import (
     AuthenticationError,
@@ -60,6 +61,8 @@ __all__ = [
     "SecretNotFoundError",
     "SecurityWarning",
     "TokenAuth",
+    "TransitKeyInfo",
+    "TransitKeys",
     "UnsupportedOperationError",
     "UserpassAuth",
     "VaultAuth",
@@ -84,6 +87,8 @@ for _name in (
     "KeyVersion",
     "KubernetesAuth",
     "TokenAuth",
+    "TransitKeyInfo",
+    "TransitKeys",
     "UserpassAuth",
     "VaultAuth",
     "configure_default_key_manager",

@@ -137,8 +137,10 @@ class _Tries:
 class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
     """hvac's JSON adapter with secureml's retry, deadline and redirect rules (module doc).
 
-    Per request, ``retries=`` overrides the adapter's retries and ``bare=True`` sends
-    neither token nor namespace (``sys/health`` is root-only and needs neither).
+    Per request, ``retries=`` overrides the adapter's retries, ``bare=True`` sends
+    neither token nor namespace (``sys/health`` is root-only and needs neither), and
+    ``replayable=`` says whether sending the request twice is harmless when the path
+    alone cannot tell (Transit's encrypt and decrypt are POSTs that change nothing).
 
     Args:
         retries: Extra rounds after the first (0 disables retrying). A round tries every
@@ -189,10 +191,13 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         retries = kwargs.pop("retries", None)
         retries = self.retries if retries is None else retries
         bare = bool(kwargs.pop("bare", False))
+        known_replayable = kwargs.pop("replayable", None)  # the caller knows best
         kwargs.pop("wrap_ttl", None)  # response wrapping is not used
         while "//" in url:
             url = url.replace("//", "/")  # as Vault's CLI does
-        replayable = _replayable(method, url, kwargs)
+        replayable = (
+            _replayable(method, url, kwargs) if known_replayable is None else known_replayable
+        )
         sent_headers = {**(headers or {}), **({} if bare else self.consistency.headers())}
         tries = _Tries(self.addresses.order(), retries, self._deadline(retries))
         while True:

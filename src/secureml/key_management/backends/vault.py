@@ -416,6 +416,51 @@ class VaultBackend:
 
             return self._call("list", where, list_keys)
 
+    def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        action: str,
+        where: str,
+        body: Mapping[str, Any] | None = None,
+        replayable: bool | None = None,
+        refused: Callable[[Exception], KeyManagementError | None] | None = None,
+    ) -> dict[str, Any]:
+        """One request to Vault's HTTP API (``path`` after ``/v1/``), with the token,
+        retries, deadline and error translation of every other call.
+
+        Args:
+            action, where: What is being done to what, for error messages.
+            body: The JSON body.
+            replayable: Whether a repeat is harmless (``None``: judge by the method).
+            refused: Maps a 400 or 404 answer (hvac's ``InvalidRequest``,
+                ``InvalidPath``) to our error, or
+                ``None`` to use the generic one. It may read Vault's answer, but must
+                not put plaintext from it into a message.
+
+        Returns:
+            Vault's JSON answer (``{}`` for 204).
+        """
+        url = f"/v1/{path}"
+        extra: dict[str, Any] = {} if body is None else {"json": dict(body)}
+        if replayable is not None:
+            extra["replayable"] = replayable
+
+        def send(client: hvac.Client) -> dict[str, Any]:
+            import hvac.exceptions as hx
+
+            try:
+                answer = client.adapter.request(method, url, **extra)
+            except (hx.InvalidRequest, hx.InvalidPath) as exc:
+                mapped = refused(exc) if refused is not None else None
+                if mapped is None:
+                    raise
+                raise mapped from None
+            return answer if isinstance(answer, dict) else {}
+
+        return self._call(action, where, send)
+
     def _require_versions(self, action: str, where: str) -> None:
         if self.kv_version() == 1:
             raise UnsupportedOperationError(
