@@ -256,10 +256,12 @@ class KeyLifecycle:
             return current is None or when - current.created_at >= age
 
         def maybe_rotate() -> tuple[int | None, str, str]:
-            if not due(self._metadata(backend, key_name)):
+            metadata = self._metadata(backend, key_name)
+            if not due(metadata):
                 return None, where, "fresh"
             try:
-                return self._rotate(backend, key_name), where, "ok"
+                # Check-and-set against the version judged old, not a fresher one.
+                return self._rotate(backend, key_name, metadata), where, "ok"
             except VersionConflictError:
                 if due(self._metadata(backend, key_name)):
                     raise
@@ -404,9 +406,15 @@ class KeyLifecycle:
 
     # -- shared steps ----------------------------------------------------------------
 
-    def _rotate(self, backend: VersionedSecretBackend, key_name: str) -> int:
+    def _rotate(
+        self,
+        backend: VersionedSecretBackend,
+        key_name: str,
+        metadata: SecretMetadata | None = None,
+    ) -> int:
         where = backend.locate(key_name)
-        metadata = self._metadata(backend, key_name)
+        if metadata is None:
+            metadata = self._metadata(backend, key_name)
         _refuse_to_drop_live_version(metadata, key_name, where)
         length = self._current_length(backend, key_name, metadata)
         return self._write_version(

@@ -1,0 +1,336 @@
+"""Key lifecycle on a real OpenBao KV v2 mount: generate, rotate, versions, retire."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from secureml._devserver import DevServer
+from secureml.key_management import (
+    AccessEvent,
+    ConfigurationError,
+    KeyManagementError,
+    KeyManager,
+    SecretNotFoundError,
+    UnsupportedOperationError,
+    VersionConflictError,
+)
+from tests.support.threads import all_at_once
+
+
+def kv_json(server: DevServer, *args: str) -> dict[str, Any]:
+    """``bao kv <command...> -format=json <flags and path>``'s data."""
+    split = next(i for i, a in enumerate(args) if a.startswith("-"))
+    argv = [*args[:split], "-format=json", *args[split:]]
+    return json.loads(server.bao("kv", *argv).stdout)["data"]  # type: ignore[no-any-return]
+
+
+def test_generate_rotate_three_times_and_read_every_version(
+    vault_manager: KeyManager, bao_server: DevServer, vault_path: str
+) -> None:
+    assert vault_manager.generate_key("model-key") == 1
+    keys = {1: vault_manager.get_encryption_key("model-key")}
+    for expected in (2, 3, 4):
+        assert vault_manager.rotate_key("model-key") == expected
+        # The cache never hides a rotation made through this manager.
+        keys[expected] = vault_manager.get_encryption_key("model-key")
+    assert len(set(keys.values())) == 4
+    assert all(len(k) == 32 for k in keys.values())
+    for version, key in keys.items():
+        assert vault_manager.get_encryption_key("model-key", version=version) == key
+        assert vault_manager.get_secret("model-key", version=version) == key
+    assert vault_manager.get_key_ring("model-key") == keys
+    versions = vault_manager.key_versions("model-key")
+    assert [v.version for v in versions] == [1, 2, 3, 4]
+    assert [v.is_current for v in versions] == [False, False, False, True]
+    assert all(v.live and v.created_at.tzinfo is not None for v in versions)
+    assert versions[0].created_at <= versions[-1].created_at
+    # What the bao CLI sees is the same key, in the documented bytes layout.
+    stored = kv_json(bao_server, "get", "-mount=secret", "-version=2", f"{vault_path}/model-key")
+    assert stored["data"] == {"value": base64.b64encode(keys[2]).decode(), "encoding": "base64"}
+
+
+def test_rotation_keeps_the_length_and_labels(
+    vault_manager: KeyManager, bao_server: DevServer, vault_path: str
+) -> None:
+    labels = {"purpose": "feature-store", "owner": "ml-platform", "rotation": "90d"}
+    vault_manager.generate_key("long", key_bytes=64, metadata=labels)
+    vault_manager.rotate_key("long")
+    assert len(vault_manager.get_encryption_key("long", 64)) == 64
+    metadata = kv_json(bao_server, "metadata", "get", "-mount=secret", f"{vault_path}/long")
+    assert metadata["custom_metadata"] == labels
+
+
+def test_a_text_key_written_by_the_cli_rotates_at_its_length(
+    vault_manager: KeyManager, bao_server: DevServer, vault_path: str
+) -> None:
+    bao_server.bao("kv", "put", "-mount=secret", f"{vault_path}/hexkey", "value=" + "ab" * 24)
+    assert vault_manager.rotate_key("hexkey") == 2
+    assert len(vault_manager.get_encryption_key("hexkey", 24)) == 24
+    assert vault_manager.get_encryption_key("hexkey", 24, version=1) == bytes.fromhex("ab" * 24)
+
+
+def test_generate_refuses_to_replace_unless_overwrite(vault_manager: KeyManager) -> None:
+    vault_manager.generate_key("k")
+    first = vault_manager.get_encryption_key("k")
+    with pytest.raises(ConfigurationError, match=r"'k' already exists.*overwrite=True"):
+        vault_manager.generate_key("k")
+    assert vault_manager.get_encryption_key("k") == first
+    assert [v.version for v in vault_manager.key_versions("k")] == [1]
+    assert vault_manager.generate_key("k", overwrite=True) == 2
+    assert vault_manager.get_encryption_key("k") != first
+    assert vault_manager.get_encryption_key("k", version=1) == first
+
+
+def test_two_managers_rotating_at_once_cannot_both_win(
+    bao_server: DevServer, vault_path: str
+) -> None:
+    managers = [
+        KeyManager(bao_server.address, bao_server.root_token, vault_path, use_env_fallback=False)
+        for _ in range(2)
+    ]
+    managers[0].generate_key("contested")
+    # Both read version 1, then both write: check-and-set lets exactly one land.
+    barrier = threading.Barrier(2)
+    for manager in managers:
+        backend: Any = manager._primary
+        real = backend.put_version
+
+        def racing(*args: Any, _real: Any = real, **kwargs: Any) -> int:
+            barrier.wait(timeout=10)
+            return int(_real(*args, **kwargs))
+
+        backend.put_version = racing
+    outcomes: list[object] = []
+
+    def rotate(manager: KeyManager) -> None:
+        try:
+            outcomes.append(manager.rotate_key("contested"))
+        except VersionConflictError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=rotate, args=(m,)) for m in managers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(map(type, outcomes), key=str) == sorted([int, VersionConflictError], key=str)
+    assert 2 in outcomes
+    conflict = next(o for o in outcomes if isinstance(o, VersionConflictError))
+    assert "no longer at version 1" in str(conflict)
+    assert [v.version for v in managers[0].key_versions("contested")] == [1, 2]
+
+
+def test_many_concurrent_rotations_lose_nothing(bao_server: DevServer, vault_path: str) -> None:
+    manager = KeyManager(bao_server.address, bao_server.root_token, vault_path)
+    manager.generate_key("busy")
+    results = all_at_once(8, lambda: manager.rotate_key("busy"))
+    won = sorted(r for r in results if isinstance(r, int))
+    lost = [r for r in results if isinstance(r, VersionConflictError)]
+    assert len(won) + len(lost) == 8
+    assert won
+    assert won == list(range(2, 2 + len(won)))  # no version was written twice
+    assert manager.key_versions("busy")[-1].version == 1 + len(won)
+
+
+def test_age_based_rotation_with_an_injected_clock(vault_manager: KeyManager) -> None:
+    vault_manager.generate_key("cron-key")
+    born = vault_manager.key_versions("cron-key")[0].created_at
+    ninety_days = timedelta(days=90)
+    assert vault_manager.rotate_if_older_than("cron-key", ninety_days, now=born) is None
+    almost = born + ninety_days - timedelta(seconds=1)
+    assert vault_manager.rotate_if_older_than("cron-key", ninety_days, now=almost) is None
+    due = born + ninety_days
+    assert vault_manager.rotate_if_older_than("cron-key", ninety_days, now=due) == 2
+    # Seconds work too; the new version is young again.
+    assert vault_manager.rotate_if_older_than("cron-key", 3600) is None
+
+
+def test_racing_crons_rotate_once(bao_server: DevServer, vault_path: str) -> None:
+    managers = [KeyManager(bao_server.address, bao_server.root_token, vault_path) for _ in range(4)]
+    managers[0].generate_key("nightly")
+    time.sleep(1.2)
+    barrier = threading.Barrier(4)
+    results: list[object] = []
+    lock = threading.Lock()
+
+    def cron(manager: KeyManager) -> None:
+        barrier.wait()
+        try:
+            outcome: object = manager.rotate_if_older_than("nightly", 1)
+        except Exception as exc:
+            outcome = exc
+        with lock:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=cron, args=(m,)) for m in managers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sorted(r for r in results if r is not None) == [2]  # type: ignore[type-var]
+    assert [v.version for v in managers[0].key_versions("nightly")] == [1, 2]
+
+
+def test_soft_delete_then_undelete(
+    bao_server: DevServer, vault_path: str, vault_manager: KeyManager
+) -> None:
+    manager = KeyManager(
+        bao_server.address, bao_server.root_token, vault_path, use_env_fallback=False
+    )
+    manager.generate_key("soft")
+    key = manager.get_encryption_key("soft")
+    manager.delete_secret("soft")
+    (record,) = manager.key_versions("soft")
+    assert record.deleted
+    assert not record.destroyed
+    assert record.deleted_at is not None
+    with pytest.raises(SecretNotFoundError):
+        manager.get_encryption_key("soft")
+    with pytest.raises(SecretNotFoundError, match=r"version 1 was deleted.*undelete"):
+        manager.get_encryption_key("soft", version=1)
+    bao_server.bao("kv", "undelete", "-mount=secret", "-versions=1", f"{vault_path}/soft")
+    manager.invalidate("soft")
+    assert manager.get_encryption_key("soft") == key
+
+
+def test_destroy_versions_and_everything(vault_manager: KeyManager) -> None:
+    vault_manager.generate_key("old")
+    vault_manager.rotate_key("old")
+    vault_manager.rotate_key("old")
+    vault_manager.get_secret("old", version=1)  # cached: a delete must still win
+    vault_manager.delete_secret("old", versions=[1], destroy=True)
+    vault_manager.delete_secret("old", versions=[2])
+    states = {v.version: (v.deleted, v.destroyed) for v in vault_manager.key_versions("old")}
+    assert states == {1: (False, True), 2: (True, False), 3: (False, False)}
+    with pytest.raises(SecretNotFoundError, match="version 1 was destroyed"):
+        vault_manager.get_secret("old", version=1)
+    with pytest.raises(SecretNotFoundError, match=r"no version 7 \(the latest is 3"):
+        vault_manager.get_secret("old", version=7)
+    assert list(vault_manager.get_key_ring("old")) == [3]
+    vault_manager.delete_secret("old", destroy=True)
+    with pytest.raises(SecretNotFoundError, match="generate_key"):
+        vault_manager.key_versions("old")
+    assert vault_manager.list_secrets() == []
+
+
+def test_a_rotation_that_would_drop_a_live_version_is_refused(
+    vault_manager: KeyManager, bao_server: DevServer, vault_path: str
+) -> None:
+    vault_manager.generate_key("short-history")
+    bao_server.bao(
+        "kv", "metadata", "put", "-mount=secret", "-max-versions=3", f"{vault_path}/short-history"
+    )
+    assert vault_manager.rotate_key("short-history") == 2
+    assert vault_manager.rotate_key("short-history") == 3
+    with pytest.raises(KeyManagementError, match=r"drop version 1 for good.*destroy=True"):
+        vault_manager.rotate_key("short-history")
+    assert vault_manager.key_versions("short-history")[-1].version == 3
+    vault_manager.delete_secret("short-history", versions=[1], destroy=True)
+    assert vault_manager.rotate_key("short-history") == 4
+    assert [v.version for v in vault_manager.key_versions("short-history")] == [2, 3, 4]
+
+
+def test_list_secrets_walks_folders(vault_manager: KeyManager) -> None:
+    for name in ("a", "models/m1", "models/m2", "models/deep/x", "mx"):
+        vault_manager.set_secret(name, "v")
+    assert vault_manager.list_secrets() == [
+        "a",
+        "models/deep/x",
+        "models/m1",
+        "models/m2",
+        "mx",
+    ]
+    assert vault_manager.list_secrets("models/") == ["models/deep/x", "models/m1", "models/m2"]
+    assert vault_manager.list_secrets("m") == [
+        "models/deep/x",
+        "models/m1",
+        "models/m2",
+        "mx",
+    ]
+    assert vault_manager.list_secrets("models/m") == ["models/m1", "models/m2"]
+    assert vault_manager.list_secrets("nothing/") == []
+
+
+def test_missing_keys_and_versions_are_clear(vault_manager: KeyManager) -> None:
+    for call in (
+        lambda: vault_manager.rotate_key("ghost"),
+        lambda: vault_manager.key_versions("ghost"),
+        lambda: vault_manager.get_key_ring("ghost"),
+        lambda: vault_manager.rotate_if_older_than("ghost", 1),
+        lambda: vault_manager.get_secret("ghost", version=1),
+    ):
+        with pytest.raises(SecretNotFoundError, match="'ghost'"):
+            call()
+    vault_manager.set_secret("config", {"host": "db"})
+    with pytest.raises(KeyManagementError, match="not key material"):
+        vault_manager.rotate_key("config")
+
+
+def test_versioned_reads_are_cached_and_audited(bao_server: DevServer, vault_path: str) -> None:
+    events: list[AccessEvent] = []
+    manager = KeyManager(
+        bao_server.address, bao_server.root_token, vault_path, audit_hook=events.append
+    )
+    assert manager.generate_key("audited") == 1
+    assert manager.rotate_key("audited") == 2
+    before = manager.stats().backend_reads
+    for _ in range(3):
+        manager.get_encryption_key("audited", version=2)
+    assert manager.stats().backend_reads == before + 1  # a version never changes
+    seen = [(e.operation, e.version, e.outcome) for e in events]
+    assert seen[:2] == [("generate_key", 1, "ok"), ("rotate_key", 2, "ok")]
+    assert seen[-2:] == [("get_encryption_key", 2, "cached")] * 2
+    with pytest.raises(SecretNotFoundError):
+        manager.get_secret("audited", version=9)
+    assert (events[-1].version, events[-1].outcome) == (9, "error")
+
+
+def test_versions_are_not_served_from_the_environment(
+    bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECUREML_ENV_ONLY", "hex:" + "00" * 32)
+    manager = KeyManager(bao_server.address, bao_server.root_token, vault_path)
+    assert manager.get_encryption_key("env_only") == bytes(32)
+    with pytest.raises(SecretNotFoundError, match="does not exist"):
+        manager.get_encryption_key("env_only", version=1)
+
+
+@pytest.fixture(scope="module")
+def kv1_mount(bao_server: DevServer) -> str:
+    mount = f"kv1-{uuid.uuid4().hex[:8]}"
+    bao_server.bao("secrets", "enable", f"-path={mount}", "-version=1", "kv")
+    return mount
+
+
+def test_kv_v1_has_no_versions_but_lists_and_destroys(
+    bao_server: DevServer, kv1_mount: str, vault_path: str
+) -> None:
+    manager = KeyManager(
+        bao_server.address, bao_server.root_token, vault_path, vault_mount=kv1_mount
+    )
+    manager.set_secret("plain", b"k" * 32)
+    for call in (
+        lambda: manager.generate_key("fresh"),
+        lambda: manager.rotate_key("plain"),
+        lambda: manager.key_versions("plain"),
+        lambda: manager.get_key_ring("plain"),
+        lambda: manager.rotate_if_older_than("plain", 1),
+        lambda: manager.get_secret("plain", version=1),
+        lambda: manager.delete_secret("plain"),
+        lambda: manager.delete_secret("plain", versions=[1], destroy=True),
+    ):
+        with pytest.raises(UnsupportedOperationError, match="KV v1"):
+            call()
+    assert manager.list_secrets() == ["plain"]
+    manager.delete_secret("plain", destroy=True)
+    assert manager.list_secrets() == []
+    assert manager.get_secret("plain", default="gone") == "gone"
