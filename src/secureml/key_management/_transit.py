@@ -38,8 +38,10 @@ _T = TypeVar("_T")
 #: Data key sizes Transit can generate (its ``bits``: 128, 256, 512).
 DATA_KEY_BYTES = (16, 32, 64)
 
-# Batches are split so no request nears Vault's default 32 MiB body limit.
-_BATCH_ITEMS = 1000
+# Batches are split to fit the servers' default request limits: OpenBao refuses a JSON
+# body of more than 1000 strings (keys count: 2 per field of an item), and Vault one of
+# more than 32 MiB.
+_BATCH_STRINGS = 990
 _BATCH_BYTES = 8 * 1024 * 1024
 
 
@@ -482,14 +484,15 @@ def _contexts(context: object, count: int) -> list[bytes | None]:
 def _chunks(inputs: list[dict[str, str]]) -> list[tuple[int, list[dict[str, str]]]]:
     chunks: list[tuple[int, list[dict[str, str]]]] = []
     current: list[dict[str, str]] = []
-    start, size = 0, 0
+    start, size, strings = 0, 0, 0
     for index, item in enumerate(inputs):
         weight = sum(len(v) for v in item.values())
-        if current and (len(current) >= _BATCH_ITEMS or size + weight > _BATCH_BYTES):
+        if current and (strings + 2 * len(item) > _BATCH_STRINGS or size + weight > _BATCH_BYTES):
             chunks.append((start, current))
-            start, size, current = index, 0, []
+            start, size, strings, current = index, 0, 0, []
         current.append(item)
         size += weight
+        strings += 2 * len(item)
     if current:
         chunks.append((start, current))
     return chunks
