@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -104,3 +105,27 @@ def http_client_read(address: str, token: str, name: str) -> Callable[[], object
         return json.loads(body)["data"]["data"]["value"]
 
     return read
+
+
+def hvac_rotate(kv: hvac.api.secrets_engines.KvV2, name: str) -> Callable[[], int]:
+    """A careful hand-written rotation: current version, its length, check-and-set write."""
+    path = f"{FOLDER}/{name}"
+
+    def rotate() -> int:
+        current = kv.read_secret_metadata(path=path, mount_point=MOUNT)["data"]["current_version"]
+        data = kv.read_secret_version(path=path, version=current, mount_point=MOUNT)
+        length = len(base64.b64decode(data["data"]["data"]["value"]))
+        fresh = base64.b64encode(os.urandom(length)).decode()
+        written = kv.create_or_update_secret(
+            path=path,
+            secret={"value": fresh, "encoding": "base64"},
+            cas=current,
+            mount_point=MOUNT,
+        )
+        return int(written["data"]["version"])
+
+    return rotate
+
+
+def hvac_transit(address: str, token: str) -> hvac.api.secrets_engines.Transit:
+    return hvac.Client(url=address, token=token).secrets.transit

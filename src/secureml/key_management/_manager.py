@@ -71,6 +71,12 @@ class KeyManager(KeyLifecycle):
     source (logged once, not per call); Vault refusing the token or the path raises,
     because a fallback must never hide a policy or credential mistake.
 
+    Keys stored on a Vault KV v2 mount have versions: :meth:`generate_key`,
+    :meth:`rotate_key`, :meth:`rotate_if_older_than`, :meth:`key_versions`,
+    :meth:`get_key_ring` and ``version=`` on reads manage them, :meth:`list_secrets` and
+    :meth:`delete_secret` the secrets around them, and :attr:`transit` drives Vault's
+    Transit engine.
+
     Building a manager never touches the network: Vault is first contacted on the first
     lookup. A manager is safe to share between threads.
 
