@@ -20,8 +20,10 @@ from secureml.key_management import (
     KeyManager,
     SecretNotFoundError,
     UnsupportedOperationError,
+    VaultUnavailableError,
     VersionConflictError,
 )
+from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.threads import all_at_once
 
 
@@ -334,3 +336,39 @@ def test_kv_v1_has_no_versions_but_lists_and_destroys(
     manager.delete_secret("plain", destroy=True)
     assert manager.list_secrets() == []
     assert manager.get_secret("plain", default="gone") == "gone"
+
+
+def test_a_rotation_whose_answer_is_lost_is_not_mistaken_for_a_conflict(
+    bao_server: DevServer, vault_path: str
+) -> None:
+    with FaultProxy(bao_server.address) as proxy:
+        manager = KeyManager(proxy.origin, bao_server.root_token, vault_path)
+        manager.generate_key("lossy")
+        assert manager.rotate_key("lossy") == 2
+        manager.get_encryption_key("lossy", version=2)  # cached: the next data call is the write
+        # Vault makes version 3, the answer never arrives, the transport replays the
+        # check-and-set write, and Vault says "conflict" about our own version 3.
+        proxy.inject(Fault.drop(forward=True, path_prefix="/v1/secret/data/"))
+        assert manager.rotate_key("lossy") == 3
+        assert proxy.pending() == 0
+        assert len([h for h in proxy.hits_for("/data/") if h.method == "POST"]) == 4
+        assert [v.version for v in manager.key_versions("lossy")] == [1, 2, 3]
+
+
+def test_rotation_during_an_outage_writes_nothing_and_old_versions_serve_stale(
+    bao_server: DevServer, vault_path: str
+) -> None:
+    with FaultProxy(bao_server.address) as proxy:
+        manager = KeyManager(
+            proxy.origin, bao_server.root_token, vault_path, cache_ttl=0.2, retries=0
+        )
+        manager.generate_key("outage")
+        key = manager.get_encryption_key("outage", version=1)
+        time.sleep(0.3)  # expired: only max_stale can serve it now
+        proxy.inject(*[Fault.status(503) for _ in range(6)])
+        assert manager.get_encryption_key("outage", version=1) == key
+        assert manager.stats().stale_serves == 1
+        with pytest.raises(VaultUnavailableError):
+            manager.rotate_key("outage")
+    direct = KeyManager(bao_server.address, bao_server.root_token, vault_path)
+    assert [v.version for v in direct.key_versions("outage")] == [1]

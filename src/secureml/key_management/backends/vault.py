@@ -284,7 +284,7 @@ class VaultBackend:
         with self._deadline():
             self._require_versions("write a new version of", where)
 
-            def write(client: hvac.Client) -> int:
+            def write(client: hvac.Client) -> int | None:
                 import hvac.exceptions as hx
 
                 try:
@@ -297,14 +297,22 @@ class VaultBackend:
                 except hx.InvalidRequest as exc:
                     if cas is None or "check-and-set" not in vault_errors(exc):
                         raise
-                    found = "it already exists" if cas == 0 else f"it is no longer at version {cas}"
-                    raise VersionConflictError(
-                        f"another writer changed {where} first ({found}); nothing was "
-                        "written: read its versions and decide again"
-                    ) from None
+                    return None
                 return int(response["data"]["version"])
 
-            return self._call("write", where, write)
+            written = self._call("write", where, write)
+            if written is not None:
+                return written
+            expected = (cas or 0) + 1
+            # The transport replays a check-and-set write whose answer was lost: if the
+            # first attempt landed, the replay "conflicts" with our own version.
+            if self._get(name, expected) == unpack_fields(fields, where):
+                return expected
+            found = "it already exists" if cas == 0 else f"it is no longer at version {cas}"
+            raise VersionConflictError(
+                f"another writer changed {where} first ({found}); nothing was written: "
+                "read its versions and decide again"
+            )
 
     def metadata(self, name: str) -> SecretMetadata | None:
         where = self.locate(name)
