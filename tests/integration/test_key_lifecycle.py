@@ -18,6 +18,7 @@ from secureml.key_management import (
     ConfigurationError,
     KeyManagementError,
     KeyManager,
+    PermissionDeniedError,
     SecretNotFoundError,
     UnsupportedOperationError,
     VaultUnavailableError,
@@ -233,7 +234,7 @@ def test_a_rotation_that_would_drop_a_live_version_is_refused(
     )
     assert vault_manager.rotate_key("short-history") == 2
     assert vault_manager.rotate_key("short-history") == 3
-    with pytest.raises(KeyManagementError, match=r"drop version 1 for good.*destroy=True"):
+    with pytest.raises(KeyManagementError, match=r"drop version\(s\) 1 for good.*destroy=True"):
         vault_manager.rotate_key("short-history")
     assert vault_manager.key_versions("short-history")[-1].version == 3
     vault_manager.delete_secret("short-history", versions=[1], destroy=True)
@@ -372,3 +373,110 @@ def test_rotation_during_an_outage_writes_nothing_and_old_versions_serve_stale(
             manager.rotate_key("outage")
     direct = KeyManager(bao_server.address, bao_server.root_token, vault_path)
     assert [v.version for v in direct.key_versions("outage")] == [1]
+
+
+@pytest.fixture
+def kv2_mount(bao_server: DevServer) -> str:
+    mount = f"kv2-{uuid.uuid4().hex[:8]}"
+    bao_server.bao("secrets", "enable", f"-path={mount}", "-version=2", "kv")
+    return mount
+
+
+def test_the_guard_uses_the_larger_of_the_key_and_mount_limits(
+    bao_server: DevServer, kv2_mount: str
+) -> None:
+    bao_server.bao("write", f"{kv2_mount}/config", "max_versions=3")
+    manager = KeyManager(bao_server.address, bao_server.root_token, vault_mount=kv2_mount)
+    manager.generate_key("mount-limited")
+    manager.rotate_key("mount-limited")
+    manager.rotate_key("mount-limited")
+    with pytest.raises(KeyManagementError, match=r"drop version\(s\) 1 .*keeps 3"):
+        manager.rotate_key("mount-limited")
+    # A key's own, larger limit wins over the mount's (as OpenBao keeps max of both).
+    bao_server.bao(
+        "kv", "metadata", "put", f"-mount={kv2_mount}", "-max-versions=5", "secureml/roomy"
+    )
+    manager.generate_key("roomy")
+    assert [manager.rotate_key("roomy") for _ in range(4)] == [2, 3, 4, 5]
+    with pytest.raises(KeyManagementError, match="keeps 5"):
+        manager.rotate_key("roomy")
+
+
+def limited_token(server: DevServer, policy: str) -> str:
+    name = f"p-{uuid.uuid4().hex[:8]}"
+    server.bao("policy", "write", name, "-", input=policy.encode())
+    return server.bao("token", "create", f"-policy={name}", "-field=token").stdout.decode().strip()
+
+
+def test_an_unknowable_limit_refuses_rotation_until_the_key_sets_one(
+    bao_server: DevServer, kv2_mount: str
+) -> None:
+    bao_server.bao("write", f"{kv2_mount}/config", "max_versions=2")
+    token = limited_token(
+        bao_server,
+        f"""
+path "{kv2_mount}/data/secureml/*"     {{ capabilities = ["read", "create", "update"] }}
+path "{kv2_mount}/metadata/secureml/*" {{ capabilities = ["read", "list", "create", "update"] }}
+""",
+    )
+    manager = KeyManager(bao_server.address, token, vault_mount=kv2_mount, vault_kv_version=2)
+    manager.generate_key("blind")
+    # Guessing Vault's default (10) here would let the next rotations drop version 1.
+    with pytest.raises(KeyManagementError, match=r"cannot tell how many versions.*config"):
+        manager.rotate_key("blind")
+    bao_server.bao(
+        "kv", "metadata", "put", f"-mount={kv2_mount}", "-max-versions=4", "secureml/blind"
+    )
+    assert manager.rotate_key("blind") == 2
+
+
+def test_refused_labels_leave_no_key_behind(bao_server: DevServer, kv2_mount: str) -> None:
+    token = limited_token(
+        bao_server,
+        f"""
+path "{kv2_mount}/data/secureml/*"     {{ capabilities = ["read", "create", "update"] }}
+path "{kv2_mount}/metadata/secureml/*" {{ capabilities = ["read", "list"] }}
+""",
+    )
+    manager = KeyManager(bao_server.address, token, vault_mount=kv2_mount, vault_kv_version=2)
+    with pytest.raises(PermissionDeniedError):
+        manager.generate_key("labelled", metadata={"owner": "me"})
+    root = KeyManager(bao_server.address, bao_server.root_token, vault_mount=kv2_mount)
+    with pytest.raises(SecretNotFoundError):
+        root.key_versions("labelled")
+    assert manager.generate_key("unlabelled") == 1  # the same token may still make keys
+
+
+def test_a_reader_without_metadata_rights_gets_not_found(
+    bao_server: DevServer, kv2_mount: str
+) -> None:
+    root = KeyManager(bao_server.address, bao_server.root_token, vault_mount=kv2_mount)
+    root.generate_key("readable")
+    token = limited_token(
+        bao_server, f'path "{kv2_mount}/data/secureml/*" {{ capabilities = ["read"] }}'
+    )
+    reader = KeyManager(bao_server.address, token, vault_mount=kv2_mount, vault_kv_version=2)
+    assert reader.get_encryption_key("readable", version=1) == root.get_encryption_key("readable")
+    with pytest.raises(SecretNotFoundError, match="version 4 is deleted, destroyed or was never"):
+        reader.get_encryption_key("readable", version=4)
+
+
+def test_key_ring_reads_are_audited(bao_server: DevServer, vault_path: str) -> None:
+    events: list[AccessEvent] = []
+    manager = KeyManager(
+        bao_server.address, bao_server.root_token, vault_path, audit_hook=events.append
+    )
+    manager.generate_key("ring")
+    manager.get_key_ring("ring")
+    assert (events[-1].operation, events[-1].outcome) == ("get_key_ring", "ok")
+
+
+def test_malformed_version_arguments_never_hit_the_cache(vault_manager: KeyManager) -> None:
+    vault_manager.generate_key("typed")
+    vault_manager.get_secret("typed", version=1)  # cached now
+    with pytest.raises(TypeError):
+        vault_manager.get_secret("typed", version=True)  # type: ignore[call-overload]
+    with pytest.raises(TypeError):
+        vault_manager.get_encryption_key("typed", version=1.0)  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="default= cannot stand in"):
+        vault_manager.get_secret("typed", "fallback", version=1)

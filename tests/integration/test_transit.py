@@ -148,8 +148,15 @@ def test_unknown_key_and_missing_engine(vault_manager: KeyManager, transit: Tran
     with pytest.raises(SecretNotFoundError, match="ensure_key"):
         transit.decrypt("no-such-key", "vault:v1:AAAA")
     nowhere = TransitKeys(vault_manager, mount=f"absent-{uuid.uuid4().hex[:6]}")
-    with pytest.raises((SecretNotFoundError, PermissionDeniedError)):
-        nowhere.key_info("k")
+    for call in (
+        lambda: nowhere.key_info("k"),
+        lambda: nowhere.ensure_key("k"),
+        lambda: nowhere.decrypt("k", "vault:v1:AAAA"),
+    ):
+        with pytest.raises(ConfigurationError, match="nothing is mounted at 'absent-"):
+            call()
+    with pytest.raises(TypeError, match="one per item"):
+        transit.decrypt_batch("k", "vault:v1:AAAA")  # type: ignore[arg-type]
 
 
 def test_default_mount_and_audit(bao_server: DevServer, vault_path: str) -> None:

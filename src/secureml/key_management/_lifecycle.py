@@ -164,26 +164,33 @@ class KeyLifecycle:
         backend = self._versioned("generate key", key_name)
         where = backend.locate(key_name)
 
+        exists = ConfigurationError(
+            f"key {key_name!r} already exists at {where} (perhaps with every version "
+            "deleted); pass overwrite=True to add a version of fresh random bytes, or use "
+            "rotate_key()"
+        )
+
         def generate() -> tuple[int, str, str]:
-            if overwrite:
-                existing = backend.metadata(key_name)
-                cas = existing.current_version if existing is not None else 0
-                if existing is not None:
-                    _refuse_to_drop_live_version(existing, key_name, where)
-            else:
-                cas = 0
+            existing = backend.metadata(key_name)
+            has_versions = existing is not None and bool(existing.versions)
+            if has_versions and not overwrite:
+                raise exists
+            if existing is not None and has_versions:
+                _refuse_to_drop_live_version(existing, key_name, where)
+            # A new key is labelled first: if the labels are refused, no key is left behind.
+            labelled = labels is None
+            if not labelled and not has_versions:
+                backend.set_custom_metadata(key_name, labels or {})
+                labelled = True
+            cas = existing.current_version if existing is not None else 0
             try:
                 version = self._write_version(backend, key_name, secrets.token_bytes(length), cas)
             except VersionConflictError:
                 if overwrite:
                     raise
-                raise ConfigurationError(
-                    f"key {key_name!r} already exists at {where} (perhaps with every "
-                    "version deleted); pass overwrite=True to add a version of fresh random "
-                    "bytes, or use rotate_key()"
-                ) from None
-            if labels is not None:
-                backend.set_custom_metadata(key_name, labels)
+                raise exists from None
+            if not labelled:
+                backend.set_custom_metadata(key_name, labels or {})
             return version, where, "ok"
 
         result: int = self._observed("generate_key", key_name, generate, returns_version=True)
@@ -311,19 +318,24 @@ class KeyLifecycle:
         validate_name(key_name, what="key_name")
         backend = self._versioned("read the key ring of", key_name)
         where = backend.locate(key_name)
-        live = [v.version for v in self._metadata(backend, key_name).versions if v.live]
-        ring: dict[int, bytes] = {}
-        for number in live:
-            try:
-                material, _, _ = self._read_version(key_name, number)
-            except SecretNotFoundError:
-                continue  # deleted since the metadata was read
-            ring[number] = key_from_material(
-                material, described=f"version {number} of key {key_name!r} at {where}"
-            )
-        if not ring:
-            raise SecretNotFoundError(key_name, [where], detail="no version is readable")
-        return ring
+
+        def ring() -> tuple[dict[int, bytes], str, str]:
+            live = [v.version for v in self._metadata(backend, key_name).versions if v.live]
+            keys: dict[int, bytes] = {}
+            for number in live:
+                try:
+                    material, _, _ = self._read_version(key_name, number)
+                except SecretNotFoundError:
+                    continue  # deleted since the metadata was read
+                keys[number] = key_from_material(
+                    material, described=f"version {number} of key {key_name!r} at {where}"
+                )
+            if not keys:
+                raise SecretNotFoundError(key_name, [where], detail="no version is readable")
+            return keys, where, "ok"
+
+        result: dict[int, bytes] = self._observed("get_key_ring", key_name, ring)
+        return result
 
     def list_secrets(self, prefix: str = "") -> list[str]:
         """The names of every secret in Vault under ``vault_path`` that start with
@@ -364,8 +376,16 @@ class KeyLifecycle:
         ============================  ============================================
 
         A soft-deleted version can be restored by an operator
-        (``bao kv undelete -versions=N``); reads skip it meanwhile. On a KV v1 mount
-        only ``destroy=True`` works, since its deletes cannot be undone.
+        (``bao kv undelete -versions=N``). Meanwhile a read of it by number is a
+        :class:`SecretNotFoundError`, and if it is the latest version, reads without
+        ``version=`` treat the secret as absent from Vault: the lookup moves on to the
+        environment and ``default=`` (never to an older version). On a KV v1 mount only
+        ``destroy=True`` works, since its deletes cannot be undone.
+
+        Deletes through this manager drop its cached copies at once; a version deleted
+        or destroyed elsewhere (another process, the ``bao`` CLI) is served from this
+        manager's cache until ``cache_ttl`` passes (or :meth:`invalidate`), and while
+        Vault is unreachable for up to ``max_stale``.
 
         Raises:
             UnsupportedOperationError: No Vault, or a soft delete on KV v1.
@@ -464,16 +484,24 @@ class KeyLifecycle:
 
 def _refuse_to_drop_live_version(metadata: SecretMetadata, key_name: str, where: str) -> None:
     """Vault keeps ``max_versions`` versions and drops the oldest for good on the next
-    write: refuse if that version could still be needed to decrypt something."""
-    if len(metadata.versions) < metadata.max_versions:
+    write: refuse if one of those could still be needed to decrypt something."""
+    kept = metadata.max_versions
+    if kept is None:
+        raise KeyManagementError(
+            f"cannot tell how many versions Vault keeps of key {key_name!r} at {where}, so "
+            "a rotation could drop an old version for good: grant the token read on the "
+            "mount's config path (e.g. secret/config), or set the key's own max_versions "
+            "(bao kv metadata put -max-versions=N)"
+        )
+    dropped = metadata.versions[: max(0, len(metadata.versions) + 1 - kept)]
+    alive = [v.version for v in dropped if not v.destroyed]
+    if not alive:
         return
-    oldest = metadata.versions[0]
-    if oldest.destroyed:
-        return
+    listed = ", ".join(map(str, alive))
     raise KeyManagementError(
-        f"rotating key {key_name!r} at {where} would make Vault drop version "
-        f"{oldest.version} for good (it keeps {metadata.max_versions} versions) while it "
-        "is not destroyed: re-encrypt what it protects, then retire it with "
-        f"delete_secret({key_name!r}, versions=[{oldest.version}], destroy=True), or raise "
-        "the key's max_versions (bao kv metadata put -max-versions=N)"
+        f"rotating key {key_name!r} at {where} would make Vault drop version(s) {listed} "
+        f"for good (it keeps {kept} versions) while not destroyed: re-encrypt what they "
+        f"protect, then retire them with delete_secret({key_name!r}, versions=[{listed}], "
+        "destroy=True), or raise the key's max_versions (bao kv metadata put "
+        "-max-versions=N)"
     )

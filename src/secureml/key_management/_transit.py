@@ -181,7 +181,10 @@ class TransitKeys:
         self._check_name(name)
 
         def rotate() -> int:
-            self._api("POST", f"keys/{name}/rotate", name, "rotate", replayable=False)
+            answer = self._api("POST", f"keys/{name}/rotate", name, "rotate", replayable=False)
+            latest = self._data(answer).get("latest_version")
+            if isinstance(latest, int):  # OpenBao answers with the key's new state
+                return latest
             return self._key_info(name).latest_version
 
         return self._observed("rotate", name, rotate)
@@ -219,7 +222,7 @@ class TransitKeys:
         return self._observed(
             "encrypt",
             name,
-            lambda: str(self._data(self._api_data("encrypt", name, body))["ciphertext"]),
+            lambda: _field(self._data(self._api_data("encrypt", name, body)), "ciphertext"),
         )
 
     def decrypt(self, name: str, ciphertext: str, *, context: bytes | None = None) -> bytes:
@@ -234,7 +237,7 @@ class TransitKeys:
         return self._observed(
             "decrypt",
             name,
-            lambda: _unb64(self._data(self._api_data("decrypt", name, body))["plaintext"]),
+            lambda: _unb64(_field(self._data(self._api_data("decrypt", name, body)), "plaintext")),
         )
 
     def rewrap(self, name: str, ciphertext: str, *, context: bytes | None = None) -> str:
@@ -246,7 +249,7 @@ class TransitKeys:
         return self._observed(
             "rewrap",
             name,
-            lambda: str(self._data(self._api_data("rewrap", name, body))["ciphertext"]),
+            lambda: _field(self._data(self._api_data("rewrap", name, body)), "ciphertext"),
         )
 
     def generate_data_key(
@@ -279,7 +282,7 @@ class TransitKeys:
                     replayable=True,  # a repeat makes another key; nothing is stored
                 )
             )
-            return _unb64(data["plaintext"]), str(data["ciphertext"])
+            return _unb64(_field(data, "plaintext")), _field(data, "ciphertext")
 
         return self._observed("generate_data_key", name, generate)
 
@@ -296,7 +299,7 @@ class TransitKeys:
             context: One context for every item, or one per item.
         """
         self._check_name(name)
-        items = [_check_bytes(p, "each plaintext") for p in plaintexts]
+        items = [_check_bytes(p, "each plaintext") for p in _sequence(plaintexts, "plaintexts")]
         contexts = _contexts(context, len(items))
         inputs = [
             {"plaintext": _b64(p), **_context(c)} for p, c in zip(items, contexts, strict=True)
@@ -304,7 +307,7 @@ class TransitKeys:
         return self._observed(
             "encrypt_batch",
             name,
-            lambda: [str(r["ciphertext"]) for r in self._batch("encrypt", name, inputs)],
+            lambda: [_field(r, "ciphertext") for r in self._batch("encrypt", name, inputs)],
         )
 
     def decrypt_batch(
@@ -317,13 +320,13 @@ class TransitKeys:
         """:meth:`decrypt` for many items; if any fails, the whole call raises
         :class:`InvalidCiphertextError` naming the first bad item's index."""
         self._check_name(name)
-        items = [_check_ciphertext(c) for c in ciphertexts]
+        items = [_check_ciphertext(c) for c in _sequence(ciphertexts, "ciphertexts")]
         contexts = _contexts(context, len(items))
         inputs = [{"ciphertext": c, **_context(x)} for c, x in zip(items, contexts, strict=True)]
         return self._observed(
             "decrypt_batch",
             name,
-            lambda: [_unb64(r["plaintext"]) for r in self._batch("decrypt", name, inputs)],
+            lambda: [_unb64(_field(r, "plaintext")) for r in self._batch("decrypt", name, inputs)],
         )
 
     # -- plumbing --------------------------------------------------------------------
@@ -348,12 +351,14 @@ class TransitKeys:
         for start, chunk in _chunks(inputs):
             answer = self._api_data(operation, name, {"batch_input": chunk}, first_index=start)
             found = self._data(answer).get("batch_results") or []
-            if len(found) != len(chunk):
+            if not isinstance(found, list) or len(found) != len(chunk):
                 raise VaultError(
-                    f"Transit at {self._where(name)} answered {len(found)} results for a "
-                    f"batch of {len(chunk)}"
+                    f"Transit at {self._where(name)} answered a batch of {len(chunk)} "
+                    "with something else than one result per item"
                 )
             for offset, result in enumerate(found):
+                if not isinstance(result, dict):
+                    raise VaultError(f"Transit at {self._where(name)} answered a malformed batch")
                 if result.get("error"):
                     raise self._refusal(operation, name, str(result["error"]), start + offset)
             results.extend(found)
@@ -424,6 +429,12 @@ class TransitKeys:
         def mapped(exc: Exception) -> KeyManagementError | None:
             import hvac.exceptions as hx
 
+            if "no handler for route" in vault_errors(exc):
+                return ConfigurationError(
+                    f"nothing is mounted at {self._mount!r} to {action} {where}: enable "
+                    f"Transit there (bao secrets enable -path={self._mount} transit) or pass "
+                    "the mount it is at"
+                )
             found = refused(exc) if refused is not None else None
             if found is None and isinstance(exc, hx.InvalidPath):
                 return SecretNotFoundError(
@@ -503,6 +514,19 @@ def _batch_results(exc: Exception) -> list[dict[str, Any]]:
     data = answer.get("data") if isinstance(answer, dict) else None
     found = data.get("batch_results") if isinstance(data, dict) else None
     return [r for r in found if isinstance(r, dict)] if isinstance(found, list) else []
+
+
+def _sequence(items: object, what: str) -> Sequence[object]:
+    if isinstance(items, (str, bytes, bytearray, memoryview)) or not isinstance(items, Sequence):
+        raise TypeError(f"{what} must be a list (or other sequence) of items, one per item")
+    return items
+
+
+def _field(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise VaultError(f"Transit answered without a {name!r} field")
+    return value
 
 
 def _unb64(text: object) -> bytes:

@@ -51,13 +51,14 @@ class SecretMetadata:
         current_version: The latest version's number.
         versions: The versions the backend still keeps, oldest first.
         max_versions: How many versions the backend keeps before it drops the oldest
-            for good (the secret's own setting, else the store's default).
+            for good; ``None`` when that cannot be known (rotations are then refused
+            rather than risk losing a version).
         custom_metadata: Free-form labels (purpose, owner, rotation period...).
     """
 
     current_version: int
     versions: tuple[KeyVersion, ...]
-    max_versions: int
+    max_versions: int | None
     custom_metadata: Mapping[str, str] = field(default_factory=dict)
 
     def version(self, number: int) -> KeyVersion | None:

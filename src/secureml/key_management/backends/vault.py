@@ -175,6 +175,7 @@ class VaultBackend:
         self._path = path
         self._kv_version = kv_version
         self._max_versions: int | None = None
+        self._mount_config_read = False
         self._detect_lock = threading.Lock()
         self._local = threading.local()
         self._session = TokenSession(settings.auth, url=settings.url, namespace=settings.namespace)
@@ -333,9 +334,7 @@ class VaultBackend:
             if data is None:
                 return None
             metadata, own_max = parse_metadata(data)
-            if own_max == 0:
-                metadata = replace(metadata, max_versions=self._mount_max_versions())
-            return metadata
+            return replace(metadata, max_versions=self._versions_kept(own_max))
 
     def set_custom_metadata(self, name: str, metadata: Mapping[str, str]) -> None:
         where = self.locate(name)
@@ -477,19 +476,32 @@ class VaultBackend:
                 "and read versions of keys"
             )
 
-    def _mount_max_versions(self) -> int:
-        """The mount's ``max_versions`` (read once); Vault's default if we may not read it."""
-        if self._max_versions is None:
+    def _versions_kept(self, own_max: int) -> int | None:
+        """How many versions Vault keeps of a secret whose own ``max_versions`` is
+        ``own_max``: the larger of it and the mount's, 10 when neither is set (what
+        OpenBao's KV engine does). ``None`` if the mount's setting matters but may not be
+        read: it could be below 10, so guessing could lose a version."""
+        mount_max = self._mount_max_versions()
+        if mount_max is None:
+            return own_max or None  # the mount's may be larger: own_max errs on the safe side
+        return max(own_max, mount_max) or KV_DEFAULT_MAX_VERSIONS
+
+    def _mount_max_versions(self) -> int | None:
+        """The mount's ``max_versions`` (0: unset), read once; ``None`` if the token may
+        not read ``<mount>/config``."""
+        if not self._mount_config_read:
 
             def read(client: hvac.Client) -> int:
                 config = client.secrets.kv.v2.read_configuration(mount_point=self._mount)
                 return int((config.get("data") or {}).get("max_versions") or 0)
 
             try:
-                found = self._call("read the configuration of", f"vault:{self._mount}/", read)
+                self._max_versions = self._call(
+                    "read the configuration of", f"vault:{self._mount}/", read
+                )
             except PermissionDeniedError:
-                found = 0
-            self._max_versions = found or KV_DEFAULT_MAX_VERSIONS
+                self._max_versions = None
+            self._mount_config_read = True
         return self._max_versions
 
     def kv_version(self) -> int:
