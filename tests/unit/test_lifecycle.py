@@ -58,6 +58,11 @@ class MemoryVersions:
             return None
         return self.data[name][number]
 
+    def get_latest(self, name: str) -> tuple[SecretValue, int] | None:
+        number = max(self.records.get(name, {}), default=0)
+        value = self.get(name, number) if number else None
+        return None if value is None else (value, number)
+
     def put(self, name: str, value: SecretValue) -> None:
         self.put_version(name, value)
 

@@ -444,12 +444,16 @@ class KeyLifecycle:
     def _write_version(
         self, backend: VersionedSecretBackend, key_name: str, key: bytes, cas: int
     ) -> int:
-        # Only reads of "the latest" can change: a numbered version never does.
-        self._cache.invalidate(lambda cached: cached == (key_name, None))
+        # Only reads of "the latest" (None; 0 is the latest with its number) can change:
+        # a numbered version never does.
+        def latest(cached: tuple[str, int | None]) -> bool:
+            return cached[0] == key_name and not cached[1]
+
+        self._cache.invalidate(latest)
         try:
             return backend.put_version(key_name, key, cas=cas)
         finally:
-            self._cache.invalidate(lambda cached: cached == (key_name, None))
+            self._cache.invalidate(latest)
 
     @staticmethod
     def _metadata(backend: VersionedSecretBackend, key_name: str) -> SecretMetadata:

@@ -34,6 +34,7 @@ from ._encoding import (
     decode_key_text,
     encode_key,
 )
+from ._encryption import Encryption
 from ._lifecycle import KeyLifecycle, check_version
 from ._names import validate_name, validate_path
 from ._status import AccessEvent, KeyManagerStats, KeyManagerStatus
@@ -61,7 +62,7 @@ logger = logging.getLogger("secureml.key_management")
 _T = TypeVar("_T")
 
 
-class KeyManager(KeyLifecycle):
+class KeyManager(KeyLifecycle, Encryption):
     """Secrets and encryption keys from Vault, the environment, or dev defaults.
 
     A lookup asks, in order: Vault (when configured), the environment variable

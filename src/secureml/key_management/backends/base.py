@@ -108,6 +108,11 @@ class VersionedSecretBackend(SecretBackend, Protocol):
     methods, saying why.
     """
 
+    def get_latest(self, name: str) -> tuple[SecretValue, int] | None:
+        """The latest version and its number in one read (``None``: absent, or the
+        latest version is deleted or destroyed)."""
+        ...
+
     def put_version(self, name: str, value: SecretValue, *, cas: int | None = None) -> int:
         """Write a new version; return its number.
 

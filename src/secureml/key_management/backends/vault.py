@@ -279,6 +279,28 @@ class VaultBackend:
 
     # -- versions (KV v2) -------------------------------------------------------------
 
+    def get_latest(self, name: str) -> tuple[SecretValue, int] | None:
+        where = self.locate(name)
+        with self._deadline():
+            self._require_versions("read the latest version of", where)
+
+            def read(client: hvac.Client) -> Any:
+                import hvac.exceptions as hx
+
+                try:
+                    return client.secrets.kv.v2.read_secret_version(
+                        path=self._secret_path(name),
+                        mount_point=self._mount,
+                        raise_on_deleted_version=True,
+                    )["data"]
+                except hx.InvalidPath:
+                    return None
+
+            data = self._call("read", where, read)
+        if data is None:
+            return None
+        return unpack_fields(data["data"], where), int(data["metadata"]["version"])
+
     def put_version(self, name: str, value: SecretValue, *, cas: int | None = None) -> int:
         fields = pack_fields(value)
         where = self.locate(name)
