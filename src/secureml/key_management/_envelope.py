@@ -245,7 +245,8 @@ class SegmentCipher:
 
     def _nonce(self, index: int, last: bool) -> bytes:
         if index >= MAX_SEGMENTS:
-            raise OverflowError("a message holds at most 2**32 segments; split the data")
+            # The counter is 32 bits: a wrapped counter would reuse a nonce.
+            raise ValueError("a message holds at most 2**32 segments; split the data")
         return self._prefix + _COUNTER.pack(index) + (_NONCE_LAST if last else _NONCE_MORE)
 
     def seal(self, index: int, plaintext: bytes | memoryview, last: bool) -> bytes:
