@@ -280,6 +280,9 @@ class TransitKeys:
                     "generate a data key with",
                     body=body,
                     replayable=True,  # a repeat makes another key; nothing is stored
+                    refused=lambda exc: self._refusal(
+                        "generate a data key with", name, vault_errors(exc), None
+                    ),
                 )
             )
             return _unb64(_field(data, "plaintext")), _field(data, "ciphertext")

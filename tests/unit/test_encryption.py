@@ -1,0 +1,169 @@
+"""KeyManager.encrypt & co over an in-memory versioned store: which key seals, which key
+opens, and what never happens before a header is trusted."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from secureml.key_management import (
+    InvalidCiphertextError,
+    KeyFormatError,
+    KeyManager,
+    SecretNotFoundError,
+)
+from secureml.key_management import _envelope as envelope
+from tests.support.memory_backend import MemoryVersions
+
+
+class Counting(MemoryVersions):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def get(self, name: str, version: int | None = None) -> object:
+        self.calls += 1
+        return super().get(name, version)
+
+    def get_latest(self, name: str) -> object:
+        self.calls += 1
+        return super().get_latest(name)
+
+
+@pytest.fixture
+def store() -> Counting:
+    return Counting()
+
+
+@pytest.fixture
+def km(store: Counting) -> KeyManager:
+    manager = KeyManager(backend=store, use_env_fallback=False)
+    manager.generate_key("master_key")
+    return manager
+
+
+def test_blobs_survive_rotations_and_move_with_reencrypt(km: KeyManager) -> None:
+    blobs = {}
+    for version in (1, 2, 3, 4):
+        blobs[version] = km.encrypt(f"v{version}".encode(), aad=b"ctx")
+        assert envelope.parse_header(blobs[version])[0].key_version == version
+        if version < 4:
+            km.rotate_key("master_key")
+    for version, blob in blobs.items():
+        assert km.decrypt(blob, aad=b"ctx") == f"v{version}".encode()
+    moved = km.reencrypt(blobs[1], aad=b"ctx")
+    assert envelope.parse_header(moved)[0].key_version == 4
+    km.delete_secret("master_key", versions=[1], destroy=True)
+    with pytest.raises(SecretNotFoundError, match="version 1 was destroyed"):
+        km.decrypt(blobs[1], aad=b"ctx")
+    assert km.decrypt(moved, aad=b"ctx") == b"v1"
+
+
+def test_a_rotation_is_seen_by_the_next_encrypt(km: KeyManager) -> None:
+    km.encrypt(b"x")  # caches the current version
+    km.rotate_key("master_key")
+    assert envelope.parse_header(km.encrypt(b"x"))[0].key_version == 2
+
+
+def test_named_keys_and_unknown_keys(km: KeyManager) -> None:
+    km.generate_key("datasets/2025", 64)
+    blob = km.encrypt(b"rows", "datasets/2025")
+    assert envelope.parse_header(blob)[0].key_name == "datasets/2025"
+    assert km.decrypt(blob) == b"rows"
+    with pytest.raises(SecretNotFoundError):
+        km.encrypt(b"rows", "no-such-key")
+
+
+def test_hostile_headers_cost_no_lookup(km: KeyManager, store: Counting) -> None:
+    good = km.encrypt(b"data")
+    before = store.calls
+    head, length = envelope.parse_header(good)
+    forged = envelope.Header(
+        mode=head.mode, key_name="../escape", key_version=1, segment_bytes=head.segment_bytes
+    )
+    for blob in (
+        b"SMLE\x01\x01" + bytes(200),
+        forged.encode() + good[length:],
+        good[:10],
+    ):
+        with pytest.raises(InvalidCiphertextError):
+            km.decrypt(blob)
+    assert store.calls == before
+
+
+def test_short_keys_are_refused(store: Counting) -> None:
+    km = KeyManager(backend=store)
+    km.set_secret("tiny", b"short")
+    with pytest.raises(KeyFormatError, match="at least 16"):
+        km.encrypt(b"x", "tiny")
+
+
+def test_environment_keys_are_unversioned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECUREML_MASTER_KEY", "hex:" + "11" * 32)
+    km = KeyManager()
+    blob = km.encrypt(b"laptop")
+    assert envelope.parse_header(blob)[0].key_version == 0
+    assert km.decrypt(blob) == b"laptop"
+    monkeypatch.setenv("SECUREML_MASTER_KEY", "hex:" + "22" * 32)
+    with pytest.raises(InvalidCiphertextError):
+        km.decrypt(blob)  # another key now: fails closed, never garbage
+
+
+def test_streams_and_files(km: KeyManager, tmp_path: Path) -> None:
+    data = os.urandom(3 * (1 << 20) + 5)
+    out = io.BytesIO()
+    assert km.encrypt_stream(io.BytesIO(data), out, aad=b"a") == len(data)
+    back = io.BytesIO()
+    assert km.decrypt_stream(io.BytesIO(out.getvalue()), back, aad=b"a") == len(data)
+    assert back.getvalue() == data
+    assert km.decrypt(out.getvalue(), aad=b"a") == data  # one format for both
+
+    src, enc, dec = tmp_path / "in.bin", tmp_path / "in.bin.sml", tmp_path / "out.bin"
+    src.write_bytes(data)
+    seen: list[int] = []
+    km.encrypt_file(src, enc, progress=seen.append)
+    assert seen[-1] == len(data)
+    assert len(seen) == 4
+    km.decrypt_file(enc, dec)
+    assert dec.read_bytes() == data
+    assert dec.stat().st_mode & 0o777 == 0o600
+    km.rotate_key("master_key")
+    km.reencrypt_file(enc, enc)
+    with enc.open("rb") as stored:
+        assert envelope.read_header(stored)[0].key_version == 2
+    km.decrypt_file(enc, dec)
+    assert dec.read_bytes() == data
+
+
+def test_a_tampered_file_leaves_nothing_at_dst(km: KeyManager, tmp_path: Path) -> None:
+    src, enc = tmp_path / "in.bin", tmp_path / "in.sml"
+    src.write_bytes(os.urandom(2 * (1 << 20) + 7))
+    km.encrypt_file(src, enc)
+    blob = bytearray(enc.read_bytes())
+    for broken in (bytes(blob[:-1]), bytes(blob[: 1 << 20])):
+        enc.write_bytes(broken)
+        dst = tmp_path / "plain.bin"
+        with pytest.raises(InvalidCiphertextError):
+            km.decrypt_file(enc, dst)
+        assert not dst.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.bin", "in.sml"]
+    # An existing destination is left as it was.
+    dst.write_bytes(b"previous")
+    with pytest.raises(InvalidCiphertextError):
+        km.decrypt_file(enc, dst)
+    assert dst.read_bytes() == b"previous"
+
+
+def test_argument_types(km: KeyManager) -> None:
+    with pytest.raises(TypeError, match="data must be bytes"):
+        km.encrypt("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="aad must be bytes"):
+        km.encrypt(b"x", aad="text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="blob must be bytes"):
+        km.decrypt("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="progress"):
+        km.encrypt_stream(io.BytesIO(), io.BytesIO(), progress=3)  # type: ignore[arg-type]
+    assert km.decrypt(km.encrypt(bytearray(b"ba"), aad=memoryview(b"m")), aad=b"m") == b"ba"
