@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit integration bench clean
+.PHONY: demo test lint typecheck unit integration bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,13 @@ integration: $(VENV)/.installed
 	$(BIN)/python -m pytest -m integration
 
 bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[vault,dev,bench]'
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/encryption.py
+
+# 100,000 random mutations of ciphertexts, all of which must be rejected (minutes).
+fuzz: $(VENV)/.installed
+	$(BIN)/python bench/fuzz_envelope.py 100000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -109,6 +109,45 @@ def test_key_lifecycle_signatures() -> None:
         assert callable(getattr(transit, method))
 
 
+def test_encryption_signatures() -> None:
+    """Issue 6's names and defaults, as written there."""
+    empty = inspect.Parameter.empty
+
+    def params(obj: object) -> list[tuple[str, object]]:
+        sig = inspect.signature(obj)  # type: ignore[arg-type]
+        return [(n, p.default) for n, p in sig.parameters.items() if n != "self"]
+
+    manager = km.KeyManager
+    assert params(manager.encrypt)[:3] == [
+        ("data", empty),
+        ("key_name", "master_key"),
+        ("aad", b""),
+    ]
+    assert ("transit_key", None) in params(manager.encrypt)
+    assert params(manager.decrypt) == [("blob", empty), ("aad", b"")]
+    assert params(manager.encrypt_file)[:5] == [
+        ("src", empty),
+        ("dst", empty),
+        ("key_name", "master_key"),
+        ("aad", b""),
+        ("progress", None),
+    ]
+    assert params(manager.decrypt_file) == [
+        ("src", empty),
+        ("dst", empty),
+        ("aad", b""),
+        ("progress", None),
+    ]
+    assert params(manager.encrypt_stream)[:3] == [
+        ("reader", empty),
+        ("writer", empty),
+        ("key_name", "master_key"),
+    ]
+    assert params(manager.reencrypt)[:2] == [("blob", empty), ("key_name", None)]
+    for name in ("decrypt_stream", "reencrypt_file", "reencrypt_stream"):
+        assert callable(getattr(manager, name))
+
+
 def test_production_vault_signatures() -> None:
     """Issue 3's names and defaults, as written there."""
 

@@ -29,11 +29,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from .errors import InvalidCiphertextError
 
 __all__ = [
@@ -236,6 +231,13 @@ class SegmentCipher:
     """
 
     def __init__(self, key: bytes, header: Header, header_bytes: bytes, aad: bytes) -> None:
+        # Imported here: importing secureml.key_management must stay light.
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        self._invalid_tag = InvalidTag
         message_key = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=header.salt, info=header_bytes
         ).derive(key)
@@ -260,7 +262,7 @@ class SegmentCipher:
     def open(self, index: int, segment: bytes | memoryview, last: bool) -> bytes:
         try:
             return self._aead.decrypt(self._nonce(index, last), segment, self._aad)
-        except InvalidTag:
+        except self._invalid_tag:
             raise _invalid() from None
 
     def open_into(
@@ -268,7 +270,7 @@ class SegmentCipher:
     ) -> None:
         try:
             self._aead.decrypt_into(self._nonce(index, last), segment, self._aad, out)
-        except InvalidTag:
+        except self._invalid_tag:
             raise _invalid() from None
 
 
