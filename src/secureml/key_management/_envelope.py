@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ._buffers import filled_bytes, in_parallel
 from .errors import InvalidCiphertextError
 
 __all__ = [
@@ -278,32 +279,57 @@ class SegmentCipher:
 
 
 def encrypt_bytes(key: bytes, header: Header, plaintext: bytes | memoryview, aad: bytes) -> bytes:
-    """The whole message for ``plaintext``."""
+    """The whole message for ``plaintext``, written in place into the result; large
+    messages are encrypted on several threads."""
     header_bytes = header.encode()
     cipher = SegmentCipher(key, header, header_bytes, aad)
     data = memoryview(plaintext)
     size = header.segment_bytes
     count = max(1, -(-len(data) // size))
-    parts = [header_bytes]
-    parts.extend(
-        cipher.seal(i, data[i * size : (i + 1) * size], i == count - 1) for i in range(count)
-    )
-    return b"".join(parts)
+    if count > MAX_SEGMENTS:
+        cipher.seal(count - 1, b"", True)  # raises: the counter would wrap
+    start = len(header_bytes)
+    total = start + len(data) + count * TAG_BYTES
+
+    def fill(out: memoryview) -> None:
+        out[:start] = header_bytes
+
+        def seal(first: int, stop: int) -> None:
+            for i in range(first, stop):
+                chunk = data[i * size : (i + 1) * size]
+                at = start + i * (size + TAG_BYTES)
+                cipher.seal_into(i, chunk, i == count - 1, out[at : at + len(chunk) + TAG_BYTES])
+
+        in_parallel(count, seal)
+
+    return filled_bytes(total, fill)
 
 
 def decrypt_bytes(
     key: bytes, header: Header, header_bytes: bytes, body: bytes | memoryview, aad: bytes
 ) -> bytes:
-    """The plaintext of a message whose header was parsed; ``body`` is what follows it."""
+    """The plaintext of a message whose header was parsed; ``body`` is what follows it.
+    Nothing is returned unless every segment authenticates."""
     cipher = SegmentCipher(key, header, header_bytes, aad)
     data = memoryview(body)
-    step = header.segment_bytes + TAG_BYTES
+    size = header.segment_bytes
+    step = size + TAG_BYTES
     count = max(1, -(-len(data) // step))
-    if len(data) - (count - 1) * step < TAG_BYTES:
+    if len(data) - (count - 1) * step < TAG_BYTES or count > MAX_SEGMENTS:
         raise _invalid()  # no room for the last segment's tag: truncated or garbage
-    return b"".join(
-        cipher.open(i, data[i * step : (i + 1) * step], i == count - 1) for i in range(count)
-    )
+
+    def fill(out: memoryview) -> None:
+        def open_(first: int, stop: int) -> None:
+            for i in range(first, stop):
+                segment = data[i * step : (i + 1) * step]
+                at = i * size
+                cipher.open_into(
+                    i, segment, i == count - 1, out[at : at + len(segment) - TAG_BYTES]
+                )
+
+        in_parallel(count, open_)
+
+    return filled_bytes(len(data) - count * TAG_BYTES, fill)
 
 
 # -- streams ---------------------------------------------------------------------------
