@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,6 +84,14 @@ def _replacing(dst: PathLike) -> Iterator[IO[bytes]]:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _regular(stream: Any) -> bool:
+    """A regular file: its reads always complete, so helper threads can be joined."""
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class _Plaintext:
@@ -232,12 +241,29 @@ class Encryption:
         Returns:
             The plaintext bytes encrypted.
         """
+        return self._encrypt_stream(
+            reader, writer, key_name, aad=aad, progress=progress, transit_key=transit_key
+        )
+
+    def _encrypt_stream(
+        self,
+        reader: Any,
+        writer: Any,
+        key_name: str,
+        *,
+        aad: bytes,
+        progress: Progress | None,
+        transit_key: str | None,
+        threaded: bool = False,
+    ) -> int:
         extra = _check_aad(aad)
         report = _check_progress(progress)
 
         def run() -> tuple[int, str, str]:
             key, header, where = self._sealing(key_name, transit_key)
-            done = envelope.encrypt_stream(key, header, reader, writer, aad=extra, progress=report)
+            done = envelope.encrypt_stream(
+                key, header, reader, writer, aad=extra, progress=report, threaded=threaded
+            )
             return done, where, "ok"
 
         return self._observed("encrypt", transit_key or key_name, run)
@@ -255,6 +281,17 @@ class Encryption:
         Returns:
             The plaintext bytes written.
         """
+        return self._decrypt_stream(reader, writer, aad=aad, progress=progress)
+
+    def _decrypt_stream(
+        self,
+        reader: Any,
+        writer: Any,
+        *,
+        aad: bytes,
+        progress: Progress | None,
+        threaded: bool = False,
+    ) -> int:
         extra = _check_aad(aad)
         report = _check_progress(progress)
         header, header_bytes = envelope.read_header(reader)
@@ -262,7 +299,14 @@ class Encryption:
         def run() -> tuple[int, str, str]:
             key, where = self._opening(header)
             done = envelope.decrypt_stream(
-                key, header, header_bytes, reader, writer, aad=extra, progress=report
+                key,
+                header,
+                header_bytes,
+                reader,
+                writer,
+                aad=extra,
+                progress=report,
+                threaded=threaded,
             )
             return done, where, "ok"
 
@@ -303,8 +347,14 @@ class Encryption:
         """Encrypt file ``src`` to ``dst`` (replaced only once complete). Returns the
         plaintext bytes."""
         with open(src, "rb", buffering=0) as reader, _replacing(dst) as writer:
-            return self.encrypt_stream(
-                reader, writer, key_name, aad=aad, progress=progress, transit_key=transit_key
+            return self._encrypt_stream(
+                reader,
+                writer,
+                key_name,
+                aad=aad,
+                progress=progress,
+                transit_key=transit_key,
+                threaded=_regular(reader),
             )
 
     def decrypt_file(
@@ -317,7 +367,9 @@ class Encryption:
         never leaves partial plaintext at ``dst``. Returns the plaintext bytes.
         """
         with open(src, "rb", buffering=0) as reader, _replacing(dst) as writer:
-            return self.decrypt_stream(reader, writer, aad=aad, progress=progress)
+            return self._decrypt_stream(
+                reader, writer, aad=aad, progress=progress, threaded=_regular(reader)
+            )
 
     def reencrypt_file(
         self,

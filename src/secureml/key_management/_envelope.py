@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._buffers import filled_bytes, in_parallel
+from ._pipeline import drive, drive_threaded
 from .errors import InvalidCiphertextError
 
 __all__ = [
@@ -403,36 +404,29 @@ def encrypt_stream(
     *,
     aad: bytes,
     progress: Progress | None = None,
+    threaded: bool = False,
 ) -> int:
     """Encrypt ``reader`` to ``writer`` segment by segment; return the plaintext bytes.
 
-    Holds three segment buffers whatever the stream's length (reused, so nothing is
-    allocated per segment): the segment being encrypted, the next one, read ahead to
-    know whether this one is the last, and the ciphertext.
+    Memory stays bounded whatever the stream's length: a few reused segment buffers.
+    ``threaded`` overlaps reading, the cipher and writing (for regular files only: see
+    :func:`._pipeline.drive_threaded`).
     """
     header_bytes = header.encode()
     cipher = SegmentCipher(key, header, header_bytes, aad)
     size = header.segment_bytes
-    fill, write = _filler(reader), _sink(writer)
-    buffers = (bytearray(size), bytearray(size))
-    sealed = memoryview(bytearray(size + TAG_BYTES))
+    write = _sink(writer)
     write(memoryview(header_bytes))
-    count = fill(buffers[0])
-    done = index = 0
-    while True:
-        following = fill(buffers[(index + 1) % 2]) if count == size else 0
-        last = following == 0
-        cipher.seal_into(
-            index, memoryview(buffers[index % 2])[:count], last, sealed[: count + TAG_BYTES]
-        )
-        write(sealed[: count + TAG_BYTES])
-        done += count
-        if progress is not None:
-            progress(done)
-        if last:
-            return done
-        count = following
-        index += 1
+
+    def seal(index: int, segment: memoryview, last: bool, out: memoryview) -> tuple[int, int]:
+        written = len(segment) + TAG_BYTES
+        cipher.seal_into(index, segment, last, out[:written])
+        return written, len(segment)
+
+    run = drive_threaded if threaded else drive
+    return run(
+        _filler(reader), write, seal, in_size=size, out_size=size + TAG_BYTES, progress=progress
+    )
 
 
 def decrypt_stream(
@@ -444,6 +438,7 @@ def decrypt_stream(
     *,
     aad: bytes,
     progress: Progress | None = None,
+    threaded: bool = False,
 ) -> int:
     """Decrypt the segments that follow a header read with :func:`read_header`.
 
@@ -452,27 +447,24 @@ def decrypt_stream(
     a temporary file and keeps it only if this returns.
     """
     cipher = SegmentCipher(key, header, header_bytes, aad)
-    step = header.segment_bytes + TAG_BYTES
-    fill, write = _filler(reader), _sink(writer)
-    buffers = (bytearray(step), bytearray(step))
-    opened = memoryview(bytearray(header.segment_bytes))
-    count = fill(buffers[0])
-    done = index = 0
-    while True:
-        following = fill(buffers[(index + 1) % 2]) if count == step else 0
-        last = following == 0
-        if count < TAG_BYTES:
+    size = header.segment_bytes
+
+    def open_(index: int, segment: memoryview, last: bool, out: memoryview) -> tuple[int, int]:
+        if len(segment) < TAG_BYTES:
             raise _invalid()
-        size = count - TAG_BYTES
-        cipher.open_into(index, memoryview(buffers[index % 2])[:count], last, opened[:size])
-        write(opened[:size])
-        done += size
-        if progress is not None:
-            progress(done)
-        if last:
-            return done
-        count = following
-        index += 1
+        plain = len(segment) - TAG_BYTES
+        cipher.open_into(index, segment, last, out[:plain])
+        return plain, plain
+
+    run = drive_threaded if threaded else drive
+    return run(
+        _filler(reader),
+        _sink(writer),
+        open_,
+        in_size=size + TAG_BYTES,
+        out_size=size,
+        progress=progress,
+    )
 
 
 def open_segments(cipher: SegmentCipher, header: Header, reader: Reader) -> Iterator[bytes]:
