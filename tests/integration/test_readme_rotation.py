@@ -1,8 +1,9 @@
-"""The README's "Key rotation" runbook and Transit example run verbatim, the runbook with
-a token that holds only the rotation policy the README shows."""
+"""The README's "Key rotation" runbook, Transit and encryption examples run verbatim, the
+runbook with a token that holds only the rotation policy the README shows."""
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from pathlib import Path
@@ -65,3 +66,27 @@ def test_transit_example_runs(bao_server: DevServer, vault_path: str) -> None:
         bao_server.bao("secrets", "enable", "transit")
     km = KeyManager(bao_server.address, bao_server.root_token, vault_path)
     exec(compile(example, "README.md (Vault Transit)", "exec"), {"km": km})  # noqa: S102
+
+
+def test_encryption_example_runs(
+    bao_server: DevServer,
+    vault_path: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (example,) = blocks(section("## Encrypting data and files"), "python")
+    mounts = bao_server.bao("secrets", "list", "-format=json").stdout.decode()
+    if '"transit/"' not in mounts:
+        bao_server.bao("secrets", "enable", "transit")
+    km = KeyManager(bao_server.address, bao_server.root_token, vault_path)
+    km.transit.ensure_key("features")
+    km.generate_key("models/key")
+    monkeypatch.chdir(tmp_path)
+    parquet = os.urandom(3 * (1 << 20) + 11)
+    (tmp_path / "train.parquet").write_bytes(parquet)
+    (tmp_path / "weights.bin").write_bytes(b"weights")
+    exec(compile(example, "README.md (Encrypting)", "exec"), {"km": km})  # noqa: S102
+    assert (tmp_path / "train.parquet").read_bytes() == parquet  # decrypted back in place
+    assert km.decrypt((tmp_path / "weights.sml").read_bytes()) == b"weights"
+    assert capsys.readouterr().out.split() == ["1048576", "2097152", "3145728", "3145739"]
