@@ -1,7 +1,8 @@
 """`make demo`: a tour of secureml against a local OpenBao server it starts and stops.
 
 Runs the spec's own examples, then sets and reads secrets, fetches a key in every
-encoding, derives purpose keys, rotates a key, uses Vault Transit, and shows the
+encoding, derives purpose keys, rotates a key, encrypts a file across a rotation, uses
+Vault Transit, and shows the
 fallbacks and errors. Key material is only
 ever shown as a short preview.
 """
@@ -12,6 +13,7 @@ import logging
 import os
 import secrets
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -104,6 +106,23 @@ def rotation(server: DevServer, manager: KeyManager) -> None:
         for v in manager.key_versions("datasets/key")
     ]
     print(f"   delete_secret(..., versions=[1], destroy=True); key_versions -> {' '.join(states)}")
+
+    step("Encrypt a file, rotate the key, decrypt it anyway")
+    with tempfile.TemporaryDirectory() as folder:
+        plain, sealed = Path(folder) / "train.csv", Path(folder) / "train.csv.sml"
+        plain.write_bytes(os.urandom(3 * (1 << 20)))
+        manager.encrypt_file(plain, sealed, "datasets/key")
+        header_version = manager.key_versions("datasets/key")[-1].version
+        print(f"   encrypt_file(train.csv, 3 MiB) with datasets/key v{header_version}")
+        print(f"   rotate_key('datasets/key') -> version {manager.rotate_key('datasets/key')}")
+        manager.decrypt_file(sealed, Path(folder) / "back.csv")
+        same = (Path(folder) / "back.csv").read_bytes() == plain.read_bytes()
+        print(f"   decrypt_file(...) after the rotation -> identical: {same}")
+        sealed.write_bytes(sealed.read_bytes()[:-1])
+        try:
+            manager.decrypt_file(sealed, Path(folder) / "cut.csv")
+        except KeyManagementError as exc:
+            print(f"   a truncated copy -> {type(exc).__name__}: {exc}")
 
     step("Vault Transit: the key never leaves Vault")
     server.bao("secrets", "enable", "transit")
