@@ -18,6 +18,7 @@ from secureml.key_management import (
     InvalidCiphertextError,
     KeyManager,
     SecretNotFoundError,
+    VaultUnavailableError,
 )
 from secureml.key_management import _envelope as envelope
 
@@ -157,3 +158,42 @@ def test_encrypting_1_gib_raises_peak_rss_by_less_than_64_mib(tmp_path: Path) ->
     grew_mib = int(done.stdout.strip())
     assert grew_mib < 64, f"peak RSS grew by {grew_mib} MiB"
     assert dst.stat().st_size == (1 << 30) + 1024 * 16 + 57 + len("master_key")
+
+
+def test_the_wrapped_key_is_bound_even_when_it_wraps_the_same_data_key(
+    vault_manager: KeyManager, transit_mount: str
+) -> None:
+    name = f"bound-{uuid.uuid4().hex[:8]}"
+    vault_manager.transit.ensure_key(name)
+    blob = vault_manager.encrypt(b"bound", transit_key=name)
+    head, at = envelope.parse_header(blob)
+    vault_manager.transit.rotate(name)
+    # Same data key, wrapped again by v2: a different header, so a different message key.
+    rewrapped = vault_manager.transit.rewrap(name, head.wrapped_key.decode())
+    assert vault_manager.transit.decrypt(name, rewrapped) == vault_manager.transit.decrypt(
+        name, head.wrapped_key.decode()
+    )
+    moved = envelope.Header(
+        mode=head.mode,
+        key_name=head.key_name,
+        key_version=head.key_version,
+        wrapped_key=rewrapped.encode(),
+        salt=head.salt,
+        nonce_prefix=head.nonce_prefix,
+    )
+    with pytest.raises(InvalidCiphertextError):
+        vault_manager.decrypt(moved.encode() + blob[at:])
+    assert vault_manager.decrypt(blob) == b"bound"
+
+
+def test_an_outage_never_switches_encryption_to_the_environment(
+    bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.fault_proxy import Fault, FaultProxy
+
+    monkeypatch.setenv("SECUREML_OUTAGE_KEY", "hex:" + "44" * 32)
+    with FaultProxy(bao_server.address) as proxy:
+        km = KeyManager(proxy.origin, bao_server.root_token, vault_path, retries=0, cache_ttl=0)
+        proxy.inject(*[Fault.status(503) for _ in range(4)])
+        with pytest.raises(VaultUnavailableError):
+            km.encrypt(b"x", "outage_key")

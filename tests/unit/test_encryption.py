@@ -167,3 +167,88 @@ def test_argument_types(km: KeyManager) -> None:
     with pytest.raises(TypeError, match="progress"):
         km.encrypt_stream(io.BytesIO(), io.BytesIO(), progress=3)  # type: ignore[arg-type]
     assert km.decrypt(km.encrypt(bytearray(b"ba"), aad=memoryview(b"m")), aad=b"m") == b"ba"
+
+
+def test_dev_defaults_never_encrypt_nor_open() -> None:
+    laptop = KeyManager(use_default_fallback=True)  # no Vault, no environment key
+    with pytest.raises(SecretNotFoundError):
+        laptop.encrypt(b"x")
+    # A message forged under the public dev default of a key nobody created:
+    forged_key = envelope.Header(mode=1, key_name="ghost", key_version=0)
+    from secureml.key_management._devdefaults import dev_default_key
+
+    blob = envelope.encrypt_bytes(dev_default_key("ghost", 32), forged_key, b"forged", b"")
+    with pytest.raises(SecretNotFoundError):
+        laptop.decrypt(blob)
+
+
+def test_a_header_naming_a_non_key_secret_is_opaque(
+    km: KeyManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    km.set_secret("db_password", "hunter2")
+    forged = envelope.Header(mode=1, key_name="db_password", key_version=1)
+    blob = envelope.encrypt_bytes(bytes(32), forged, b"x", b"")
+    with pytest.raises(InvalidCiphertextError) as caught:
+        km.decrypt(blob)
+    assert "7" not in str(caught.value)  # not even the secret's length
+
+
+def test_versions_and_transit_a_manager_cannot_hold_are_not_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SECUREML_MASTER_KEY", "hex:" + "11" * 32)
+    env_only = KeyManager()
+    for header in (
+        envelope.Header(mode=1, key_name="master_key", key_version=3),
+        envelope.Header(mode=2, key_name="t", key_version=1, wrapped_key=b"vault:v1:AA"),
+    ):
+        blob = envelope.encrypt_bytes(bytes(32), header, b"x", b"")
+        with pytest.raises(SecretNotFoundError, match="no store for"):
+            env_only.decrypt(blob)
+
+
+def test_typed_buffers_are_bytes(km: KeyManager) -> None:
+    import array
+
+    words = array.array("I", range(1000))
+    blob = km.encrypt(memoryview(words))
+    assert km.decrypt(memoryview(array.array("B", blob))) == words.tobytes()
+    with pytest.raises(TypeError, match="contiguous"):
+        km.encrypt(memoryview(b"abcdef")[::2])
+
+
+def test_the_current_key_entry_is_not_a_version(km: KeyManager) -> None:
+    km.encrypt(b"x")  # caches the current key with its version
+    with pytest.raises(ValueError, match="1 or more"):
+        km.get_secret("master_key", version=0)
+    with pytest.raises(ValueError, match="1 or more"):
+        km.get_encryption_key("master_key", version=0)
+
+
+def test_large_blobs_use_threads_and_still_fail_closed() -> None:
+    key = os.urandom(32)
+    made = envelope.Header(mode=1, key_name="k", key_version=1, segment_bytes=16)
+    data = os.urandom(16 * 100 + 5)  # 101 segments: split across threads
+    blob = envelope.encrypt_bytes(key, made, data, b"")
+    head, length = envelope.parse_header(blob)
+    assert envelope.decrypt_bytes(key, head, blob[:length], blob[length:], b"") == data
+    for at in (length + 5, length + 50 * 32, len(blob) - 1):
+        broken = bytearray(blob)
+        broken[at] ^= 1
+        with pytest.raises(InvalidCiphertextError):
+            envelope.decrypt_bytes(key, head, blob[:length], bytes(broken)[length:], b"")
+
+
+def test_a_failed_fill_leaves_zeros_not_plaintext() -> None:
+    from secureml.key_management._buffers import filled_bytes
+
+    kept: list[memoryview] = []
+
+    def fill(view: memoryview) -> None:
+        kept.append(view)
+        view[:6] = b"SECRET"
+        raise InvalidCiphertextError("tag")
+
+    with pytest.raises(InvalidCiphertextError):
+        filled_bytes(64, fill)
+    assert bytes(kept[0]) == bytes(64)

@@ -53,3 +53,27 @@ def test_errors_reach_the_caller_and_helpers_end(where: str) -> None:
     with pytest.raises(OSError, match="disk on fire"):
         drive_threaded(fill, write, step, in_size=8, out_size=8)  # type: ignore[arg-type]
     assert threading.active_count() == before
+
+
+def test_failures_mid_stream_and_on_the_last_write() -> None:
+    before = threading.active_count()
+    calls = {"fill": 0, "write": 0}
+    source = io.BytesIO(bytes(100))
+
+    def late_fill(buffer: bytearray) -> int:
+        calls["fill"] += 1
+        if calls["fill"] == 4:
+            raise OSError("read failed late")
+        return source.readinto(buffer)
+
+    with pytest.raises(OSError, match="read failed late"):
+        drive_threaded(late_fill, io.BytesIO().write, upper, in_size=8, out_size=8)
+
+    def last_write(view: memoryview) -> None:
+        calls["write"] += 1
+        if calls["write"] == 13:  # 100 bytes in 8-byte segments: the 13th is the last
+            raise OSError("disk full at the end")
+
+    with pytest.raises(OSError, match="disk full at the end"):
+        drive_threaded(filler(bytes(100)), last_write, upper, in_size=8, out_size=8)
+    assert threading.active_count() == before

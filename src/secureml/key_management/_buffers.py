@@ -39,24 +39,37 @@ WORKERS = max(1, min(4, os.cpu_count() or 1))
 def filled_bytes(size: int, fill: Callable[[memoryview], None]) -> bytes:
     """A new ``bytes`` of ``size`` whose content ``fill`` writes into the view it gets.
     ``fill`` must write every byte; the object is not visible to anyone until it
-    returns."""
+    returns. If ``fill`` fails, the buffer is zeroed before the error propagates: views
+    of it may live on in the traceback, and must not show plaintext that failed to
+    authenticate, nor uninitialised memory."""
     if _new_bytes is None or size == 0:
         buffer = bytearray(size)
-        fill(memoryview(buffer))
+        try:
+            fill(memoryview(buffer))
+        except BaseException:
+            buffer[:] = bytes(size)
+            raise
         return bytes(buffer)
     import ctypes
 
     result: bytes = _new_bytes(None, size)
     area = (ctypes.c_char * size).from_address(id(result) + _DATA_OFFSET)
-    with memoryview(area).cast("B") as view:
-        fill(view)
+    # Every view of the area keeps the area alive; the area keeps the bytes object (and
+    # so the memory the views point into) alive.
+    area._owner = result  # type: ignore[attr-defined]
+    try:
+        fill(memoryview(area).cast("B"))
+    except BaseException:
+        ctypes.memset(area, 0, size)
+        raise
     return result
 
 
 def in_parallel(count: int, work: Callable[[int, int], None], *, minimum: int = 8) -> None:
     """Run ``work(start, stop)`` over ``range(count)`` split into contiguous runs, on up to
-    :data:`WORKERS` threads (this one included); small jobs stay on this thread. The
-    first error any run raises is raised here, after every run ended."""
+    :data:`WORKERS` threads (this one included); small jobs stay on this thread. Every
+    run has ended when this returns or raises (its buffers may be freed then); the
+    first error a run raised is raised here."""
     workers = min(WORKERS, count // minimum) if count >= 2 * minimum else 1
     if workers <= 1:
         work(0, count)
@@ -70,14 +83,23 @@ def in_parallel(count: int, work: Callable[[int, int], None], *, minimum: int = 
         except BaseException as exc:  # handed to the caller below
             errors.append(exc)
 
-    threads = [
-        threading.Thread(target=run, args=(bounds[i], bounds[i + 1]), daemon=True)
-        for i in range(1, workers)
-    ]
-    for thread in threads:
-        thread.start()
-    run(bounds[0], bounds[1])
-    for thread in threads:
-        thread.join()
+    started: list[threading.Thread] = []
+    try:
+        for i in range(1, workers):
+            thread = threading.Thread(target=run, args=(bounds[i], bounds[i + 1]), daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: do that run here
+                run(bounds[i], bounds[i + 1])
+            else:
+                started.append(thread)
+        run(bounds[0], bounds[1])
+    finally:
+        for thread in started:
+            while thread.is_alive():  # even if interrupted: they write into our buffers
+                try:
+                    thread.join()
+                except BaseException as exc:
+                    errors.append(exc)
     if errors:
         raise errors[0]

@@ -20,7 +20,6 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from . import _envelope as envelope
 from ._cache import ABSENT
 from ._counters import BACKEND_READS, HITS, MISSES
-from ._devdefaults import dev_default_key
 from ._encoding import MIN_KEY_BYTES
 from ._lifecycle import key_from_material
 from ._names import validate_name
@@ -28,6 +27,7 @@ from .backends.base import VersionedSecretBackend
 from .errors import (
     InvalidCiphertextError,
     KeyFormatError,
+    SecretNotFoundError,
     UnsupportedOperationError,
     VaultUnavailableError,
 )
@@ -54,7 +54,10 @@ def _check_data(value: object, what: str) -> bytes | memoryview:
     if isinstance(value, bytes):
         return value
     if isinstance(value, (bytearray, memoryview)):
-        return memoryview(value)
+        view = memoryview(value)
+        if not view.contiguous:
+            raise TypeError(f"{what} must be contiguous bytes")
+        return view.cast("B") if view.format != "B" or view.ndim != 1 else view
     raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
 
 
@@ -79,11 +82,29 @@ def _replacing(dst: PathLike) -> Iterator[IO[bytes]]:
     try:
         with os.fdopen(fd, "wb", buffering=0) as out:
             yield out
+            # Durable before it replaces anything: after reencrypt_file(p, p) the old
+            # key version may be destroyed, and a crash must not leave p empty.
+            os.fsync(out.fileno())
         os.replace(temporary, target)
+        _sync_directory(target.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _sync_directory(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows opening folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse
+        pass
+    finally:
+        os.close(fd)
 
 
 def _regular(stream: Any) -> bool:
@@ -138,7 +159,12 @@ class Encryption:
         def _read_version(self, name: str, version: int) -> tuple[Any, str, str]: ...
 
         def _lookup(
-            self, name: str, default: object, dev_default: Callable[[], object]
+            self,
+            name: str,
+            default: object,
+            dev_default: Callable[[], object] | None,
+            *,
+            outage_falls_through: bool = True,
         ) -> tuple[Any, str, str]: ...
 
         def _serve_stale(self, name: str, outage: VaultUnavailableError, entry: Any) -> None: ...
@@ -396,6 +422,7 @@ class Encryption:
         """The key to encrypt with, the header naming it, and where it came from."""
         if transit_key is not None:
             data_key, wrapped = self.transit.generate_data_key(transit_key)
+            data_key = _key(data_key, transit_key, f"vault:{self.transit.mount}")
             match = _TRANSIT_VERSION.match(wrapped)
             header = envelope.Header(
                 mode=envelope.MODE_TRANSIT,
@@ -421,7 +448,9 @@ class Encryption:
             if found is not None:
                 version, material = found
                 return version, _key(material, name, where), where
-        material, where, _ = self._lookup(name, None, lambda: dev_default_key(name, 32))
+        # Dev defaults are public: nothing encrypted with one would be protected. And an
+        # unreachable Vault must not make new data go under an environment key.
+        material, where, _ = self._lookup(name, None, None, outage_falls_through=False)
         return 0, _key(material, name, where), where
 
     def _latest_versioned(
@@ -457,25 +486,35 @@ class Encryption:
         return None if value is ABSENT else value
 
     def _opening(self, header: envelope.Header) -> tuple[bytes, str]:
-        """The key a header names, and where it came from. The name is checked before
-        any lookup: a header is untrusted input."""
+        """The key a header names, and where it came from. A header is untrusted input:
+        its name is checked before any lookup, dev defaults are never used, and material
+        that is not a key is refused as opaquely as a bad tag (no length is reported)."""
+        name = header.key_name
         try:
-            validate_name(header.key_name)
+            validate_name(name)
         except ValueError:
             raise InvalidCiphertextError(envelope.OPAQUE) from None
-        if header.mode == envelope.MODE_TRANSIT:
-            wrapped = header.wrapped_key.decode("ascii", errors="replace")
-            if "/" in header.key_name:
-                raise InvalidCiphertextError(envelope.OPAQUE)
-            where = f"vault:{self.transit.mount}/keys/{header.key_name}"
-            return self.transit.decrypt(header.key_name, wrapped), where
-        if header.key_version == 0:
-            material, where, _ = self._lookup(
-                header.key_name, None, lambda: dev_default_key(header.key_name, 32)
-            )
-        else:
-            material, where, _ = self._read_version(header.key_name, header.key_version)
-        return _key(material, header.key_name, where), where
+        try:
+            if header.mode == envelope.MODE_TRANSIT:
+                if "/" in name:
+                    raise InvalidCiphertextError(envelope.OPAQUE)
+                wrapped = header.wrapped_key.decode("ascii", errors="replace")
+                material: Any = self.transit.decrypt(name, wrapped)
+                where = f"vault:{self.transit.mount}/keys/{name}"
+            elif header.key_version == 0:
+                material, where, _ = self._lookup(name, None, None, outage_falls_through=False)
+            else:
+                material, where, _ = self._read_version(name, header.key_version)
+        except UnsupportedOperationError:
+            # A version, or Transit, that this manager's sources cannot hold.
+            kind = "Transit" if header.mode == envelope.MODE_TRANSIT else "versioned"
+            raise SecretNotFoundError(
+                name, [], detail=f"the message needs a {kind} key this manager has no store for"
+            ) from None
+        try:
+            return _key(material, name, where), where
+        except KeyFormatError:
+            raise InvalidCiphertextError(envelope.OPAQUE) from None
 
     @staticmethod
     def _target(

@@ -56,7 +56,9 @@ MODE_TRANSIT = 2  # the key is a data key wrapped by Vault Transit, kept in the 
 
 DEFAULT_SEGMENT_BYTES = 1 << 20
 MIN_SEGMENT_BYTES = 16
-MAX_SEGMENT_BYTES = 64 << 20
+#: A hostile header may ask for this much buffer before anything authenticates: keep it
+#: small (secureml writes 1 MiB segments).
+MAX_SEGMENT_BYTES = 4 << 20
 MAX_NAME_BYTES = 512
 MAX_WRAPPED_BYTES = 4096
 SALT_BYTES = 32
@@ -244,6 +246,7 @@ class SegmentCipher:
             algorithm=hashes.SHA256(), length=32, salt=header.salt, info=header_bytes
         ).derive(key)
         self._aead = AESGCM(message_key)
+        self._into = hasattr(self._aead, "encrypt_into")
         self._prefix = header.nonce_prefix
         self._aad = aad or None
 
@@ -259,11 +262,17 @@ class SegmentCipher:
     def seal_into(
         self, index: int, plaintext: bytes | memoryview, last: bool, out: memoryview
     ) -> None:
-        self._aead.encrypt_into(self._nonce(index, last), plaintext, self._aad, out)
+        nonce = self._nonce(index, last)
+        if self._into:
+            self._aead.encrypt_into(nonce, plaintext, self._aad, out)
+        else:  # cryptography before encrypt_into: one copy more
+            out[:] = self._aead.encrypt(nonce, plaintext, self._aad)
 
     def open(self, index: int, segment: bytes | memoryview, last: bool) -> bytes:
         try:
             return self._aead.decrypt(self._nonce(index, last), segment, self._aad)
+        except ValueError:
+            raise _invalid() from None  # past 2**32 segments: no such message was written
         except self._invalid_tag:
             raise _invalid() from None
 
@@ -271,7 +280,13 @@ class SegmentCipher:
         self, index: int, segment: bytes | memoryview, last: bool, out: memoryview
     ) -> None:
         try:
-            self._aead.decrypt_into(self._nonce(index, last), segment, self._aad, out)
+            nonce = self._nonce(index, last)
+            if self._into:
+                self._aead.decrypt_into(nonce, segment, self._aad, out)
+            else:  # cryptography before decrypt_into
+                out[:] = self._aead.decrypt(nonce, segment, self._aad)
+        except ValueError:
+            raise _invalid() from None  # past 2**32 segments: no such message was written
         except self._invalid_tag:
             raise _invalid() from None
 
@@ -360,6 +375,8 @@ def _filler(reader: Reader) -> Callable[[bytearray], int]:
             got = 0
             while got < len(view):
                 n = readinto(view[got:])
+                if n is None:  # a non-blocking stream with nothing yet: not the end
+                    raise BlockingIOError("the stream has no data yet; use a blocking stream")
                 if not n:
                     break
                 got += n
@@ -391,7 +408,11 @@ def _write_all(writer: Writer, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = writer.write(view)
-        if written is None or written >= len(view):  # buffered writers write it all
+        if written is None and not isinstance(writer, io.RawIOBase):
+            return  # writers that return nothing write everything
+        if not written:
+            raise BlockingIOError("the stream accepted no data; use a blocking stream")
+        if written >= len(view):
             return
         view = view[written:]
 

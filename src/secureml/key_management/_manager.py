@@ -264,7 +264,7 @@ class KeyManager(KeyLifecycle, Encryption):
         """
         entry = None
         # Only well-formed calls may take the fast path (1.0 and True hash like 1).
-        if version is None or (type(version) is int and default is None):
+        if version is None or (type(version) is int and version > 0 and default is None):
             try:  # noqa: SIM105 - contextlib.suppress costs the hot path ~0.3 µs
                 entry = self._cache.fresh((name, version))
             except TypeError:  # unhashable: let validation say what is wrong with it
@@ -406,7 +406,7 @@ class KeyManager(KeyLifecycle, Encryption):
             encoding == "bytes"
             and type(key_bytes) is int
             and key_bytes >= MIN_KEY_BYTES
-            and (version is None or type(version) is int)
+            and (version is None or (type(version) is int and version > 0))
         ):
             try:
                 entry = self._cache.fresh((key_name, version))
@@ -564,7 +564,12 @@ class KeyManager(KeyLifecycle, Encryption):
     # -- the lookup chain ------------------------------------------------------------
 
     def _lookup(
-        self, name: str, default: object, dev_default: Callable[[], object]
+        self,
+        name: str,
+        default: object,
+        dev_default: Callable[[], object] | None,
+        *,
+        outage_falls_through: bool = True,
     ) -> tuple[Any, str, str]:
         """Walk the chain; return the value, where it came from, and how (``ok``,
         ``cached``, ``stale``)."""
@@ -580,6 +585,8 @@ class KeyManager(KeyLifecycle, Encryption):
                 if stale is not None and stale.value is not ABSENT:
                     self._serve_stale(name, exc, stale)
                     return _private(stale.value), where, "stale"
+                if not outage_falls_through:
+                    raise
                 outage = exc
                 if stale is None:
                     self._log_once(
@@ -600,7 +607,7 @@ class KeyManager(KeyLifecycle, Encryption):
         if default is not None:
             self._note_fallback(name, tried, outage)
             return default, "default=", "ok"
-        if self._use_default_fallback:
+        if self._use_default_fallback and dev_default is not None:
             self._warn_dev_default(name)
             return dev_default(), "insecure dev default", "ok"
         if outage is not None:

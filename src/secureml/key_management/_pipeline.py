@@ -106,7 +106,11 @@ class _Pipe:
         self._reader = threading.Thread(target=self._read_all, daemon=True)
         self._writer = threading.Thread(target=self._write_all, daemon=True)
         self._reader.start()
-        self._writer.start()
+        try:
+            self._writer.start()
+        except BaseException:
+            self.close()
+            raise
 
     def _read_all(self) -> None:
         try:
@@ -163,4 +167,5 @@ class _Pipe:
         self._free_in.put(None)
         self._to_write.put(None)
         self._reader.join()
-        self._writer.join()
+        if self._writer.ident is not None:
+            self._writer.join()
