@@ -74,19 +74,20 @@ def _check_progress(progress: object) -> Progress | None:
 
 
 @contextlib.contextmanager
-def _replacing(dst: PathLike) -> Iterator[IO[bytes]]:
+def _replacing(dst: PathLike, *, durable: bool) -> Iterator[IO[bytes]]:
     """A temporary file beside ``dst`` (mode 0600) that becomes ``dst`` only if the block
-    succeeds: a failure never leaves partial output at ``dst``."""
+    succeeds: a failure never leaves partial output at ``dst``. ``durable`` flushes it
+    to disk before the rename, and the rename after it."""
     target = Path(dst)
     fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb", buffering=0) as out:
             yield out
-            # Durable before it replaces anything: after reencrypt_file(p, p) the old
-            # key version may be destroyed, and a crash must not leave p empty.
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.replace(temporary, target)
-        _sync_directory(target.parent)
+        if durable:
+            _sync_directory(target.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -369,10 +370,16 @@ class Encryption:
         aad: bytes = b"",
         progress: Progress | None = None,
         transit_key: str | None = None,
+        durable: bool = False,
     ) -> int:
         """Encrypt file ``src`` to ``dst`` (replaced only once complete). Returns the
-        plaintext bytes."""
-        with open(src, "rb", buffering=0) as reader, _replacing(dst) as writer:
+        plaintext bytes.
+
+        Args:
+            durable: fsync ``dst`` (and its folder) before returning, as a crash could
+                otherwise lose it: pass ``True`` when ``src`` will be deleted next.
+        """
+        with open(src, "rb", buffering=0) as reader, _replacing(dst, durable=durable) as writer:
             return self._encrypt_stream(
                 reader,
                 writer,
@@ -384,15 +391,22 @@ class Encryption:
             )
 
     def decrypt_file(
-        self, src: PathLike, dst: PathLike, *, aad: bytes = b"", progress: Progress | None = None
+        self,
+        src: PathLike,
+        dst: PathLike,
+        *,
+        aad: bytes = b"",
+        progress: Progress | None = None,
+        durable: bool = False,
     ) -> int:
         """Decrypt file ``src`` to ``dst``, all or nothing.
 
         Plaintext goes to a temporary file beside ``dst`` (mode 0600) that becomes
         ``dst`` only after the last segment authenticates: a tampered or truncated file
         never leaves partial plaintext at ``dst``. Returns the plaintext bytes.
+        ``durable`` fsyncs ``dst`` before returning.
         """
-        with open(src, "rb", buffering=0) as reader, _replacing(dst) as writer:
+        with open(src, "rb", buffering=0) as reader, _replacing(dst, durable=durable) as writer:
             return self._decrypt_stream(
                 reader, writer, aad=aad, progress=progress, threaded=_regular(reader)
             )
@@ -408,8 +422,10 @@ class Encryption:
         transit_key: str | None = None,
     ) -> int:
         """:meth:`reencrypt_stream` from file ``src`` to ``dst`` (may be the same path),
-        replaced only once the whole file authenticated and was encrypted again."""
-        with open(src, "rb", buffering=0) as reader, _replacing(dst) as writer:
+        replaced only once the whole file authenticated and was encrypted again. Always
+        fsynced before the rename: after a re-encryption the old key version tends to
+        be destroyed, and a crash must not leave ``dst`` empty."""
+        with open(src, "rb", buffering=0) as reader, _replacing(dst, durable=True) as writer:
             return self.reencrypt_stream(
                 reader, writer, key_name, aad=aad, progress=progress, transit_key=transit_key
             )
