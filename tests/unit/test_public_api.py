@@ -137,6 +137,7 @@ def test_encryption_signatures() -> None:
         ("dst", empty),
         ("aad", b""),
         ("progress", None),
+        ("durable", False),
     ]
     assert params(manager.encrypt_stream)[:3] == [
         ("reader", empty),
