@@ -32,16 +32,34 @@ ROUNDS = 5
 CHUNK = 1 << 20
 
 
-def median_seconds(contestants: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Each contestant once per round, in rotated order; the median of its rounds."""
+def median_seconds(
+    contestants: dict[str, Callable[[], object]],
+    rounds: int,
+    prepare: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """Each contestant once per round, in rotated order; the median of its rounds.
+    ``prepare`` runs untimed before every call (files: start from the same state)."""
     names = list(contestants)
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            if prepare is not None:
+                prepare()
             start = time.perf_counter()
             contestants[name]()
             samples[name].append(time.perf_counter() - start)
     return {n: statistics.median(v) for n, v in samples.items()}
+
+
+def fresh_start(path: Path) -> Callable[[], None]:
+    """Remove the previous output and flush dirty pages, so no contestant pays for the
+    writeback of the one before it (the disk here is the noisiest part of the run)."""
+
+    def prepare() -> None:
+        path.unlink(missing_ok=True)
+        os.sync()
+
+    return prepare
 
 
 def copy_file(src: Path, dst: Path) -> None:
@@ -151,6 +169,7 @@ def main() -> int:
                 "tink decrypt": lambda: tink_decrypt(primitive, tink_enc, out),
             },
             ROUNDS,
+            prepare=fresh_start(out),
         )
     tink_name = "Tink streaming AEAD `AES256_GCM_HKDF_1MB`, same file"
     copy_name = "plain file copy, 1 MiB readinto/write (the I/O floor)"
