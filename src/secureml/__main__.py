@@ -1,0 +1,5 @@
+"""``python -m secureml``: the command line."""
+
+from secureml.cli import main
+
+main()

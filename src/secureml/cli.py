@@ -1,0 +1,633 @@
+"""The ``secureml`` command line: parse, call :mod:`secureml.key_management`, map errors
+to exit codes. Nothing here decides policy.
+
+Exit codes: 0 ok, 1 operational error, 2 usage error, 3 not found, 4 permission denied or
+authentication, 5 Vault unavailable, 6 invalid ciphertext. Errors are one line on stderr
+(``--debug`` shows the traceback) and never contain a secret. Heavy modules (the library,
+hvac, rich) are imported only by the commands that need them, so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
+
+import click
+
+if TYPE_CHECKING:
+    from .key_management import KeyManager
+    from .key_management._encoding import Encoding
+
+__all__ = ["cli", "main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_NOT_FOUND, EXIT_DENIED, EXIT_UNAVAILABLE, EXIT_INVALID_CIPHERTEXT = 3, 4, 5, 6
+
+#: Files at least this large get a progress bar (on a terminal).
+PROGRESS_FROM_BYTES = 4 << 20
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for an error the library (or the OS) raised."""
+    from .key_management import errors
+
+    ordered: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
+        (errors.InvalidCiphertextError, EXIT_INVALID_CIPHERTEXT),
+        (errors.VaultUnavailableError, EXIT_UNAVAILABLE),
+        ((errors.PermissionDeniedError, errors.AuthenticationError), EXIT_DENIED),
+        (errors.SecretNotFoundError, EXIT_NOT_FOUND),
+        ((errors.ConfigurationError, ValueError, TypeError), EXIT_USAGE),
+    ]
+    for kinds, code in ordered:
+        if isinstance(exc, kinds):
+            return code
+    return EXIT_ERROR
+
+
+def _message(exc: BaseException) -> str:
+    from .key_management.errors import KeyManagementError
+
+    if isinstance(exc, (KeyManagementError, OSError, ValueError, TypeError)):
+        return " ".join(str(exc).split()) or type(exc).__name__
+    # Anything else could carry anything: say what it was, not what it holds.
+    return f"unexpected {type(exc).__name__} (run with --debug for details)"
+
+
+@dataclass
+class Options:
+    """The global options, and the manager built from them on first use."""
+
+    vault_url: str | None
+    vault_path: str
+    mount: str
+    namespace: str | None
+    env_fallback: bool
+    dev_defaults: bool
+    json: bool
+    debug: bool
+    _manager: Any = None
+
+    def manager(self) -> KeyManager:
+        if self._manager is None:
+            from .key_management import KeyManager
+
+            self._manager = KeyManager(
+                vault_url=self.vault_url,
+                vault_path=self.vault_path,
+                use_env_fallback=self.env_fallback,
+                use_default_fallback=self.dev_defaults,
+                vault_mount=self.mount,
+                vault_namespace=self.namespace,
+            )
+        return self._manager  # type: ignore[no-any-return]
+
+
+class _Commands(click.Group):
+    """Turns library errors into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            options = ctx.find_object(Options)
+            if options is not None and options.debug:
+                raise
+            click.echo(f"secureml: error: {_message(exc)}", err=True)
+            ctx.exit(exit_code(exc))
+
+
+pass_options = click.make_pass_decorator(Options)
+
+
+def _out(options: Options, data: Any, text: str | None = None) -> None:
+    """Data as JSON with --json, else as text."""
+    if options.json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(text if text is not None else data)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"secureml: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--vault-url",
+    metavar="URL",
+    help="Vault/OpenBao address (else SECUREML_VAULT_URL, BAO_ADDR, VAULT_ADDR). "
+    "The token comes from SECUREML_VAULT_TOKEN, BAO_TOKEN or VAULT_TOKEN.",
+)
+@click.option(
+    "--vault-path",
+    default="secureml",
+    show_default=True,
+    envvar="SECUREML_VAULT_PATH",
+    help="Folder under the KV mount.",
+)
+@click.option(
+    "--mount", default="secret", show_default=True, envvar="SECUREML_VAULT_MOUNT", help="KV mount."
+)
+@click.option("--namespace", metavar="NS", help="Vault namespace (else VAULT_NAMESPACE).")
+@click.option("--no-env-fallback", is_flag=True, help="Do not read SECUREML_<NAME> variables.")
+@click.option(
+    "--allow-dev-defaults",
+    is_flag=True,
+    help="Serve INSECURE deterministic defaults as a last resort (development only).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="secureml", prog_name="secureml")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    vault_url: str | None,
+    vault_path: str,
+    mount: str,
+    namespace: str | None,
+    no_env_fallback: bool,
+    allow_dev_defaults: bool,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Secrets and encryption keys for ML pipelines, from Vault/OpenBao."""
+    ctx.obj = Options(
+        vault_url=vault_url,
+        vault_path=vault_path,
+        mount=mount,
+        namespace=namespace,
+        env_fallback=not no_env_fallback,
+        dev_defaults=allow_dev_defaults,
+        json=as_json,
+        debug=debug,
+    )
+
+
+# -- status and secrets ----------------------------------------------------------------
+
+
+@cli.command()
+@pass_options
+def status(options: Options) -> None:
+    """Where secrets come from, and how Vault is doing."""
+    from dataclasses import asdict
+
+    report = asdict(options.manager().status())
+    if options.json:
+        _out(options, report)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for field, value in report.items():
+        table.add_row(field, "-" if value is None else str(value))
+    Console().print(table)
+
+
+def _shown(value: Any) -> tuple[str, str]:
+    """A secret as one line of text, and how it is encoded."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii"), "base64"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True), "fields"
+    return str(value), "text"
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--version", type=click.IntRange(min=1), help="A version (KV v2).")
+@pass_options
+def get(options: Options, name: str, version: int | None) -> None:
+    """Print secret NAME (bytes as base64, several fields as JSON)."""
+    value = options.manager().get_secret(name, version=version)
+    text, encoding = _shown(value)
+    _out(options, {"name": name, "value": text, "encoding": encoding}, text)
+
+
+@cli.command(name="set")
+@click.argument("name")
+@click.option("--value", help="The value (visible to other users in the process list!).")
+@click.option(
+    "--file", "path", type=click.Path(exists=True, dir_okay=False), help="Read the value here."
+)
+@click.option("--binary", is_flag=True, help="Store the input as bytes, not text.")
+@pass_options
+def set_(options: Options, name: str, value: str | None, path: str | None, binary: bool) -> None:
+    """Store secret NAME: from stdin, a hidden prompt, --file or --value."""
+    if value is not None and path is not None:
+        raise click.UsageError("pass --value or --file, not both")
+    data: str | bytes
+    if value is not None:
+        click.echo(
+            "secureml: warning: --value is visible to other users (ps, shell history); "
+            "prefer stdin or the prompt",
+            err=True,
+        )
+        data = value.encode() if binary else value
+    elif path is not None:
+        with open(path, "rb") as source:
+            raw = source.read()
+        data = raw if binary else raw.decode("utf-8")
+    elif sys.stdin.isatty():
+        data = click.prompt(f"Value for {name}", hide_input=True, confirmation_prompt=True)
+    else:
+        raw = sys.stdin.buffer.read()
+        data = raw if binary else raw.decode("utf-8").removesuffix("\n")
+    options.manager().set_secret(name, data)
+    _out(options, {"name": name, "stored": True}, f"stored {name}")
+
+
+@cli.command(name="list")
+@click.argument("prefix", default="")
+@pass_options
+def list_(options: Options, prefix: str) -> None:
+    """List secret names (under PREFIX)."""
+    names = options.manager().list_secrets(prefix)
+    _out(options, names, "\n".join(names) if names else "")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--destroy", is_flag=True, help="Destroy for good (default: soft delete).")
+@click.option("--version", "versions", type=click.IntRange(min=1), multiple=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_options
+def delete(
+    options: Options, name: str, destroy: bool, versions: tuple[int, ...], yes: bool
+) -> None:
+    """Delete secret NAME (soft, undoable) or its --version(s); --destroy for good."""
+    what = f"versions {', '.join(map(str, versions))} of {name}" if versions else name
+    verb = "destroy (for good)" if destroy else "delete"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"refusing to {verb} {what} without --yes (no terminal to ask)")
+        click.confirm(f"{verb.capitalize()} {what}?", abort=True)
+    options.manager().delete_secret(name, destroy=destroy, versions=list(versions) or None)
+    _out(options, {"name": name, "deleted": True, "destroyed": destroy}, f"{verb}: {what}")
+
+
+# -- keys --------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Commands)
+def keys() -> None:
+    """Generate, rotate, inspect and derive encryption keys."""
+
+
+def _labels(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    found: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--label")
+        found[key] = value
+    return found or None
+
+
+@keys.command()
+@click.argument("name")
+@click.option("--bytes", "key_bytes", default=32, show_default=True, type=click.IntRange(16))
+@click.option("--overwrite", is_flag=True, help="Add a version to an existing key.")
+@click.option("--label", multiple=True, metavar="KEY=VALUE", help="Metadata (repeatable).")
+@pass_options
+def generate(
+    options: Options, name: str, key_bytes: int, overwrite: bool, label: tuple[str, ...]
+) -> None:
+    """Store a new random key NAME in Vault."""
+    version = options.manager().generate_key(
+        name, key_bytes, overwrite=overwrite, metadata=_labels(label)
+    )
+    _out(options, {"name": name, "version": version}, f"{name}: version {version}")
+
+
+def parse_duration(text: str) -> float:
+    """``90d``, ``12h``, ``30m``, ``45s``, ``2w`` or plain seconds, in seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 90d, 12h, 30m or 45s")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+@keys.command()
+@click.argument("name")
+@click.option("--older-than", metavar="AGE", help="Only if the current version is this old.")
+@pass_options
+def rotate(options: Options, name: str, older_than: str | None) -> None:
+    """Rotate key NAME: a new version of fresh random bytes."""
+    manager = options.manager()
+    if older_than is None:
+        version: int | None = manager.rotate_key(name)
+    else:
+        version = manager.rotate_if_older_than(name, parse_duration(older_than))
+    text = (
+        f"{name}: version {version}"
+        if version is not None
+        else f"{name}: not rotated (younger than {older_than})"
+    )
+    _out(options, {"name": name, "rotated": version is not None, "version": version}, text)
+
+
+@keys.command()
+@click.argument("name")
+@pass_options
+def versions(options: Options, name: str) -> None:
+    """List the versions of key NAME."""
+    from dataclasses import asdict
+
+    found = [asdict(v) for v in options.manager().key_versions(name)]
+    if options.json:
+        _out(options, found)
+        return
+    for v in found:
+        state = "destroyed" if v["destroyed"] else "deleted" if v["deleted"] else "live"
+        current = "  (current)" if v["is_current"] else ""
+        click.echo(f"{v['version']:>4}  {v['created_at']:%Y-%m-%d %H:%M:%S}Z  {state}{current}")
+
+
+_ENCODINGS = click.Choice(["hex", "base64", "base64url"])
+
+
+@keys.command(name="get")
+@click.argument("name")
+@click.option("--encoding", type=_ENCODINGS, default="hex", show_default=True)
+@click.option("--version", type=click.IntRange(min=1))
+@click.option("--bytes", "key_bytes", default=32, show_default=True, type=click.IntRange(16))
+@pass_options
+def key_get(
+    options: Options, name: str, encoding: str, version: int | None, key_bytes: int
+) -> None:
+    """Print key NAME (you asked for it: it is secret)."""
+    key = options.manager().get_encryption_key(
+        name, key_bytes, cast("Encoding", encoding), version=version
+    )
+    _out(options, {"name": name, "key": key, "encoding": encoding}, str(key))
+
+
+@keys.command()
+@click.argument("name")
+@click.option("--purpose", required=True, help="What the derived key is for (HKDF info).")
+@click.option("--bytes", "key_bytes", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--encoding", type=_ENCODINGS, default="hex", show_default=True)
+@pass_options
+def derive(options: Options, name: str, purpose: str, key_bytes: int, encoding: str) -> None:
+    """Print a key derived from key NAME for PURPOSE (HKDF-SHA256)."""
+    from .key_management._encoding import encode_key
+
+    manager = options.manager()
+    base = manager.get_encryption_key(name)
+    derived = encode_key(manager.derive_key(base, purpose, key_bytes), cast("Encoding", encoding))
+    _out(options, {"name": name, "purpose": purpose, "key": derived}, str(derived))
+
+
+# -- data and files ------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(total: int | None) -> Iterator[Any]:
+    """A rich progress bar on a terminal for large inputs; nothing otherwise."""
+    if total is None or total < PROGRESS_FROM_BYTES or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("", total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _size(path: str) -> int | None:
+    return None if path == "-" else os.path.getsize(path)
+
+
+@contextmanager
+def _streams(src: str, dst: str) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
+    """``-`` is stdin or stdout; anything else a file (opened only for stream use)."""
+    reader = sys.stdin.buffer if src == "-" else open(src, "rb", buffering=0)  # noqa: SIM115
+    try:
+        writer = sys.stdout.buffer if dst == "-" else open(dst, "wb")  # noqa: SIM115
+        try:
+            yield reader, writer
+        finally:
+            if dst == "-":
+                writer.flush()
+            else:
+                writer.close()
+    finally:
+        if src != "-":
+            reader.close()
+
+
+def _aad(text: str | None) -> bytes:
+    return b"" if text is None else text.encode("utf-8")
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--key", "key_name", default="master_key", show_default=True, help="Managed key.")
+@click.option("--aad", help="Associated data (needed again to decrypt).")
+@click.option("--transit-key", help="Use a fresh data key from this Vault Transit key.")
+@pass_options
+def encrypt(
+    options: Options, src: str, dst: str, key_name: str, aad: str | None, transit_key: str | None
+) -> None:
+    """Encrypt SRC to DST (- for stdin/stdout)."""
+    manager = options.manager()
+    with _progress(_size(src)) as progress:
+        if "-" not in (src, dst):
+            manager.encrypt_file(
+                src, dst, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
+            )
+            return
+        with _streams(src, dst) as (reader, writer):
+            manager.encrypt_stream(
+                reader, writer, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
+            )
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--aad", help="The associated data given to encrypt.")
+@pass_options
+def decrypt(options: Options, src: str, dst: str, aad: str | None) -> None:
+    """Decrypt SRC to DST (- for stdin/stdout). A file DST appears only if all of SRC
+    authenticates; on stdout, output stops at the first bad segment."""
+    manager = options.manager()
+    with _progress(_size(src)) as progress:
+        if dst != "-" and src != "-":
+            manager.decrypt_file(src, dst, aad=_aad(aad), progress=progress)
+            return
+        with _streams(src, dst) as (reader, writer):
+            manager.decrypt_stream(reader, writer, aad=_aad(aad), progress=progress)
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--key", "key_name", help="Move to this key (default: the one SRC names).")
+@click.option("--aad", help="The associated data given to encrypt.")
+@click.option("--transit-key", help="Move to a data key from this Transit key.")
+@pass_options
+def reencrypt(
+    options: Options,
+    src: str,
+    dst: str,
+    key_name: str | None,
+    aad: str | None,
+    transit_key: str | None,
+) -> None:
+    """Re-encrypt SRC to DST under the current key version (after a rotation)."""
+    manager = options.manager()
+    with _progress(_size(src)) as progress:
+        if "-" not in (src, dst):
+            manager.reencrypt_file(
+                src, dst, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
+            )
+            return
+        with _streams(src, dst) as (reader, writer):
+            manager.reencrypt_stream(
+                reader, writer, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
+            )
+
+
+# -- transit -------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Commands)
+@click.option("--mount", "transit_mount", default="transit", show_default=True)
+@click.pass_context
+def transit(ctx: click.Context, transit_mount: str) -> None:
+    """Vault Transit: encryption where the key never leaves Vault."""
+    ctx.meta["transit_mount"] = transit_mount
+
+
+def _transit(options: Options) -> Any:
+    from .key_management import TransitKeys
+
+    mount = click.get_current_context().meta.get("transit_mount", "transit")
+    return TransitKeys(options.manager(), mount=mount)
+
+
+def _context(text: str | None) -> bytes | None:
+    return None if text is None else text.encode("utf-8")
+
+
+def _stdin_text() -> str:
+    return sys.stdin.read().strip()
+
+
+@transit.command(name="encrypt")
+@click.argument("name")
+@click.option("--context", help="Derived keys: which one.")
+@pass_options
+def transit_encrypt(options: Options, name: str, context: str | None) -> None:
+    """Encrypt stdin with Transit key NAME; print the ciphertext."""
+    click.echo(_transit(options).encrypt(name, sys.stdin.buffer.read(), context=_context(context)))
+
+
+@transit.command(name="decrypt")
+@click.argument("name")
+@click.option("--context", help="Derived keys: which one.")
+@pass_options
+def transit_decrypt(options: Options, name: str, context: str | None) -> None:
+    """Decrypt the ciphertext on stdin with Transit key NAME; write the plaintext."""
+    plaintext = _transit(options).decrypt(name, _stdin_text(), context=_context(context))
+    sys.stdout.buffer.write(plaintext)
+    sys.stdout.buffer.flush()
+
+
+@transit.command(name="rotate")
+@click.argument("name")
+@pass_options
+def transit_rotate(options: Options, name: str) -> None:
+    """Rotate Transit key NAME; print its new version."""
+    version = _transit(options).rotate(name)
+    _out(options, {"name": name, "version": version}, f"{name}: version {version}")
+
+
+@transit.command(name="rewrap")
+@click.argument("name")
+@click.option("--context", help="Derived keys: which one.")
+@pass_options
+def transit_rewrap(options: Options, name: str, context: str | None) -> None:
+    """Re-encrypt the ciphertext on stdin with the latest version of NAME."""
+    click.echo(_transit(options).rewrap(name, _stdin_text(), context=_context(context)))
+
+
+# -- dev server ----------------------------------------------------------------------------
+
+
+@cli.command(name="dev-server")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback only.")
+def dev_server(port: int | None, host: str) -> None:
+    """Run a throw-away OpenBao dev server until Ctrl-C (needs secureml[server])."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        _fail(
+            f"refusing to bind {host}: the dev server is unsealed, in memory, with a root "
+            "token anyone could use; it only listens on loopback (127.0.0.1)"
+        )
+    from ._devserver import DevServer
+
+    server = DevServer(port=port)
+    try:
+        server.start()
+    except (RuntimeError, FileNotFoundError, OSError) as exc:
+        _fail(f"could not start the dev server: {' '.join(str(exc).split())[:300]}", EXIT_ERROR)
+    click.echo(f"# OpenBao dev server at {server.address} (pid {server.pid}); Ctrl-C stops it")
+    click.echo(f"export VAULT_ADDR={server.address}")
+    click.echo(f"export VAULT_TOKEN={server.root_token}")
+    sys.stdout.flush()
+    import signal
+    import time
+
+    def interrupt(*_: object) -> NoReturn:
+        raise KeyboardInterrupt
+
+    # Both, explicitly: a shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        click.echo("# stopped", err=True)
+
+
+def main() -> None:
+    """The ``secureml`` console script."""
+    cli(prog_name="secureml")
+
+
+if __name__ == "__main__":
+    main()
