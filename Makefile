@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[vault,dev,bench]'
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/encryption.py
+	$(BIN)/python bench/cli_startup.py
 
 # 100,000 random mutations of ciphertexts, all of which must be rejected (minutes).
 fuzz: $(VENV)/.installed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -136,6 +137,28 @@ def rotation(server: DevServer, manager: KeyManager) -> None:
     print(f"   rotate, then rewrap -> {rewrapped[:12]}...; decrypts to {plaintext!r}")
 
 
+def command_line(server: DevServer) -> None:
+    step("The secureml command line, against the same server")
+    cli = str(Path(sys.executable).with_name("secureml"))
+    env = {**os.environ, "VAULT_ADDR": server.address, "VAULT_TOKEN": server.root_token}
+
+    def run(*args: str, data: bytes | None = None) -> bytes:
+        done = subprocess.run([cli, *args], input=data, env=env, capture_output=True, check=True)
+        return done.stdout
+
+    for args in (("keys", "generate", "cli/key"), ("keys", "rotate", "cli/key")):
+        print(f"   $ secureml {' '.join(args)}\n     {run(*args).decode().strip()}")
+    print("   $ secureml keys versions cli/key")
+    for line in run("keys", "versions", "cli/key").decode().splitlines():
+        print(f"     {line}")
+    sealed = run("encrypt", "-", "-", "--key", "cli/key", data=b"rows from a pipe")
+    print(
+        f"   $ echo 'rows from a pipe' | secureml encrypt - - --key cli/key  -> {len(sealed)} bytes"
+    )
+    opened = run("decrypt", "-", "-", data=sealed)
+    print(f"   $ ... | secureml decrypt - -  -> {opened.decode()!r}")
+
+
 def fallbacks(server: DevServer, manager: KeyManager) -> None:
     step("Fallback: a secret Vault does not have comes from SECUREML_<NAME>")
     os.environ["SECUREML_WANDB_API_KEY"] = "wandb-" + secrets.token_hex(8)
@@ -202,6 +225,7 @@ def main() -> int:
         set_and_get(server, manager)
         keys(manager)
         rotation(server, manager)
+        command_line(server)
         fallbacks(server, manager)
         production(server)
     print(f"\nStopped the OpenBao server (pid {pid}). Done.")
