@@ -10,7 +10,9 @@ hvac, rich) are imported only by the commands that need them, so ``--help`` is q
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -29,6 +31,7 @@ __all__ = ["cli", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_NOT_FOUND, EXIT_DENIED, EXIT_UNAVAILABLE, EXIT_INVALID_CIPHERTEXT = 3, 4, 5, 6
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 #: Files at least this large get a progress bar (on a terminal).
 PROGRESS_FROM_BYTES = 4 << 20
@@ -56,6 +59,8 @@ def exit_code(exc: BaseException) -> int:
 def _message(exc: BaseException) -> str:
     from .key_management.errors import KeyManagementError
 
+    if isinstance(exc, UnicodeError):  # its message quotes the offending bytes
+        return "the input is not UTF-8 text; pass --binary to store it as bytes"
     if isinstance(exc, (KeyManagementError, OSError, ValueError, TypeError)):
         return " ".join(str(exc).split()) or type(exc).__name__
     # Anything else could carry anything: say what it was, not what it holds.
@@ -70,6 +75,9 @@ class Options:
     vault_path: str
     mount: str
     namespace: str | None
+    ca_cert: str | None
+    timeout: float | None
+    retries: int | None
     env_fallback: bool
     dev_defaults: bool
     json: bool
@@ -87,6 +95,9 @@ class Options:
                 use_default_fallback=self.dev_defaults,
                 vault_mount=self.mount,
                 vault_namespace=self.namespace,
+                vault_ca_cert=self.ca_cert,
+                timeout=self.timeout,
+                retries=self.retries,
             )
         return self._manager  # type: ignore[no-any-return]
 
@@ -99,6 +110,14 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:
+            # The reader went away (`| head`): nothing to report. Point stdout at
+            # /dev/null so the interpreter's final flush does not complain either.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("secureml: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:
             options = ctx.find_object(Options)
             if options is not None and options.debug:
@@ -130,17 +149,20 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     help="Vault/OpenBao address (else SECUREML_VAULT_URL, BAO_ADDR, VAULT_ADDR). "
     "The token comes from SECUREML_VAULT_TOKEN, BAO_TOKEN or VAULT_TOKEN.",
 )
+@click.option("--vault-path", default="secureml", show_default=True, help="Folder under the mount.")
+@click.option("--mount", default="secret", show_default=True, help="The KV mount.")
 @click.option(
-    "--vault-path",
-    default="secureml",
-    show_default=True,
-    envvar="SECUREML_VAULT_PATH",
-    help="Folder under the KV mount.",
+    "--namespace",
+    metavar="NS",
+    help="Vault namespace (else SECUREML_VAULT_NAMESPACE, BAO_NAMESPACE, VAULT_NAMESPACE).",
 )
 @click.option(
-    "--mount", default="secret", show_default=True, envvar="SECUREML_VAULT_MOUNT", help="KV mount."
+    "--ca-cert",
+    metavar="PATH",
+    help="CA bundle or directory for Vault's TLS (else SECUREML_VAULT_CACERT, VAULT_CACERT...).",
 )
-@click.option("--namespace", metavar="NS", help="Vault namespace (else VAULT_NAMESPACE).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), help="Seconds per attempt (else 5).")
+@click.option("--retries", type=click.IntRange(min=0), help="Extra attempts (else 2).")
 @click.option("--no-env-fallback", is_flag=True, help="Do not read SECUREML_<NAME> variables.")
 @click.option(
     "--allow-dev-defaults",
@@ -157,17 +179,25 @@ def cli(
     vault_path: str,
     mount: str,
     namespace: str | None,
+    ca_cert: str | None,
+    timeout: float | None,
+    retries: int | None,
     no_env_fallback: bool,
     allow_dev_defaults: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
     """Secrets and encryption keys for ML pipelines, from Vault/OpenBao."""
+    if debug:
+        logging.getLogger("secureml").setLevel(logging.DEBUG)
     ctx.obj = Options(
         vault_url=vault_url,
         vault_path=vault_path,
         mount=mount,
         namespace=namespace,
+        ca_cert=ca_cert,
+        timeout=timeout,
+        retries=retries,
         env_fallback=not no_env_fallback,
         dev_defaults=allow_dev_defaults,
         json=as_json,
@@ -184,17 +214,24 @@ def status(options: Options) -> None:
     """Where secrets come from, and how Vault is doing."""
     from dataclasses import asdict
 
-    report = asdict(options.manager().status())
+    found = options.manager().status()
+    report = asdict(found)
     if options.json:
         _out(options, report)
-        return
-    from rich.console import Console
-    from rich.table import Table
+    else:
+        from rich.console import Console
+        from rich.table import Table
 
-    table = Table(show_header=False, box=None)
-    for field, value in report.items():
-        table.add_row(field, "-" if value is None else str(value))
-    Console().print(table)
+        table = Table(show_header=False, box=None)
+        for field, value in report.items():
+            table.add_row(field, "-" if value is None else str(value))
+        Console().print(table)
+    # Scripts can test health: 5 down or sealed, 4 credentials refused, 1 other trouble.
+    if found.vault_url is not None and (not found.reachable or found.sealed):
+        sys.exit(EXIT_UNAVAILABLE)
+    if found.error is not None:
+        denied = any(w in found.error for w in ("denied", "rejected", "refused to log in"))
+        sys.exit(EXIT_DENIED if denied else EXIT_ERROR)
 
 
 def _shown(value: Any) -> tuple[str, str]:
@@ -214,7 +251,11 @@ def get(options: Options, name: str, version: int | None) -> None:
     """Print secret NAME (bytes as base64, several fields as JSON)."""
     value = options.manager().get_secret(name, version=version)
     text, encoding = _shown(value)
-    _out(options, {"name": name, "value": text, "encoding": encoding}, text)
+    if options.json:
+        shown: Any = value if isinstance(value, dict) else text
+        _out(options, {"name": name, "value": shown, "encoding": encoding})
+    else:
+        sys.stdout.write(text + "\n")  # as stored: click.echo would strip ANSI codes
 
 
 @cli.command(name="set")
@@ -224,9 +265,18 @@ def get(options: Options, name: str, version: int | None) -> None:
     "--file", "path", type=click.Path(exists=True, dir_okay=False), help="Read the value here."
 )
 @click.option("--binary", is_flag=True, help="Store the input as bytes, not text.")
+@click.option("--allow-empty", is_flag=True, help="Allow storing an empty value.")
 @pass_options
-def set_(options: Options, name: str, value: str | None, path: str | None, binary: bool) -> None:
-    """Store secret NAME: from stdin, a hidden prompt, --file or --value."""
+def set_(
+    options: Options,
+    name: str,
+    value: str | None,
+    path: str | None,
+    binary: bool,
+    allow_empty: bool,
+) -> None:
+    """Store secret NAME: from stdin (one trailing newline dropped), a hidden prompt,
+    --file (as is) or --value."""
     if value is not None and path is not None:
         raise click.UsageError("pass --value or --file, not both")
     data: str | bytes
@@ -246,6 +296,11 @@ def set_(options: Options, name: str, value: str | None, path: str | None, binar
     else:
         raw = sys.stdin.buffer.read()
         data = raw if binary else raw.decode("utf-8").removesuffix("\n")
+    if not data and not allow_empty:
+        raise click.UsageError(
+            f"refusing to store an empty value as {name} (an unset variable?); pass "
+            "--allow-empty if that is what you mean"
+        )
     options.manager().set_secret(name, data)
     _out(options, {"name": name, "stored": True}, f"stored {name}")
 
@@ -256,7 +311,10 @@ def set_(options: Options, name: str, value: str | None, path: str | None, binar
 def list_(options: Options, prefix: str) -> None:
     """List secret names (under PREFIX)."""
     names = options.manager().list_secrets(prefix)
-    _out(options, names, "\n".join(names) if names else "")
+    if options.json:
+        _out(options, names)
+    elif names:
+        click.echo("\n".join(names))
 
 
 @cli.command()
@@ -381,13 +439,23 @@ def key_get(
 @click.option("--purpose", required=True, help="What the derived key is for (HKDF info).")
 @click.option("--bytes", "key_bytes", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--encoding", type=_ENCODINGS, default="hex", show_default=True)
+@click.option("--base-bytes", default=32, show_default=True, type=click.IntRange(16))
+@click.option("--version", type=click.IntRange(min=1), help="A version of the base key.")
 @pass_options
-def derive(options: Options, name: str, purpose: str, key_bytes: int, encoding: str) -> None:
+def derive(
+    options: Options,
+    name: str,
+    purpose: str,
+    key_bytes: int,
+    encoding: str,
+    base_bytes: int,
+    version: int | None,
+) -> None:
     """Print a key derived from key NAME for PURPOSE (HKDF-SHA256)."""
     from .key_management._encoding import encode_key
 
     manager = options.manager()
-    base = manager.get_encryption_key(name)
+    base = manager.get_encryption_key(name, base_bytes, version=version)
     derived = encode_key(manager.derive_key(base, purpose, key_bytes), cast("Encoding", encoding))
     _out(options, {"name": name, "purpose": purpose, "key": derived}, str(derived))
 
@@ -401,6 +469,7 @@ def _progress(total: int | None) -> Iterator[Any]:
     if total is None or total < PROGRESS_FROM_BYTES or not sys.stderr.isatty():
         yield None
         return
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -410,7 +479,8 @@ def _progress(total: int | None) -> Iterator[Any]:
     )
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as bar:
+    # On stderr: stdout may be the ciphertext.
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("", total=total)
         yield lambda done: bar.update(task, completed=done)
 
@@ -422,16 +492,16 @@ def _size(path: str) -> int | None:
 @contextmanager
 def _streams(src: str, dst: str) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
     """``-`` is stdin or stdout; anything else a file (opened only for stream use)."""
+    from .key_management._encryption import replacing
+
     reader = sys.stdin.buffer if src == "-" else open(src, "rb", buffering=0)  # noqa: SIM115
     try:
-        writer = sys.stdout.buffer if dst == "-" else open(dst, "wb")  # noqa: SIM115
-        try:
-            yield reader, writer
-        finally:
-            if dst == "-":
-                writer.flush()
-            else:
-                writer.close()
+        if dst == "-":
+            yield reader, sys.stdout.buffer
+            sys.stdout.buffer.flush()
+        else:  # a file appears only once everything succeeded, as with the file methods
+            with replacing(dst, durable=False) as writer:
+                yield reader, writer
     finally:
         if src != "-":
             reader.close()
@@ -543,7 +613,8 @@ def _stdin_text() -> str:
 @pass_options
 def transit_encrypt(options: Options, name: str, context: str | None) -> None:
     """Encrypt stdin with Transit key NAME; print the ciphertext."""
-    click.echo(_transit(options).encrypt(name, sys.stdin.buffer.read(), context=_context(context)))
+    token = _transit(options).encrypt(name, sys.stdin.buffer.read(), context=_context(context))
+    _out(options, {"name": name, "ciphertext": token}, token)
 
 
 @transit.command(name="decrypt")
@@ -553,6 +624,9 @@ def transit_encrypt(options: Options, name: str, context: str | None) -> None:
 def transit_decrypt(options: Options, name: str, context: str | None) -> None:
     """Decrypt the ciphertext on stdin with Transit key NAME; write the plaintext."""
     plaintext = _transit(options).decrypt(name, _stdin_text(), context=_context(context))
+    if options.json:
+        _out(options, {"name": name, "plaintext_base64": base64.b64encode(plaintext).decode()})
+        return
     sys.stdout.buffer.write(plaintext)
     sys.stdout.buffer.flush()
 
@@ -572,7 +646,8 @@ def transit_rotate(options: Options, name: str) -> None:
 @pass_options
 def transit_rewrap(options: Options, name: str, context: str | None) -> None:
     """Re-encrypt the ciphertext on stdin with the latest version of NAME."""
-    click.echo(_transit(options).rewrap(name, _stdin_text(), context=_context(context)))
+    token = _transit(options).rewrap(name, _stdin_text(), context=_context(context))
+    _out(options, {"name": name, "ciphertext": token}, token)
 
 
 # -- dev server ----------------------------------------------------------------------------
@@ -580,52 +655,87 @@ def transit_rewrap(options: Options, name: str, context: str | None) -> None:
 
 @cli.command(name="dev-server")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default: a free one).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback only.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="127.0.0.1 only.")
 def dev_server(port: int | None, host: str) -> None:
-    """Run a throw-away OpenBao dev server until Ctrl-C (needs secureml[server])."""
-    import ipaddress
+    """Run a throw-away OpenBao dev server until Ctrl-C (needs secureml[server]).
 
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    It is unsealed, in memory, with a root token: it only ever listens on 127.0.0.1.
+    """
+    if host not in ("127.0.0.1", "localhost"):
         _fail(
             f"refusing to bind {host}: the dev server is unsealed, in memory, with a root "
             "token anyone could use; it only listens on loopback (127.0.0.1)"
         )
-    from ._devserver import DevServer
-
-    server = DevServer(port=port)
-    try:
-        server.start()
-    except (RuntimeError, FileNotFoundError, OSError) as exc:
-        _fail(f"could not start the dev server: {' '.join(str(exc).split())[:300]}", EXIT_ERROR)
-    click.echo(f"# OpenBao dev server at {server.address} (pid {server.pid}); Ctrl-C stops it")
-    click.echo(f"export VAULT_ADDR={server.address}")
-    click.echo(f"export VAULT_TOKEN={server.root_token}")
-    sys.stdout.flush()
+    if port is not None and not _port_free(port):
+        _fail(f"port {port} on 127.0.0.1 is in use; pick another or omit --port", EXIT_ERROR)
     import signal
     import time
+
+    from ._devserver import DevServer
 
     def interrupt(*_: object) -> NoReturn:
         raise KeyboardInterrupt
 
-    # Both, explicitly: a shell starts background jobs with SIGINT ignored.
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    # Before starting, and explicitly: a shell starts background jobs with SIGINT
+    # ignored, and a closed terminal sends SIGHUP. Every way out stops the server.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), interrupt)
+    server = DevServer(port=port)
     try:
+        try:
+            server.start()
+        except (RuntimeError, OSError) as exc:
+            _fail(f"could not start the dev server: {' '.join(str(exc).split())[:300]}", 1)
+        click.echo(f"# OpenBao dev server at {server.address} (pid {server.pid}); Ctrl-C stops it")
+        for prefix in ("BAO", "VAULT"):  # bao reads BAO_*, secureml BAO_* before VAULT_*
+            click.echo(f"export {prefix}_ADDR={server.address}")
+            click.echo(f"export {prefix}_TOKEN={server.root_token}")
+        sys.stdout.flush()
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):
         pass
     finally:
         server.stop()
-        click.echo("# stopped", err=True)
+        with contextlib.suppress(OSError):
+            click.echo("# stopped", err=True)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class _OneLine(logging.Handler):
+    """The library's log records as ``secureml: warning: ...`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            click.echo(f"secureml: {record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def _quiet_warnings(message: Any, category: Any, *_: Any, **__: Any) -> None:
+    click.echo(f"secureml: warning: {message}", err=True)
 
 
 def main() -> None:
     """The ``secureml`` console script."""
+    import warnings
+
+    # One line per warning on stderr, like errors: no logger names, no source lines.
+    # The library's fallback notes stay quiet unless --debug: an error is one line.
+    library = logging.getLogger("secureml")
+    library.addHandler(_OneLine())
+    library.setLevel(logging.ERROR)
+    library.propagate = False
+    warnings.showwarning = _quiet_warnings
     cli(prog_name="secureml")
 
 

@@ -22,20 +22,23 @@ SECUREML = str(Path(sys.executable).with_name("secureml"))
 
 
 @pytest.fixture
-def env(bao_server: DevServer, vault_path: str) -> dict[str, str]:
-    return {
-        "VAULT_ADDR": bao_server.address,
-        "VAULT_TOKEN": bao_server.root_token,
-        "SECUREML_VAULT_PATH": vault_path,
-    }
+def env(bao_server: DevServer) -> dict[str, str]:
+    return {"VAULT_ADDR": bao_server.address, "VAULT_TOKEN": bao_server.root_token}
 
 
 @pytest.fixture
-def run(env: dict[str, str]):  # type: ignore[no-untyped-def]
+def folder(vault_path: str) -> list[str]:
+    """The global option that keeps each test in a folder of its own."""
+    return ["--vault-path", vault_path]
+
+
+@pytest.fixture
+def run(env: dict[str, str], folder: list[str]):  # type: ignore[no-untyped-def]
     runner = CliRunner()
 
     def invoke(*args: str, input: str | bytes | None = None, code: int = 0) -> str:
-        result = runner.invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
+        argv = [*folder, *args]
+        result = runner.invoke(cli, argv, input=input, env=env, catch_exceptions=False)
         assert result.exit_code == code, (result.exit_code, result.output)
         return result.output
 
@@ -198,13 +201,14 @@ def test_dev_server_starts_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         [SECUREML, "dev-server"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        lines = [process.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+        lines = [process.stdout.readline() for _ in range(5)]  # type: ignore[union-attr]
         exports = dict(
             line.removeprefix("export ").strip().split("=", 1)
             for line in lines
             if line.startswith("export ")
         )
         assert exports["VAULT_ADDR"].startswith("http://127.0.0.1:")
+        assert exports["BAO_ADDR"] == exports["VAULT_ADDR"]
         done = secureml(exports, "--json", "status")
         assert json.loads(done.stdout)["reachable"] is True
         server_pid = int(lines[0].split("pid ")[1].split(")")[0])
@@ -234,3 +238,103 @@ def test_dev_server_refuses_other_interfaces() -> None:
     )
     assert done.returncode == 2
     assert b"loopback" in done.stderr
+
+
+def test_set_refuses_an_empty_value_and_derives_from_any_length(run) -> None:  # type: ignore[no-untyped-def]
+    assert "empty value" in run("set", "blank", input="", code=2)
+    run("set", "blank", "--allow-empty", input="")
+    assert run("get", "blank") == "\n"
+    run("keys", "generate", "wide", "--bytes", "64")
+    run("keys", "derive", "wide", "--purpose", "p", code=2)  # a 64-byte base needs saying
+    derived = run("keys", "derive", "wide", "--purpose", "p", "--base-bytes", "64").strip()
+    assert len(bytes.fromhex(derived)) == 32
+
+
+def test_status_exit_codes_for_scripts(env: dict[str, str], black_hole: str) -> None:
+    runner = CliRunner()
+    down = runner.invoke(
+        cli, ["--timeout", "0.5", "--retries", "0", "status"], env={**env, "VAULT_ADDR": black_hole}
+    )
+    assert down.exit_code == 5
+    refused = runner.invoke(cli, ["status"], env={**env, "VAULT_TOKEN": "not-a-token"})
+    assert refused.exit_code == 4
+
+
+def test_a_file_destination_is_all_or_nothing_with_stdin(
+    run,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    run("keys", "generate", "stdin-key")
+    data = os.urandom(2 * (1 << 20) + 3)
+    (tmp_path / "in").write_bytes(data)
+    run("encrypt", str(tmp_path / "in"), str(tmp_path / "in.sml"), "--key", "stdin-key")
+    sealed = (tmp_path / "in.sml").read_bytes()
+    keep = tmp_path / "existing"
+    keep.write_bytes(b"keep me")
+    for broken in (sealed[: 1 << 20], b"garbage"):
+        run("decrypt", "-", str(keep), input=broken, code=6)
+        assert keep.read_bytes() == b"keep me"
+        run("decrypt", "-", str(tmp_path / "new"), input=broken, code=6)
+        assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "in", "in.sml"]
+    run("decrypt", "-", str(tmp_path / "new"), input=sealed)
+    assert (tmp_path / "new").read_bytes() == data
+
+
+def test_a_reader_that_goes_away_is_not_an_error(env: dict[str, str], tmp_path: Path) -> None:
+    plain, sealed = tmp_path / "p", tmp_path / "p.sml"
+    plain.write_bytes(os.urandom(8 * (1 << 20)))
+    assert secureml(env, "keys", "generate", "epipe-key").returncode == 0
+    assert secureml(env, "encrypt", str(plain), str(sealed), "--key", "epipe-key").returncode == 0
+    with subprocess.Popen(
+        [SECUREML, "decrypt", str(sealed), "-"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stdout.read(10)
+        process.stdout.close()  # `| head -c 10`
+        stderr = process.stderr.read() if process.stderr else b""
+        process.wait(timeout=30)
+    assert process.returncode == 1
+    assert stderr == b""
+
+
+def test_dev_server_stops_on_sigterm_and_refuses_a_busy_port() -> None:
+    process = subprocess.Popen(
+        [SECUREML, "dev-server"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        first = process.stdout.readline()  # type: ignore[union-attr]
+        port = int(first.split("127.0.0.1:")[1].split(" ")[0])
+        server_pid = int(first.split("pid ")[1].split(")")[0])
+        busy = subprocess.run(
+            [SECUREML, "dev-server", "--port", str(port)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert busy.returncode == 1
+        assert b"in use" in busy.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail("the bao server outlived SIGTERM")
+
+
+def test_errors_are_one_line(env: dict[str, str], black_hole: str) -> None:
+    done = secureml(
+        {**env, "VAULT_ADDR": black_hole}, "--timeout", "0.5", "--retries", "0", "get", "absent"
+    )
+    assert done.returncode == 5
+    assert done.stderr.count(b"\n") == 1
+    assert done.stderr.startswith(b"secureml: error: ")

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ._transit import TransitKeys
     from .backends.base import SecretBackend
 
-__all__ = ["Encryption"]
+__all__ = ["Encryption", "replacing"]
 
 _T = TypeVar("_T")
 
@@ -74,7 +74,7 @@ def _check_progress(progress: object) -> Progress | None:
 
 
 @contextlib.contextmanager
-def _replacing(dst: PathLike, *, durable: bool) -> Iterator[IO[bytes]]:
+def replacing(dst: PathLike, *, durable: bool) -> Iterator[IO[bytes]]:
     """A temporary file beside ``dst`` (mode 0600) that becomes ``dst`` only if the block
     succeeds: a failure never leaves partial output at ``dst``. ``durable`` flushes it
     to disk before the rename, and the rename after it."""
@@ -379,7 +379,7 @@ class Encryption:
             durable: fsync ``dst`` (and its folder) before returning, as a crash could
                 otherwise lose it: pass ``True`` when ``src`` will be deleted next.
         """
-        with open(src, "rb", buffering=0) as reader, _replacing(dst, durable=durable) as writer:
+        with open(src, "rb", buffering=0) as reader, replacing(dst, durable=durable) as writer:
             return self._encrypt_stream(
                 reader,
                 writer,
@@ -406,7 +406,7 @@ class Encryption:
         never leaves partial plaintext at ``dst``. Returns the plaintext bytes.
         ``durable`` fsyncs ``dst`` before returning.
         """
-        with open(src, "rb", buffering=0) as reader, _replacing(dst, durable=durable) as writer:
+        with open(src, "rb", buffering=0) as reader, replacing(dst, durable=durable) as writer:
             return self._decrypt_stream(
                 reader, writer, aad=aad, progress=progress, threaded=_regular(reader)
             )
@@ -425,7 +425,7 @@ class Encryption:
         replaced only once the whole file authenticated and was encrypted again. Always
         fsynced before the rename: after a re-encryption the old key version tends to
         be destroyed, and a crash must not leave ``dst`` empty."""
-        with open(src, "rb", buffering=0) as reader, _replacing(dst, durable=True) as writer:
+        with open(src, "rb", buffering=0) as reader, replacing(dst, durable=True) as writer:
             return self.reencrypt_stream(
                 reader, writer, key_name, aad=aad, progress=progress, transit_key=transit_key
             )
