@@ -12,13 +12,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import logging
 import os
 import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
 import click
@@ -67,26 +65,37 @@ def _message(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__} (run with --debug for details)"
 
 
-@dataclass
 class Options:
-    """The global options, and the manager built from them on first use."""
+    """The global options, and the manager built from them on first use. (A plain
+    class: dataclasses would cost --help ~10 ms of imports.)"""
 
-    vault_url: str | None
-    vault_path: str
-    mount: str
-    namespace: str | None
-    ca_cert: str | None
-    timeout: float | None
-    retries: int | None
-    env_fallback: bool
-    dev_defaults: bool
-    json: bool
-    debug: bool
-    _manager: Any = None
+    def __init__(
+        self,
+        *,
+        vault_url: str | None,
+        vault_path: str,
+        mount: str,
+        namespace: str | None,
+        ca_cert: str | None,
+        timeout: float | None,
+        retries: int | None,
+        env_fallback: bool,
+        dev_defaults: bool,
+        json: bool,
+        debug: bool,
+    ) -> None:
+        self.vault_url, self.vault_path, self.mount = vault_url, vault_path, mount
+        self.namespace, self.ca_cert = namespace, ca_cert
+        self.timeout, self.retries = timeout, retries
+        self.env_fallback, self.dev_defaults = env_fallback, dev_defaults
+        self.json, self.debug = json, debug
+        self._manager: Any = None
 
     def manager(self) -> KeyManager:
         if self._manager is None:
             from .key_management import KeyManager
+
+            _route_library_logs(debug=self.debug)
 
             self._manager = KeyManager(
                 vault_url=self.vault_url,
@@ -188,8 +197,6 @@ def cli(
     debug: bool,
 ) -> None:
     """Secrets and encryption keys for ML pipelines, from Vault/OpenBao."""
-    if debug:
-        logging.getLogger("secureml").setLevel(logging.DEBUG)
     ctx.obj = Options(
         vault_url=vault_url,
         vault_path=vault_path,
@@ -713,12 +720,21 @@ def _port_free(port: int) -> bool:
     return True
 
 
-class _OneLine(logging.Handler):
-    """The library's log records as ``secureml: warning: ...`` lines on stderr."""
+def _route_library_logs(*, debug: bool) -> None:
+    """The library's log records as one-line ``secureml: warning: ...`` on stderr; its
+    fallback notes only with --debug, so an error stays one line."""
+    import logging
 
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):
-            click.echo(f"secureml: {record.levelname.lower()}: {record.getMessage()}", err=True)
+    class OneLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            with contextlib.suppress(Exception):
+                level = record.levelname.lower()
+                click.echo(f"secureml: {level}: {record.getMessage()}", err=True)
+
+    library = logging.getLogger("secureml")
+    library.handlers = [OneLine()]
+    library.setLevel(logging.DEBUG if debug else logging.ERROR)
+    library.propagate = False
 
 
 def _quiet_warnings(message: Any, category: Any, *_: Any, **__: Any) -> None:
@@ -729,12 +745,7 @@ def main() -> None:
     """The ``secureml`` console script."""
     import warnings
 
-    # One line per warning on stderr, like errors: no logger names, no source lines.
-    # The library's fallback notes stay quiet unless --debug: an error is one line.
-    library = logging.getLogger("secureml")
-    library.addHandler(_OneLine())
-    library.setLevel(logging.ERROR)
-    library.propagate = False
+    # One line per warning on stderr, like errors: no source lines.
     warnings.showwarning = _quiet_warnings
     cli(prog_name="secureml")
 
