@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -106,14 +105,6 @@ def _sync_directory(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _regular(stream: Any) -> bool:
-    """A regular file: its reads always complete, so helper threads can be joined."""
-    try:
-        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 class _Plaintext:
@@ -268,29 +259,12 @@ class Encryption:
         Returns:
             The plaintext bytes encrypted.
         """
-        return self._encrypt_stream(
-            reader, writer, key_name, aad=aad, progress=progress, transit_key=transit_key
-        )
-
-    def _encrypt_stream(
-        self,
-        reader: Any,
-        writer: Any,
-        key_name: str,
-        *,
-        aad: bytes,
-        progress: Progress | None,
-        transit_key: str | None,
-        threaded: bool = False,
-    ) -> int:
         extra = _check_aad(aad)
         report = _check_progress(progress)
 
         def run() -> tuple[int, str, str]:
             key, header, where = self._sealing(key_name, transit_key)
-            done = envelope.encrypt_stream(
-                key, header, reader, writer, aad=extra, progress=report, threaded=threaded
-            )
+            done = envelope.encrypt_stream(key, header, reader, writer, aad=extra, progress=report)
             return done, where, "ok"
 
         return self._observed("encrypt", transit_key or key_name, run)
@@ -308,17 +282,6 @@ class Encryption:
         Returns:
             The plaintext bytes written.
         """
-        return self._decrypt_stream(reader, writer, aad=aad, progress=progress)
-
-    def _decrypt_stream(
-        self,
-        reader: Any,
-        writer: Any,
-        *,
-        aad: bytes,
-        progress: Progress | None,
-        threaded: bool = False,
-    ) -> int:
         extra = _check_aad(aad)
         report = _check_progress(progress)
         header, header_bytes = envelope.read_header(reader)
@@ -333,7 +296,6 @@ class Encryption:
                 writer,
                 aad=extra,
                 progress=report,
-                threaded=threaded,
             )
             return done, where, "ok"
 
@@ -380,14 +342,8 @@ class Encryption:
                 otherwise lose it: pass ``True`` when ``src`` will be deleted next.
         """
         with open(src, "rb", buffering=0) as reader, replacing(dst, durable=durable) as writer:
-            return self._encrypt_stream(
-                reader,
-                writer,
-                key_name,
-                aad=aad,
-                progress=progress,
-                transit_key=transit_key,
-                threaded=_regular(reader),
+            return self.encrypt_stream(
+                reader, writer, key_name, aad=aad, progress=progress, transit_key=transit_key
             )
 
     def decrypt_file(
@@ -407,9 +363,7 @@ class Encryption:
         ``durable`` fsyncs ``dst`` before returning.
         """
         with open(src, "rb", buffering=0) as reader, replacing(dst, durable=durable) as writer:
-            return self._decrypt_stream(
-                reader, writer, aad=aad, progress=progress, threaded=_regular(reader)
-            )
+            return self.decrypt_stream(reader, writer, aad=aad, progress=progress)
 
     def reencrypt_file(
         self,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -404,6 +405,20 @@ def _sink(writer: Writer) -> Callable[[memoryview], None]:
     return write
 
 
+def _driver(reader: Reader, writer: Writer) -> Callable[..., int]:
+    """:func:`._pipeline.drive_threaded` (reading and writing on helper threads) when the
+    reader is a regular file, whose reads always complete so the helpers can always be
+    joined, and the writer a standard library stream; :func:`._pipeline.drive` (this
+    thread only) for anything else: pipes, sockets, a caller's own objects."""
+    if not isinstance(writer, (io.RawIOBase, io.BufferedIOBase)):
+        return drive
+    try:
+        regular = stat.S_ISREG(os.fstat(reader.fileno()).st_mode)  # type: ignore[attr-defined]
+    except (OSError, ValueError, AttributeError):
+        regular = False
+    return drive_threaded if regular else drive
+
+
 def _write_all(writer: Writer, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -425,13 +440,11 @@ def encrypt_stream(
     *,
     aad: bytes,
     progress: Progress | None = None,
-    threaded: bool = False,
 ) -> int:
     """Encrypt ``reader`` to ``writer`` segment by segment; return the plaintext bytes.
 
     Memory stays bounded whatever the stream's length: a few reused segment buffers.
-    ``threaded`` overlaps reading, the cipher and writing (for regular files only: see
-    :func:`._pipeline.drive_threaded`).
+    Reading, the cipher and writing overlap when that is safe (see :func:`_driver`).
     """
     header_bytes = header.encode()
     cipher = SegmentCipher(key, header, header_bytes, aad)
@@ -444,8 +457,7 @@ def encrypt_stream(
         cipher.seal_into(index, segment, last, out[:written])
         return written, len(segment)
 
-    run = drive_threaded if threaded else drive
-    return run(
+    return _driver(reader, writer)(
         _filler(reader), write, seal, in_size=size, out_size=size + TAG_BYTES, progress=progress
     )
 
@@ -459,7 +471,6 @@ def decrypt_stream(
     *,
     aad: bytes,
     progress: Progress | None = None,
-    threaded: bool = False,
 ) -> int:
     """Decrypt the segments that follow a header read with :func:`read_header`.
 
@@ -477,8 +488,7 @@ def decrypt_stream(
         cipher.open_into(index, segment, last, out[:plain])
         return plain, plain
 
-    run = drive_threaded if threaded else drive
-    return run(
+    return _driver(reader, writer)(
         _filler(reader),
         _sink(writer),
         open_,
