@@ -22,8 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 import click
 
 if TYPE_CHECKING:
-    from .key_management import KeyManager
-    from .key_management._encoding import Encoding
+    from .key_management import Encoding, KeyManager
 
 __all__ = ["cli", "main"]
 
@@ -459,7 +458,7 @@ def derive(
     version: int | None,
 ) -> None:
     """Print a key derived from key NAME for PURPOSE (HKDF-SHA256)."""
-    from .key_management._encoding import encode_key
+    from .key_management import encode_key
 
     manager = options.manager()
     base = manager.get_encryption_key(name, base_bytes, version=version)
@@ -499,7 +498,7 @@ def _size(path: str) -> int | None:
 @contextmanager
 def _streams(src: str, dst: str) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
     """``-`` is stdin or stdout; anything else a file (opened only for stream use)."""
-    from .key_management._encryption import replacing
+    from .key_management import atomic_output
 
     reader = sys.stdin.buffer if src == "-" else open(src, "rb", buffering=0)  # noqa: SIM115
     try:
@@ -507,7 +506,7 @@ def _streams(src: str, dst: str) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
             yield reader, sys.stdout.buffer
             sys.stdout.buffer.flush()
         else:  # a file appears only once everything succeeded, as with the file methods
-            with replacing(dst, durable=False) as writer:
+            with atomic_output(dst) as writer:
                 yield reader, writer
     finally:
         if src != "-":

@@ -147,7 +147,7 @@ def assert_reads_and_writes(manager: KeyManager) -> None:
 
 def current_token(manager: KeyManager) -> str:
     """The Vault token the manager's session holds right now (test-only peek)."""
-    backend = manager._primary
+    backend = manager._core.primary
     assert isinstance(backend, VaultBackend)
     state = backend.session._state
     assert state is not None

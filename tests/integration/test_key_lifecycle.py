@@ -103,7 +103,7 @@ def test_two_managers_rotating_at_once_cannot_both_win(
     # Both read version 1, then both write: check-and-set lets exactly one land.
     barrier = threading.Barrier(2)
     for manager in managers:
-        backend: Any = manager._primary
+        backend: Any = manager._core.primary
         real = backend.put_version
 
         def racing(*args: Any, _real: Any = real, **kwargs: Any) -> int:

@@ -94,7 +94,7 @@ def logins_seen_by_server(server: DevServer, role: Role, issued: int) -> int:
 
 
 def session_of(manager: KeyManager) -> TokenSession:
-    backend = manager._primary
+    backend = manager._core.primary
     assert isinstance(backend, VaultBackend)
     return backend.session
 

@@ -87,7 +87,7 @@ def test_lru_bound_evicts_the_least_recently_used() -> None:
     km.get_secret("b")
     km.get_secret("a")  # a is now more recent than b
     km.get_secret("c")  # evicts b
-    assert len(km._cache) == 2
+    assert len(km._core.cache) == 2
     reads = backend.reads
     km.get_secret("a")
     assert backend.reads == reads  # still cached
@@ -107,7 +107,7 @@ def test_set_secret_and_invalidate_drop_entries() -> None:
     assert km.invalidate("k") == 1
     assert km.get_secret("k") == "changed elsewhere"
     assert km.invalidate() == 2
-    assert len(km._cache) == 0
+    assert len(km._core.cache) == 0
 
 
 def test_absence_is_cached_too(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -359,7 +359,7 @@ def test_counters_of_ended_threads_are_folded_not_kept() -> None:
         thread.start()
         thread.join()
     km.get_secret("k")
-    assert len(km._counts._boxes) < 10
+    assert len(km._core.observer.counts._boxes) < 10
     stats = km.stats()
     assert stats.hits + stats.misses == 201
 

@@ -75,7 +75,7 @@ def test_explicit_arguments_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECUREML_VAULT_TOKEN", "env-token")
     km = KeyManager(vault_url="https://arg:2", vault_token="arg-token")
     assert "vault_url='https://arg:2'" in repr(km)
-    assert token_of(km._primary.settings) == "arg-token"  # type: ignore[union-attr]
+    assert token_of(km._core.primary.settings) == "arg-token"  # type: ignore[union-attr]
 
 
 def test_env_configures_a_manager(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +124,7 @@ def test_malformed_tokens_are_not_echoed(token: str) -> None:
 
 def test_token_is_trimmed() -> None:
     km = KeyManager(vault_url="http://127.0.0.1:8200", vault_token=f"  {TOKEN}\n")
-    assert token_of(km._primary.settings) == TOKEN  # type: ignore[union-attr]
+    assert token_of(km._core.primary.settings) == TOKEN  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_constructor_validates(kwargs: dict[str, object], error: type[Exception]
 
 def test_empty_vault_path_is_the_mount_root() -> None:
     km = KeyManager(vault_url="https://h:1", vault_token=TOKEN, vault_path="")
-    assert km._primary.locate("x") == "vault:secret/x"  # type: ignore[union-attr]
+    assert km._core.primary.locate("x") == "vault:secret/x"  # type: ignore[union-attr]
 
 
 def test_missing_hvac_gives_install_hint() -> None:

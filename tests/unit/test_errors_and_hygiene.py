@@ -67,7 +67,7 @@ def test_repr_shows_settings_never_the_token() -> None:
         "KeyManager(vault_url='https://vault.example.com:8200', vault_path='ml', "
         "vault_mount='secret', use_env_fallback=True, use_default_fallback=False)"
     )
-    assert TOKEN not in repr(manager._primary)
+    assert TOKEN not in repr(manager._core.primary)
     assert TOKEN not in repr(VaultSettings("https://v:1", km.TokenAuth(TOKEN)))
 
 

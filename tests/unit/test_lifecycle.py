@@ -16,12 +16,12 @@ from secureml.key_management import (
     UnsupportedOperationError,
     VersionConflictError,
 )
-from secureml.key_management._lifecycle import (
-    _check_age,
-    _check_labels,
-    _check_now,
+from secureml.key_management._encoding import key_from_material
+from secureml.key_management._validate import (
+    check_age,
+    check_labels,
+    check_now,
     check_version,
-    key_from_material,
 )
 from secureml.key_management._transit import _chunks, _contexts
 from secureml.key_management.backends import VersionedSecretBackend
@@ -174,31 +174,31 @@ def test_check_version_types(bad: object) -> None:
 
 
 def test_labels() -> None:
-    assert _check_labels(None) is None
-    assert _check_labels({"a": "b"}) == {"a": "b"}
+    assert check_labels(None) is None
+    assert check_labels({"a": "b"}) == {"a": "b"}
     with pytest.raises(TypeError):
-        _check_labels({"a": 1})
+        check_labels({"a": 1})
     with pytest.raises(TypeError):
-        _check_labels(["a"])
+        check_labels(["a"])
     with pytest.raises(ValueError, match="at most 64"):
-        _check_labels({str(i): "" for i in range(65)})
+        check_labels({str(i): "" for i in range(65)})
     with pytest.raises(ValueError, match="1 to 128"):
-        _check_labels({"k" * 129: ""})
+        check_labels({"k" * 129: ""})
     with pytest.raises(ValueError, match="512"):
-        _check_labels({"k": "v" * 513})
+        check_labels({"k": "v" * 513})
 
 
 def test_ages_and_clocks() -> None:
-    assert _check_age(90) == timedelta(seconds=90)
-    assert _check_age(timedelta(days=1)) == timedelta(days=1)
+    assert check_age(90) == timedelta(seconds=90)
+    assert check_age(timedelta(days=1)) == timedelta(days=1)
     for bad in (0, -1, timedelta(0)):
         with pytest.raises(ValueError, match="positive"):
-            _check_age(bad)
+            check_age(bad)
     with pytest.raises(TypeError):
-        _check_age("90d")
+        check_age("90d")
     with pytest.raises(ValueError, match="timezone-aware"):
-        _check_now(datetime(2026, 1, 1))
-    assert _check_now(T0) is T0
+        check_now(datetime(2026, 1, 1))
+    assert check_now(T0) is T0
 
 
 def test_key_material_at_its_own_length() -> None:

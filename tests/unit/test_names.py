@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from secureml.key_management import KeyManager
-from secureml.key_management._names import env_var_name, validate_name
+from secureml.key_management._names import env_var_name
+from secureml.key_management._validate import validate_name
 
 SEGMENT = st.from_regex(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,11}", fullmatch=True).filter(
     lambda s: ".." not in s and s != "."

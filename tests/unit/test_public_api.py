@@ -46,9 +46,13 @@ def test_spec_signatures() -> None:
             if n != "self" and p.kind is not p.KEYWORD_ONLY
         }
 
-    assert defaults(km.KeyManager.get_secret) == {"name": inspect.Parameter.empty, "default": None}
+    # The original SecureML's parameter names: code passes secret_name= by keyword.
+    assert defaults(km.KeyManager.get_secret) == {
+        "secret_name": inspect.Parameter.empty,
+        "default": None,
+    }
     assert defaults(km.KeyManager.set_secret) == {
-        "name": inspect.Parameter.empty,
+        "secret_name": inspect.Parameter.empty,
         "value": inspect.Parameter.empty,
     }
     expected_key = {"key_name": "master_key", "key_bytes": 32, "encoding": "bytes"}
@@ -235,3 +239,24 @@ def test_import_is_light_and_silent(prelude: str, monkeypatch: pytest.MonkeyPatc
     )
     assert done.stderr == ""
     assert done.stdout.strip() == "heavy: [] threads: 1 default: None"
+
+
+def test_original_keyword_names_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECUREML_API_KEY", "abc")
+    manager = km.KeyManager()
+    assert manager.get_secret(secret_name="api_key") == "abc"
+    assert manager.get_secret(secret_name="missing", default="d") == "d"
+    with pytest.raises(km.ConfigurationError, match="no Vault"):
+        manager.set_secret(secret_name="api_key", value="x")
+
+
+def test_the_manager_is_one_class_over_collaborators() -> None:
+    """A facade, not a stack of mixins sharing private state."""
+    assert km.KeyManager.__mro__ == (km.KeyManager, object)
+
+
+def test_exported_objects_show_the_public_module() -> None:
+    for name in km.__all__:
+        obj = getattr(km, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__module__ in (km.__name__, km.errors.__name__), name

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+from . import errors
 from ._auth import (
     AppRoleAuth,
     JWTAuth,
@@ -22,6 +23,8 @@ from ._auth import (
     VaultAuth,
 )
 from ._default import configure_default_key_manager, get_default_key_manager, get_encryption_key
+from ._encoding import Encoding, encode_key
+from ._files import atomic_output
 from ._manager import KeyManager
 from ._status import AccessEvent, KeyManagerStats, KeyManagerStatus
 from ._transit import TransitKeyInfo, TransitKeys
@@ -48,6 +51,7 @@ __all__ = [
     "AppRoleAuth",
     "AuthenticationError",
     "ConfigurationError",
+    "Encoding",
     "InvalidCiphertextError",
     "JWTAuth",
     "KeyFormatError",
@@ -71,29 +75,18 @@ __all__ = [
     "VaultUnavailableError",
     "VersionConflictError",
     "WriteOutcomeUnknownError",
+    "atomic_output",
     "configure_default_key_manager",
+    "encode_key",
     "get_default_key_manager",
     "get_encryption_key",
 ]
 
-# Exported objects show the public module path (httpx does the same).
-for _name in (
-    "AccessEvent",
-    "AppRoleAuth",
-    "JWTAuth",
-    "KeyManager",
-    "KeyManagerStats",
-    "KeyManagerStatus",
-    "KeyVersion",
-    "KubernetesAuth",
-    "TokenAuth",
-    "TransitKeyInfo",
-    "TransitKeys",
-    "UserpassAuth",
-    "VaultAuth",
-    "configure_default_key_manager",
-    "get_default_key_manager",
-    "get_encryption_key",
-):
-    globals()[_name].__module__ = __name__
-del _name
+# Exported classes and functions show the public module path (httpx does the same);
+# the errors keep theirs (secureml.key_management.errors), which is public too.
+for _name in __all__:
+    _obj = globals()[_name]
+    _home = getattr(_obj, "__module__", "")
+    if _home.startswith(f"{__name__}.") and _home != errors.__name__:
+        _obj.__module__ = __name__
+del _name, _obj, _home

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ._names import validate_name
+from ._validate import validate_name
 from .errors import AuthenticationError, ConfigurationError
 
 if TYPE_CHECKING:

@@ -1,21 +1,28 @@
 """The manager's read cache: TTL, LRU bound, single-flight loads, stale-if-error.
 
-Policy lives in the manager; this module only keeps entries. A hit is a dict lookup and
+Policy lives in the core (:mod:`._core`); this module only keeps entries. A hit is a dict lookup and
 a clock check, with no lock: ML jobs read the same key thousands of times a second.
 Misses for the same key are single-flight: one caller loads, the others wait for its
 result (or its error). Entries outlive their TTL, up to ``max_stale`` seconds after they
 were fetched, so an outage can be ridden through on values that were true recently.
+
+A forked child keeps the entries (they are as true there) but not the loads in flight:
+their threads stayed in the parent (:meth:`SecretCache.after_fork`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+from ._process import reset_after_fork
 
 __all__ = ["ABSENT", "CacheEntry", "CacheKey", "SecretCache"]
 
@@ -67,6 +74,17 @@ class SecretCache:
         self._entries: dict[CacheKey, CacheEntry] = {}
         self._lock = threading.Lock()
         self._loading: dict[CacheKey, Future[Any]] = {}
+        self._pid = os.getpid()
+        reset_after_fork(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: fresh lock, no loads in flight (their threads are gone).
+
+        Cached entries stay: they were true in the parent and are true here.
+        """
+        self._lock = threading.Lock()
+        self._loading = {}
+        self._pid = os.getpid()
 
     def fresh(self, key: CacheKey) -> CacheEntry | None:
         """The entry for ``key`` if it is still fresh (no lock: a hit must be cheap)."""
@@ -86,16 +104,25 @@ class SecretCache:
             return None
         return entry
 
-    def load(self, key: CacheKey, loader: Callable[[], Any]) -> tuple[Any, bool]:
+    def load(
+        self, key: CacheKey, loader: Callable[[], Any], *, wait: float | None = None
+    ) -> tuple[Any, bool]:
         """The value for ``key``: fresh from the cache, or loaded once for all callers.
+
+        Args:
+            wait: Seconds to wait at most for another caller's load of ``key`` (the
+                waiting caller's own deadline); ``None``: as long as it takes.
 
         Returns:
             The value, and whether this caller ran ``loader`` (False: it shared another
             caller's load, or hit the cache).
 
         Raises:
+            TimeoutError: Another caller's load did not finish within ``wait``.
             Whatever ``loader`` raised (each waiting caller gets its own copy).
         """
+        if self._pid != os.getpid():  # forked behind the hooks' back
+            self.after_fork()
         with self._lock:
             entry = self.fresh(key)
             if entry is not None:
@@ -106,7 +133,9 @@ class SecretCache:
                 flight = self._loading[key] = Future()
         if not leader:
             try:
-                return flight.result(), False
+                return flight.result(timeout=wait), False
+            except concurrent.futures.TimeoutError:
+                raise TimeoutError(f"another caller's load did not finish in {wait} s") from None
             except BaseException as exc:
                 # One exception object raised in many threads would share a traceback.
                 raise copy.copy(exc) from None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+from ._process import reset_after_fork
+
 HITS, MISSES, STALE, BACKEND_READS = range(4)
 _FIELDS = 4
 
@@ -18,6 +20,14 @@ class Counters:
     """Per-thread tallies of hits, misses, stale serves and backend reads, plus errors."""
 
     def __init__(self) -> None:
+        self._reset()
+        reset_after_fork(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: count this process's work from zero, with a fresh lock."""
+        self._reset()
+
+    def _reset(self) -> None:
         self._local = threading.local()
         self._boxes: list[tuple[threading.Thread, list[int]]] = []
         self._retired = [0] * _FIELDS  # from threads that have ended

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._encoding import MAX_KEY_BYTES, check_length
+from ._encoding import MAX_KEY_BYTES
+from ._validate import check_length
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.hashes import SHA256

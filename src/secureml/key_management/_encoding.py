@@ -26,22 +26,6 @@ _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _B64URL = re.compile(r"[A-Za-z0-9_\-]*={0,2}")
 
 
-def check_encoding(encoding: object) -> Encoding:
-    """Return ``encoding`` if it is one of :data:`ENCODINGS`, else raise ``ValueError``."""
-    if encoding not in ENCODINGS:
-        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
-    return encoding  # type: ignore[return-value]
-
-
-def check_length(value: object, *, what: str, low: int, high: int = MAX_KEY_BYTES) -> int:
-    """Validate a byte length argument: an ``int`` (not ``bool``) in ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{what} must be between {low} and {high}; got {value}")
-    return value
-
-
 def encode_key(key: bytes, encoding: Encoding) -> bytes | str:
     """Render raw key bytes in the requested encoding (text encodings return ``str``)."""
     if encoding == "bytes":
@@ -122,4 +106,38 @@ def check_key_bytes(key: bytes, key_bytes: int, *, described: str) -> bytes:
     """Return ``key`` if it is exactly ``key_bytes`` long, else raise :class:`KeyFormatError`."""
     if len(key) != key_bytes:
         raise KeyFormatError(f"{described} is {len(key)} bytes long; {key_bytes} were requested")
+    return key
+
+
+def key_from_material(material: object, *, described: str) -> bytes:
+    """Key bytes from stored material at whatever length it has (bytes, or hex/base64
+    text as :func:`decode_key_text` reads it)."""
+    if isinstance(material, (bytes, bytearray)):
+        return bytes(material)
+    if isinstance(material, str):
+        return decode_key_material(material, described=described)
+    raise KeyFormatError(
+        f"{described} is a {type(material).__name__}, not key material; store it in the "
+        "field 'value'"
+    )
+
+
+def key_of_length(material: object, key_bytes: int, *, described: str) -> bytes:
+    """Exactly ``key_bytes`` bytes of key from stored material (text is decoded as
+    :func:`decode_key_text` says); any other length is an error, never cut or padded."""
+    if isinstance(material, (bytes, bytearray)):
+        return check_key_bytes(bytes(material), key_bytes, described=described)
+    if isinstance(material, str):
+        return decode_key_text(material, key_bytes, described=described)
+    return key_from_material(material, described=described)  # raises: not key material
+
+
+def encryption_key(material: object, *, described: str) -> bytes:
+    """Key bytes fit to encrypt with: any length of at least :data:`MIN_KEY_BYTES`."""
+    key = key_from_material(material, described=described)
+    if len(key) < MIN_KEY_BYTES:
+        raise KeyFormatError(
+            f"{described} is {len(key)} bytes long; encryption needs at least "
+            f"{MIN_KEY_BYTES} (32 recommended)"
+        )
     return key

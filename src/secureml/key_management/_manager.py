@@ -1,68 +1,37 @@
-"""KeyManager: the lookup chain, key encodings and derivation.
+"""KeyManager: the public facade, with the spec's names, defaults and user docs.
 
-Policy lives here (which source is asked, in what order, what a miss or an outage
-means, how key material is decoded); I/O lives in the backends.
+It builds :class:`~._settings.ManagerSettings` from its arguments, a
+:class:`~._core.Core` from those, and the services over the core (secrets by name, the
+key lifecycle, encryption, Transit); every method delegates. No policy lives here.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
-import threading
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any, Literal, NoReturn, TypeVar, overload
 
 from ._auth import VaultAuth
-from ._cache import ABSENT, CacheEntry, SecretCache
-from ._config import resolve_vault_settings
-from ._counters import BACKEND_READS, HITS, MISSES, STALE, Counters
+from ._core import Core
 from ._derivation import hkdf_sha256
-from ._devdefaults import (
-    PRODUCTION_ENV_VAR,
-    dev_default_key,
-    dev_default_secret,
-    running_in_production,
-)
-from ._encoding import (
-    MIN_KEY_BYTES,
-    Encoding,
-    check_encoding,
-    check_key_bytes,
-    check_length,
-    decode_key_text,
-    encode_key,
-)
-from ._encryption import Encryption
-from ._lifecycle import KeyLifecycle, check_version
-from ._names import validate_name, validate_path
+from ._encoding import Encoding
+from ._encryption import Encryptor
+from ._files import PathLike
+from ._lifecycle import KeyLifecycle
+from ._materials import DEFAULT_KEY, KeyMaterials
+from ._secrets import Secrets
+from ._settings import ManagerSettings
 from ._status import AccessEvent, KeyManagerStats, KeyManagerStatus
 from ._transit import TransitKeys
-from ._warnings import warn_caller
-from .backends.base import SecretBackend, SecretValue, VersionedSecretBackend
-from .backends.env import EnvBackend
-from .backends.vault import VALUE_FIELD, VaultBackend
-from .errors import (
-    AuthenticationError,
-    ConfigurationError,
-    KeyFormatError,
-    KeyManagementError,
-    PermissionDeniedError,
-    SecretNotFoundError,
-    SecurityWarning,
-    UnsupportedOperationError,
-    VaultUnavailableError,
-)
+from ._validate import Progress
+from .backends.base import KeyVersion, SecretBackend, SecretValue
 
 __all__ = ["KeyManager"]
-
-logger = logging.getLogger("secureml.key_management")
 
 _T = TypeVar("_T")
 
 
-class KeyManager(KeyLifecycle, Encryption):
+class KeyManager:
     """Secrets and encryption keys from Vault, the environment, or dev defaults.
 
     A lookup asks, in order: Vault (when configured), the environment variable
@@ -175,74 +144,50 @@ class KeyManager(KeyLifecycle, Encryption):
         audit_hook: Callable[[AccessEvent], object] | None = None,
         backend: SecretBackend | None = None,
     ) -> None:
-        self._vault_path = validate_path(vault_path, what="vault_path")
-        self._vault_mount = validate_name(vault_mount, what="vault_mount")
-        self._use_env_fallback = _check_flag(use_env_fallback, "use_env_fallback")
-        self._use_default_fallback = _check_flag(use_default_fallback, "use_default_fallback")
-        if self._use_default_fallback and running_in_production():
-            raise ConfigurationError(
-                f"use_default_fallback=True is refused because {PRODUCTION_ENV_VAR} says "
-                "production: dev defaults are public values, not secrets"
-            )
-        if backend is not None:
-            if vault_url is not None or vault_token is not None or vault_auth is not None:
-                raise ConfigurationError(
-                    "pass either backend= or vault_url=/vault_token=/vault_auth="
-                )
-            if not isinstance(backend, SecretBackend):
-                raise TypeError("backend must implement the SecretBackend protocol")
-            self._primary: SecretBackend | None = backend
-        else:
-            settings = resolve_vault_settings(
-                url=vault_url,
-                token=vault_token,
-                auth=vault_auth,
-                namespace=vault_namespace,
-                ca_cert=vault_ca_cert,
-                client_cert=vault_client_cert,
-                client_key=vault_client_key,
-                verify=verify,
-                timeout=timeout,
-                retries=retries,
-            )
-            self._primary = (
-                None
-                if settings is None
-                else VaultBackend(
-                    settings,
-                    mount=self._vault_mount,
-                    path=self._vault_path,
-                    kv_version=vault_kv_version,
-                )
-            )
-        self._env = EnvBackend() if self._use_env_fallback else None
-        self._once_lock = threading.Lock()
-        self._said: set[tuple[str, str]] = set()
-        self._cache = SecretCache(
-            ttl=_check_seconds(cache_ttl, "cache_ttl"),
-            size=_check_size(cache_size),
-            max_stale=_check_seconds(max_stale, "max_stale"),
+        settings = ManagerSettings.resolve(
+            vault_url=vault_url,
+            vault_token=vault_token,
+            vault_path=vault_path,
+            use_env_fallback=use_env_fallback,
+            use_default_fallback=use_default_fallback,
+            vault_mount=vault_mount,
+            vault_auth=vault_auth,
+            vault_namespace=vault_namespace,
+            vault_ca_cert=vault_ca_cert,
+            vault_client_cert=vault_client_cert,
+            vault_client_key=vault_client_key,
+            vault_kv_version=vault_kv_version,
+            verify=verify,
+            timeout=timeout,
+            retries=retries,
+            cache_ttl=cache_ttl,
+            cache_size=cache_size,
+            max_stale=max_stale,
+            audit_hook=audit_hook,
+            backend=backend,
         )
-        self._counts = Counters()
-        if audit_hook is not None and not callable(audit_hook):
-            raise TypeError("audit_hook must be callable with one AccessEvent")
-        self._audit = audit_hook
+        self._core = core = Core(settings)
+        self._secrets = Secrets(core)
+        self._lifecycle = KeyLifecycle(core)
+        self._encryptor = Encryptor(KeyMaterials(core), core.observer)
         self._transit: TransitKeys | None = None
 
-    # -- public API ------------------------------------------------------------------
+    # -- secrets and keys by name ------------------------------------------------------
 
     @overload
-    def get_secret(self, name: str, *, version: int | None = ...) -> SecretValue: ...
+    def get_secret(self, secret_name: str, *, version: int | None = ...) -> SecretValue: ...
     @overload
     def get_secret(
-        self, name: str, default: _T, *, version: int | None = ...
+        self, secret_name: str, default: _T, *, version: int | None = ...
     ) -> SecretValue | _T: ...
 
-    def get_secret(self, name: str, default: Any = None, *, version: int | None = None) -> Any:
+    def get_secret(
+        self, secret_name: str, default: Any = None, *, version: int | None = None
+    ) -> Any:
         """Return secret ``name`` from the first source that has it.
 
         Args:
-            name: Letters, digits, ``_-.``, with ``/`` between segments.
+            secret_name: Letters, digits, ``_-.``, with ``/`` between segments.
             default: Returned when neither Vault nor the environment has the secret
                 (before any dev default). ``None`` means "no default".
             version: Read this version (Vault KV v2 only; no fallback applies, and
@@ -260,40 +205,18 @@ class KeyManager(KeyLifecycle, Encryption):
             AuthenticationError: Vault rejected the token.
             VaultUnavailableError: Vault is down and no later source had it.
             UnsupportedOperationError: ``version=`` without a KV v2 Vault.
-            ValueError: ``name`` or ``version`` is malformed.
+            ValueError: ``secret_name`` or ``version`` is malformed.
         """
-        entry = None
-        # Only well-formed calls may take the fast path (1.0 and True hash like 1).
-        if version is None or (type(version) is int and version > 0 and default is None):
-            try:  # noqa: SIM105 - contextlib.suppress costs the hot path ~0.3 µs
-                entry = self._cache.fresh((name, version))
-            except TypeError:  # unhashable: let validation say what is wrong with it
-                pass
-        if entry is not None and entry.value is not ABSENT and self._audit is None:
-            self._counts.mine()[HITS] += 1  # the hot path: no lock, no validation (done)
-            return _private(entry.value)
+        return self._secrets.get_secret(secret_name, default, version=version)
 
-        def read() -> tuple[Any, str | None, str]:
-            validate_name(name)
-            if version is None:
-                return self._lookup(name, default, lambda: dev_default_secret(name))
-            if default is not None:
-                raise ValueError(
-                    "get_secret: default= cannot stand in for a specific version; pass one "
-                    "or the other"
-                )
-            return self._read_version(name, check_version(version))
-
-        return self._observed("get_secret", name, read, version=version)
-
-    def set_secret(self, name: str, value: str | bytes | Mapping[str, Any]) -> bool:
-        """Store ``value`` as secret ``name`` in Vault.
+    def set_secret(self, secret_name: str, value: str | bytes | Mapping[str, Any]) -> bool:
+        """Store ``value`` as secret ``secret_name`` in Vault.
 
         Text is stored in the field ``value``; bytes as base64 with ``encoding=base64``
         (and read back as bytes); a mapping as the secret's fields.
 
         Args:
-            name: Letters, digits, ``_-.``, with ``/`` between segments.
+            secret_name: Letters, digits, ``_-.``, with ``/`` between segments.
             value: ``str``, ``bytes`` or a mapping of field names to JSON values.
 
         Returns:
@@ -308,29 +231,9 @@ class KeyManager(KeyLifecycle, Encryption):
                 gateway answered 500/502/504): it may or may not have landed. Not retried
                 automatically; read the secret back before writing again.
             TypeError: ``value`` is of an unsupported type.
-            ValueError: ``name`` or a mapping's field names are malformed.
+            ValueError: ``secret_name`` or a mapping's field names are malformed.
         """
-        validate_name(name)
-        checked = _check_secret_value(value, name)
-        if self._primary is None:
-            raise ConfigurationError(
-                f"cannot store {name!r}: no Vault is configured (pass vault_url= and "
-                "vault_token=, or set SECUREML_VAULT_URL and SECUREML_VAULT_TOKEN)"
-            )
-        primary = self._primary
-
-        def write() -> tuple[bool, str | None, str]:
-            # Before: a read already in flight must not cache what it finds. After: a
-            # write of unknown outcome may have changed the value too.
-            self._cache.invalidate(lambda key: key[0] == name)
-            try:
-                primary.put(name, checked)
-            finally:
-                self._cache.invalidate(lambda key: key[0] == name)
-            return True, primary.locate(name), "ok"
-
-        result: bool = self._observed("set_secret", name, write)
-        return result
+        return self._secrets.set_secret(secret_name, value)
 
     @overload
     def get_encryption_key(
@@ -402,59 +305,7 @@ class KeyManager(KeyLifecycle, Encryption):
                 UnsupportedOperationError: as for :meth:`get_secret`.
             ValueError: A bad ``key_name``, ``key_bytes``, ``encoding`` or ``version``.
         """
-        if (
-            encoding == "bytes"
-            and type(key_bytes) is int
-            and key_bytes >= MIN_KEY_BYTES
-            and (version is None or (type(version) is int and version > 0))
-        ):
-            try:
-                entry = self._cache.fresh((key_name, version))
-            except TypeError:  # unhashable: let validation say what is wrong with it
-                entry = None
-            if (
-                entry is not None
-                and type(entry.value) is bytes
-                and len(entry.value) == key_bytes
-                and self._audit is None
-            ):
-                self._counts.mine()[HITS] += 1  # raw key bytes, cached: nothing to decode
-                return entry.value
-        validate_name(key_name, what="key_name")
-        length = check_length(key_bytes, what="key_bytes", low=MIN_KEY_BYTES)
-        checked_encoding = check_encoding(encoding)
-
-        def read() -> tuple[bytes | str, str | None, str]:
-            if version is None:
-                material, where, outcome = self._lookup(
-                    key_name, None, lambda: dev_default_key(key_name, length)
-                )
-            else:
-                material, where, outcome = self._read_version(key_name, check_version(version))
-            return (
-                self._decode_key(key_name, material, where, length, checked_encoding),
-                where,
-                outcome,
-            )
-
-        key: bytes | str = self._observed("get_encryption_key", key_name, read, version=version)
-        return key
-
-    @staticmethod
-    def _decode_key(
-        key_name: str, material: object, where: str | None, length: int, encoding: Encoding
-    ) -> bytes | str:
-        described = f"key {key_name!r} from {where}"
-        if isinstance(material, (bytes, bytearray)):
-            key = check_key_bytes(bytes(material), length, described=described)
-        elif isinstance(material, str):
-            key = decode_key_text(material, length, described=described)
-        else:
-            raise KeyFormatError(
-                f"{described} is a {type(material).__name__}, not key material; store it in "
-                f"the field {VALUE_FIELD!r}"
-            )
-        return encode_key(key, encoding)
+        return self._secrets.get_encryption_key(key_name, key_bytes, encoding, version=version)
 
     def derive_key(
         self,
@@ -483,6 +334,347 @@ class KeyManager(KeyLifecycle, Encryption):
             ValueError: Empty ``base_key`` or ``purpose``, or ``key_bytes`` out of range.
         """
         return hkdf_sha256(base_key, purpose, key_bytes, salt)
+
+    # -- key lifecycle ---------------------------------------------------------------
+
+    def generate_key(
+        self,
+        key_name: str,
+        key_bytes: int = 32,
+        *,
+        overwrite: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Store a new key of ``key_bytes`` random bytes (from the OS CSPRNG) in Vault.
+
+        Args:
+            key_name: The key's secret name.
+            key_bytes: Its length, 16 to 8160 bytes.
+            overwrite: Allow adding a new version to a key that exists (its old versions
+                stay readable). Without it an existing key is never touched.
+            metadata: Labels stored with the key (purpose, owner, rotation period...):
+                up to 64 ``str`` to ``str`` pairs, in KV v2 custom metadata.
+
+        Returns:
+            The version written (1 for a new key).
+
+        Raises:
+            ConfigurationError: The key exists and ``overwrite`` is false.
+            UnsupportedOperationError: No Vault, or a KV v1 mount (no versions).
+            PermissionDeniedError, AuthenticationError, VaultUnavailableError: as for
+                :meth:`set_secret`.
+            TypeError, ValueError: A bad name, length or label.
+
+        Example:
+            >>> km.generate_key("datasets/key", metadata={"owner": "ml-platform"})
+            1
+        """
+        return self._lifecycle.generate_key(
+            key_name, key_bytes, overwrite=overwrite, metadata=metadata
+        )
+
+    def rotate_key(self, key_name: str) -> int:
+        """Add a version of fresh random bytes, as long as the current key, and make it
+        the one reads return. Old versions stay readable (``version=``,
+        :meth:`get_key_ring`) until retired with :meth:`delete_secret`.
+
+        Check-and-set makes concurrent rotations safe: one wins, the others raise
+        :class:`VersionConflictError` and write nothing. A rotation that would make
+        Vault drop a still-live old version for good (``max_versions``) is refused.
+
+        Returns:
+            The new version.
+
+        Raises:
+            SecretNotFoundError: The key does not exist, or none of its versions is
+                readable (to take the length from).
+            VersionConflictError: Another rotation or write won the race.
+            KeyManagementError: The rotation would drop a live version (the message says
+                what to retire first).
+            UnsupportedOperationError: No Vault, or a KV v1 mount.
+
+        Example:
+            >>> km.rotate_key("datasets/key")
+            2
+        """
+        return self._lifecycle.rotate_key(key_name)
+
+    def rotate_if_older_than(
+        self,
+        key_name: str,
+        max_age: timedelta | float,
+        *,
+        now: datetime | None = None,
+    ) -> int | None:
+        """Rotate the key if its current version is at least ``max_age`` old; for cron.
+
+        Safe to run from several places at once: if another rotation wins the race and
+        the key is then young enough, this returns ``None`` instead of failing.
+
+        Args:
+            key_name: The key's secret name.
+            max_age: A ``timedelta``, or seconds.
+            now: The time to compare with (timezone-aware); ``None`` for the real clock.
+
+        Returns:
+            The new version, or ``None`` when the key was young enough.
+
+        Example:
+            >>> km.rotate_if_older_than("datasets/key", timedelta(days=90))  # doctest: +SKIP
+        """
+        return self._lifecycle.rotate_if_older_than(key_name, max_age, now=now)
+
+    def key_versions(self, key_name: str) -> list[KeyVersion]:
+        """Every version Vault keeps of ``key_name``, oldest first.
+
+        Raises:
+            SecretNotFoundError: The key does not exist.
+            UnsupportedOperationError: No Vault, or a KV v1 mount.
+
+        Example:
+            >>> [(v.version, v.is_current) for v in km.key_versions("datasets/key")]
+            [(1, False), (2, True)]
+        """
+        return self._lifecycle.key_versions(key_name)
+
+    def get_key_ring(self, key_name: str) -> dict[int, bytes]:
+        """Every readable version of a key: ``{version: key bytes}``, oldest first.
+
+        What a decryptor needs after rotations: the key that encrypted a message is
+        found by the version its header names. Deleted and destroyed versions are left
+        out.
+
+        Raises:
+            SecretNotFoundError: The key does not exist or no version is readable.
+            KeyFormatError: A version holds something that is not key material.
+
+        Example:
+            >>> sorted(km.get_key_ring("datasets/key"))
+            [1, 2]
+        """
+        return self._lifecycle.get_key_ring(key_name)
+
+    def list_secrets(self, prefix: str = "") -> list[str]:
+        """The names of every secret in Vault under ``vault_path`` that start with
+        ``prefix``, sorted; names in sub-folders included (``models/key``).
+
+        Raises:
+            UnsupportedOperationError: No Vault (the environment is not listed).
+            PermissionDeniedError: The token may not list the folder.
+
+        Example:
+            >>> km.list_secrets("datasets/")
+            ['datasets/key']
+        """
+        return self._lifecycle.list_secrets(prefix)
+
+    def delete_secret(
+        self, name: str, *, destroy: bool = False, versions: Iterable[int] | None = None
+    ) -> None:
+        """Delete a secret or some of its versions; soft (undoable) unless ``destroy``.
+
+        ============================  ============================================
+        call                          effect (KV v2)
+        ============================  ============================================
+        ``delete_secret(n)``          the latest version is soft-deleted
+        ``versions=[1, 2]``           those versions are soft-deleted
+        ``versions=[1], destroy=True``  those versions' data is destroyed for good
+        ``destroy=True``              every version and the metadata: gone for good
+        ============================  ============================================
+
+        A soft-deleted version can be restored by an operator
+        (``bao kv undelete -versions=N``). Meanwhile a read of it by number is a
+        :class:`SecretNotFoundError`, and if it is the latest version, reads without
+        ``version=`` treat the secret as absent from Vault: the lookup moves on to the
+        environment and ``default=`` (never to an older version). On a KV v1 mount only
+        ``destroy=True`` works, since its deletes cannot be undone.
+
+        Deletes through this manager drop its cached copies at once; a version deleted
+        or destroyed elsewhere (another process, the ``bao`` CLI) is served from this
+        manager's cache until ``cache_ttl`` passes (or :meth:`invalidate`), and while
+        Vault is unreachable for up to ``max_stale``.
+
+        Raises:
+            UnsupportedOperationError: No Vault, or a soft delete on KV v1.
+            PermissionDeniedError: The policy forbids it.
+        """
+        self._lifecycle.delete_secret(name, destroy=destroy, versions=versions)
+
+    # -- encryption ------------------------------------------------------------------
+
+    def encrypt(
+        self,
+        data: bytes,
+        key_name: str = DEFAULT_KEY,
+        *,
+        aad: bytes = b"",
+        transit_key: str | None = None,
+    ) -> bytes:
+        """Encrypt ``data`` with the current version of key ``key_name``.
+
+        The result names the key and its version, so :meth:`decrypt` needs no key name
+        and still works after the key is rotated. AES-256-GCM with a key derived per
+        message; the format is ``docs/FORMAT.md``.
+
+        Args:
+            data: The plaintext.
+            key_name: A managed key (Vault KV, or the environment / dev default chain).
+            aad: Associated data: authenticated, not encrypted; :meth:`decrypt` must be
+                given the same.
+            transit_key: Encrypt with a fresh data key from this Vault Transit key
+                instead of ``key_name``; only the wrapped data key is kept, in the result.
+
+        Raises:
+            SecretNotFoundError: No source has the key.
+            KeyFormatError: The key is shorter than 16 bytes or not key material.
+        """
+        return self._encryptor.encrypt(data, key_name, aad=aad, transit_key=transit_key)
+
+    def decrypt(self, blob: bytes, *, aad: bytes = b"") -> bytes:
+        """Decrypt what :meth:`encrypt` (or :meth:`encrypt_file`) made, with the key and
+        version its header names.
+
+        Raises:
+            InvalidCiphertextError: The blob is altered, truncated, extended, not ours, or
+                ``aad`` differs. Deliberately says nothing more.
+            SecretNotFoundError: The key version it names is gone (deleted, destroyed).
+        """
+        return self._encryptor.decrypt(blob, aad=aad)
+
+    def reencrypt(
+        self,
+        blob: bytes,
+        key_name: str | None = None,
+        *,
+        aad: bytes = b"",
+        transit_key: str | None = None,
+    ) -> bytes:
+        """Decrypt ``blob`` and encrypt it again with the current version of ``key_name``
+        (default: the key it names, or its Transit key): what to run after a rotation,
+        before retiring the old version.
+        """
+        return self._encryptor.reencrypt(blob, key_name, aad=aad, transit_key=transit_key)
+
+    def encrypt_stream(
+        self,
+        reader: Any,
+        writer: Any,
+        key_name: str = DEFAULT_KEY,
+        *,
+        aad: bytes = b"",
+        progress: Progress | None = None,
+        transit_key: str | None = None,
+    ) -> int:
+        """Encrypt a binary stream of any length, in bounded memory (three 1 MiB buffers).
+
+        Args:
+            reader: Anything with ``read(n)`` returning bytes (files, pipes, sockets).
+            writer: Anything with ``write(b)``.
+            progress: Called with the plaintext bytes done, after each segment.
+
+        Returns:
+            The plaintext bytes encrypted.
+        """
+        return self._encryptor.encrypt_stream(
+            reader, writer, key_name, aad=aad, progress=progress, transit_key=transit_key
+        )
+
+    def decrypt_stream(
+        self, reader: Any, writer: Any, *, aad: bytes = b"", progress: Progress | None = None
+    ) -> int:
+        """Decrypt a stream made by :meth:`encrypt_stream` or :meth:`encrypt_file`.
+
+        Plaintext is written as each segment authenticates. If the stream turns out to be
+        truncated or altered further on, :class:`InvalidCiphertextError` is raised after
+        the earlier segments were written: to keep all-or-nothing, decrypt into a
+        temporary place (as :meth:`decrypt_file` does).
+
+        Returns:
+            The plaintext bytes written.
+        """
+        return self._encryptor.decrypt_stream(reader, writer, aad=aad, progress=progress)
+
+    def reencrypt_stream(
+        self,
+        reader: Any,
+        writer: Any,
+        key_name: str | None = None,
+        *,
+        aad: bytes = b"",
+        progress: Progress | None = None,
+        transit_key: str | None = None,
+    ) -> int:
+        """:meth:`reencrypt` for streams: decrypts and encrypts segment by segment, so
+        plaintext never rests anywhere. Returns the plaintext bytes moved."""
+        return self._encryptor.reencrypt_stream(
+            reader, writer, key_name, aad=aad, progress=progress, transit_key=transit_key
+        )
+
+    def encrypt_file(
+        self,
+        src: PathLike,
+        dst: PathLike,
+        key_name: str = DEFAULT_KEY,
+        *,
+        aad: bytes = b"",
+        progress: Progress | None = None,
+        transit_key: str | None = None,
+        durable: bool = False,
+    ) -> int:
+        """Encrypt file ``src`` to ``dst`` (replaced only once complete). Returns the
+        plaintext bytes.
+
+        Args:
+            durable: fsync ``dst`` (and its folder) before returning, as a crash could
+                otherwise lose it: pass ``True`` when ``src`` will be deleted next.
+        """
+        return self._encryptor.encrypt_file(
+            src,
+            dst,
+            key_name,
+            aad=aad,
+            progress=progress,
+            transit_key=transit_key,
+            durable=durable,
+        )
+
+    def decrypt_file(
+        self,
+        src: PathLike,
+        dst: PathLike,
+        *,
+        aad: bytes = b"",
+        progress: Progress | None = None,
+        durable: bool = False,
+    ) -> int:
+        """Decrypt file ``src`` to ``dst``, all or nothing.
+
+        Plaintext goes to a temporary file beside ``dst`` (mode 0600) that becomes
+        ``dst`` only after the last segment authenticates: a tampered or truncated file
+        never leaves partial plaintext at ``dst``. Returns the plaintext bytes.
+        ``durable`` fsyncs ``dst`` before returning.
+        """
+        return self._encryptor.decrypt_file(src, dst, aad=aad, progress=progress, durable=durable)
+
+    def reencrypt_file(
+        self,
+        src: PathLike,
+        dst: PathLike,
+        key_name: str | None = None,
+        *,
+        aad: bytes = b"",
+        progress: Progress | None = None,
+        transit_key: str | None = None,
+    ) -> int:
+        """:meth:`reencrypt_stream` from file ``src`` to ``dst`` (may be the same path),
+        replaced only once the whole file authenticated and was encrypted again. Always
+        fsynced before the rename: after a re-encryption the old key version tends to
+        be destroyed, and a crash must not leave ``dst`` empty."""
+        return self._encryptor.reencrypt_file(
+            src, dst, key_name, aad=aad, progress=progress, transit_key=transit_key
+        )
+
+    # -- Transit, status, cache ---------------------------------------------------------
 
     @property
     def transit(self) -> TransitKeys:
@@ -515,16 +707,7 @@ class KeyManager(KeyLifecycle, Encryption):
             >>> km.status().reachable                 # doctest: +SKIP
             True
         """
-        base = (
-            self._primary.status()
-            if isinstance(self._primary, VaultBackend)
-            else KeyManagerStatus()
-        )
-        return replace(
-            base,
-            env_fallback=self._use_env_fallback,
-            default_fallback=self._use_default_fallback,
-        )
+        return self._core.status()
 
     def stats(self) -> KeyManagerStats:
         """Counters since this manager was built: cache, backend, logins, errors.
@@ -533,18 +716,7 @@ class KeyManager(KeyLifecycle, Encryption):
             >>> km.stats().hits                       # doctest: +SKIP
             4096
         """
-        (hits, misses, stale, reads), errors = self._counts.totals()
-        session = getattr(self._primary, "session", None)
-        return KeyManagerStats(
-            hits=hits,
-            misses=misses,
-            stale_serves=stale,
-            backend_reads=reads,
-            failovers=int(getattr(self._primary, "failovers", 0)),
-            logins=int(getattr(session, "logins", 0)),
-            renewals=int(getattr(session, "renewals", 0)),
-            errors=errors,
-        )
+        return self._core.stats()
 
     def invalidate(self, name: str | None = None) -> int:
         """Drop cached values: every version of ``name``, or everything when ``None``.
@@ -556,303 +728,17 @@ class KeyManager(KeyLifecycle, Encryption):
         Returns:
             How many cache entries were dropped.
         """
-        if name is None:
-            return self._cache.invalidate()
-        validate_name(name)
-        return self._cache.invalidate(lambda key: key[0] == name)
-
-    # -- the lookup chain ------------------------------------------------------------
-
-    def _lookup(
-        self,
-        name: str,
-        default: object,
-        dev_default: Callable[[], object] | None,
-        *,
-        outage_falls_through: bool = True,
-    ) -> tuple[Any, str, str]:
-        """Walk the chain; return the value, where it came from, and how (``ok``,
-        ``cached``, ``stale``)."""
-        tried: list[str] = []
-        outage: VaultUnavailableError | None = None
-        if self._primary is not None:
-            where = self._primary.locate(name)
-            tried.append(where)
-            try:
-                value, outcome = self._read_primary(self._primary, name)
-            except VaultUnavailableError as exc:
-                stale = self._cache.stale((name, None))
-                if stale is not None and stale.value is not ABSENT:
-                    self._serve_stale(name, exc, stale)
-                    return _private(stale.value), where, "stale"
-                if not outage_falls_through:
-                    raise
-                outage = exc
-                if stale is None:
-                    self._log_once(
-                        ("outage", self._primary.source),
-                        "%s; falling back to the next source until it answers again",
-                        exc,
-                    )
-            else:
-                if value is not None:
-                    return value, where, outcome
-        if self._env is not None:
-            where = self._env.locate(name)
-            tried.append(where)
-            value = self._env.get(name)
-            if value is not None:
-                self._note_fallback(name, tried, outage)
-                return value, where, "ok"
-        if default is not None:
-            self._note_fallback(name, tried, outage)
-            return default, "default=", "ok"
-        if self._use_default_fallback and dev_default is not None:
-            self._warn_dev_default(name)
-            return dev_default(), "insecure dev default", "ok"
-        if outage is not None:
-            _raise_outage(outage, name, tried)
-        raise SecretNotFoundError(name, tried)
-
-    def _read_primary(
-        self, primary: SecretBackend, name: str, version: int | None = None
-    ) -> tuple[Any, str]:
-        """The primary source's answer for ``name`` (``None``: absent), through the
-        cache; concurrent misses share one backend read."""
-        counts = self._counts.mine()
-        key = (name, version)
-        entry = self._cache.fresh(key)
-        if entry is not None:
-            counts[HITS] += 1
-            return (None if entry.value is ABSENT else _private(entry.value)), "cached"
-        counts[MISSES] += 1
-
-        def load() -> object:
-            self._counts.mine()[BACKEND_READS] += 1
-            value = primary.get(name, version)
-            return ABSENT if value is None else value
-
-        try:
-            value, _ = self._cache.load(key, load)
-        except PermissionDeniedError:
-            # Never again serve what this identity may no longer read, not even stale.
-            self._cache.invalidate(lambda cached: cached[0] == name)
-            raise
-        except AuthenticationError:
-            self._cache.invalidate()  # the credentials are gone: so is what they read
-            raise
-        self._recovered(primary.source)
-        return (None if value is ABSENT else _private(value)), "ok"
-
-    def _read_version(self, name: str, version: int) -> tuple[Any, str, str]:
-        """Version ``version`` of ``name`` from the primary source (no fallback: no other
-        source has versions); a version that cannot be read is an error that says why."""
-        backend = self._versioned("read version", name)
-        where = backend.locate(name)
-        key = (name, version)
-        try:
-            value, outcome = self._read_primary(backend, name, version)
-        except VaultUnavailableError as exc:
-            # A version never changes: a stale copy is as true as a fresh one.
-            stale = self._cache.stale(key)
-            if stale is None or stale.value is ABSENT:
-                raise
-            self._serve_stale(name, exc, stale)
-            return _private(stale.value), where, "stale"
-        if value is None:
-            self._cache.invalidate(lambda cached: cached == key)  # it may yet be written
-            raise SecretNotFoundError(
-                name, [where], detail=self._why_unreadable(backend, name, version)
-            )
-        return value, where, outcome
-
-    @staticmethod
-    def _why_unreadable(  # noqa: PLR0911 - one answer per state a version can be in
-        backend: VersionedSecretBackend, name: str, version: int
-    ) -> str:
-        try:
-            metadata = backend.metadata(name)
-        except KeyManagementError:  # e.g. the policy allows data/ but not metadata/
-            return f"version {version} is deleted, destroyed or was never written"
-        if metadata is None:
-            return "it does not exist"
-        record = metadata.version(version)
-        if record is None:
-            if version > metadata.current_version:
-                return f"it has no version {version} (the latest is {metadata.current_version})"
-            return (
-                f"version {version} is no longer kept (the store keeps the last "
-                f"{metadata.max_versions})"
-            )
-        if record.destroyed:
-            return f"version {version} was destroyed"
-        if record.deleted:
-            return (
-                f"version {version} was deleted (an operator can restore it: bao kv "
-                f"undelete -versions={version})"
-            )
-        return f"version {version} could not be read"
-
-    def _vault(self, action: str) -> VaultBackend:
-        """The Vault backend, for features only Vault has (Transit)."""
-        if not isinstance(self._primary, VaultBackend):
-            raise UnsupportedOperationError(
-                f"cannot {action}: this manager has no Vault (configure vault_url= and credentials)"
-            )
-        return self._primary
-
-    def _versioned(self, action: str, name: str) -> VersionedSecretBackend:
-        """The primary source, if it keeps versions; else say why the call cannot work."""
-        if self._primary is None:
-            raise UnsupportedOperationError(
-                f"cannot {action} {name!r}: no Vault is configured, and environment "
-                "variables and dev defaults keep no versions; configure a Vault KV v2 mount"
-            )
-        if not isinstance(self._primary, VersionedSecretBackend):
-            raise UnsupportedOperationError(
-                f"cannot {action} {name!r}: the {self._primary.source} backend keeps no "
-                "versions (it does not implement VersionedSecretBackend)"
-            )
-        return self._primary
-
-    def _serve_stale(self, name: str, outage: VaultUnavailableError, entry: CacheEntry) -> None:
-        self._counts.mine()[STALE] += 1
-        self._log_once(
-            ("stale", name),
-            "%s; serving %r from a cached value %.0f s old (max_stale allows %.0f s)",
-            outage,
-            name,
-            time.monotonic() - entry.fetched_at,
-            self._cache.max_stale,
-        )
-
-    def _recovered(self, source: str) -> None:
-        """The primary answered: outage and stale notices may be given again."""
-        if self._said:
-            with self._once_lock:
-                self._said = {c for c in self._said if c[0] not in ("outage", "stale")}
-
-    # -- observability ---------------------------------------------------------------
-
-    def _observed(
-        self,
-        operation: str,
-        name: str,
-        call: Callable[[], tuple[_T, str | None, str]],
-        *,
-        version: int | None = None,
-        returns_version: bool = False,
-    ) -> _T:
-        """Run ``call``; count its errors and tell ``audit_hook`` how it went.
-
-        Args:
-            version: The version the call is about, if known up front.
-            returns_version: The call returns the version it made (generate, rotate).
-        """
-        started = time.perf_counter()
-        try:
-            value, source, outcome = call()
-        except Exception as exc:
-            self._counts.error(type(exc).__name__)
-            self._emit(
-                operation,
-                name,
-                source=None,
-                version=version if type(version) is int else None,
-                outcome="error",
-                error=type(exc).__name__,
-                started=started,
-            )
-            raise
-        if returns_version and isinstance(value, int):
-            version = value
-        self._emit(
-            operation,
-            name,
-            source=source,
-            version=version if type(version) is int else None,
-            outcome=outcome,
-            error=None,
-            started=started,
-        )
-        return value
-
-    def _emit(
-        self,
-        operation: str,
-        name: str,
-        *,
-        source: str | None,
-        version: int | None = None,
-        outcome: str,
-        error: str | None,
-        started: float,
-    ) -> None:
-        if self._audit is None:
-            return
-        event = AccessEvent(
-            operation=operation,
-            name=name if isinstance(name, str) else repr(type(name)),
-            source=source,
-            version=version,
-            outcome=outcome,
-            error=error,
-            duration=time.perf_counter() - started,
-        )
-        try:
-            self._audit(event)
-        except Exception as exc:  # an audit sink must never break the call it observes
-            self._log_once(("audit", type(exc).__name__), "audit_hook raised %r", exc)
-
-    def _note_fallback(
-        self, name: str, tried: list[str], outage: VaultUnavailableError | None
-    ) -> None:
-        """Say once per name that Vault did not have a secret a fallback then served."""
-        if self._primary is not None and outage is None:
-            self._log_once(
-                ("absent", name),
-                "secret %r is not in %s; using a fallback (%s)",
-                name,
-                tried[0],
-                ", ".join(tried[1:]) or "default=",
-            )
-
-    def _log_once(self, condition: tuple[str, str], message: str, *args: object) -> None:
-        with self._once_lock:
-            if condition in self._said:
-                return
-            self._said.add(condition)
-        logger.warning(message, *args)
-
-    def _forget(self, condition: tuple[str, str]) -> None:
-        if condition in self._said:
-            with self._once_lock:
-                self._said.discard(condition)
-
-    def _warn_dev_default(self, name: str) -> None:
-        with self._once_lock:
-            if ("dev-default", name) in self._said:
-                return
-            self._said.add(("dev-default", name))
-        warn_caller(
-            f"serving an INSECURE deterministic development default for {name!r}: anyone "
-            "can compute it. Store the secret in Vault or the environment, and set "
-            "use_default_fallback=False outside development.",
-            SecurityWarning,
-        )
+        return self._secrets.invalidate(name)
 
     # -- hygiene ---------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        vault = (
-            ",".join(self._primary.settings.urls)
-            if isinstance(self._primary, VaultBackend)
-            else None
-        )
+        s = self._core.settings
+        vault = ",".join(s.vault.urls) if s.vault is not None else None
         return (
-            f"KeyManager(vault_url={vault!r}, vault_path={self._vault_path!r}, "
-            f"vault_mount={self._vault_mount!r}, use_env_fallback={self._use_env_fallback}, "
-            f"use_default_fallback={self._use_default_fallback})"
+            f"KeyManager(vault_url={vault!r}, vault_path={s.vault_path!r}, "
+            f"vault_mount={s.vault_mount!r}, use_env_fallback={s.use_env_fallback}, "
+            f"use_default_fallback={s.use_default_fallback})"
         )
 
     def __reduce_ex__(self, protocol: object) -> NoReturn:
@@ -861,59 +747,3 @@ class KeyManager(KeyLifecycle, Encryption):
             "KeyManager cannot be pickled (it holds a Vault token); create one in each "
             "process instead"
         )
-
-
-def _private(value: _T) -> _T:
-    """``value`` as the caller may keep it: str and bytes are immutable and shared; a
-    dict of fields is copied, so changing it cannot change what others are served."""
-    return copy.deepcopy(value) if type(value) is dict else value
-
-
-def _check_seconds(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if not value >= 0:
-        raise ValueError(f"{what} must be 0 or more seconds; got {value}")
-    return float(value)
-
-
-def _check_size(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"cache_size must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"cache_size must be at least 1; got {value}")
-    return value
-
-
-def _check_flag(value: object, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{what} must be True or False, not {type(value).__name__}")
-    return value
-
-
-def _check_secret_value(value: object, name: str) -> str | bytes | dict[str, Any]:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, Mapping):
-        if not value:
-            raise ValueError(f"secret {name!r}: a mapping value needs at least one field")
-        if not all(isinstance(k, str) and k for k in value):
-            raise ValueError(f"secret {name!r}: field names must be non-empty str")
-        if VALUE_FIELD in value:
-            raise ValueError(
-                f"secret {name!r}: a mapping with a {VALUE_FIELD!r} field would read back as "
-                "that field alone; pass the value itself, or rename the field"
-            )
-        return dict(value)
-    raise TypeError(
-        f"secret {name!r} must be str, bytes or a mapping of fields, not {type(value).__name__}"
-    )
-
-
-def _raise_outage(outage: VaultUnavailableError, name: str, tried: list[str]) -> NoReturn:
-    """Vault was down and nothing after it had the secret: say both, keep the type."""
-    raise type(outage)(
-        f"{outage}; no fallback had {name!r} either (tried: {', '.join(tried)})"
-    ) from outage

@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._lifecycle import check_version
-from ._names import validate_name
+from ._core import Core, core_of
+from ._observe import Served
+from ._validate import (
+    check_bytes,
+    check_sequence,
+    check_transit_ciphertext,
+    check_version,
+    validate_name,
+)
 from .backends._vault_errors import vault_errors
 from .errors import (
     ConfigurationError,
@@ -29,7 +37,6 @@ from .errors import (
 
 if TYPE_CHECKING:
     from ._manager import KeyManager
-    from .backends.vault import VaultBackend
 
 __all__ = ["TransitKeyInfo", "TransitKeys"]
 
@@ -74,18 +81,6 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _check_bytes(value: object, what: str) -> bytes:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
-    return bytes(value)
-
-
-def _check_ciphertext(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"ciphertext must be a str (vault:v1:...), not {type(value).__name__}")
-    return value
-
-
 class TransitKeys:
     """The Transit engine at ``mount``, through a manager's Vault connection.
 
@@ -113,10 +108,18 @@ class TransitKeys:
         b'row 42'
     """
 
-    def __init__(self, manager: KeyManager, *, mount: str = "transit") -> None:
+    def __init__(self, manager: KeyManager | Core, *, mount: str = "transit") -> None:
         self._mount = validate_name(mount, what="mount")
-        self._manager = manager
-        self._backend: VaultBackend = manager._vault("use Transit")
+        core = core_of(manager)
+        self._backend = core.require_vault("use Transit")
+        self._observe: Callable[..., Any] = core.observer.observed
+
+    def _unobserved(self) -> TransitKeys:
+        """The same engine emitting no events: for a call that emits its own (an
+        encryption in Transit mode)."""
+        quiet = copy.copy(self)
+        quiet._observe = lambda _operation, _name, call: call().value
+        return quiet
 
     @property
     def mount(self) -> str:
@@ -218,7 +221,7 @@ class TransitKeys:
             Transit ciphertext, ``vault:v<N>:...``.
         """
         self._check_name(name)
-        body = {"plaintext": _b64(_check_bytes(plaintext, "plaintext")), **_context(context)}
+        body = {"plaintext": _b64(check_bytes(plaintext, "plaintext")), **_context(context)}
         return self._observed(
             "encrypt",
             name,
@@ -233,7 +236,7 @@ class TransitKeys:
                 altered, or its version is below ``min_decryption_version``.
         """
         self._check_name(name)
-        body = {"ciphertext": _check_ciphertext(ciphertext), **_context(context)}
+        body = {"ciphertext": check_transit_ciphertext(ciphertext), **_context(context)}
         return self._observed(
             "decrypt",
             name,
@@ -245,7 +248,7 @@ class TransitKeys:
         never leaves it). Use after :meth:`rotate`, before raising
         ``min_decryption_version``."""
         self._check_name(name)
-        body = {"ciphertext": _check_ciphertext(ciphertext), **_context(context)}
+        body = {"ciphertext": check_transit_ciphertext(ciphertext), **_context(context)}
         return self._observed(
             "rewrap",
             name,
@@ -302,7 +305,7 @@ class TransitKeys:
             context: One context for every item, or one per item.
         """
         self._check_name(name)
-        items = [_check_bytes(p, "each plaintext") for p in _sequence(plaintexts, "plaintexts")]
+        items = [check_bytes(p, "each plaintext") for p in check_sequence(plaintexts, "plaintexts")]
         contexts = _contexts(context, len(items))
         inputs = [
             {"plaintext": _b64(p), **_context(c)} for p, c in zip(items, contexts, strict=True)
@@ -323,7 +326,7 @@ class TransitKeys:
         """:meth:`decrypt` for many items; if any fails, the whole call raises
         :class:`InvalidCiphertextError` naming the first bad item's index."""
         self._check_name(name)
-        items = [_check_ciphertext(c) for c in _sequence(ciphertexts, "ciphertexts")]
+        items = [check_transit_ciphertext(c) for c in check_sequence(ciphertexts, "ciphertexts")]
         contexts = _contexts(context, len(items))
         inputs = [{"ciphertext": c, **_context(x)} for c, x in zip(items, contexts, strict=True)]
         return self._observed(
@@ -470,10 +473,11 @@ class TransitKeys:
     def _observed(self, operation: str, name: str, call: Callable[[], _T]) -> _T:
         where = self._where(name)
 
-        def run() -> tuple[_T, str, str]:
-            return call(), where, "ok"
+        def run() -> Served:
+            return Served(call(), where)
 
-        return self._manager._observed(f"transit.{operation}", name, run)
+        result: _T = self._observe(f"transit.{operation}", name, run)
+        return result
 
     def __repr__(self) -> str:
         return f"TransitKeys(mount={self._mount!r})"
@@ -482,7 +486,7 @@ class TransitKeys:
 def _context(context: object) -> dict[str, str]:
     if context is None:
         return {}
-    return {"context": _b64(_check_bytes(context, "context"))}
+    return {"context": _b64(check_bytes(context, "context"))}
 
 
 def _contexts(context: object, count: int) -> list[bytes | None]:
@@ -492,7 +496,7 @@ def _contexts(context: object, count: int) -> list[bytes | None]:
         raise TypeError("context must be bytes, a sequence of bytes (one per item), or None")
     if len(context) != count:
         raise ValueError(f"got {len(context)} contexts for {count} items; pass one per item")
-    return [_check_bytes(c, "each context") for c in context]
+    return [check_bytes(c, "each context") for c in context]
 
 
 def _chunks(inputs: list[dict[str, str]]) -> list[tuple[int, list[dict[str, str]]]]:
@@ -517,12 +521,6 @@ def _batch_results(exc: Exception) -> list[dict[str, Any]]:
     data = answer.get("data") if isinstance(answer, dict) else None
     found = data.get("batch_results") if isinstance(data, dict) else None
     return [r for r in found if isinstance(r, dict)] if isinstance(found, list) else []
-
-
-def _sequence(items: object, what: str) -> Sequence[object]:
-    if isinstance(items, (str, bytes, bytearray, memoryview)) or not isinstance(items, Sequence):
-        raise TypeError(f"{what} must be a list (or other sequence) of items, one per item")
-    return items
 
 
 def _field(data: dict[str, Any], name: str) -> str:

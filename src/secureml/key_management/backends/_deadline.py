@@ -14,13 +14,14 @@ import contextlib
 import heapq
 import itertools
 import logging
-import os
 import socket
 import threading
 import time
 from typing import Any
 
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from .._process import reset_after_fork
 
 logger = logging.getLogger("secureml.key_management")
 
@@ -31,8 +32,11 @@ class _Watchdog:
     def __init__(self) -> None:
         self._reset()
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's lock and thread do not exist there."""
+        self._reset()
+
     def _reset(self) -> None:
-        # Also run in a forked child: the parent's lock and thread do not exist there.
         self._heap: list[tuple[float, int]] = []
         self._watched: dict[int, Any] = {}  # ticket -> connection
         self._by_conn: dict[int, int] = {}  # id(connection) -> ticket
@@ -119,8 +123,7 @@ def _cut(conn: Any) -> None:
 
 
 WATCHDOG = _Watchdog()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=WATCHDOG._reset)
+reset_after_fork(WATCHDOG)
 
 
 class Cut(Exception):  # noqa: N818 - a signal between two functions, never raised to users

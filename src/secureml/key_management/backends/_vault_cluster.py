@@ -18,6 +18,8 @@ import threading
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from .._process import reset_after_fork
+
 INDEX_HEADER = "X-Vault-Index"
 INCONSISTENT_HEADER = "X-Vault-Inconsistent"
 FORWARD_ACTIVE = "forward-active-node"
@@ -39,6 +41,11 @@ class AddressBook:
         self._preferred = 0
         self._lock = threading.Lock()
         self.failovers = 0
+        reset_after_fork(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock."""
+        self._lock = threading.Lock()
 
     @property
     def addresses(self) -> tuple[str, ...]:

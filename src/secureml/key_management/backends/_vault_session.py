@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .._auth import Login, VaultAuth
+from .._process import reset_after_fork
 from ..errors import AuthenticationError, PermissionDeniedError, VaultUnavailableError
 from ._vault_errors import translated
 
@@ -84,9 +85,15 @@ class TokenSession:
         self._jitter = jitter
         self._lock = threading.Lock()
         self._state: _State | None = None
+        reset_after_fork(self)
         self._generation = 0
         self.logins = 0
         self.renewals = 0
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (a login in flight stayed in the parent);
+        the token stays valid and is kept."""
+        self._lock = threading.Lock()
 
     # -- what requests use -----------------------------------------------------------
 

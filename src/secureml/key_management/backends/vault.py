@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._config import INSTALL_HINT, VaultSettings
-from .._status import KeyManagerStatus
+from .._process import reset_after_fork
+from .._validate import VALUE_FIELD
 from ..errors import (
     AuthenticationError,
     ConfigurationError,
@@ -48,7 +50,8 @@ if TYPE_CHECKING:
 
     from ._vault_http import Pools
 
-VALUE_FIELD = "value"
+__all__ = ["ENCODING_FIELD", "VALUE_FIELD", "VaultBackend", "VaultHealth"]
+
 ENCODING_FIELD = "encoding"
 
 _T = TypeVar("_T")
@@ -69,6 +72,46 @@ _HEALTH_PARAMS = {
     "drsecondarycode": "200",
     "performancestandbycode": "200",
 }
+
+
+@dataclass(frozen=True)
+class VaultHealth:
+    """How the server and this backend's credentials are doing; holds no secret or token.
+
+    Fields are ``None`` when unknown: the server could not be reached, or the question
+    needs a token that could not be obtained (``error`` says why).
+
+    Attributes:
+        vault_url: The address asked first.
+        reachable: The server answered its health check.
+        initialized: The server has been initialized.
+        sealed: The server is sealed.
+        server_version: e.g. ``2.4.1``.
+        auth_method: ``token``, ``approle``, ...
+        token_ttl: Seconds the token has left; ``None`` if it never expires or is unknown.
+        renewable: Whether the token can be renewed.
+        kv_mount: The KV engine's mount path.
+        kv_version: 1 or 2.
+        namespace: The namespace requests go to.
+        logins: Logins so far by a method that can log in again.
+        renewals: Token renewals so far.
+        error: Why a field is unknown, or ``None``.
+    """
+
+    vault_url: str | None = None
+    reachable: bool = False
+    initialized: bool | None = None
+    sealed: bool | None = None
+    server_version: str | None = None
+    auth_method: str | None = None
+    token_ttl: float | None = None
+    renewable: bool | None = None
+    kv_mount: str | None = None
+    kv_version: int | None = None
+    namespace: str | None = None
+    logins: int = 0
+    renewals: int = 0
+    error: str | None = None
 
 
 def pack_fields(value: SecretValue) -> dict[str, Any]:
@@ -184,6 +227,19 @@ class VaultBackend:
         self._consistency = Consistency()
         self._pool: Pools | None = None
         self._pool_lock = threading.Lock()
+        self._pid = os.getpid()
+        reset_after_fork(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: drop the inherited connections (the parent still reads
+        from those sockets: sharing one would hand each process the other's answers)
+        and every thread's client, without closing anything the parent uses. The token
+        session and the detected KV version are kept: they are as true here."""
+        self._local = threading.local()
+        self._pool = None
+        self._pool_lock = threading.Lock()
+        self._detect_lock = threading.Lock()
+        self._pid = os.getpid()
 
     @property
     def source(self) -> str:
@@ -568,14 +624,20 @@ class VaultBackend:
 
     # -- status ----------------------------------------------------------------------
 
-    def status(self) -> KeyManagerStatus:
+    def call_budget(self) -> float:
+        """The most seconds one call may take: every attempt, on every node, and the
+        backoff between them (what a caller waiting for another's read may wait)."""
+        budget: float = self._client().adapter.budget()
+        return budget
+
+    def health(self) -> VaultHealth:
         """Health, token and mount facts; never raises for an unreachable server.
 
         One health request (not retried); then, if Vault is up, the token (logging in
         if none is held yet) and the KV version.
         """
         s = self._settings
-        base = KeyManagerStatus(
+        base = VaultHealth(
             vault_url=s.url,
             auth_method=s.auth.method,
             kv_mount=self._mount,
@@ -620,7 +682,7 @@ class VaultBackend:
             renewable=bool(data.get("renewable")),
         )
 
-    def _with_counts(self, status: KeyManagerStatus, **changes: Any) -> KeyManagerStatus:
+    def _with_counts(self, status: VaultHealth, **changes: Any) -> VaultHealth:
         return replace(
             status, logins=self._session.logins, renewals=self._session.renewals, **changes
         )
@@ -696,6 +758,8 @@ class VaultBackend:
         )
 
     def _client(self) -> hvac.Client:
+        if self._pid != os.getpid():  # forked behind the fork hooks' back
+            self.after_fork()
         client: hvac.Client | None = getattr(self._local, "client", None)
         if client is None:
             client = self._new_client()

@@ -1,0 +1,150 @@
+"""Which key seals new data, and which key a ciphertext may open: one seam.
+
+As Tink's KMS envelope AEAD and the AWS Encryption SDK's materials managers do it, key
+choice is separate from the cipher: :meth:`KeyMaterials.for_encryption` gives the key,
+the header naming it, where it came from and its version; :meth:`KeyMaterials.for_header`
+does the same for a message being opened. A managed key (Vault KV, or the environment
+when no Vault is configured) and a Vault Transit data key are its two kinds.
+
+Policy:
+- New data is sealed under the current version of a managed key, or a fresh Transit
+  data key. Dev defaults never seal anything (they are public), and an outage never
+  switches new data to an environment key while Vault is configured.
+- A header is attacker input: its name is checked before any lookup, dev defaults are
+  never used to open, and material that is not a key is refused as opaquely as a bad
+  tag (no length is reported).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple
+
+from . import _envelope as envelope
+from ._core import Core
+from ._encoding import encryption_key
+from ._transit import TransitKeys
+from ._validate import validate_name
+from .errors import (
+    InvalidCiphertextError,
+    KeyFormatError,
+    SecretNotFoundError,
+    UnsupportedOperationError,
+)
+
+__all__ = ["DEFAULT_KEY", "KeyMaterials", "Materials"]
+
+#: The managed key new data is encrypted with when no key is named.
+DEFAULT_KEY = "master_key"
+_TRANSIT_VERSION = re.compile(r"vault:v(\d+):")
+
+
+class Materials(NamedTuple):
+    """A key and what an audit event says about it.
+
+    Attributes:
+        key: The key bytes (a managed key, or a Transit data key).
+        header: The message header naming it.
+        source: Where it came from.
+        outcome: How it was served (``ok``, ``cached``, ``stale``).
+        version: Its version, or ``None`` for unversioned sources.
+    """
+
+    key: bytes
+    header: envelope.Header
+    source: str
+    outcome: str
+    version: int | None
+
+
+class KeyMaterials:
+    """Key choice for encryption, over a :class:`~._core.Core`.
+
+    Args:
+        core: The manager's core.
+    """
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._fresh = core.cache.fresh
+        self._transit_keys: TransitKeys | None = None
+
+    def _transit(self) -> TransitKeys:
+        """Transit on its default mount, emitting no events of its own (the encryption
+        call emits one); made on first use, as it needs Vault."""
+        transit = self._transit_keys
+        if transit is None:
+            transit = self._transit_keys = TransitKeys(self._core)._unobserved()
+        return transit
+
+    def for_encryption(self, key_name: str, transit_key: str | None) -> Materials:
+        """The key new data is sealed under, and the header that names it."""
+        if transit_key is not None:
+            return self._data_key(transit_key)
+        entry = self._fresh((key_name, 0))
+        if entry is None or type(entry.value) is not tuple:  # a cached name is valid
+            validate_name(key_name, what="key_name")
+        current = self._core.read_current(key_name)
+        if current is not None:
+            version: int = current.version or 0
+            material, where, outcome = current.value, current.source, current.outcome
+        else:
+            # No versioned store has it: the environment (or a KV v1 mount) may, but
+            # never while Vault is unreachable, and never a dev default.
+            found = self._core.lookup(key_name, outage_falls_through=False)
+            version, material, where, outcome = 0, found.value, found.source, found.outcome
+        header = envelope.Header(
+            mode=envelope.MODE_MANAGED_KEY, key_name=key_name, key_version=version
+        )
+        key = encryption_key(material, described=f"key {key_name!r} from {where}")
+        return Materials(key, header, where or "", outcome, version or None)
+
+    def _data_key(self, transit_key: str) -> Materials:
+        transit = self._transit()
+        where = f"vault:{transit.mount}/keys/{transit_key}"
+        data_key, wrapped = transit.generate_data_key(transit_key)
+        key = encryption_key(data_key, described=f"a data key of Transit key {transit_key!r}")
+        match = _TRANSIT_VERSION.match(wrapped)
+        version = int(match.group(1)) if match else 0
+        header = envelope.Header(
+            mode=envelope.MODE_TRANSIT,
+            key_name=transit_key,
+            key_version=version,
+            wrapped_key=wrapped.encode("ascii"),
+        )
+        return Materials(key, header, where, "ok", version or None)
+
+    def for_header(self, header: envelope.Header) -> Materials:
+        """The key a message's header names, if this manager may open it with one."""
+        name = header.key_name
+        try:
+            validate_name(name)
+        except ValueError:
+            raise InvalidCiphertextError(envelope.OPAQUE) from None
+        version = header.key_version or None
+        try:
+            if header.mode == envelope.MODE_TRANSIT:
+                if "/" in name:
+                    raise InvalidCiphertextError(envelope.OPAQUE)
+                transit = self._transit()
+                material: Any = transit.decrypt(
+                    name, header.wrapped_key.decode("ascii", errors="replace")
+                )
+                where, outcome = f"vault:{transit.mount}/keys/{name}", "ok"
+            elif version is None:
+                found = self._core.lookup(name, outage_falls_through=False)
+                material, where, outcome = found.value, found.source or "", found.outcome
+            else:
+                found = self._core.read_version(name, version)
+                material, where, outcome = found.value, found.source or "", found.outcome
+        except UnsupportedOperationError:
+            # A version, or Transit, that this manager's sources cannot hold.
+            kind = "Transit" if header.mode == envelope.MODE_TRANSIT else "versioned"
+            raise SecretNotFoundError(
+                name, [], detail=f"the message needs a {kind} key this manager has no store for"
+            ) from None
+        try:
+            key = encryption_key(material, described=f"key {name!r} from {where}")
+        except KeyFormatError:
+            raise InvalidCiphertextError(envelope.OPAQUE) from None
+        return Materials(key, header, where, outcome, version)

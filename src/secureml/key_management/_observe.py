@@ -1,0 +1,184 @@
+"""Every key use passes here: audit events, counters, and notices given once.
+
+One :class:`Observer` per manager. A public call runs inside :meth:`Observer.observed`,
+which counts its errors and hands ``audit_hook`` one :class:`AccessEvent` saying what
+was used (operation, name, version, source) and how it went (``ok``, ``cached``,
+``stale``, ``fresh``, ``rejected`` for a ciphertext that did not authenticate, or
+``error``). Never the value: an event is safe to ship anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
+
+from ._counters import Counters
+from ._process import reset_after_fork
+from ._status import AccessEvent
+from ._warnings import warn_caller
+from .errors import InvalidCiphertextError, SecurityWarning
+
+__all__ = ["Observer", "Served"]
+
+logger = logging.getLogger("secureml.key_management")
+
+_T = TypeVar("_T")
+
+
+class Served(NamedTuple):
+    """What a call produced, and what its audit event says about it.
+
+    Attributes:
+        value: What the call returns (never put in an event).
+        source: Where the value or key came from, or was written to.
+        outcome: ``ok``, ``cached``, ``stale`` or ``fresh``.
+        version: The version used or made, if known.
+    """
+
+    value: Any
+    source: str | None
+    outcome: str = "ok"
+    version: int | None = None
+
+
+class Observer:
+    """Counters, ``audit_hook`` and notices given once, for one manager. Thread-safe.
+
+    Args:
+        audit_hook: Called with an :class:`AccessEvent` after every access; what it
+            raises is logged (once per kind), never propagated.
+    """
+
+    def __init__(self, audit_hook: Callable[[AccessEvent], object] | None) -> None:
+        if audit_hook is not None and not callable(audit_hook):
+            raise TypeError("audit_hook must be callable with one AccessEvent")
+        self.audit_hook = audit_hook
+        self.counts = Counters()
+        self._lock = threading.Lock()
+        self._said: set[tuple[str, str]] = set()
+        reset_after_fork(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the notices given stay given)."""
+        self._lock = threading.Lock()
+
+    # -- events ----------------------------------------------------------------------
+
+    def observed(
+        self,
+        operation: str,
+        name: str,
+        call: Callable[[], Served],
+        *,
+        version: int | None = None,
+    ) -> Any:
+        """Run ``call``, emit its event, return its value.
+
+        Args:
+            version: The version the call is about, if known before it runs (an event
+                for a call that fails still names it).
+        """
+        started = time.perf_counter()
+        try:
+            served = call()
+        except Exception as exc:
+            self.counts.error(type(exc).__name__)
+            if self.audit_hook is not None:
+                rejected = isinstance(exc, InvalidCiphertextError)
+                self._emit(
+                    operation,
+                    name,
+                    source=None,
+                    version=version,
+                    outcome="rejected" if rejected else "error",
+                    error=type(exc).__name__,
+                    started=started,
+                )
+            raise
+        if self.audit_hook is not None:
+            self._emit(
+                operation,
+                name,
+                source=served.source,
+                version=version if served.version is None else served.version,
+                outcome=served.outcome,
+                error=None,
+                started=started,
+            )
+        return served.value
+
+    def rejected(self, operation: str, exc: InvalidCiphertextError) -> None:
+        """A ciphertext too malformed to name its key: count it, and emit its event."""
+        self.counts.error(type(exc).__name__)
+        self._emit(
+            operation,
+            "",
+            source=None,
+            version=None,
+            outcome="rejected",
+            error=type(exc).__name__,
+            started=time.perf_counter(),
+        )
+
+    def _emit(
+        self,
+        operation: str,
+        name: object,
+        *,
+        source: str | None,
+        version: int | None,
+        outcome: str,
+        error: str | None,
+        started: float,
+    ) -> None:
+        hook = self.audit_hook
+        if hook is None:
+            return
+        event = AccessEvent(
+            operation=operation,
+            name=name if isinstance(name, str) else repr(type(name)),
+            source=source,
+            version=version if type(version) is int and version > 0 else None,
+            outcome=outcome,
+            error=error,
+            duration=time.perf_counter() - started,
+        )
+        try:
+            hook(event)
+        except Exception as exc:  # an audit sink must never break the call it observes
+            self.log_once(("audit", type(exc).__name__), "audit_hook raised %r", exc)
+
+    # -- notices ---------------------------------------------------------------------
+
+    def log_once(self, condition: tuple[str, str], message: str, *args: object) -> None:
+        """Log ``message`` at WARNING once (outage and stale notices: once per outage)."""
+        if not self._first(condition):
+            return
+        logger.warning(message, *args)
+
+    def warn_dev_default(self, name: str) -> None:
+        """The first time ``name`` is served an insecure dev default: say so, loudly."""
+        if not self._first(("dev-default", name)):
+            return
+        warn_caller(
+            f"serving an INSECURE deterministic development default for {name!r}: anyone "
+            "can compute it. Store the secret in Vault or the environment, and set "
+            "use_default_fallback=False outside development.",
+            SecurityWarning,
+        )
+
+    def recovered(self) -> None:
+        """The primary answered: outage and stale notices may be given again."""
+        if self._said:
+            with self._lock:
+                self._said = {c for c in self._said if c[0] not in ("outage", "stale")}
+
+    def _first(self, condition: tuple[str, str]) -> bool:
+        with self._lock:
+            if condition in self._said:
+                return False
+            self._said.add(condition)
+            return True

@@ -1,0 +1,134 @@
+"""Reading and writing secrets and keys by name: the core's policy, per call.
+
+:class:`Secrets` is what ``get_secret``, ``set_secret``, ``get_encryption_key`` and
+``invalidate`` do; the facade's methods carry the user docs and delegate here. A cached
+read takes a fast path: no validation (a cached name was validated when it was first
+read), no closure, no event when nobody listens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._cache import ABSENT
+from ._core import Core, caller_copy
+from ._counters import HITS
+from ._devdefaults import dev_default_key, dev_default_secret
+from ._encoding import MIN_KEY_BYTES, Encoding, encode_key, key_of_length
+from ._observe import Served
+from ._validate import (
+    check_encoding,
+    check_length,
+    check_secret_value,
+    check_version,
+    validate_name,
+)
+from .errors import ConfigurationError
+
+__all__ = ["Secrets"]
+
+
+class Secrets:
+    """Secrets and keys by name, over a :class:`~._core.Core`."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._observer = core.observer
+        self._fresh = core.cache.fresh
+        self._counts = core.observer.counts
+        self._silent = core.observer.audit_hook is None  # fixed for the manager's life
+
+    def get_secret(self, name: str, default: Any = None, *, version: int | None = None) -> Any:
+        """See ``KeyManager.get_secret``."""
+        # Only well-formed calls may take the fast path (1.0 and True hash like 1).
+        if self._silent and (
+            version is None or (type(version) is int and version > 0 and default is None)
+        ):
+            try:
+                entry = self._fresh((name, version))
+            except TypeError:  # unhashable: let validation say what is wrong with it
+                entry = None
+            if entry is not None and entry.value is not ABSENT:
+                self._counts.mine()[HITS] += 1  # the hot path: no lock, no validation
+                return caller_copy(entry.value)
+
+        def read() -> Served:
+            validate_name(name)
+            if version is None:
+                return self._core.lookup(name, default, lambda: dev_default_secret(name))
+            if default is not None:
+                raise ValueError(
+                    "get_secret: default= cannot stand in for a specific version; pass one "
+                    "or the other"
+                )
+            return self._core.read_version(name, check_version(version))
+
+        return self._observer.observed("get_secret", name, read, version=_known(version))
+
+    def set_secret(self, name: str, value: str | bytes | Mapping[str, Any]) -> bool:
+        """See ``KeyManager.set_secret``."""
+        validate_name(name)
+        checked = check_secret_value(value, name)
+        primary = self._core.primary
+        if primary is None:
+            raise ConfigurationError(
+                f"cannot store {name!r}: no Vault is configured (pass vault_url= and "
+                "vault_token=, or set SECUREML_VAULT_URL and SECUREML_VAULT_TOKEN)"
+            )
+
+        def write() -> Served:
+            self._core.write(name, lambda: primary.put(name, checked))
+            return Served(True, primary.locate(name))
+
+        result: bool = self._observer.observed("set_secret", name, write)
+        return result
+
+    def get_encryption_key(
+        self, key_name: str, key_bytes: int, encoding: Encoding, *, version: int | None
+    ) -> bytes | str:
+        """See ``KeyManager.get_encryption_key``."""
+        if (
+            self._silent
+            and encoding == "bytes"
+            and type(key_bytes) is int
+            and key_bytes >= MIN_KEY_BYTES
+            and (version is None or (type(version) is int and version > 0))
+        ):
+            try:
+                entry = self._fresh((key_name, version))
+            except TypeError:  # unhashable: let validation say what is wrong with it
+                entry = None
+            if entry is not None and type(entry.value) is bytes and len(entry.value) == key_bytes:
+                self._counts.mine()[HITS] += 1  # raw key bytes, cached: nothing to decode
+                return entry.value
+        validate_name(key_name, what="key_name")
+        length = check_length(key_bytes, what="key_bytes", low=MIN_KEY_BYTES)
+        checked_encoding = check_encoding(encoding)
+
+        def read() -> Served:
+            if version is None:
+                found = self._core.lookup(key_name, None, lambda: dev_default_key(key_name, length))
+            else:
+                found = self._core.read_version(key_name, check_version(version))
+            key = key_of_length(
+                found.value, length, described=f"key {key_name!r} from {found.source}"
+            )
+            return found._replace(value=encode_key(key, checked_encoding))
+
+        key: bytes | str = self._observer.observed(
+            "get_encryption_key", key_name, read, version=_known(version)
+        )
+        return key
+
+    def invalidate(self, name: str | None) -> int:
+        """See ``KeyManager.invalidate``."""
+        if name is None:
+            return self._core.cache.invalidate()
+        validate_name(name)
+        return self._core.cache.invalidate(lambda key: key[0] == name)
+
+
+def _known(version: object) -> int | None:
+    """The version an event may name before the call has checked it."""
+    return version if type(version) is int else None

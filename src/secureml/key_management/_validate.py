@@ -1,0 +1,261 @@
+"""Every argument check, once: wrong types are ``TypeError``, bad values ``ValueError``.
+
+Entry points call these before any I/O, so a malformed call fails where it was made and
+says what is wrong with which argument (never quoting a secret value).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from ._encoding import ENCODINGS, MAX_KEY_BYTES, Encoding
+
+__all__ = [
+    "VALUE_FIELD",
+    "check_aad",
+    "check_age",
+    "check_bytes",
+    "check_data",
+    "check_encoding",
+    "check_flag",
+    "check_labels",
+    "check_length",
+    "check_now",
+    "check_progress",
+    "check_seconds",
+    "check_secret_value",
+    "check_sequence",
+    "check_size",
+    "check_transit_ciphertext",
+    "check_version",
+    "validate_name",
+    "validate_path",
+]
+
+#: The KV field that holds a secret's value (so a mapping may not use it as a field).
+VALUE_FIELD = "value"
+
+# Vault's limits on KV v2 custom metadata; checked here so a bad label fails before I/O.
+_MAX_LABELS = 64
+_MAX_LABEL_KEY_BYTES = 128
+_MAX_LABEL_VALUE_BYTES = 512
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_.\-]+")
+
+Progress = Callable[[int], object]
+
+
+# -- names -----------------------------------------------------------------------------
+
+
+def validate_name(name: object, *, what: str = "secret name") -> str:
+    """Return ``name`` if it is a valid secret name, else raise.
+
+    A name is one or more segments of letters, digits, ``_``, ``-`` and ``.``, joined by
+    single ``/``; ``..`` is refused anywhere so a name can never climb out of the
+    configured Vault path.
+
+    Raises:
+        TypeError: ``name`` is not a ``str``.
+        ValueError: ``name`` breaks the rules; the message quotes it and says which rule.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError(f"{what} must not be empty")
+    if ".." in name:
+        raise ValueError(f"{what} {name!r} must not contain '..'")
+    for segment in name.split("/"):
+        if not segment:
+            raise ValueError(
+                f"{what} {name!r} has an empty segment: no leading, trailing or double '/'"
+            )
+        if segment == "." or not _SEGMENT.fullmatch(segment):
+            raise ValueError(
+                f"{what} {name!r} may only use letters, digits, '_', '-', '.' "
+                "and '/' between segments"
+            )
+    return name
+
+
+def validate_path(path: object, *, what: str) -> str:
+    """Like :func:`validate_name`, but an empty string (the mount's root) is allowed."""
+    if path == "":
+        return ""
+    return validate_name(path, what=what)
+
+
+# -- scalars ---------------------------------------------------------------------------
+
+
+def check_flag(value: object, what: str) -> bool:
+    """``True`` or ``False``, nothing that merely looks like one."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be True or False, not {type(value).__name__}")
+    return value
+
+
+def check_seconds(value: object, what: str) -> float:
+    """A number of seconds, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    if not value >= 0:
+        raise ValueError(f"{what} must be 0 or more seconds; got {value}")
+    return float(value)
+
+
+def check_size(value: object, what: str) -> int:
+    """A count of 1 or more."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{what} must be at least 1; got {value}")
+    return value
+
+
+def check_length(value: object, *, what: str, low: int, high: int = MAX_KEY_BYTES) -> int:
+    """A byte length: an ``int`` (not ``bool``) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}; got {value}")
+    return value
+
+
+def check_encoding(encoding: object) -> Encoding:
+    """One of ``bytes``, ``hex``, ``base64``, ``base64url``."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
+    return encoding  # type: ignore[return-value]
+
+
+def check_version(version: object) -> int:
+    """A version number: an ``int`` of 1 or more."""
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise TypeError(f"version must be an int, not {type(version).__name__}")
+    if version < 1:
+        raise ValueError(f"version must be 1 or more; got {version}")
+    return version
+
+
+def check_age(max_age: object) -> timedelta:
+    """A positive ``timedelta``, or a positive number of seconds."""
+    if isinstance(max_age, timedelta):
+        age = max_age
+    elif isinstance(max_age, (int, float)) and not isinstance(max_age, bool):
+        age = timedelta(seconds=max_age)
+    else:
+        raise TypeError(
+            f"max_age must be a timedelta or a number of seconds, not {type(max_age).__name__}"
+        )
+    if age <= timedelta(0):
+        raise ValueError(f"max_age must be positive; got {age}")
+    return age
+
+
+def check_now(now: object) -> datetime:
+    """A timezone-aware ``datetime``; ``None`` is the real clock."""
+    if now is None:
+        return datetime.now(timezone.utc)
+    if not isinstance(now, datetime):
+        raise TypeError(f"now must be a datetime, not {type(now).__name__}")
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (e.g. datetime.now(timezone.utc))")
+    return now
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+def check_bytes(value: object, what: str) -> bytes:
+    """Bytes-like, copied to ``bytes``."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+    return bytes(value)
+
+
+def check_data(value: object, what: str) -> bytes | memoryview:
+    """Bytes-like, not copied: ``bytes`` as is, anything else as a flat byte view."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        view = memoryview(value)
+        if not view.contiguous:
+            raise TypeError(f"{what} must be contiguous bytes")
+        return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+
+
+def check_aad(aad: object) -> bytes:
+    """Associated data: bytes-like."""
+    if type(aad) is bytes:
+        return aad
+    return check_bytes(aad, "aad")
+
+
+def check_progress(progress: object) -> Progress | None:
+    """``None``, or a callable taking the number of bytes done."""
+    if progress is not None and not callable(progress):
+        raise TypeError("progress must be a callable taking the number of bytes done")
+    return progress
+
+
+def check_sequence(items: object, what: str) -> Sequence[object]:
+    """A list-like of items (not a str or bytes, which are sequences of characters)."""
+    if isinstance(items, (str, bytes, bytearray, memoryview)) or not isinstance(items, Sequence):
+        raise TypeError(f"{what} must be a list (or other sequence) of items, one per item")
+    return items
+
+
+def check_transit_ciphertext(value: object) -> str:
+    """Transit ciphertext: text such as ``vault:v1:...``."""
+    if not isinstance(value, str):
+        raise TypeError(f"ciphertext must be a str (vault:v1:...), not {type(value).__name__}")
+    return value
+
+
+def check_secret_value(value: object, name: str) -> str | bytes | dict[str, Any]:
+    """What ``set_secret`` can store: text, bytes, or a mapping of fields."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError(f"secret {name!r}: a mapping value needs at least one field")
+        if not all(isinstance(k, str) and k for k in value):
+            raise ValueError(f"secret {name!r}: field names must be non-empty str")
+        if VALUE_FIELD in value:
+            raise ValueError(
+                f"secret {name!r}: a mapping with a {VALUE_FIELD!r} field would read back as "
+                "that field alone; pass the value itself, or rename the field"
+            )
+        return dict(value)
+    raise TypeError(
+        f"secret {name!r} must be str, bytes or a mapping of fields, not {type(value).__name__}"
+    )
+
+
+def check_labels(metadata: object) -> dict[str, str] | None:
+    """Key labels within Vault's custom-metadata limits (or ``None``)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping of str to str, not {type(metadata).__name__}")
+    if len(metadata) > _MAX_LABELS:
+        raise ValueError(f"metadata may hold at most {_MAX_LABELS} labels; got {len(metadata)}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError("metadata keys and values must be str (Vault stores labels as text)")
+        if not key or len(key.encode()) > _MAX_LABEL_KEY_BYTES:
+            raise ValueError(
+                f"metadata key {key[:40]!r} must be 1 to {_MAX_LABEL_KEY_BYTES} bytes long"
+            )
+        if len(value.encode()) > _MAX_LABEL_VALUE_BYTES:
+            raise ValueError(
+                f"metadata value for {key!r} is longer than {_MAX_LABEL_VALUE_BYTES} bytes"
+            )
+    return dict(metadata)
