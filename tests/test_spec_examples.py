@@ -34,9 +34,9 @@ def test_every_spec_block_is_an_example_verbatim() -> None:
 
 @pytest.fixture
 def fresh_default() -> Iterator[None]:
-    _default._default = None
+    _default._slot.manager = None
     yield
-    _default._default = None
+    _default._slot.manager = None
 
 
 @pytest.fixture
@@ -61,8 +61,8 @@ def test_spec_examples_run_against_the_server(
     assert basic["encryption_key"] == server_secrets["master_key"]
 
     configured = run("spec_global_configuration.py")
-    assert _default._default is not None
-    assert _default._default.__repr__().startswith(f"KeyManager(vault_url={bao_server.address!r}")
+    assert _default._slot.manager is not None
+    assert _default._slot.manager.__repr__().startswith(f"KeyManager(vault_url={bao_server.address!r}")
     assert configured  # ran to the end
 
     utility = run("spec_utility_functions.py")

@@ -22,13 +22,13 @@ from secureml.key_management import (
 
 @pytest.fixture(autouse=True)
 def fresh() -> Iterator[None]:
-    _default._default = None
+    _default._slot.manager = None
     yield
-    _default._default = None
+    _default._slot.manager = None
 
 
 def test_built_lazily_and_reused() -> None:
-    assert _default._default is None
+    assert _default._slot.manager is None
     first = get_default_key_manager()
     assert isinstance(first, KeyManager)
     assert get_default_key_manager() is first

@@ -222,7 +222,7 @@ from secureml import KeyManager, configure_default_key_manager, get_encryption_k
 heavy = [m for m in ("hvac", "requests", "urllib3", "cryptography") if sys.modules.get(m)]
 import threading
 print("heavy:", heavy, "threads:", threading.active_count(),
-      "default:", secureml.key_management._default._default)
+      "default:", secureml.key_management._default._slot.manager)
 """
 
 

@@ -38,13 +38,16 @@ from .errors import (
     VaultUnavailableError,
 )
 
-__all__ = ["Core", "caller_copy", "core_of"]
+__all__ = ["Core", "HasCore", "caller_copy", "core_of"]
 
 _T = TypeVar("_T")
 
 
-class _HasCore(Protocol):
-    _core: Core
+class HasCore(Protocol):
+    """What services are built on: a manager (any facade) with its core."""
+
+    @property
+    def _core(self) -> Core: ...
 
 
 class Core:

@@ -9,12 +9,27 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from ._encoding import Encoding
 from ._manager import KeyManager
+from ._process import reset_after_fork
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-_lock = threading.Lock()
-_default: KeyManager | None = None
+
+
+class _Slot:
+    """The default manager and the lock that guards it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.manager: KeyManager | None = None
+        reset_after_fork(self)
+
+    def after_fork(self) -> None:
+        # A parent's thread may have held the lock at fork time: it never lets go here.
+        self.lock = threading.Lock()
+
+
+_slot = _Slot()
 
 
 def _signature_of(
@@ -42,10 +57,9 @@ def configure_default_key_manager(*args: Any, **kwargs: Any) -> KeyManager:
     Raises:
         ConfigurationError: As :class:`KeyManager` does; the old default then stays.
     """
-    global _default  # noqa: PLW0603 - the module-level default is the point
     manager = KeyManager(*args, **kwargs)
-    with _lock:
-        _default = manager
+    with _slot.lock:
+        _slot.manager = manager
     return manager
 
 
@@ -57,11 +71,10 @@ def get_default_key_manager() -> KeyManager:
     Raises:
         ConfigurationError: The environment's Vault settings are incomplete or unsafe.
     """
-    global _default  # noqa: PLW0603
-    with _lock:
-        if _default is None:
-            _default = KeyManager()
-        return _default
+    with _slot.lock:
+        if _slot.manager is None:
+            _slot.manager = KeyManager()
+        return _slot.manager
 
 
 @overload

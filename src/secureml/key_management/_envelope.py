@@ -22,17 +22,22 @@ key a header names and hands it in.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from hashlib import sha256
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._buffers import filled_bytes, in_parallel
 from ._pipeline import drive, drive_threaded
 from .errors import InvalidCiphertextError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
@@ -44,6 +49,7 @@ __all__ = [
     "decrypt_bytes",
     "decrypt_stream",
     "encrypt_bytes",
+    "encrypt_managed",
     "encrypt_stream",
     "open_segments",
     "parse_header",
@@ -73,6 +79,11 @@ _U16 = struct.Struct(">H")
 _COUNTER = struct.Struct(">I")
 _NONCE_LAST = b"\x01"
 _NONCE_MORE = b"\x00"
+#: The nonce's last five bytes when a message is one segment: counter 0, last.
+_ONLY_SEGMENT = _COUNTER.pack(0) + _NONCE_LAST
+#: Messages up to this size are sealed and opened in one call, then copied once: below
+#: it a copy is cheaper than the in-place buffer (a ctypes call, page faults beyond).
+INLINE_BYTES = 32 << 10
 
 OPAQUE = "the data is not a valid secureml ciphertext for this key and aad"
 
@@ -92,63 +103,102 @@ class Writer(Protocol):
 Progress = Callable[[int], object]
 
 
-@dataclass(frozen=True)
+def _fixed_part_of(
+    mode: int, key_name: str, key_version: int, segment_bytes: int, wrapped_key: bytes
+) -> bytes:
+    """The header's bytes up to the salt, once every field is checked."""
+    name = key_name.encode("utf-8")
+    if mode not in (MODE_MANAGED_KEY, MODE_TRANSIT):
+        raise ValueError(f"unknown mode {mode}")
+    if not 0 < len(name) <= MAX_NAME_BYTES:
+        raise ValueError(f"key name must be 1 to {MAX_NAME_BYTES} bytes of UTF-8")
+    if not 0 <= key_version < 1 << 32:
+        raise ValueError("key version must fit in 32 bits")
+    if not MIN_SEGMENT_BYTES <= segment_bytes <= MAX_SEGMENT_BYTES:
+        raise ValueError(f"segment_bytes must be {MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES}")
+    if len(wrapped_key) > MAX_WRAPPED_BYTES or (bool(wrapped_key) != (mode == MODE_TRANSIT)):
+        raise ValueError("a wrapped key belongs in Transit mode only, up to 4096 bytes")
+    fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, mode, segment_bytes, key_version, len(name))
+    return b"".join((fixed, name, _U16.pack(len(wrapped_key)), wrapped_key))
+
+
+#: Managed-key headers repeat (one per key version): checked and packed once. Transit
+#: headers carry a fresh wrapped key each and skip it. ``typed``: ``1``, ``True`` and
+#: ``1.0`` are checked apart, as they would be without the cache.
+_cached_fixed_part = functools.lru_cache(maxsize=1024, typed=True)(_fixed_part_of)
+
+
+def _checked_fixed_part(
+    mode: int, key_name: str, key_version: int, segment_bytes: int, wrapped_key: bytes
+) -> bytes:
+    """:func:`_fixed_part_of`, from the cache when the header has no wrapped key."""
+    of = _fixed_part_of if wrapped_key else _cached_fixed_part
+    return of(mode, key_name, key_version, segment_bytes, wrapped_key)
+
+
+@dataclass(frozen=True, init=False)
 class Header:
-    """What a message says about itself; :meth:`encode` is authenticated data."""
+    """What a message says about itself; :meth:`encode` is authenticated data.
+
+    ``salt`` and ``nonce_prefix`` are drawn fresh (in one ``os.urandom`` call) unless
+    given. Every field is checked, and the encoding made, when the header is made.
+    """
 
     mode: int
     key_name: str
     key_version: int
-    segment_bytes: int = DEFAULT_SEGMENT_BYTES
-    wrapped_key: bytes = b""
-    salt: bytes = field(default_factory=lambda: os.urandom(SALT_BYTES), repr=False)
-    nonce_prefix: bytes = field(default_factory=lambda: os.urandom(PREFIX_BYTES), repr=False)
+    segment_bytes: int
+    wrapped_key: bytes
+    salt: bytes = field(repr=False)
+    nonce_prefix: bytes = field(repr=False)
+    _encoded: bytes = field(repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        name = self.key_name.encode("utf-8")
-        if self.mode not in (MODE_MANAGED_KEY, MODE_TRANSIT):
-            raise ValueError(f"unknown mode {self.mode}")
-        if not 0 < len(name) <= MAX_NAME_BYTES:
-            raise ValueError(f"key name must be 1 to {MAX_NAME_BYTES} bytes of UTF-8")
-        if not 0 <= self.key_version < 1 << 32:
-            raise ValueError("key version must fit in 32 bits")
-        if not MIN_SEGMENT_BYTES <= self.segment_bytes <= MAX_SEGMENT_BYTES:
-            raise ValueError(f"segment_bytes must be {MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES}")
-        if len(self.wrapped_key) > MAX_WRAPPED_BYTES or (
-            bool(self.wrapped_key) != (self.mode == MODE_TRANSIT)
-        ):
-            raise ValueError("a wrapped key belongs in Transit mode only, up to 4096 bytes")
-        if len(self.salt) != SALT_BYTES or len(self.nonce_prefix) != PREFIX_BYTES:
-            raise ValueError("salt is 32 bytes and nonce_prefix 7")
+    def __init__(  # noqa: PLR0917 - the fields, in order, as the dataclass would take them
+        self,
+        mode: int,
+        key_name: str,
+        key_version: int,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        wrapped_key: bytes = b"",
+        salt: bytes | None = None,
+        nonce_prefix: bytes | None = None,
+    ) -> None:
+        fixed = _checked_fixed_part(mode, key_name, key_version, segment_bytes, wrapped_key)
+        if salt is None and nonce_prefix is None:
+            fresh = os.urandom(SALT_BYTES + PREFIX_BYTES)
+            salt, nonce_prefix = fresh[:SALT_BYTES], fresh[SALT_BYTES:]
+        else:
+            salt = os.urandom(SALT_BYTES) if salt is None else salt
+            nonce_prefix = os.urandom(PREFIX_BYTES) if nonce_prefix is None else nonce_prefix
+            if len(salt) != SALT_BYTES or len(nonce_prefix) != PREFIX_BYTES:
+                raise ValueError("salt is 32 bytes and nonce_prefix 7")
+            fresh = salt + nonce_prefix
+        # Frozen: fill the instance's dict as the dataclass's own __init__ would, in one
+        # update rather than eight object.__setattr__ calls (see also _header_from).
+        self.__dict__.update(
+            mode=mode,
+            key_name=key_name,
+            key_version=key_version,
+            segment_bytes=segment_bytes,
+            wrapped_key=wrapped_key,
+            salt=salt,
+            nonce_prefix=nonce_prefix,
+            _encoded=fixed + fresh,
+        )
 
     def encode(self) -> bytes:
-        name = self.key_name.encode("utf-8")
-        return b"".join(
-            (
-                _FIXED.pack(
-                    MAGIC,
-                    FORMAT_VERSION,
-                    self.mode,
-                    self.segment_bytes,
-                    self.key_version,
-                    len(name),
-                ),
-                name,
-                _U16.pack(len(self.wrapped_key)),
-                self.wrapped_key,
-                self.salt,
-                self.nonce_prefix,
-            )
-        )
+        """The header's exact bytes (made once: the header is immutable)."""
+        return self._encoded
 
 
 def _invalid() -> InvalidCiphertextError:
     return InvalidCiphertextError(OPAQUE)
 
 
-def _fixed_part(data: bytes) -> tuple[int, int, int, int]:
-    """Check the fixed part; return mode, segment_bytes, key_version, name_len."""
-    magic, version, mode, segment_bytes, key_version, name_len = _FIXED.unpack(data)
+def _fixed_part(data: bytes | memoryview) -> tuple[int, int, int, int]:
+    """Check the fixed part at the start of ``data`` (16 bytes or more); return mode,
+    segment_bytes, key_version, name_len."""
+    magic, version, mode, segment_bytes, key_version, name_len = _FIXED.unpack_from(data)
     if (
         magic != MAGIC
         or version != FORMAT_VERSION
@@ -160,47 +210,50 @@ def _fixed_part(data: bytes) -> tuple[int, int, int, int]:
     return mode, segment_bytes, key_version, name_len
 
 
-def _header_from(
-    fixed: tuple[int, int, int, int], name: bytes, wrapped: bytes, tail: bytes
-) -> Header:
-    mode, segment_bytes, key_version, _ = fixed
+def _header_from(raw: bytes, fixed: tuple[int, int, int, int]) -> Header:
+    """The header whose exact bytes are ``raw`` (of the length its fields say), with
+    ``fixed`` its checked fixed part; every field is checked again as :class:`Header`
+    checks it."""
+    mode, segment_bytes, key_version, name_len = fixed
+    name_end = _FIXED.size + name_len
+    wrapped = raw[name_end + _U16.size : len(raw) - SALT_BYTES - PREFIX_BYTES]
     try:
-        return Header(
-            mode=mode,
-            key_name=name.decode("utf-8"),
-            key_version=key_version,
-            segment_bytes=segment_bytes,
-            wrapped_key=wrapped,
-            salt=tail[:SALT_BYTES],
-            nonce_prefix=tail[SALT_BYTES:],
-        )
+        name = raw[_FIXED.size : name_end].decode("utf-8")
+        _checked_fixed_part(mode, name, key_version, segment_bytes, wrapped)
     except (UnicodeDecodeError, ValueError):
         raise _invalid() from None
+    header: Header = object.__new__(Header)
+    header.__dict__.update(  # as Header.__init__ does
+        mode=mode,
+        key_name=name,
+        key_version=key_version,
+        segment_bytes=segment_bytes,
+        wrapped_key=wrapped,
+        salt=raw[-SALT_BYTES - PREFIX_BYTES : -PREFIX_BYTES],
+        nonce_prefix=raw[-PREFIX_BYTES:],
+        _encoded=raw,
+    )
+    return header
 
 
 def parse_header(data: bytes | memoryview) -> tuple[Header, int]:
-    """The header at the start of ``data`` and its length. Every field is bounded, so a
-    hostile header is refused here, before any key is looked up."""
-    view = memoryview(data)
-    if len(view) < _FIXED.size:
+    """The header at the start of ``data`` and its length; ``header.encode()`` is its
+    exact bytes. Every field is bounded, so a hostile header is refused here, before any
+    key is looked up."""
+    size = len(data)
+    if size < _FIXED.size:
         raise _invalid()
-    mode, segment_bytes, key_version, name_len = _fixed_part(bytes(view[: _FIXED.size]))
-    at = _FIXED.size
-    name = bytes(view[at : at + name_len])
-    at += name_len
-    if len(view) < at + _U16.size:
+    fixed = _fixed_part(data)
+    at = _FIXED.size + fixed[3]
+    if size < at + _U16.size:
         raise _invalid()
-    (wrapped_len,) = _U16.unpack(view[at : at + _U16.size])
-    at += _U16.size
+    (wrapped_len,) = _U16.unpack_from(data, at)
     if wrapped_len > MAX_WRAPPED_BYTES:
         raise _invalid()
-    wrapped = bytes(view[at : at + wrapped_len])
-    at += wrapped_len
-    tail = bytes(view[at : at + SALT_BYTES + PREFIX_BYTES])
-    at += SALT_BYTES + PREFIX_BYTES
-    if len(view) < at:
+    end = at + _U16.size + wrapped_len + SALT_BYTES + PREFIX_BYTES
+    if size < end:
         raise _invalid()
-    return _header_from((mode, segment_bytes, key_version, name_len), name, wrapped, tail), at
+    return _header_from(bytes(data[:end]), fixed), end
 
 
 def read_header(reader: Reader) -> tuple[Header, bytes]:
@@ -221,9 +274,54 @@ def read_header(reader: Reader) -> tuple[Header, bytes]:
     tail = _read_exactly(reader, SALT_BYTES + PREFIX_BYTES)
     if len(wrapped) < wrapped_len or len(tail) < SALT_BYTES + PREFIX_BYTES:
         raise _invalid()
-    header = _header_from(fields, name, wrapped, tail)
     raw = b"".join((fixed, name, wrapped_len_raw, wrapped, tail))
-    return header, raw
+    return _header_from(raw, fields), raw
+
+
+# -- keys ------------------------------------------------------------------------------
+
+#: HMAC's pads (RFC 2104) as translation tables: ``key.translate(_IPAD)`` is key XOR 0x36...
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+_BLOCK = 64  # SHA-256's block size
+
+
+def _message_key(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869) of ``ikm`` with ``salt`` and ``info``, 32 bytes: the
+    per-message key *K* of docs/FORMAT.md.
+
+    Written out over :mod:`hashlib` because that is the cheapest way to it: a 32-byte
+    result is HKDF-Expand's first block alone, so HKDF is PRK = HMAC(salt, IKM) then
+    K = HMAC(PRK, info | 0x01), and HMAC(k, m) = H(k ^ opad | H(k ^ ipad | m)) with ``k``
+    zero-padded to the block (RFC 2104). cryptography's ``HKDF`` and the standard
+    library's ``hmac.digest`` make the same bytes but cost 1.5 µs more per message here,
+    as much as the AES-GCM that follows (OpenSSL 3 looks the algorithms up on every
+    call). tests/unit/test_envelope.py checks this against RFC 5869's vectors and
+    against cryptography's HKDF on random inputs.
+    """
+    key = salt if len(salt) <= _BLOCK else sha256(salt).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    inner = sha256(key.translate(_IPAD))
+    inner.update(ikm)
+    prk = sha256(key.translate(_OPAD) + inner.digest()).digest().ljust(_BLOCK, b"\0")
+    inner = sha256(prk.translate(_IPAD))
+    inner.update(info)
+    inner.update(b"\x01")
+    return sha256(prk.translate(_OPAD) + inner.digest()).digest()
+
+
+_aead: tuple[type[AESGCM], type[Exception]] | None = None
+
+
+def _load_aead() -> tuple[type[AESGCM], type[Exception]]:
+    """cryptography's AESGCM and InvalidTag, imported on first use: importing
+    secureml.key_management must stay light."""
+    global _aead  # noqa: PLW0603 - a lazily filled module constant
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    _aead = (AESGCM, InvalidTag)
+    return _aead
 
 
 class SegmentCipher:
@@ -236,17 +334,8 @@ class SegmentCipher:
     """
 
     def __init__(self, key: bytes, header: Header, header_bytes: bytes, aad: bytes) -> None:
-        # Imported here: importing secureml.key_management must stay light.
-        from cryptography.exceptions import InvalidTag
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-        self._invalid_tag = InvalidTag
-        message_key = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=header.salt, info=header_bytes
-        ).derive(key)
-        self._aead = AESGCM(message_key)
+        aesgcm, self._invalid_tag = _aead or _load_aead()
+        self._aead = aesgcm(_message_key(key, header.salt, header_bytes))
         self._into = hasattr(self._aead, "encrypt_into")
         self._prefix = header.nonce_prefix
         self._aad = aad or None
@@ -295,10 +384,42 @@ class SegmentCipher:
 # -- in memory -----------------------------------------------------------------------
 
 
+def _sealed_whole(  # noqa: PLR0917 - the message's parts
+    key: bytes,
+    header_bytes: bytes,
+    salt: bytes,
+    nonce_prefix: bytes,
+    plaintext: bytes | memoryview,
+    aad: bytes,
+) -> bytes:
+    """A message of one segment, sealed in one call (no threads, no in-place buffer)."""
+    aesgcm, _ = _aead or _load_aead()
+    aead = aesgcm(_message_key(key, salt, header_bytes))
+    return header_bytes + aead.encrypt(nonce_prefix + _ONLY_SEGMENT, plaintext, aad or None)
+
+
+def encrypt_managed(
+    key: bytes, key_name: str, key_version: int, plaintext: bytes | memoryview, aad: bytes
+) -> bytes:
+    """``encrypt_bytes(key, Header(MODE_MANAGED_KEY, key_name, key_version), plaintext,
+    aad)``, the same bytes for the same random draw, without making a :class:`Header`
+    when the message is small: that object costs as much as the AES-GCM itself."""
+    if len(plaintext) > INLINE_BYTES:
+        header = Header(MODE_MANAGED_KEY, key_name, key_version)
+        return encrypt_bytes(key, header, plaintext, aad)
+    fresh = os.urandom(SALT_BYTES + PREFIX_BYTES)
+    fixed = _cached_fixed_part(MODE_MANAGED_KEY, key_name, key_version, DEFAULT_SEGMENT_BYTES, b"")
+    salt, nonce_prefix = fresh[:SALT_BYTES], fresh[SALT_BYTES:]
+    return _sealed_whole(key, fixed + fresh, salt, nonce_prefix, plaintext, aad)
+
+
 def encrypt_bytes(key: bytes, header: Header, plaintext: bytes | memoryview, aad: bytes) -> bytes:
-    """The whole message for ``plaintext``, written in place into the result; large
-    messages are encrypted on several threads."""
+    """The whole message for ``plaintext``. A small one (one segment, at most
+    :data:`INLINE_BYTES`) is sealed in one call; a larger one is written in place into
+    the result, on several threads when it has many segments."""
     header_bytes = header.encode()
+    if len(plaintext) <= INLINE_BYTES and len(plaintext) <= header.segment_bytes:
+        return _sealed_whole(key, header_bytes, header.salt, header.nonce_prefix, plaintext, aad)
     cipher = SegmentCipher(key, header, header_bytes, aad)
     data = memoryview(plaintext)
     size = header.segment_bytes
@@ -327,6 +448,14 @@ def decrypt_bytes(
 ) -> bytes:
     """The plaintext of a message whose header was parsed; ``body`` is what follows it.
     Nothing is returned unless every segment authenticates."""
+    if TAG_BYTES <= len(body) <= TAG_BYTES + min(INLINE_BYTES, header.segment_bytes):
+        # One small segment (the rule of encrypt_bytes): opened in one call.
+        aesgcm, invalid_tag = _aead or _load_aead()
+        aead = aesgcm(_message_key(key, header.salt, header_bytes))
+        try:
+            return aead.decrypt(header.nonce_prefix + _ONLY_SEGMENT, body, aad or None)
+        except invalid_tag:
+            raise _invalid() from None
     cipher = SegmentCipher(key, header, header_bytes, aad)
     data = memoryview(body)
     size = header.segment_bytes

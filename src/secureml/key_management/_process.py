@@ -19,7 +19,7 @@ import os
 import weakref
 from typing import Protocol
 
-__all__ = ["ForkAware", "forked_since", "reset_after_fork", "this_process"]
+__all__ = ["ForkAware", "reset_after_fork"]
 
 
 class ForkAware(Protocol):
@@ -34,7 +34,6 @@ class ForkAware(Protocol):
 # Weak: registering must not keep a manager alive. Iterated only in the child, where the
 # forking thread is the only thread.
 _live: weakref.WeakSet[ForkAware] = weakref.WeakSet()
-_pid = os.getpid()
 
 
 def reset_after_fork(owner: ForkAware) -> None:
@@ -42,19 +41,7 @@ def reset_after_fork(owner: ForkAware) -> None:
     _live.add(owner)
 
 
-def this_process() -> int:
-    """The current process id, as the last fork hook saw it (cheap: no system call)."""
-    return _pid
-
-
-def forked_since(pid: int) -> bool:
-    """Whether this is no longer process ``pid`` (a fork the hooks did not see)."""
-    return os.getpid() != pid
-
-
 def _after_fork_in_child() -> None:
-    global _pid  # noqa: PLW0603 - the one place the process id changes
-    _pid = os.getpid()
     for owner in list(_live):
         owner.after_fork()
 

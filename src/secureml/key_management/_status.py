@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .backends.vault import VaultHealth
+
 __all__ = ["AccessEvent", "KeyManagerStats", "KeyManagerStatus"]
 
 
 @dataclass(frozen=True)
-class KeyManagerStatus:
+class KeyManagerStatus(VaultHealth):
     """A snapshot of a manager's sources, safe to log (it holds no secret or token).
 
     Vault fields are ``None`` when unknown: no Vault is configured, it could not be
     reached, or the question needs a token that could not be obtained (``error`` says
-    why).
+    why). The Vault fields are the backend's :class:`VaultHealth`; the manager adds its
+    fallbacks.
 
     Attributes:
         vault_url: The Vault address, or ``None`` when no Vault is configured.
@@ -35,22 +38,8 @@ class KeyManagerStatus:
         error: Why some Vault field is unknown, or ``None``.
     """
 
-    vault_url: str | None = None
-    reachable: bool = False
-    initialized: bool | None = None
-    sealed: bool | None = None
-    server_version: str | None = None
-    auth_method: str | None = None
-    token_ttl: float | None = None
-    renewable: bool | None = None
-    kv_mount: str | None = None
-    kv_version: int | None = None
-    namespace: str | None = None
-    logins: int = 0
-    renewals: int = 0
     env_fallback: bool = False
     default_fallback: bool = False
-    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import binascii
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from ._core import Core, core_of
+from ._core import Core, HasCore, core_of
 from ._observe import Served
 from ._validate import (
     check_bytes,
@@ -34,9 +34,6 @@ from .errors import (
     SecretNotFoundError,
     VaultError,
 )
-
-if TYPE_CHECKING:
-    from ._manager import KeyManager
 
 __all__ = ["TransitKeyInfo", "TransitKeys"]
 
@@ -108,7 +105,7 @@ class TransitKeys:
         b'row 42'
     """
 
-    def __init__(self, manager: KeyManager | Core, *, mount: str = "transit") -> None:
+    def __init__(self, manager: HasCore | Core, *, mount: str = "transit") -> None:
         self._mount = validate_name(mount, what="mount")
         core = core_of(manager)
         self._backend = core.require_vault("use Transit")
