@@ -62,7 +62,9 @@ def test_spec_examples_run_against_the_server(
 
     configured = run("spec_global_configuration.py")
     assert _default._slot.manager is not None
-    assert _default._slot.manager.__repr__().startswith(f"KeyManager(vault_url={bao_server.address!r}")
+    assert _default._slot.manager.__repr__().startswith(
+        f"KeyManager(vault_url={bao_server.address!r}"
+    )
     assert configured  # ran to the end
 
     utility = run("spec_utility_functions.py")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import struct
 
+import cryptography_vectors
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -278,3 +283,136 @@ def test_random_segment_swaps_are_rejected(data: bytes, pick: st.DataObject) -> 
     j = pick.draw(st.integers(0, len(segs) - 1).filter(lambda x: segs[x] != segs[i]))
     segs[i], segs[j] = segs[j], segs[i]
     assert rejected(head + b"".join(segs))
+
+
+# -- the per-message key, and one call for small messages -----------------------------
+
+
+def rfc5869_sha256_vectors() -> list[dict[str, bytes]]:
+    with cryptography_vectors.open_vector_file("KDF/rfc-5869-HKDF-SHA256.txt", "r") as f:
+        text = f.read()
+    cases: list[dict[str, bytes]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("COUNT"):
+            cases.append({})
+        elif "=" in line and cases:
+            name, _, value = line.partition("=")
+            if name.strip() in {"IKM", "salt", "info", "OKM"}:
+                cases[-1][name.strip()] = bytes.fromhex(value.strip())
+    return cases
+
+
+def test_message_key_is_rfc_5869_hkdf_sha256() -> None:
+    """All three SHA-256 cases (13-, 80- and 0-byte salts; empty info in the third):
+    a 32-byte HKDF output is the first 32 bytes of any longer one."""
+    cases = rfc5869_sha256_vectors()
+    assert len(cases) == 3
+    for case in cases:
+        assert envelope._message_key(case["IKM"], case["salt"], case["info"]) == case["OKM"][:32]
+
+
+@MUTATIONS
+@given(ikm=st.binary(max_size=200), salt=st.binary(max_size=200), info=st.binary(max_size=700))
+def test_message_key_matches_cryptography_hkdf(ikm: bytes, salt: bytes, info: bytes) -> None:
+    expected = HKDF(hashes.SHA256(), 32, salt, info).derive(ikm)
+    assert envelope._message_key(ikm, salt, info) == expected
+
+
+def test_message_key_with_a_header_as_info() -> None:
+    made = header(mode=envelope.MODE_TRANSIT, key_name="é" * 256, wrapped_key=bytes(4096))
+    head = made.encode()
+    expected = HKDF(hashes.SHA256(), 32, made.salt, head).derive(KEY)
+    assert envelope._message_key(KEY, made.salt, head) == expected
+
+
+def by_the_document(key: bytes, made: envelope.Header, plaintext: bytes, aad: bytes) -> bytes:
+    """docs/FORMAT.md with cryptography's HKDF and AES-GCM, segment by segment."""
+    head = made.encode()
+    aead = AESGCM(HKDF(hashes.SHA256(), 32, made.salt, head).derive(key))
+    size = made.segment_bytes
+    chunks = [plaintext[i : i + size] for i in range(0, len(plaintext), size)] or [b""]
+    last = len(chunks) - 1
+    nonces = [made.nonce_prefix + struct.pack(">IB", i, i == last) for i in range(last + 1)]
+    return head + b"".join(
+        aead.encrypt(n, c, aad or None) for n, c in zip(nonces, chunks, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "segment_bytes"),
+    [
+        (0, envelope.DEFAULT_SEGMENT_BYTES),
+        (16, envelope.DEFAULT_SEGMENT_BYTES),
+        (envelope.INLINE_BYTES - 1, envelope.DEFAULT_SEGMENT_BYTES),
+        (envelope.INLINE_BYTES, envelope.DEFAULT_SEGMENT_BYTES),  # the last one-call size
+        (envelope.INLINE_BYTES + 1, envelope.DEFAULT_SEGMENT_BYTES),  # in place, one segment
+        (envelope.INLINE_BYTES, envelope.INLINE_BYTES),
+        (envelope.INLINE_BYTES + 1, envelope.INLINE_BYTES),  # two segments
+        (S, S),
+        (S + 1, S),
+    ],
+)
+def test_every_path_writes_the_documented_bytes(size: int, segment_bytes: int) -> None:
+    data = os.urandom(size)
+    made = header(segment_bytes=segment_bytes)
+    for aad in (b"", b"aad"):
+        blob = envelope.encrypt_bytes(KEY, made, data, aad)
+        assert blob == by_the_document(KEY, made, data, aad)
+        assert open_blob(blob, aad) == data
+        assert open_stream(blob, aad) == data
+        assert rejected(blob, aad + b"x")
+        assert rejected(blob[:-1], aad)
+
+
+@pytest.mark.parametrize("size", [0, 16, 1024, envelope.INLINE_BYTES, envelope.INLINE_BYTES + 1])
+def test_encrypt_managed_is_encrypt_bytes_without_the_header_object(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, draw = os.urandom(size), os.urandom(envelope.SALT_BYTES + envelope.PREFIX_BYTES)
+    made = envelope.Header(
+        mode=envelope.MODE_MANAGED_KEY,
+        key_name="datasets/key",
+        key_version=7,
+        salt=draw[: envelope.SALT_BYTES],
+        nonce_prefix=draw[envelope.SALT_BYTES :],
+    )
+    monkeypatch.setattr(envelope.os, "urandom", lambda n: draw[:n])
+    blob = envelope.encrypt_managed(KEY, "datasets/key", 7, data, b"aad")
+    assert blob == envelope.encrypt_bytes(KEY, made, data, b"aad")
+    assert blob == envelope.encrypt_managed(KEY, "datasets/key", 7, memoryview(data), b"aad")
+    monkeypatch.undo()
+    assert open_blob(blob, b"aad") == data
+    with pytest.raises(ValueError, match="key name"):
+        envelope.encrypt_managed(KEY, "", 1, data, b"")
+    with pytest.raises(ValueError, match="32 bits"):
+        envelope.encrypt_managed(KEY, "k", 1 << 32, data, b"")
+
+
+def test_headers_are_checked_encoded_once_and_parse_back_equal() -> None:
+    made = header(mode=envelope.MODE_TRANSIT, key_name="t", wrapped_key=b"vault:v3:AA")
+    head = made.encode()
+    assert head[: len(envelope.MAGIC)] == envelope.MAGIC
+    assert head.endswith(made.salt + made.nonce_prefix)
+    parsed, length = envelope.parse_header(head + b"body")
+    assert (parsed, length, parsed.encode()) == (made, len(head), head)
+    streamed, raw = envelope.read_header(io.BytesIO(head + b"body"))
+    assert (streamed, raw) == (made, head)
+    assert hash(parsed) == hash(made)
+    assert "salt" not in repr(made)
+    assert "nonce_prefix" not in repr(made)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.key_version = 2  # type: ignore[misc]
+    again = dataclasses.replace(made, key_version=4)
+    assert again.encode() == head[:10] + struct.pack(">I", 4) + head[14:]
+    assert len({header().salt for _ in range(100)}) == 100  # one draw per header
+    given = header(salt=bytes(32))
+    assert given.salt == bytes(32)
+    assert len(given.nonce_prefix) == envelope.PREFIX_BYTES
+    for wrong in ({"salt": bytes(31)}, {"nonce_prefix": bytes(8)}, {"segment_bytes": 15}):
+        with pytest.raises(ValueError, match=r"salt|segment_bytes"):
+            header(**wrong)
+    with pytest.raises(ValueError, match="wrapped key"):
+        header(wrapped_key=b"vault:v1:AA")  # managed mode has none
+    with pytest.raises(ValueError, match="wrapped key"):
+        header(mode=envelope.MODE_TRANSIT)  # Transit mode needs one

@@ -17,13 +17,13 @@ from secureml.key_management import (
     VersionConflictError,
 )
 from secureml.key_management._encoding import key_from_material
+from secureml.key_management._transit import _chunks, _contexts
 from secureml.key_management._validate import (
     check_age,
     check_labels,
     check_now,
     check_version,
 )
-from secureml.key_management._transit import _chunks, _contexts
 from secureml.key_management.backends import VersionedSecretBackend
 from secureml.key_management.backends.base import SecretValue
 from secureml.key_management.backends.vault import parse_metadata, parse_timestamp

@@ -15,7 +15,6 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-
 class _Slot:
     """The default manager and the lock that guards it."""
 

@@ -62,6 +62,13 @@ def hkdf_sha256(
     return hkdf(sha256, length, salt_bytes, info).derive(ikm)
 
 
+def hkdf_sha256_unchecked(ikm: bytes, info: bytes, key_bytes: int, salt: bytes | None) -> bytes:
+    """:func:`hkdf_sha256` for arguments the caller has already checked (the per-message
+    keys of the ciphertext format: no validation on the hot path)."""
+    hkdf, sha256 = _HKDF or _load_primitives()
+    return hkdf(sha256, key_bytes, salt, info).derive(ikm)
+
+
 _HKDF: tuple[type[HKDF], SHA256] | None = None
 
 

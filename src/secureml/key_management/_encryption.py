@@ -68,7 +68,10 @@ class Encryptor:
 
         def run() -> Served:
             m = materials.for_encryption(key_name, transit_key)
-            blob = envelope.encrypt_bytes(m.key, m.header, plaintext, extra)
+            if m.header is None:  # a managed key: the format makes the header itself
+                blob = envelope.encrypt_managed(m.key, m.key_name, m.key_version, plaintext, extra)
+            else:
+                blob = envelope.encrypt_bytes(m.key, m.header, plaintext, extra)
             return Served(blob, m.source, m.outcome, m.version)
 
         blob: bytes = self._observer.observed("encrypt", transit_key or key_name, run)
@@ -84,8 +87,7 @@ class Encryptor:
         def run() -> Served:
             m = materials.for_header(header)
             body = memoryview(message)[length:]
-            header_bytes = bytes(memoryview(message)[:length])
-            plaintext = envelope.decrypt_bytes(m.key, header, header_bytes, body, extra)
+            plaintext = envelope.decrypt_bytes(m.key, header, header.encode(), body, extra)
             return Served(plaintext, m.source, m.outcome, m.version)
 
         plaintext: bytes = self._observer.observed(
@@ -123,7 +125,7 @@ class Encryptor:
         def run() -> Served:
             m = materials.for_encryption(key_name, transit_key)
             done = envelope.encrypt_stream(
-                m.key, m.header, reader, writer, aad=extra, progress=report
+                m.key, m.sealing_header(), reader, writer, aad=extra, progress=report
             )
             return Served(done, m.source, m.outcome, m.version)
 

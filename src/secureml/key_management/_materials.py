@@ -46,17 +46,31 @@ class Materials(NamedTuple):
 
     Attributes:
         key: The key bytes (a managed key, or a Transit data key).
-        header: The message header naming it.
-        source: Where it came from.
+        key_name: The name the header records.
+        key_version: The version the header records (0: an unversioned source).
+        source: Where the key came from.
         outcome: How it was served (``ok``, ``cached``, ``stale``).
-        version: Its version, or ``None`` for unversioned sources.
+        header: The message header; ``None`` for new data under a managed key, whose
+            header the format makes itself (:meth:`sealing_header` makes one).
     """
 
     key: bytes
-    header: envelope.Header
+    key_name: str
+    key_version: int
     source: str
     outcome: str
-    version: int | None
+    header: envelope.Header | None = None
+
+    @property
+    def version(self) -> int | None:
+        """The version an audit event names (``None``: unversioned)."""
+        return self.key_version or None
+
+    def sealing_header(self) -> envelope.Header:
+        """The header of a new message under this key."""
+        if self.header is not None:
+            return self.header
+        return envelope.Header(envelope.MODE_MANAGED_KEY, self.key_name, self.key_version)
 
 
 class KeyMaterials:
@@ -100,14 +114,11 @@ class KeyMaterials:
             # never while Vault is unreachable, and never a dev default.
             current = self._core.lookup(key_name, outage_falls_through=False)._replace(version=0)
         material, where, outcome, version = current
-        header = envelope.Header(
-            mode=envelope.MODE_MANAGED_KEY, key_name=key_name, key_version=version or 0
-        )
         if type(material) is bytes and len(material) >= MIN_KEY_BYTES:
             key = material
         else:
             key = encryption_key(material, described=f"key {key_name!r} from {where}")
-        return Materials(key, header, where or "", outcome, version or None)
+        return Materials(key, key_name, version or 0, where or "", outcome)
 
     def _data_key(self, transit_key: str) -> Materials:
         transit = self._transit()
@@ -122,16 +133,25 @@ class KeyMaterials:
             key_version=version,
             wrapped_key=wrapped.encode("ascii"),
         )
-        return Materials(key, header, where, "ok", version or None)
+        return Materials(key, transit_key, version, where, "ok", header)
 
     def for_header(self, header: envelope.Header) -> Materials:
         """The key a message's header names, if this manager may open it with one."""
         name = header.key_name
+        version = header.key_version or None
+        if version is not None and header.mode == envelope.MODE_MANAGED_KEY:
+            entry = self._fresh((name, version))
+            if entry is not None and self._versioned is not None:
+                key = entry.value
+                if type(key) is bytes and len(key) >= MIN_KEY_BYTES:
+                    # The hot path: that version is cached (so the name was validated).
+                    self._counts.mine()[HITS] += 1
+                    where = self._versioned.locate(name)
+                    return Materials(key, name, version, where, "cached", header)
         try:
             validate_name(name)
         except ValueError:
             raise InvalidCiphertextError(envelope.OPAQUE) from None
-        version = header.key_version or None
         try:
             if header.mode == envelope.MODE_TRANSIT:
                 if "/" in name:
@@ -157,4 +177,4 @@ class KeyMaterials:
             key = encryption_key(material, described=f"key {name!r} from {where}")
         except KeyFormatError:
             raise InvalidCiphertextError(envelope.OPAQUE) from None
-        return Materials(key, header, where, outcome, version)
+        return Materials(key, name, header.key_version, where, outcome, header)
