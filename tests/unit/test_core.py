@@ -25,6 +25,7 @@ from secureml.key_management import (
 )
 from secureml.key_management._cache import ABSENT
 from secureml.key_management._core import Core
+from secureml.key_management._observe import Served
 from secureml.key_management._settings import ManagerSettings
 from secureml.key_management.backends.base import SecretValue
 from tests.support.memory_backend import MemoryVersions
@@ -273,11 +274,65 @@ def test_a_forked_child_abandons_loads_in_flight(store: Faulty) -> None:
 
 
 def test_a_wait_for_another_load_is_bounded() -> None:
-    from secureml.key_management._cache import SecretCache
+    from secureml.key_management._cache import SecretCache, WaitExpiredError
 
     cache = SecretCache(ttl=60, size=8, max_stale=0)
     cache._loading[("k", None)] = Future()  # a load whose owner will never finish it
     started = time.monotonic()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(WaitExpiredError):
         cache.load(("k", None), lambda: "v", wait=0.2)
     assert time.monotonic() - started < 2
+
+
+def test_a_store_that_times_out_itself_is_not_an_outage(store: Faulty) -> None:
+    """Only waiting for another caller's load is; a backend's own TimeoutError is its
+    error, passed on as it is (never served stale, never a fallback)."""
+    core = make_core(store)
+    core.lookup("k")
+    expire()
+    store.failure = TimeoutError("the store's socket timed out")
+    with pytest.raises(TimeoutError, match="socket timed out"):
+        core.lookup("k")
+
+
+@pytest.mark.parametrize("refusal", [PermissionDeniedError, AuthenticationError])
+def test_a_refusal_of_any_call_forgets_what_that_identity_read(
+    store: Faulty, refusal: type[Exception]
+) -> None:
+    """A write, a listing or a Transit call refused with 403/401 drops the cache as a
+    refused read does, so a later outage cannot serve any of it stale."""
+    core = make_core(store, cache_ttl=60.0)
+    core.lookup("k")
+
+    def refused() -> Served:
+        raise refusal("no")
+
+    with pytest.raises(refusal):
+        core.observer.observed("set_secret", "k", refused)
+    assert core.cache.fresh(("k", None)) is None
+
+
+def test_stats_report_any_primary_that_counts(store: Faulty) -> None:
+    class Session:
+        logins, renewals = 2, 1
+
+    store.failovers = 3  # type: ignore[attr-defined]
+    store.session = Session()  # type: ignore[attr-defined]
+    stats = make_core(store).stats()
+    assert (stats.failovers, stats.logins, stats.renewals) == (3, 2, 1)
+
+
+def test_an_unhashable_key_name_is_a_clear_type_error(store: Faulty) -> None:
+    from secureml.key_management import KeyManager
+
+    with pytest.raises(TypeError, match="key_name must be a str"):
+        KeyManager(backend=store).encrypt(b"x", ["k"])  # type: ignore[arg-type]
+
+
+def test_key_materials_never_show_the_key(store: Faulty) -> None:
+    from secureml.key_management._materials import KeyMaterials
+
+    materials = KeyMaterials(make_core(store)).for_encryption("k", None)
+    assert materials.key == b"k" * 32
+    assert "kkkk" not in repr(materials)
+    assert "kkkk" not in str(materials)

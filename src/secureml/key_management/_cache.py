@@ -24,10 +24,18 @@ from typing import Any
 
 from ._process import reset_after_fork
 
-__all__ = ["ABSENT", "CacheEntry", "CacheKey", "SecretCache"]
+__all__ = ["ABSENT", "CacheEntry", "CacheKey", "SecretCache", "WaitExpiredError"]
 
 #: (name, version): a cache belongs to one manager, whose primary source is fixed.
 CacheKey = tuple[str, "int | None"]
+
+
+class WaitExpiredError(Exception):
+    """Another caller's load of the key did not finish within this caller's wait.
+
+    Its own class (not ``TimeoutError``, which a loader may raise itself): only the
+    waiting is treated as an outage.
+    """
 
 
 class _Absent:
@@ -118,7 +126,7 @@ class SecretCache:
             caller's load, or hit the cache).
 
         Raises:
-            TimeoutError: Another caller's load did not finish within ``wait``.
+            WaitExpiredError: Another caller's load did not finish within ``wait``.
             Whatever ``loader`` raised (each waiting caller gets its own copy).
         """
         if self._pid != os.getpid():  # forked behind the hooks' back
@@ -132,10 +140,11 @@ class SecretCache:
             if flight is None:
                 flight = self._loading[key] = Future()
         if not leader:
+            done, _ = concurrent.futures.wait([flight], timeout=wait)
+            if not done:
+                raise WaitExpiredError(f"another caller's load ran past {wait} s")
             try:
-                return flight.result(timeout=wait), False
-            except concurrent.futures.TimeoutError:
-                raise TimeoutError(f"another caller's load did not finish in {wait} s") from None
+                return flight.result(), False
             except BaseException as exc:
                 # One exception object raised in many threads would share a traceback.
                 raise copy.copy(exc) from None

@@ -11,14 +11,13 @@ import importlib.util
 import ipaddress
 import os
 import re
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ._auth import AppRoleAuth, TokenAuth, VaultAuth, header_safe
-from ._warnings import warn_caller
+from ._warnings import Once, warn_caller
 from .errors import ConfigurationError, SecurityWarning
 
 URL_VARS = ("SECUREML_VAULT_URL", "BAO_ADDR", "VAULT_ADDR")
@@ -48,8 +47,7 @@ _T = TypeVar("_T")
 INSTALL_HINT = "install the Vault extra: pip install 'secureml[vault]'"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
-_warned_plain_http: set[str] = set()
-_warned_lock = threading.Lock()
+_plain_http_warned = Once()
 
 
 @dataclass(frozen=True)
@@ -214,10 +212,8 @@ def _warn_plain_http(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
         return
-    with _warned_lock:
-        if url in _warned_plain_http:
-            return
-        _warned_plain_http.add(url)
+    if not _plain_http_warned.first(url):
+        return
     warn_caller(
         f"Vault at {url} is reached over plain http: tokens and secrets cross the network "
         "unencrypted. Use https:// outside local development.",

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, NoReturn, Protocol, TypeVar
 
-from ._cache import ABSENT, CacheKey, SecretCache
+from ._cache import ABSENT, CacheKey, SecretCache, WaitExpiredError
 from ._counters import BACKEND_READS, HITS, MISSES, STALE
 from ._observe import Observer, Served
 from ._settings import ManagerSettings
@@ -78,7 +78,7 @@ class Core:
         self.cache = SecretCache(
             ttl=settings.cache_ttl, size=settings.cache_size, max_stale=settings.max_stale
         )
-        self.observer = Observer(settings.audit_hook)
+        self.observer = Observer(settings.audit_hook, on_refused=self._forget_refused)
 
     # -- what a source can do ----------------------------------------------------------
 
@@ -127,7 +127,7 @@ class Core:
 
         try:
             value, _ = self.cache.load(key, counted, wait=self._wait())
-        except TimeoutError:
+        except WaitExpiredError:
             where = self._locate(key[0])
             outage = VaultUnavailableError(
                 f"gave up waiting for another caller's read of {where} within this call's deadline"
@@ -144,6 +144,15 @@ class Core:
             return self._stale_or_raise(key, exc)
         self.observer.recovered()
         return value, "ok"
+
+    def _forget_refused(self, refusal: Exception, name: str) -> None:
+        """Whatever call Vault refused (a read, a write, a listing, Transit): a 401
+        means the credentials are gone, and everything they read goes; a 403 drops the
+        name the call was about. So no later outage can serve any of it stale."""
+        if isinstance(refusal, AuthenticationError):
+            self.cache.invalidate()
+        elif isinstance(name, str):
+            self.cache.invalidate(lambda cached: cached[0] == name)
 
     def _wait(self) -> float | None:
         """How long a caller may wait for another's load: its own call's budget."""
@@ -286,15 +295,16 @@ class Core:
     def stats(self) -> KeyManagerStats:
         """Counters since the manager was built (or this process forked)."""
         (hits, misses, stale, reads), errors = self.observer.counts.totals()
-        vault = self.vault
+        # Any primary may report these (custom backends too), as Vault's does.
+        session = getattr(self.primary, "session", None)
         return KeyManagerStats(
             hits=hits,
             misses=misses,
             stale_serves=stale,
             backend_reads=reads,
-            failovers=vault.failovers if vault is not None else 0,
-            logins=vault.session.logins if vault is not None else 0,
-            renewals=vault.session.renewals if vault is not None else 0,
+            failovers=int(getattr(self.primary, "failovers", 0)),
+            logins=int(getattr(session, "logins", 0)),
+            renewals=int(getattr(session, "renewals", 0)),
             errors=errors,
         )
 

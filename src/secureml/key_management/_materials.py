@@ -61,6 +61,10 @@ class Materials(NamedTuple):
     outcome: str
     header: envelope.Header | None = None
 
+    def __repr__(self) -> str:
+        # Never the key: a repr ends up in logs and error trackers.
+        return f"Materials(key_name={self.key_name!r}, key_version={self.key_version})"
+
     @property
     def version(self) -> int | None:
         """The version an audit event names (``None``: unversioned)."""
@@ -100,7 +104,10 @@ class KeyMaterials:
         if transit_key is not None:
             return self._data_key(transit_key)
         current: Served | None
-        entry = self._fresh((key_name, 0))
+        try:
+            entry = self._fresh((key_name, 0))
+        except TypeError:  # unhashable: let validation say what is wrong with it
+            entry = None
         if entry is not None and type(entry.value) is tuple and self._versioned is not None:
             # The hot path: the current version is cached (so the name was validated).
             self._counts.mine()[HITS] += 1

@@ -10,22 +10,27 @@ was used (operation, name, version, source) and how it went (``ok``, ``cached``,
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 from ._counters import Counters
-from ._process import reset_after_fork
 from ._status import AccessEvent
-from ._warnings import warn_caller
-from .errors import InvalidCiphertextError, SecurityWarning
+from ._warnings import Once, warn_caller
+from .errors import (
+    AuthenticationError,
+    InvalidCiphertextError,
+    PermissionDeniedError,
+    SecurityWarning,
+)
 
 __all__ = ["Observer", "Served"]
 
 logger = logging.getLogger("secureml.key_management")
 
 _T = TypeVar("_T")
+
+_REFUSALS = (PermissionDeniedError, AuthenticationError)
 
 
 class Served(NamedTuple):
@@ -50,20 +55,22 @@ class Observer:
     Args:
         audit_hook: Called with an :class:`AccessEvent` after every access; what it
             raises is logged (once per kind), never propagated.
+        on_refused: Called with a :class:`PermissionDeniedError` or
+            :class:`AuthenticationError` any observed call raised, and the name it was
+            about: whatever the call was, the core then forgets what that identity read.
     """
 
-    def __init__(self, audit_hook: Callable[[AccessEvent], object] | None) -> None:
+    def __init__(
+        self,
+        audit_hook: Callable[[AccessEvent], object] | None,
+        on_refused: Callable[[Exception, str], object] | None = None,
+    ) -> None:
         if audit_hook is not None and not callable(audit_hook):
             raise TypeError("audit_hook must be callable with one AccessEvent")
         self.audit_hook = audit_hook
+        self._on_refused = on_refused
         self.counts = Counters()
-        self._lock = threading.Lock()
-        self._said: set[tuple[str, str]] = set()
-        reset_after_fork(self)
-
-    def after_fork(self) -> None:
-        """In a forked child: a fresh lock (the notices given stay given)."""
-        self._lock = threading.Lock()
+        self._notices = Once()
 
     # -- events ----------------------------------------------------------------------
 
@@ -86,6 +93,8 @@ class Observer:
             served = call()
         except Exception as exc:
             self.counts.error(type(exc).__name__)
+            if self._on_refused is not None and isinstance(exc, _REFUSALS):
+                self._on_refused(exc, name)
             if self.audit_hook is not None:
                 rejected = isinstance(exc, InvalidCiphertextError)
                 self._emit(
@@ -155,13 +164,13 @@ class Observer:
 
     def log_once(self, condition: tuple[str, str], message: str, *args: object) -> None:
         """Log ``message`` at WARNING once (outage and stale notices: once per outage)."""
-        if not self._first(condition):
+        if not self._notices.first(condition):
             return
         logger.warning(message, *args)
 
     def warn_dev_default(self, name: str) -> None:
         """The first time ``name`` is served an insecure dev default: say so, loudly."""
-        if not self._first(("dev-default", name)):
+        if not self._notices.first(("dev-default", name)):
             return
         warn_caller(
             f"serving an INSECURE deterministic development default for {name!r}: anyone "
@@ -172,13 +181,6 @@ class Observer:
 
     def recovered(self) -> None:
         """The primary answered: outage and stale notices may be given again."""
-        if self._said:
-            with self._lock:
-                self._said = {c for c in self._said if c[0] not in ("outage", "stale")}
-
-    def _first(self, condition: tuple[str, str]) -> bool:
-        with self._lock:
-            if condition in self._said:
-                return False
-            self._said.add(condition)
-            return True
+        self._notices.forget(
+            lambda notice: isinstance(notice, tuple) and notice[0] in ("outage", "stale")
+        )

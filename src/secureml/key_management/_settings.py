@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from ._auth import VaultAuth
 from ._config import VaultSettings, resolve_vault_settings
@@ -53,6 +54,10 @@ class ManagerSettings:
     cache_size: int
     max_stale: float
     audit_hook: AuditHook | None = field(repr=False)
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # The Vault settings hold the credentials themselves, not a reference to them.
+        raise TypeError("ManagerSettings cannot be pickled (they hold Vault credentials)")
 
     @classmethod
     def resolve(

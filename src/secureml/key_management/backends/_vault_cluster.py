@@ -44,8 +44,9 @@ class AddressBook:
         reset_after_fork(self)
 
     def after_fork(self) -> None:
-        """In a forked child: a fresh lock."""
+        """In a forked child: a fresh lock; counts start again, as the manager's do."""
         self._lock = threading.Lock()
+        self.failovers = 0
 
     @property
     def addresses(self) -> tuple[str, ...]:

@@ -92,8 +92,10 @@ class TokenSession:
 
     def after_fork(self) -> None:
         """In a forked child: a fresh lock (a login in flight stayed in the parent);
-        the token stays valid and is kept."""
+        the token stays valid and is kept; counts start again, as the manager's do."""
         self._lock = threading.Lock()
+        self.logins = 0
+        self.renewals = 0
 
     # -- what requests use -----------------------------------------------------------
 
