@@ -38,7 +38,7 @@ from .errors import (
     VaultUnavailableError,
 )
 
-__all__ = ["Core", "HasCore", "caller_copy", "core_of"]
+__all__ = ["Core", "HasCore", "core_of"]
 
 _T = TypeVar("_T")
 
@@ -213,7 +213,7 @@ class Core:
                 )
             else:
                 if value is not ABSENT:
-                    return Served(caller_copy(value), where, outcome)
+                    return Served(_caller_copy(value), where, outcome)
         if self.env is not None:
             where = self.env.locate(name)
             tried.append(where)
@@ -242,7 +242,7 @@ class Core:
         if value is ABSENT:
             self.cache.invalidate(lambda cached: cached == key)  # it may yet be written
             raise SecretNotFoundError(name, [where], detail=_why_unreadable(backend, name, version))
-        return Served(caller_copy(value), where, outcome, version)
+        return Served(_caller_copy(value), where, outcome, version)
 
     def read_current(self, name: str) -> Served | None:
         """The current version of ``name`` with its number, in one read, cached under
@@ -341,7 +341,7 @@ def _loaded(backend: SecretBackend, name: str, version: int | None = None) -> ob
     return ABSENT if value is None else value
 
 
-def caller_copy(value: _T) -> _T:
+def _caller_copy(value: _T) -> _T:
     """``value`` as the caller may keep it: str and bytes are immutable and shared; a
     dict of fields is copied, so changing it cannot change what others are served."""
     return copy.deepcopy(value) if type(value) is dict else value

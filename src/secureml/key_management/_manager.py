@@ -49,7 +49,9 @@ class KeyManager:
     Transit engine.
 
     Building a manager never touches the network: Vault is first contacted on the first
-    lookup. A manager is safe to share between threads.
+    lookup. A manager is safe to share between threads, and with processes forked from
+    this one (a child drops the inherited connections and never waits on a load that
+    was in flight in the parent).
 
     Args:
         vault_url: Vault/OpenBao address, e.g. ``https://vault.example.com:8200``, or
@@ -102,8 +104,8 @@ class KeyManager:
             many seconds old (one WARNING per name) before falling back to the
             environment (0: never serve stale). Never after a permission error.
         audit_hook: Called with an :class:`AccessEvent` (operation, name, source,
-            outcome, duration; never the value) after every access. Exceptions it
-            raises are logged, not propagated.
+            version, outcome, duration; never the value) after every call that uses a
+            secret or key. Exceptions it raises are logged, not propagated.
         backend: Use this :class:`~secureml.key_management.backends.SecretBackend`
             instead of Vault (the Vault settings must then be left unset).
 
@@ -207,7 +209,7 @@ class KeyManager:
             UnsupportedOperationError: ``version=`` without a KV v2 Vault.
             ValueError: ``secret_name`` or ``version`` is malformed.
         """
-        return self._secrets.get_secret(secret_name, default, version=version)
+        return self._secrets.get_secret(secret_name, default, version)
 
     def set_secret(self, secret_name: str, value: str | bytes | Mapping[str, Any]) -> bool:
         """Store ``value`` as secret ``secret_name`` in Vault.
@@ -305,7 +307,7 @@ class KeyManager:
                 UnsupportedOperationError: as for :meth:`get_secret`.
             ValueError: A bad ``key_name``, ``key_bytes``, ``encoding`` or ``version``.
         """
-        return self._secrets.get_encryption_key(key_name, key_bytes, encoding, version=version)
+        return self._secrets.get_encryption_key(key_name, key_bytes, encoding, version)
 
     def derive_key(
         self,

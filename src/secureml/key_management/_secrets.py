@@ -8,11 +8,12 @@ read), no closure, no event when nobody listens.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
 from ._cache import ABSENT
-from ._core import Core, caller_copy
+from ._core import Core
 from ._counters import HITS
 from ._devdefaults import dev_default_key, dev_default_secret
 from ._encoding import MIN_KEY_BYTES, Encoding, encode_key, key_of_length
@@ -39,8 +40,8 @@ class Secrets:
         self._counts = core.observer.counts
         self._silent = core.observer.audit_hook is None  # fixed for the manager's life
 
-    def get_secret(self, name: str, default: Any = None, *, version: int | None = None) -> Any:
-        """See ``KeyManager.get_secret``."""
+    def get_secret(self, name: str, default: Any, version: int | None) -> Any:
+        """See ``KeyManager.get_secret`` (positional: this is the hot path)."""
         # Only well-formed calls may take the fast path (1.0 and True hash like 1).
         if self._silent and (
             version is None or (type(version) is int and version > 0 and default is None)
@@ -49,9 +50,11 @@ class Secrets:
                 entry = self._fresh((name, version))
             except TypeError:  # unhashable: let validation say what is wrong with it
                 entry = None
-            if entry is not None and entry.value is not ABSENT:
-                self._counts.mine()[HITS] += 1  # the hot path: no lock, no validation
-                return caller_copy(entry.value)
+            if entry is not None:
+                value = entry.value
+                if value is not ABSENT:
+                    self._counts.mine()[HITS] += 1  # the hot path: no lock, no validation
+                    return copy.deepcopy(value) if type(value) is dict else value
 
         def read() -> Served:
             validate_name(name)
@@ -64,7 +67,8 @@ class Secrets:
                 )
             return self._core.read_version(name, check_version(version))
 
-        return self._observer.observed("get_secret", name, read, version=_known(version))
+        known = version if type(version) is int else None
+        return self._observer.observed("get_secret", name, read, version=known)
 
     def set_secret(self, name: str, value: str | bytes | Mapping[str, Any]) -> bool:
         """See ``KeyManager.set_secret``."""
@@ -85,9 +89,9 @@ class Secrets:
         return result
 
     def get_encryption_key(
-        self, key_name: str, key_bytes: int, encoding: Encoding, *, version: int | None
+        self, key_name: str, key_bytes: int, encoding: Encoding, version: int | None
     ) -> bytes | str:
-        """See ``KeyManager.get_encryption_key``."""
+        """See ``KeyManager.get_encryption_key`` (positional: this is the hot path)."""
         if (
             self._silent
             and encoding == "bytes"
@@ -116,8 +120,9 @@ class Secrets:
             )
             return found._replace(value=encode_key(key, checked_encoding))
 
+        known = version if type(version) is int else None
         key: bytes | str = self._observer.observed(
-            "get_encryption_key", key_name, read, version=_known(version)
+            "get_encryption_key", key_name, read, version=known
         )
         return key
 
@@ -127,8 +132,3 @@ class Secrets:
             return self._core.cache.invalidate()
         validate_name(name)
         return self._core.cache.invalidate(lambda key: key[0] == name)
-
-
-def _known(version: object) -> int | None:
-    """The version an event may name before the call has checked it."""
-    return version if type(version) is int else None

@@ -72,15 +72,23 @@ class KeyManagerStats:
 class AccessEvent:
     """One access, as passed to ``audit_hook``. Never carries the value.
 
+    One per call that uses a secret or key; a re-encryption emits two (``decrypt`` of
+    the old version, then ``encrypt``).
+
     Attributes:
-        operation: ``get_secret``, ``get_encryption_key`` or ``set_secret``.
-        name: The secret's name.
+        operation: The method: ``get_secret``, ``set_secret``, ``get_encryption_key``,
+            ``generate_key``, ``rotate_key``, ..., ``encrypt``, ``decrypt`` (also for
+            the stream and file forms), ``transit.encrypt``, ...
+        name: The secret or key's name (``""`` for a ciphertext too malformed to name
+            one).
         source: Where the value came from (``vault:secret/secureml/x``, ``env:...``,
             ``default=``, ``insecure dev default``), or the source written to; ``None``
             when nothing answered.
-        version: The version asked for (``None``: the latest).
-        outcome: ``ok``, ``cached``, ``stale`` or ``error``.
-        error: The exception class name when ``outcome`` is ``error``.
+        version: The version asked for, used or made (``None``: the latest, or a
+            source without versions).
+        outcome: ``ok``, ``cached``, ``stale``, ``fresh`` (nothing was due),
+            ``rejected`` (a ciphertext that does not authenticate) or ``error``.
+        error: The exception class name when ``outcome`` is ``rejected`` or ``error``.
         duration: Seconds the call took.
     """
 
