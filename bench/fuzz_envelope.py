@@ -20,12 +20,15 @@ from secureml.key_management import _envelope as envelope
 
 KEY = os.urandom(32)
 SEGMENT = 64
-STEP = SEGMENT + envelope.TAG_BYTES
+# One case in 20 straddles the one-call limit for small messages: segments just below, at
+# and above it, and messages around one and two segments long.
+INLINE = envelope.INLINE_BYTES
+LARGE_SEGMENTS = (INLINE - 1, INLINE, INLINE + 1)
 
 
-def seal(data: bytes, aad: bytes) -> bytes:
+def seal(data: bytes, aad: bytes, segment: int = SEGMENT) -> bytes:
     made = envelope.Header(
-        mode=envelope.MODE_MANAGED_KEY, key_name="k", key_version=1, segment_bytes=SEGMENT
+        mode=envelope.MODE_MANAGED_KEY, key_name="k", key_version=1, segment_bytes=segment
     )
     return envelope.encrypt_bytes(KEY, made, data, aad)
 
@@ -40,9 +43,10 @@ def opened(blob: bytes, aad: bytes) -> bool:
 
 
 def mutate(rng: random.Random, blob: bytes, other: bytes) -> tuple[str, bytes]:
-    _, length = envelope.parse_header(blob)
+    header, length = envelope.parse_header(blob)
     head, body = blob[:length], blob[length:]
-    segments = [body[i : i + STEP] for i in range(0, len(body), STEP)]
+    step = header.segment_bytes + envelope.TAG_BYTES
+    segments = [body[i : i + step] for i in range(0, len(body), step)]
     kind = rng.choice(["flip", "header", "truncate", "extend", "drop", "dup", "swap", "splice"])
     if kind == "flip":
         at = rng.randrange(len(blob))
@@ -54,7 +58,7 @@ def mutate(rng: random.Random, blob: bytes, other: bytes) -> tuple[str, bytes]:
     if kind == "truncate":
         return kind, blob[: rng.randrange(len(blob))]
     if kind == "extend":
-        return kind, blob + os.urandom(rng.randint(1, 2 * STEP))
+        return kind, blob + os.urandom(rng.randint(1, 2 * step))
     if len(segments) < 2 and kind in ("drop", "swap"):
         kind = "dup"
     if kind == "drop":
@@ -69,7 +73,7 @@ def mutate(rng: random.Random, blob: bytes, other: bytes) -> tuple[str, bytes]:
         segments[i], segments[j] = segments[j], segments[i]
     else:  # splice a segment of another message in
         _, other_length = envelope.parse_header(other)
-        donor = other[other_length:][:STEP]
+        donor = other[other_length:][:step]
         segments[rng.randrange(len(segments))] = donor
     return kind, head + b"".join(segments)
 
@@ -80,9 +84,15 @@ def main(argv: list[str]) -> int:
     kinds: Counter[str] = Counter()
     started = time.perf_counter()
     for i in range(count):
-        data = os.urandom(rng.randint(0, 5 * SEGMENT))
+        segment = SEGMENT
+        if i % 20 == 7:
+            segment = rng.choice(LARGE_SEGMENTS)
+            size = rng.choice((segment - 1, segment, segment + 1, 2 * segment + 1, INLINE))
+        else:
+            size = rng.randint(0, 5 * SEGMENT)
+        data = os.urandom(size)
         aad = os.urandom(rng.randint(0, 8))
-        blob, other = seal(data, aad), seal(data, aad)
+        blob, other = seal(data, aad, segment), seal(data, aad, segment)
         if i % 10 == 0:  # a wrong aad
             kinds["aad"] += 1
             if opened(blob, aad + b"!"):

@@ -336,3 +336,29 @@ def test_key_materials_never_show_the_key(store: Faulty) -> None:
     assert materials.key == b"k" * 32
     assert "kkkk" not in repr(materials)
     assert "kkkk" not in str(materials)
+
+
+def test_a_key_found_to_open_never_reuses_the_parsed_header_to_seal(store: Faulty) -> None:
+    """A parsed header's salt and nonce prefix sealing new data would reuse nonces."""
+    from secureml.key_management import _envelope as envelope
+    from secureml.key_management._materials import KeyMaterials
+
+    materials = KeyMaterials(make_core(store))
+    parsed = envelope.Header(envelope.MODE_MANAGED_KEY, "k", 1)
+    for _ in range(2):  # loaded, then from the cache's fast path
+        opened = materials.for_header(parsed)
+        assert opened.header is None
+        fresh = opened.sealing_header()
+        assert (fresh.salt, fresh.nonce_prefix) != (parsed.salt, parsed.nonce_prefix)
+
+
+def test_a_header_copies_what_it_was_given() -> None:
+    from secureml.key_management import _envelope as envelope
+
+    salt = bytearray(32)
+    header = envelope.Header(
+        envelope.MODE_TRANSIT, "t", 1, wrapped_key=bytearray(b"w"), salt=salt, nonce_prefix=b"p" * 7
+    )
+    salt[0] = 1  # changed after the header was made: the header keeps what it checked
+    assert header.salt == bytes(32)
+    assert header.encode().endswith(bytes(32) + b"p" * 7)

@@ -163,13 +163,14 @@ class Header:
         salt: bytes | None = None,
         nonce_prefix: bytes | None = None,
     ) -> None:
+        wrapped_key = bytes(wrapped_key)  # a bytearray could change after it was checked
         fixed = _checked_fixed_part(mode, key_name, key_version, segment_bytes, wrapped_key)
         if salt is None and nonce_prefix is None:
             fresh = os.urandom(SALT_BYTES + PREFIX_BYTES)
             salt, nonce_prefix = fresh[:SALT_BYTES], fresh[SALT_BYTES:]
         else:
-            salt = os.urandom(SALT_BYTES) if salt is None else salt
-            nonce_prefix = os.urandom(PREFIX_BYTES) if nonce_prefix is None else nonce_prefix
+            salt = os.urandom(SALT_BYTES) if salt is None else bytes(salt)
+            nonce_prefix = os.urandom(PREFIX_BYTES) if nonce_prefix is None else bytes(nonce_prefix)
             if len(salt) != SALT_BYTES or len(nonce_prefix) != PREFIX_BYTES:
                 raise ValueError("salt is 32 bytes and nonce_prefix 7")
             fresh = salt + nonce_prefix
@@ -232,7 +233,9 @@ def parse_header(data: bytes | memoryview) -> tuple[Header, int]:
     wrapped = raw[name_end + _U16.size : salt_at]
     try:
         name = raw[_FIXED.size : name_end].decode("utf-8")
-        _checked_fixed_part(mode, name, key_version, segment_bytes, wrapped)  # as Header does
+        # Every check Header makes; uncached, so hostile headers neither evict what
+        # encryption packed nor learn from its timing which keys were used lately.
+        _fixed_part_of(mode, name, key_version, segment_bytes, wrapped)
     except (UnicodeDecodeError, ValueError):
         raise _invalid() from None
     header: Header = object.__new__(Header)

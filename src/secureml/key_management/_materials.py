@@ -10,9 +10,10 @@ Policy:
 - New data is sealed under the current version of a managed key, or a fresh Transit
   data key. Dev defaults never seal anything (they are public), and an outage never
   switches new data to an environment key while Vault is configured.
-- A header is attacker input: its name is checked before any lookup, dev defaults are
-  never used to open, and material that is not a key is refused as opaquely as a bad
-  tag (no length is reported).
+- A header is attacker input: its name is checked before any I/O (the one thing done
+  with it before, a lookup of a cached key version, only finds names that were
+  checked), dev defaults are never used to open, and material that is not a key is
+  refused as opaquely as a bad tag (no length is reported).
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ class Materials(NamedTuple):
         key_version: The version the header records (0: an unversioned source).
         source: Where the key came from.
         outcome: How it was served (``ok``, ``cached``, ``stale``).
-        header: The message header; ``None`` for new data under a managed key, whose
-            header the format makes itself (:meth:`sealing_header` makes one).
+        header: The fresh header new data is sealed under, when the key choice made
+            one (a Transit data key's, with its wrapped key); ``None`` otherwise, and
+            always ``None`` for a key found to open a message: a parsed header must
+            never seal anything (its salt and nonce prefix would be used twice).
     """
 
     key: bytes
@@ -71,7 +74,7 @@ class Materials(NamedTuple):
         return self.key_version or None
 
     def sealing_header(self) -> envelope.Header:
-        """The header of a new message under this key."""
+        """The header of a new message under this key (fresh salt and nonce prefix)."""
         if self.header is not None:
             return self.header
         return envelope.Header(envelope.MODE_MANAGED_KEY, self.key_name, self.key_version)
@@ -154,7 +157,7 @@ class KeyMaterials:
                     # The hot path: that version is cached (so the name was validated).
                     self._counts.mine()[HITS] += 1
                     where = self._versioned.locate(name)
-                    return Materials(key, name, version, where, "cached", header)
+                    return Materials(key, name, version, where, "cached")
         try:
             validate_name(name)
         except ValueError:
@@ -184,4 +187,4 @@ class KeyMaterials:
             key = encryption_key(material, described=f"key {name!r} from {where}")
         except KeyFormatError:
             raise InvalidCiphertextError(envelope.OPAQUE) from None
-        return Materials(key, name, header.key_version, where, outcome, header)
+        return Materials(key, name, header.key_version, where, outcome)
