@@ -362,3 +362,15 @@ def test_a_header_copies_what_it_was_given() -> None:
     salt[0] = 1  # changed after the header was made: the header keeps what it checked
     assert header.salt == bytes(32)
     assert header.encode().endswith(bytes(32) + b"p" * 7)
+
+
+def test_a_hostile_key_name_cannot_forge_audit_lines(store: Faulty) -> None:
+    from secureml.key_management import InvalidCiphertextError, KeyManager
+    from secureml.key_management import _envelope as envelope
+
+    events: list[Any] = []
+    manager = KeyManager(backend=store, audit_hook=events.append)
+    forged = envelope.Header(envelope.MODE_MANAGED_KEY, "a\nFAKE LOG LINE", 1).encode()
+    with pytest.raises(InvalidCiphertextError):
+        manager.decrypt(forged + b"\0" * 32)
+    assert [(e.operation, e.name, e.outcome) for e in events] == [("decrypt", "", "rejected")]

@@ -91,7 +91,7 @@ class Encryptor:
             return Served(plaintext, m.source, m.outcome, m.version)
 
         plaintext: bytes = self._observer.observed(
-            "decrypt", header.key_name, run, version=header.key_version or None
+            "decrypt", _named(header), run, version=header.key_version or None
         )
         return plaintext
 
@@ -149,7 +149,7 @@ class Encryptor:
             return Served(done, m.source, m.outcome, m.version)
 
         done: int = self._observer.observed(
-            "decrypt", header.key_name, run, version=header.key_version or None
+            "decrypt", _named(header), run, version=header.key_version or None
         )
         return done
 
@@ -178,7 +178,7 @@ class Encryptor:
             return Served(m, m.source, m.outcome, m.version)
 
         opened: Materials = self._observer.observed(
-            "decrypt", header.key_name, find_key, version=header.key_version or None
+            "decrypt", _named(header), find_key, version=header.key_version or None
         )
         cipher = envelope.SegmentCipher(opened.key, header, header_bytes, extra)
         del opened  # the key lives on in the cipher only
@@ -246,6 +246,13 @@ class Encryptor:
         except InvalidCiphertextError as exc:
             self._observer.rejected("decrypt", exc)
             raise
+
+
+def _named(header: envelope.Header) -> str:
+    """The key name an event may carry: the header's, unless it holds characters that
+    could forge lines in a log (it is attacker input, checked only later)."""
+    name = header.key_name
+    return name if name.isprintable() else ""
 
 
 def _target(
