@@ -7,7 +7,6 @@ import io
 import os
 import struct
 
-import cryptography_vectors
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -286,30 +285,6 @@ def test_random_segment_swaps_are_rejected(data: bytes, pick: st.DataObject) -> 
 
 
 # -- the per-message key, and one call for small messages -----------------------------
-
-
-def rfc5869_sha256_vectors() -> list[dict[str, bytes]]:
-    with cryptography_vectors.open_vector_file("KDF/rfc-5869-HKDF-SHA256.txt", "r") as f:
-        text = f.read()
-    cases: list[dict[str, bytes]] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("COUNT"):
-            cases.append({})
-        elif "=" in line and cases:
-            name, _, value = line.partition("=")
-            if name.strip() in {"IKM", "salt", "info", "OKM"}:
-                cases[-1][name.strip()] = bytes.fromhex(value.strip())
-    return cases
-
-
-def test_message_key_is_rfc_5869_hkdf_sha256() -> None:
-    """All three SHA-256 cases (13-, 80- and 0-byte salts; empty info in the third):
-    a 32-byte HKDF output is the first 32 bytes of any longer one."""
-    cases = rfc5869_sha256_vectors()
-    assert len(cases) == 3
-    for case in cases:
-        assert envelope._message_key(case["IKM"], case["salt"], case["info"]) == case["OKM"][:32]
 
 
 @MUTATIONS

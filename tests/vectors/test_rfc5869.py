@@ -6,6 +6,7 @@ import cryptography_vectors
 import pytest
 
 from secureml.key_management import KeyManager
+from secureml.key_management import _envelope as envelope
 
 
 def load_vectors() -> list[dict[str, str]]:
@@ -46,3 +47,13 @@ def test_case_with_empty_info_is_refused_on_purpose() -> None:
     (case3,) = [v for v in VECTORS if not v["info"]]
     with pytest.raises(ValueError, match="purpose"):
         KeyManager().derive_key(bytes.fromhex(case3["IKM"]), purpose=b"", key_bytes=42)
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["L"])
+def test_the_per_message_key_is_rfc_5869_hkdf_sha256(vector: dict[str, str]) -> None:
+    """The format's K (docs/FORMAT.md): all three cases, empty info included; a 32-byte
+    HKDF output is the first 32 bytes of any longer one."""
+    okm = envelope._message_key(
+        bytes.fromhex(vector["IKM"]), bytes.fromhex(vector["salt"]), bytes.fromhex(vector["info"])
+    )
+    assert okm == bytes.fromhex(vector["OKM"])[:32]
