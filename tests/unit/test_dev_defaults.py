@@ -83,15 +83,18 @@ def test_off_by_default() -> None:
         KeyManager().get_encryption_key("k")
 
 
-@pytest.mark.parametrize("env", ["production", "prod", " PROD ", "Production"])
-def test_refused_in_production(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+@pytest.mark.parametrize(
+    "env", ["production", "prod", " PROD ", "Production", "prd", "live", "staging", "prdo"]
+)
+def test_refused_outside_development(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    """An allow-list: every name that is not a development environment refuses."""
     monkeypatch.setenv("SECUREML_ENV", env)
     with pytest.raises(ConfigurationError, match="SECUREML_ENV"):
         KeyManager(use_default_fallback=True)
     KeyManager()  # without dev defaults it is fine
 
 
-@pytest.mark.parametrize("env", ["staging", "dev", ""])
-def test_allowed_elsewhere(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+@pytest.mark.parametrize("env", ["development", "dev", " Test ", "local", "", "  "])
+def test_allowed_in_development(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
     monkeypatch.setenv("SECUREML_ENV", env)
     KeyManager(use_default_fallback=True)

@@ -15,12 +15,18 @@ from ._derivation import hkdf_sha256
 _PUBLIC_SEED = b"secureml insecure development default v1"
 
 PRODUCTION_ENV_VAR = "SECUREML_ENV"
-_PRODUCTION_VALUES = frozenset({"production", "prod"})
+#: Where dev defaults may be served. Anything else (``prod``, ``prd``, ``live``,
+#: ``staging``, a typo) refuses them: an allow-list fails safe where a deny-list cannot.
+DEVELOPMENT_VALUES = ("development", "dev", "test", "local")
 
 
-def running_in_production() -> bool:
-    """True when ``SECUREML_ENV`` says ``production`` or ``prod`` (any case, trimmed)."""
-    return os.environ.get(PRODUCTION_ENV_VAR, "").strip().lower() in _PRODUCTION_VALUES
+def development_environment() -> str | None:
+    """``None`` when ``SECUREML_ENV`` is unset (or empty) or names a development
+    environment; otherwise its value, trimmed (dev defaults are then refused)."""
+    value = os.environ.get(PRODUCTION_ENV_VAR, "").strip()
+    if not value or value.lower() in DEVELOPMENT_VALUES:
+        return None
+    return value
 
 
 def dev_default_key(name: str, key_bytes: int) -> bytes:

@@ -68,8 +68,8 @@ class KeyManager:
             mount's root).
         use_env_fallback: Read ``SECUREML_<NAME>`` environment variables.
         use_default_fallback: Serve generated, *insecure* deterministic defaults as a
-            last resort. For development only; refused when ``SECUREML_ENV`` is
-            ``production`` or ``prod``.
+            last resort. For development only: refused unless ``SECUREML_ENV`` is
+            unset or ``development``, ``dev``, ``test`` or ``local``.
         vault_mount: The KV engine's mount path.
         vault_auth: How to log in: :class:`TokenAuth`, :class:`AppRoleAuth`,
             :class:`UserpassAuth`, :class:`JWTAuth`, :class:`KubernetesAuth`. Tokens are

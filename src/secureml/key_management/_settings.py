@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from ._auth import VaultAuth
 from ._config import VaultSettings, resolve_vault_settings
-from ._devdefaults import PRODUCTION_ENV_VAR, running_in_production
+from ._devdefaults import DEVELOPMENT_VALUES, PRODUCTION_ENV_VAR, development_environment
 from ._status import AccessEvent
 from ._validate import check_flag, check_seconds, check_size, validate_name, validate_path
 from .backends.base import SecretBackend
@@ -94,10 +94,13 @@ class ManagerSettings:
         mount = validate_name(vault_mount, what="vault_mount")
         env_fallback = check_flag(use_env_fallback, "use_env_fallback")
         default_fallback = check_flag(use_default_fallback, "use_default_fallback")
-        if default_fallback and running_in_production():
+        other = development_environment() if default_fallback else None
+        if other is not None:
+            allowed = ", ".join(DEVELOPMENT_VALUES)
             raise ConfigurationError(
-                f"use_default_fallback=True is refused because {PRODUCTION_ENV_VAR} says "
-                "production: dev defaults are public values, not secrets"
+                f"use_default_fallback=True is refused because {PRODUCTION_ENV_VAR}="
+                f"{other[:40]!r} is not a development environment (unset, or one of "
+                f"{allowed}): dev defaults are public values, not secrets"
             )
         if vault_kv_version not in (None, 1, 2):
             raise ValueError(f"vault_kv_version must be 1, 2 or None; got {vault_kv_version!r}")
