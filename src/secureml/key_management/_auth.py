@@ -8,9 +8,10 @@ appear in a ``repr``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 
 from ._validate import validate_name
 from .errors import AuthenticationError, ConfigurationError
@@ -92,6 +93,16 @@ def _require_text(value: object, what: str) -> str:
     return value.strip()
 
 
+_USERNAME = re.compile(r"[A-Za-z0-9_.@+\-]+")
+
+
+def _refuse_pickling(kind: str) -> NoReturn:
+    raise TypeError(
+        f"{kind} cannot be pickled (it holds a credential); pass each process the name of "
+        "the environment variable or file that holds it instead"
+    )
+
+
 def _read_jwt(path: str, method: str) -> str:
     # Re-read at every login: Kubernetes rotates projected service-account tokens.
     try:
@@ -137,6 +148,9 @@ class TokenAuth:
 
     def __repr__(self) -> str:
         return "TokenAuth(token=***)"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        _refuse_pickling("TokenAuth")
 
 
 class _LoginMethod:
@@ -187,6 +201,9 @@ class AppRoleAuth(_LoginMethod):
     def __repr__(self) -> str:
         return f"AppRoleAuth(role_id=***, secret_id=***, mount={self._mount!r})"
 
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        _refuse_pickling("AppRoleAuth")
+
 
 class UserpassAuth(_LoginMethod):
     """Username and password (``auth/<mount>/login/<username>``).
@@ -199,6 +216,13 @@ class UserpassAuth(_LoginMethod):
 
     def __init__(self, username: str, password: str, mount: str = "userpass") -> None:
         self._username = _require_text(username, "username")
+        if not _USERNAME.fullmatch(self._username) or ".." in self._username:
+            # It goes into the login URL (auth/<mount>/login/<username>): a '/' or '..'
+            # would send the password to another path.
+            raise ConfigurationError(
+                f"userpass username {self._username[:64]!r} may only use letters, digits "
+                "and '_.@+-' (no '/' or '..')"
+            )
         self._password = _require_text(password, "password")
         super().__init__(mount)
 
@@ -212,6 +236,9 @@ class UserpassAuth(_LoginMethod):
 
     def __repr__(self) -> str:
         return f"UserpassAuth(username={self._username!r}, password=***, mount={self._mount!r})"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        _refuse_pickling("UserpassAuth")
 
 
 class JWTAuth(_LoginMethod):

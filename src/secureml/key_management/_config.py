@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from ._auth import AppRoleAuth, TokenAuth, VaultAuth, header_safe
@@ -84,6 +84,10 @@ class VaultSettings:
         if not self.urls:
             object.__setattr__(self, "urls", (self.url,))
 
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # The auth method holds the credential itself, not a reference to it.
+        raise TypeError("VaultSettings cannot be pickled (they hold Vault credentials)")
+
 
 def _from_env(environ: Mapping[str, str], names: tuple[str, ...]) -> str | None:
     for name in names:
@@ -96,6 +100,12 @@ def _from_env(environ: Mapping[str, str], names: tuple[str, ...]) -> str | None:
 def _check_url(url: object) -> str:
     if not isinstance(url, str):
         raise TypeError(f"vault_url must be a str, not {type(url).__name__}")
+    if not url.strip().isprintable() or any(c.isspace() for c in url.strip()):
+        # A newline in a URL would forge lines in every log and repr that shows it.
+        raise ConfigurationError(
+            f"vault_url {url.strip()[:80]!r} holds control or space characters; give the "
+            "address alone, like https://vault.example.com:8200"
+        )
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
