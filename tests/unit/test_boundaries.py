@@ -56,3 +56,72 @@ def test_ordinary_usernames_are_fine(username: str) -> None:
 def test_control_characters_in_a_vault_url_are_refused(url: str) -> None:
     with pytest.raises(ConfigurationError, match="control or space"):
         KeyManager(vault_url=url, vault_token="s.token")
+
+
+TOKEN = "hvs.the-real-vault-token-value"
+
+
+@pytest.mark.parametrize(
+    "name", ["vault_token", "vault/token", "VAULT.TOKEN", "vault-secret-id", "vault", "env"]
+)
+def test_a_setting_never_answers_a_secret_lookup(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("SECUREML_VAULT_TOKEN", TOKEN)
+    monkeypatch.setenv("SECUREML_VAULT_SECRET_ID", TOKEN)
+    monkeypatch.setenv("SECUREML_VAULT", TOKEN)
+    monkeypatch.setenv("SECUREML_ENV", "dev")
+    manager = KeyManager(backend=_Empty())
+    with pytest.raises(ValueError, match="reserved"):
+        manager.get_secret(name)
+    with pytest.raises(ValueError, match="reserved"):
+        manager.get_encryption_key(name, 27)
+    with pytest.raises(ValueError, match="reserved"):
+        manager.encrypt(b"x", name)
+
+
+def test_a_ciphertext_cannot_name_a_setting_as_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import traceback
+
+    from secureml.key_management import InvalidCiphertextError
+    from secureml.key_management import _envelope as envelope
+
+    monkeypatch.setenv("SECUREML_VAULT_TOKEN", "base64:" + "QUFB" * 11)  # decodes as a key
+    manager = KeyManager(backend=_Empty())
+    forged = envelope.Header(envelope.MODE_MANAGED_KEY, "vault_token", 0).encode()
+    with pytest.raises(InvalidCiphertextError) as caught:
+        manager.decrypt(forged + bytes(32))
+    rendered = "".join(
+        traceback.TracebackException.from_exception(caught.value, capture_locals=True).format()
+    )
+    assert "QUFB" not in rendered
+
+
+def test_a_huge_name_is_refused_at_once_and_never_quoted_whole() -> None:
+    import time
+
+    manager = KeyManager(backend=_Empty())
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="longer than 512 bytes") as caught:
+        manager.get_secret("a" * 65_000)
+    assert time.monotonic() - started < 0.5
+    assert len(str(caught.value)) < 200
+    manager.get_secret("a" * 512, default="fits")  # the format's own cap still fits
+
+
+class _Empty:
+    """A primary source that has nothing (so lookups reach the environment)."""
+
+    source = "empty"
+
+    def locate(self, name: str) -> str:
+        return f"empty:{name}"
+
+    def get(self, name: str, version: int | None = None) -> None:
+        return None
+
+    def put(self, name: str, value: object) -> None:
+        raise AssertionError("never written")
+
+    def delete(self, name: str) -> None:
+        raise AssertionError("never deleted")

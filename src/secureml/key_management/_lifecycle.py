@@ -24,6 +24,7 @@ from ._validate import (
     check_now,
     check_version,
     validate_name,
+    validate_secret_name,
 )
 from .backends.base import KeyVersion, SecretMetadata, VersionedSecretBackend
 from .errors import (
@@ -53,7 +54,7 @@ class KeyLifecycle:
         metadata: Mapping[str, str] | None = None,
     ) -> int:
         """See ``KeyManager.generate_key``."""
-        validate_name(key_name, what="key_name")
+        validate_secret_name(key_name, what="key_name")
         length = check_length(key_bytes, what="key_bytes", low=MIN_KEY_BYTES)
         check_flag(overwrite, "overwrite")
         labels = check_labels(metadata)
@@ -94,7 +95,7 @@ class KeyLifecycle:
 
     def rotate_key(self, key_name: str) -> int:
         """See ``KeyManager.rotate_key``."""
-        validate_name(key_name, what="key_name")
+        validate_secret_name(key_name, what="key_name")
         backend = self._core.require_versioned("rotate key", key_name)
 
         def rotate() -> Served:
@@ -108,7 +109,7 @@ class KeyLifecycle:
         self, key_name: str, max_age: timedelta | float, *, now: datetime | None = None
     ) -> int | None:
         """See ``KeyManager.rotate_if_older_than``."""
-        validate_name(key_name, what="key_name")
+        validate_secret_name(key_name, what="key_name")
         age = check_age(max_age)
         when = check_now(now)
         backend = self._core.require_versioned("rotate key", key_name)
@@ -136,7 +137,7 @@ class KeyLifecycle:
 
     def key_versions(self, key_name: str) -> list[KeyVersion]:
         """See ``KeyManager.key_versions``."""
-        validate_name(key_name, what="key_name")
+        validate_secret_name(key_name, what="key_name")
         backend = self._core.require_versioned("list versions of", key_name)
 
         def versions() -> Served:
@@ -148,7 +149,7 @@ class KeyLifecycle:
 
     def get_key_ring(self, key_name: str) -> dict[int, bytes]:
         """See ``KeyManager.get_key_ring``."""
-        validate_name(key_name, what="key_name")
+        validate_secret_name(key_name, what="key_name")
         backend = self._core.require_versioned("read the key ring of", key_name)
         where = backend.locate(key_name)
 
@@ -188,7 +189,7 @@ class KeyLifecycle:
         self, name: str, *, destroy: bool = False, versions: Iterable[int] | None = None
     ) -> None:
         """See ``KeyManager.delete_secret``."""
-        validate_name(name)
+        validate_secret_name(name)
         check_flag(destroy, "destroy")
         chosen = None if versions is None else sorted({check_version(v) for v in versions})
         if chosen == []:

@@ -27,7 +27,7 @@ from ._counters import HITS
 from ._encoding import MIN_KEY_BYTES, encryption_key
 from ._observe import Served
 from ._transit import TransitKeys
-from ._validate import validate_name
+from ._validate import validate_name, validate_secret_name
 from .errors import (
     InvalidCiphertextError,
     KeyFormatError,
@@ -117,7 +117,7 @@ class KeyMaterials:
             number, material = entry.value
             current = Served(material, self._versioned.locate(key_name), "cached", number)
         else:
-            validate_name(key_name, what="key_name")
+            validate_secret_name(key_name, what="key_name")
             current = self._core.read_current(key_name)
         if current is None:
             # No versioned store has it: the environment (or a KV v1 mount) may, but
@@ -159,7 +159,10 @@ class KeyMaterials:
                     where = self._versioned.locate(name)
                     return Materials(key, name, version, where, "cached")
         try:
-            validate_name(name)
+            if header.mode == envelope.MODE_TRANSIT:
+                validate_name(name)
+            else:
+                validate_secret_name(name)  # never a setting such as the Vault token
         except ValueError:
             raise InvalidCiphertextError(envelope.OPAQUE) from None
         try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 
 ENV_PREFIX = "SECUREML_"
+#: Variables that configure secureml itself, never secrets it serves by name.
+SETTINGS_VARIABLES = ("SECUREML_ENV", "SECUREML_VAULT")
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
 
 
@@ -18,3 +20,10 @@ def env_var_name(name: str) -> str:
     portable variable names.
     """
     return ENV_PREFIX + _NOT_ALNUM.sub("_", name).upper()
+
+
+def is_reserved_name(name: str) -> bool:
+    """Whether ``name``'s variable is one of secureml's settings (or could become one:
+    every ``SECUREML_VAULT_*``)."""
+    variable = env_var_name(name)
+    return variable in SETTINGS_VARIABLES or variable.startswith("SECUREML_VAULT_")

@@ -24,6 +24,7 @@ from ._validate import (
     check_secret_value,
     check_version,
     validate_name,
+    validate_secret_name,
 )
 from .errors import ConfigurationError
 
@@ -57,7 +58,7 @@ class Secrets:
                     return copy.deepcopy(value) if type(value) is dict else value
 
         def read() -> Served:
-            validate_name(name)
+            validate_secret_name(name)
             if version is None:
                 return self._core.lookup(name, default, lambda: dev_default_secret(name))
             if default is not None:
@@ -72,7 +73,7 @@ class Secrets:
 
     def set_secret(self, name: str, value: str | bytes | Mapping[str, Any]) -> bool:
         """See ``KeyManager.set_secret``."""
-        validate_name(name)
+        validate_secret_name(name)
         checked = check_secret_value(value, name)
         primary = self._core.primary
         if primary is None:
@@ -106,7 +107,7 @@ class Secrets:
             if entry is not None and type(entry.value) is bytes and len(entry.value) == key_bytes:
                 self._counts.mine()[HITS] += 1  # raw key bytes, cached: nothing to decode
                 return entry.value
-        validate_name(key_name, what="key_name")
+        validate_secret_name(key_name, what="key_name")
         length = check_length(key_bytes, what="key_bytes", low=MIN_KEY_BYTES)
         checked_encoding = check_encoding(encoding)
 

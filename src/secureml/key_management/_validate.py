@@ -12,8 +12,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ._encoding import ENCODINGS, MAX_KEY_BYTES, Encoding
+from ._names import is_reserved_name
 
 __all__ = [
+    "MAX_NAME_BYTES",
     "VALUE_FIELD",
     "check_aad",
     "check_age",
@@ -33,10 +35,14 @@ __all__ = [
     "check_version",
     "validate_name",
     "validate_path",
+    "validate_secret_name",
 ]
 
 #: The KV field that holds a secret's value (so a mapping may not use it as a field).
 VALUE_FIELD = "value"
+
+#: The longest name, in UTF-8 bytes: what a ciphertext header can record.
+MAX_NAME_BYTES = 512
 
 # Vault's limits on KV v2 custom metadata; checked here so a bad label fails before I/O.
 _MAX_LABELS = 64
@@ -66,6 +72,9 @@ def validate_name(name: object, *, what: str = "secret name") -> str:
         raise TypeError(f"{what} must be a str, not {type(name).__name__}")
     if not name:
         raise ValueError(f"{what} must not be empty")
+    if len(name) > MAX_NAME_BYTES or len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES:
+        # Checked first, and never quoted whole: a huge name must cost nothing.
+        raise ValueError(f"{what} {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
     if ".." in name:
         raise ValueError(f"{what} {name!r} must not contain '..'")
     for segment in name.split("/"):
@@ -79,6 +88,19 @@ def validate_name(name: object, *, what: str = "secret name") -> str:
                 "and '/' between segments"
             )
     return name
+
+
+def validate_secret_name(name: object, *, what: str = "secret name") -> str:
+    """:func:`validate_name`, and not a name whose environment variable is one of
+    secureml's own settings (``SECUREML_VAULT_*``, ``SECUREML_ENV``): a secret lookup must
+    never answer with the Vault token or the AppRole secret id."""
+    checked = validate_name(name, what=what)
+    if is_reserved_name(checked):
+        raise ValueError(
+            f"{what} {checked!r} is reserved: its environment variable would be one of "
+            "secureml's settings (SECUREML_VAULT_*, SECUREML_ENV); pick another name"
+        )
+    return checked
 
 
 def validate_path(path: object, *, what: str) -> str:
