@@ -162,7 +162,8 @@ def blob_v1_destroyed(c: Ctx) -> None:
 
 
 def blob_of_env_key(c: Ctx) -> None:
-    c.saved["blob"] = c.km.encrypt(PLAIN, "envkey", aad=AAD)
+    # Sealed where no Vault is configured (a Vault manager never seals under env keys).
+    c.saved["blob"] = KeyManager().encrypt(PLAIN, "envkey", aad=AAD)
 
 
 def blob_of_transit(c: Ctx) -> None:
@@ -357,9 +358,10 @@ CASES: list[Case] = [
          lambda c: c.km.encrypt(PLAIN, "k"),
          (ok("encrypt", "k", 2, KV_K),),
          setup=lambda c: c.km.rotate_key("k")),
-    Case("encrypt-env-key-has-no-version", ("KeyManager.encrypt",),
+    Case("encrypt-env-key-refused-while-vault-is-configured", ("KeyManager.encrypt",),
          lambda c: c.km.encrypt(PLAIN, "envkey"),
-         (ok("encrypt", "envkey", None, "env:SECUREML_ENVKEY"),)),
+         (failed("encrypt", "envkey", "SecretNotFoundError"),),
+         raises=SecretNotFoundError),
     Case("encrypt-transit-is-one-event", ("KeyManager.encrypt",),
          lambda c: c.km.encrypt(PLAIN, transit_key=c.tk),
          (ok("encrypt", "{tk}", 1, TRANSIT_TK),)),

@@ -125,3 +125,44 @@ class _Empty:
 
     def delete(self, name: str) -> None:
         raise AssertionError("never deleted")
+
+
+def _store_with(name: str) -> object:
+    from tests.support.memory_backend import MemoryVersions
+
+    store = MemoryVersions()
+    store.put_version(name, b"v" * 32)
+    return store
+
+
+def test_a_missing_key_never_seals_new_data_under_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A typo in vault_path or a 404 used to make encrypt() seal under SECUREML_<NAME>."""
+    from secureml.key_management import SecretNotFoundError
+
+    monkeypatch.setenv("SECUREML_MODEL_KEY", "hex:" + "11" * 32)
+    manager = KeyManager(backend=_store_with("other"))  # type: ignore[arg-type]
+    with pytest.raises(SecretNotFoundError, match="never sealed under an environment key"):
+        manager.encrypt(b"x", "model_key")
+    # The spec's lookup chain still serves the key itself.
+    assert manager.get_encryption_key("model_key") == bytes.fromhex("11" * 32)
+
+
+def test_a_deleted_latest_version_never_seals_under_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from secureml.key_management import SecretNotFoundError
+
+    monkeypatch.setenv("SECUREML_MODEL_KEY", "hex:" + "11" * 32)
+    store = _store_with("model_key")
+    manager = KeyManager(backend=store)  # type: ignore[arg-type]
+    manager.delete_secret("model_key")  # soft-deletes the latest (and only) version
+    with pytest.raises(SecretNotFoundError, match="latest version is deleted"):
+        manager.encrypt(b"x", "model_key")
+
+
+def test_without_vault_the_environment_key_still_seals(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECUREML_MODEL_KEY", "hex:" + "11" * 32)
+    manager = KeyManager()
+    assert manager.decrypt(manager.encrypt(b"x", "model_key")) == b"x"

@@ -244,6 +244,17 @@ class Core:
             raise SecretNotFoundError(name, [where], detail=_why_unreadable(backend, name, version))
         return Served(_caller_copy(value), where, outcome, version)
 
+    def read_unversioned(self, name: str) -> Served | None:
+        """The latest value of ``name`` in the primary source alone (no fallback), through
+        the cache; ``None`` when it has none. An outage raises unless served stale."""
+        primary = self.primary
+        if primary is None:
+            return None
+        value, outcome = self.through_cache((name, None), lambda: _loaded(primary, name))
+        if value is ABSENT:
+            return None
+        return Served(_caller_copy(value), primary.locate(name), outcome)
+
     def read_current(self, name: str) -> Served | None:
         """The current version of ``name`` with its number, in one read, cached under
         ``(name, 0)``; ``None`` when the primary keeps no version of it."""

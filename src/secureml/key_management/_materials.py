@@ -120,15 +120,32 @@ class KeyMaterials:
             validate_secret_name(key_name, what="key_name")
             current = self._core.read_current(key_name)
         if current is None:
-            # No versioned store has it: the environment (or a KV v1 mount) may, but
-            # never while Vault is unreachable, and never a dev default.
-            current = self._core.lookup(key_name, outage_falls_through=False)._replace(version=0)
+            current = self._unversioned(key_name)
         material, where, outcome, version = current
         if type(material) is bytes and len(material) >= MIN_KEY_BYTES:
             key = material
         else:
             key = encryption_key(material, described=f"key {key_name!r} from {where}")
         return Materials(key, key_name, version or 0, where or "", outcome)
+
+    def _unversioned(self, key_name: str) -> Served:
+        """A key no versioned store has. With a primary source (Vault), only that source
+        may hold it (a KV v1 mount, a custom backend): a missing or deleted key is an
+        error, never a reason to seal new data under an environment key. Without one,
+        the environment. Never a dev default, never while the primary is unreachable."""
+        primary = self._core.primary
+        if primary is None:
+            return self._core.lookup(key_name, outage_falls_through=False)._replace(version=0)
+        found = self._core.read_unversioned(key_name)
+        if found is None:
+            raise SecretNotFoundError(
+                key_name,
+                [primary.locate(key_name)],
+                detail="it is missing, or its latest version is deleted; create it with "
+                "generate_key() (secureml keys generate NAME) or restore the version. New "
+                "data is never sealed under an environment key while Vault is configured",
+            )
+        return found._replace(version=0)
 
     def _data_key(self, transit_key: str) -> Materials:
         transit = self._transit()
