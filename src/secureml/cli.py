@@ -495,6 +495,14 @@ def _size(path: str) -> int | None:
     return None if path == "-" else os.path.getsize(path)
 
 
+#: Names of the standard streams that mean what ``-`` means (never replaced by a file).
+_STDIO = {"/dev/stdin": "-", "/dev/stdout": "-", "/proc/self/fd/0": "-", "/proc/self/fd/1": "-"}
+
+
+def _stdio(path: str) -> str:
+    return _STDIO.get(path, path)
+
+
 @contextmanager
 def _streams(src: str, dst: str) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
     """``-`` is stdin or stdout; anything else a file (opened only for stream use)."""
@@ -528,6 +536,7 @@ def encrypt(
     options: Options, src: str, dst: str, key_name: str, aad: str | None, transit_key: str | None
 ) -> None:
     """Encrypt SRC to DST (- for stdin/stdout)."""
+    src, dst = _stdio(src), _stdio(dst)
     manager = options.manager()
     with _progress(_size(src)) as progress:
         if "-" not in (src, dst):
@@ -549,6 +558,7 @@ def encrypt(
 def decrypt(options: Options, src: str, dst: str, aad: str | None) -> None:
     """Decrypt SRC to DST (- for stdin/stdout). A file DST appears only if all of SRC
     authenticates; on stdout, output stops at the first bad segment."""
+    src, dst = _stdio(src), _stdio(dst)
     manager = options.manager()
     with _progress(_size(src)) as progress:
         if dst != "-" and src != "-":
@@ -574,6 +584,7 @@ def reencrypt(
     transit_key: str | None,
 ) -> None:
     """Re-encrypt SRC to DST under the current key version (after a rotation)."""
+    src, dst = _stdio(src), _stdio(dst)
     manager = options.manager()
     with _progress(_size(src)) as progress:
         if "-" not in (src, dst):

@@ -166,3 +166,51 @@ def test_without_vault_the_environment_key_still_seals(monkeypatch: pytest.Monke
     monkeypatch.setenv("SECUREML_MODEL_KEY", "hex:" + "11" * 32)
     manager = KeyManager()
     assert manager.decrypt(manager.encrypt(b"x", "model_key")) == b"x"
+
+
+def test_a_special_file_is_never_replaced_by_output(tmp_path: object) -> None:
+    import os
+    from pathlib import Path
+
+    from secureml.key_management import atomic_output
+
+    link = Path(str(tmp_path)) / "to-null"
+    link.symlink_to(os.devnull)
+    for special in (Path(os.devnull), link):
+        with pytest.raises(ValueError, match="not a regular file"), atomic_output(special):
+            pass
+    assert link.is_symlink()
+    assert Path(os.devnull).exists()
+    assert not Path(os.devnull).is_file()
+
+
+def test_a_destination_name_as_long_as_the_file_system_allows_works(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from secureml.key_management import atomic_output
+
+    target = Path(str(tmp_path)) / ("n" * 255)  # NAME_MAX on Linux file systems
+    with atomic_output(target) as out:
+        out.write(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def test_the_cli_writes_to_dev_stdout_as_to_a_pipe() -> None:
+    import os
+    import subprocess
+    import sys
+
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SECUREML_", "VAULT_", "BAO_"))
+    }
+    environ["SECUREML_MASTER_KEY"] = "hex:" + "22" * 32
+    done = subprocess.run(
+        [sys.executable, "-m", "secureml", "encrypt", "-", "/dev/stdout"],
+        input=b"plain",
+        capture_output=True,
+        env=environ,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.startswith(b"SMLE")
