@@ -214,3 +214,46 @@ def test_the_cli_writes_to_dev_stdout_as_to_a_pipe() -> None:
         timeout=60,
     )
     assert done.stdout.startswith(b"SMLE")
+
+
+def test_a_remote_vault_goes_through_the_proxy_and_plain_http_warns_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import warnings
+
+    from secureml.key_management import SecurityWarning
+    from secureml.key_management.backends import _vault_http as http
+
+    monkeypatch.setenv("HTTP_PROXY", "http://user:pw@127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    pools = http.make_pool("http://vault.internal:8200", verify=True, cert=())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert pools.for_origin("http://vault.internal:8200") is not None  # builds, no I/O
+        http.Pools({}).for_origin("http://vault.internal:8200")  # a second pool: no repeat
+    said = [w for w in caught if issubclass(w.category, SecurityWarning)]
+    assert len(said) == 1
+    assert "unencrypted" in str(said[0].message)
+    assert "pw" not in str(said[0].message)
+
+
+def test_a_proxy_scheme_that_cannot_be_spoken_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from secureml.key_management.backends import _vault_http as http
+
+    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")
+    monkeypatch.setenv("NO_PROXY", "")
+    with pytest.raises(ConfigurationError, match="cannot speak"):
+        http.Pools({}).for_origin("https://vault.internal:8200")
+    assert http.Pools({}).for_origin("https://127.0.0.1:8200") is not None  # never proxied
+
+
+def test_an_unspeakable_proxy_is_not_an_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It used to make Vault 'unreachable', and the environment then answered."""
+    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("SECUREML_X", "from-env")
+    manager = KeyManager(vault_url="https://vault.internal:8200", vault_token="s.t", retries=0)
+    with pytest.raises(ConfigurationError, match="cannot speak"):
+        manager.get_secret("x")

@@ -208,7 +208,7 @@ def _check_file(path: object, what: str) -> str:
     return str(checked)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -220,7 +220,7 @@ def _is_loopback(host: str) -> bool:
 def _warn_plain_http(url: str) -> None:
     """Plain HTTP beyond this machine sends the token in clear text: say so, once."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+    if parts.scheme != "http" or is_loopback(parts.hostname or ""):
         return
     if not _plain_http_warned.first(url):
         return

@@ -8,7 +8,11 @@ urllib3's connection pool (thread-safe, keep-alive), and the answer is handed ba
 a ``requests.Response`` so hvac's API code works unchanged.
 
 Proxies from the environment (``HTTPS_PROXY``, ``NO_PROXY``...) are honoured as
-requests would. TLS verification is on unless the settings say otherwise; without a CA
+requests would, except that loopback is never proxied (as Go's client, and so the
+``vault``/``bao`` CLIs, do: a Vault Agent on 127.0.0.1 must not see its token sent to a
+proxy); plain http through a proxy warns once, since the token crosses it in clear; a
+proxy scheme urllib3 cannot speak (``socks5://``) is a configuration error, not an
+outage. TLS verification is on unless the settings say otherwise; without a CA
 bundle, what requests would trust is used (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``,
 certifi).
 """
@@ -25,6 +29,9 @@ import requests
 import urllib3
 from requests.utils import get_environ_proxies, select_proxy
 
+from .._config import is_loopback
+from .._warnings import Once, warn_caller
+from ..errors import ConfigurationError, SecurityWarning
 from ._deadline import POOL_CLASSES, Cut, deadline_for_this_thread
 
 READ_CHUNK_BYTES = 64 * 1024
@@ -69,9 +76,17 @@ class Pools:
         return found
 
     def _route(self, origin: str) -> Any:
-        proxy = select_proxy(origin, get_environ_proxies(origin))
+        target = urlsplit(origin)
+        proxy = None if is_loopback(target.hostname or "") else _proxy_for(origin)
         if not proxy:
             return self._direct.connection_from_url(origin)
+        if target.scheme == "http" and _proxied_in_clear.first(origin):
+            warn_caller(
+                f"Vault at {origin} is reached over plain http through the proxy "
+                f"{_without_credentials(proxy)}: the token crosses it unencrypted. Use "
+                "https://, or exclude the address with NO_PROXY.",
+                SecurityWarning,
+            )
         manager = self._proxies.get(proxy)
         if manager is None:
             parts = urlsplit(proxy)
@@ -83,6 +98,27 @@ class Pools:
                 urllib3.ProxyManager(proxy, proxy_headers=headers, **self._options)
             )
         return _Proxied(manager)
+
+
+_proxied_in_clear = Once()
+
+
+def _proxy_for(origin: str) -> str | None:
+    """The environment's proxy for ``origin`` (``NO_PROXY`` applied), if any."""
+    proxy: str | None = select_proxy(origin, get_environ_proxies(origin))
+    if proxy and urlsplit(proxy).scheme not in ("http", "https"):
+        raise ConfigurationError(
+            f"the proxy for {origin} ({_without_credentials(proxy)}) uses a scheme secureml "
+            "cannot speak (http:// and https:// proxies only); fix HTTPS_PROXY/ALL_PROXY or "
+            "exclude the address with NO_PROXY"
+        )
+    return proxy
+
+
+def _without_credentials(proxy: str) -> str:
+    parts = urlsplit(proxy)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 _M = TypeVar("_M", bound=urllib3.PoolManager)
