@@ -145,6 +145,21 @@ def _out(options: Options, data: Any, text: str | None = None) -> None:
         click.echo(text if text is not None else data)
 
 
+def _for_terminal(text: str) -> str:
+    """``text`` with every control or format character (but newline and tab) escaped."""
+    import unicodedata
+
+    return "".join(
+        c if c in "\n\t" or not unicodedata.category(c).startswith("C") else _escaped(c)
+        for c in text
+    )
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     click.echo(f"secureml: error: {message}", err=True)
     sys.exit(code)
@@ -261,7 +276,10 @@ def get(options: Options, name: str, version: int | None) -> None:
         shown: Any = value if isinstance(value, dict) else text
         _out(options, {"name": name, "value": shown, "encoding": encoding})
     else:
-        sys.stdout.write(text + "\n")  # as stored: click.echo would strip ANSI codes
+        # As stored into pipes and files (click.echo would strip ANSI codes); escaped on
+        # a terminal, where a stored escape sequence could act (OSC 52 writes the
+        # clipboard, others retitle or rewrite the screen).
+        sys.stdout.write((_for_terminal(text) if sys.stdout.isatty() else text) + "\n")
 
 
 @cli.command(name="set")
@@ -751,10 +769,36 @@ def _quiet_warnings(message: Any, category: Any, *_: Any, **__: Any) -> None:
     click.echo(f"secureml: warning: {message}", err=True)
 
 
+class _ClosedStdout:
+    """Stands in for a closed standard output: any write is one clear error."""
+
+    def write(self, _: object) -> int:
+        raise OSError("standard output is closed; redirect it (e.g. > file or | cat)")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _no_core_dumps() -> None:
+    """A crash must not write a core file holding tokens and cached secrets."""
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not on every platform
+        pass
+
+
 def main() -> None:
     """The ``secureml`` console script."""
     import warnings
 
+    _no_core_dumps()
+    if sys.stdout is None:  # started with stdout closed (>&-)
+        sys.stdout = cast("Any", _ClosedStdout())
     # One line per warning on stderr, like errors: no source lines.
     warnings.showwarning = _quiet_warnings
     cli(prog_name="secureml")

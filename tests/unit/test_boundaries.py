@@ -257,3 +257,82 @@ def test_an_unspeakable_proxy_is_not_an_outage(monkeypatch: pytest.MonkeyPatch) 
     manager = KeyManager(vault_url="https://vault.internal:8200", vault_token="s.t", retries=0)
     with pytest.raises(ConfigurationError, match="cannot speak"):
         manager.get_secret("x")
+
+
+def _cli_environment(**extra: str) -> dict[str, str]:
+    import os
+
+    own = ("SECUREML_", "VAULT_", "BAO_")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(own)}
+    environ.update(extra)
+    return environ
+
+
+HOSTILE = "ok\x1b]52;c;aGVsbG8=\x07\x1b[2J\u202edone"
+
+
+def test_the_cli_escapes_control_characters_on_a_terminal_only() -> None:
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "secureml", "get", "x"]
+    environ = _cli_environment(SECUREML_X=HOSTILE)
+    piped = subprocess.run(command, capture_output=True, env=environ, check=True, timeout=60)
+    assert piped.stdout.decode() == HOSTILE + "\n"  # as stored, into a pipe
+    leader, follower = os.openpty()
+    try:
+        done = subprocess.run(
+            command, stdout=follower, stderr=subprocess.PIPE, env=environ, timeout=60, check=True
+        )
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 0
+    assert b"\x1b" not in shown
+    assert b"\x07" not in shown
+    assert b"\\x1b]52;c;aGVsbG8=\\x07" in shown
+    assert b"\\u202e" in shown
+
+
+def test_a_closed_stdout_is_one_line_error() -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    command = f"exec {shlex.quote(sys.executable)} -m secureml get x >&-"
+    done = subprocess.run(
+        ["sh", "-c", command],
+        check=False,
+        capture_output=True,
+        env=_cli_environment(SECUREML_X="v"),
+        timeout=60,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.decode().strip().splitlines()
+    assert lines == [
+        "secureml: error: standard output is closed; redirect it (e.g. > file or | cat)"
+    ]
+
+
+def test_the_cli_never_dumps_core() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import resource; from secureml.cli import _no_core_dumps; _no_core_dumps(); "
+        "print(resource.getrlimit(resource.RLIMIT_CORE))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "(0, 0)"
