@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -513,12 +514,25 @@ def _size(path: str) -> int | None:
     return None if path == "-" else os.path.getsize(path)
 
 
-#: Names of the standard streams that mean what ``-`` means (never replaced by a file).
-_STDIO = {"/dev/stdin": "-", "/dev/stdout": "-", "/proc/self/fd/0": "-", "/proc/self/fd/1": "-"}
+#: Names of the standard streams that mean what ``-`` means, by role.
+_STDIN = frozenset({"/dev/stdin", "/proc/self/fd/0", "/dev/fd/0"})
+_STDOUT = frozenset({"/dev/stdout", "/proc/self/fd/1", "/dev/fd/1"})
 
 
-def _stdio(path: str) -> str:
-    return _STDIO.get(path, path)
+def _stdio(src: str, dst: str) -> tuple[str, str]:
+    """``-`` for a source that names stdin and a destination that names stdout."""
+    return ("-" if src in _STDIN else src), ("-" if dst in _STDOUT else dst)
+
+
+def _special(path: str) -> bool:
+    """A destination that is not a regular file (a pipe, ``>(cmd)``, a terminal): written
+    as a stream, never replaced by a file."""
+    if path == "-":
+        return False
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -531,6 +545,9 @@ def _streams(src: str, dst: str) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
         if dst == "-":
             yield reader, sys.stdout.buffer
             sys.stdout.buffer.flush()
+        elif _special(dst):  # a pipe or terminal: written as a stream, as stdout is
+            with open(dst, "wb", buffering=0) as writer:
+                yield reader, writer
         else:  # a file appears only once everything succeeded, as with the file methods
             with atomic_output(dst) as writer:
                 yield reader, writer
@@ -554,10 +571,10 @@ def encrypt(
     options: Options, src: str, dst: str, key_name: str, aad: str | None, transit_key: str | None
 ) -> None:
     """Encrypt SRC to DST (- for stdin/stdout)."""
-    src, dst = _stdio(src), _stdio(dst)
+    src, dst = _stdio(src, dst)
     manager = options.manager()
     with _progress(_size(src)) as progress:
-        if "-" not in (src, dst):
+        if "-" not in (src, dst) and not _special(dst):
             manager.encrypt_file(
                 src, dst, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
             )
@@ -576,10 +593,10 @@ def encrypt(
 def decrypt(options: Options, src: str, dst: str, aad: str | None) -> None:
     """Decrypt SRC to DST (- for stdin/stdout). A file DST appears only if all of SRC
     authenticates; on stdout, output stops at the first bad segment."""
-    src, dst = _stdio(src), _stdio(dst)
+    src, dst = _stdio(src, dst)
     manager = options.manager()
     with _progress(_size(src)) as progress:
-        if dst != "-" and src != "-":
+        if "-" not in (src, dst) and not _special(dst):
             manager.decrypt_file(src, dst, aad=_aad(aad), progress=progress)
             return
         with _streams(src, dst) as (reader, writer):
@@ -602,10 +619,10 @@ def reencrypt(
     transit_key: str | None,
 ) -> None:
     """Re-encrypt SRC to DST under the current key version (after a rotation)."""
-    src, dst = _stdio(src), _stdio(dst)
+    src, dst = _stdio(src, dst)
     manager = options.manager()
     with _progress(_size(src)) as progress:
-        if "-" not in (src, dst):
+        if "-" not in (src, dst) and not _special(dst):
             manager.reencrypt_file(
                 src, dst, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
             )

@@ -336,3 +336,113 @@ def test_the_cli_never_dumps_core() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "(0, 0)"
+
+
+def test_a_url_with_credentials_and_a_space_never_shows_them() -> None:
+    url = "https://admin:hunter2@vault.corp:8200 https://vault2.corp:8200"
+    with pytest.raises(ConfigurationError, match="must not carry credentials") as caught:
+        KeyManager(vault_url=url, vault_token="s.t")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_data_under_a_reserved_name_can_still_be_moved_off_it() -> None:
+    """Versioned reads, the key ring, decrypt of versioned messages and delete only ever
+    ask Vault: they stay open so that data under such a name can be re-encrypted."""
+    from tests.support.memory_backend import MemoryVersions
+
+    store = MemoryVersions()
+    store.put_version("vault-master", b"m" * 32)
+    from secureml.key_management import _envelope as envelope
+
+    manager = KeyManager(backend=store)
+    # A message sealed under it before the name was reserved (version 1 of that key).
+    old_message = envelope.encrypt_managed(b"m" * 32, "vault-master", 1, b"x", b"")
+    assert manager.get_encryption_key("vault-master", version=1) == b"m" * 32
+    assert manager.get_key_ring("vault-master") == {1: b"m" * 32}
+    assert [v.version for v in manager.key_versions("vault-master")] == [1]
+    assert manager.decrypt(old_message) == b"x"
+    with pytest.raises(ValueError, match="reserved"):
+        manager.get_encryption_key("vault-master")  # the environment would be asked
+    manager.delete_secret("vault-master", destroy=True)
+
+
+def test_every_login_method_refuses_pickling(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from secureml.key_management import JWTAuth
+
+    jwt_file = Path(str(tmp_path)) / "jwt"
+    jwt_file.write_text("header.payload.signature")
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(JWTAuth(role="r", jwt_path=str(jwt_file)))
+
+
+def test_long_multibyte_destination_names_work(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from secureml.key_management import atomic_output
+
+    target = Path(str(tmp_path)) / ("\U0001f600" * 63)  # 252 bytes of UTF-8
+    with atomic_output(target) as out:
+        out.write(b"whole")
+    assert target.read_bytes() == b"whole"
+
+
+def test_audit_events_never_carry_a_huge_name() -> None:
+    from secureml.key_management import AccessEvent
+
+    events: list[AccessEvent] = []
+    manager = KeyManager(backend=_Empty(), audit_hook=events.append)
+    with pytest.raises(ValueError, match="longer than"):
+        manager.get_secret("a" * 65_000)
+    assert len(events) == 1
+    assert len(events[0].name) < 100
+
+
+def test_a_proxy_without_a_scheme_is_http_as_everywhere_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from secureml.key_management.backends import _vault_http as http
+
+    monkeypatch.setenv("HTTPS_PROXY", "127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    assert http._proxy_for("https://vault.internal:8200") == "http://127.0.0.1:3128"
+
+
+@pytest.mark.parametrize("host", ["::ffff:127.0.0.1", "127.0.0.2", "::1", "LOCALHOST"])
+def test_every_spelling_of_loopback_is_loopback(host: str) -> None:
+    from secureml.key_management._config import is_loopback
+
+    assert is_loopback(host)
+
+
+def test_the_cli_writes_to_a_pipe_named_as_a_file(tmp_path: object) -> None:
+    import os
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    fifo = Path(str(tmp_path)) / "out.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    subprocess.run(
+        [sys.executable, "-m", "secureml", "encrypt", "-", str(fifo)],
+        input=b"plain",
+        capture_output=True,
+        env=_cli_environment(SECUREML_MASTER_KEY="hex:" + "22" * 32),
+        check=True,
+        timeout=60,
+    )
+    reader.join(30)
+    assert received[0].startswith(b"SMLE")
+    assert stat_is_fifo(fifo)
+
+
+def stat_is_fifo(path: object) -> bool:
+    import os
+    import stat
+
+    return stat.S_ISFIFO(os.stat(str(path)).st_mode)

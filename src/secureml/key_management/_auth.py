@@ -172,6 +172,9 @@ class _LoginMethod:
     def login(self, client: hvac.Client) -> Login:
         return _login_result(self._request_login(client), self._method)
 
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        _refuse_pickling(type(self).__name__)
+
     def _request_login(self, client: hvac.Client) -> Any:
         raise NotImplementedError
 
@@ -200,9 +203,6 @@ class AppRoleAuth(_LoginMethod):
 
     def __repr__(self) -> str:
         return f"AppRoleAuth(role_id=***, secret_id=***, mount={self._mount!r})"
-
-    def __reduce_ex__(self, protocol: object) -> NoReturn:
-        _refuse_pickling("AppRoleAuth")
 
 
 class UserpassAuth(_LoginMethod):
@@ -236,9 +236,6 @@ class UserpassAuth(_LoginMethod):
 
     def __repr__(self) -> str:
         return f"UserpassAuth(username={self._username!r}, password=***, mount={self._mount!r})"
-
-    def __reduce_ex__(self, protocol: object) -> NoReturn:
-        _refuse_pickling("UserpassAuth")
 
 
 class JWTAuth(_LoginMethod):

@@ -100,11 +100,16 @@ def _from_env(environ: Mapping[str, str], names: tuple[str, ...]) -> str | None:
 def _check_url(url: object) -> str:
     if not isinstance(url, str):
         raise TypeError(f"vault_url must be a str, not {type(url).__name__}")
+    if "@" in url:
+        # Credentials in a URL end up in logs and reprs; Vault never takes them that way.
+        raise ConfigurationError(
+            "vault_url must not carry credentials; pass the token as vault_token="
+        )
     if not url.strip().isprintable() or any(c.isspace() for c in url.strip()):
         # A newline in a URL would forge lines in every log and repr that shows it.
         raise ConfigurationError(
             f"vault_url {url.strip()[:80]!r} holds control or space characters; give the "
-            "address alone, like https://vault.example.com:8200"
+            "address alone, like https://vault.example.com:8200 (a list: commas between)"
         )
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -209,12 +214,16 @@ def _check_file(path: object, what: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """Whether ``host`` is this machine (``localhost``, 127.0.0.0/8, ::1, or an
+    IPv4-mapped ::ffff:127.x address)."""
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
 
 
 def _warn_plain_http(url: str) -> None:

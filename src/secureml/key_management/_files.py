@@ -42,7 +42,7 @@ def atomic_output(dst: PathLike, *, durable: bool = False) -> Iterator[IO[bytes]
     _refuse_special(target)
     # The temporary name keeps a short stem of the destination's, so a destination name
     # up to the file system's limit still works.
-    stem = target.name[:64]
+    stem = os.fsencode(target.name)[:64].decode("utf-8", "ignore") or "out"
     fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{stem}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb", buffering=0) as out:
@@ -67,7 +67,8 @@ def _refuse_special(target: Path) -> None:
         return
     if not stat.S_ISREG(mode):
         raise ValueError(
-            f"{str(target)[:200]!r} is not a regular file (a device, pipe or socket): "
+            f"{str(target)[:200]!r} is not a regular file (a directory, device, pipe or "
+            "socket): "
             "it would be replaced by a file of output; write to it as a stream instead"
         )
 

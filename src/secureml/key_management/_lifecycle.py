@@ -136,8 +136,9 @@ class KeyLifecycle:
         return result
 
     def key_versions(self, key_name: str) -> list[KeyVersion]:
-        """See ``KeyManager.key_versions``."""
-        validate_secret_name(key_name, what="key_name")
+        """See ``KeyManager.key_versions`` (also for a reserved name: only Vault is asked,
+        and moving data off such a key needs it)."""
+        validate_name(key_name, what="key_name")
         backend = self._core.require_versioned("list versions of", key_name)
 
         def versions() -> Served:
@@ -149,7 +150,7 @@ class KeyLifecycle:
 
     def get_key_ring(self, key_name: str) -> dict[int, bytes]:
         """See ``KeyManager.get_key_ring``."""
-        validate_secret_name(key_name, what="key_name")
+        validate_name(key_name, what="key_name")
         backend = self._core.require_versioned("read the key ring of", key_name)
         where = backend.locate(key_name)
 
@@ -189,7 +190,7 @@ class KeyLifecycle:
         self, name: str, *, destroy: bool = False, versions: Iterable[int] | None = None
     ) -> None:
         """See ``KeyManager.delete_secret``."""
-        validate_secret_name(name)
+        validate_name(name)
         check_flag(destroy, "destroy")
         chosen = None if versions is None else sorted({check_version(v) for v in versions})
         if chosen == []:

@@ -138,12 +138,17 @@ class KeyMaterials:
             return self._core.lookup(key_name, outage_falls_through=False)._replace(version=0)
         found = self._core.read_unversioned(key_name)
         if found is None:
+            fix = (
+                "create it with generate_key() (secureml keys generate NAME) or restore "
+                "its latest version"
+                if self._versioned is not None
+                else f"store it in the {primary.source} source"
+            )
             raise SecretNotFoundError(
                 key_name,
                 [primary.locate(key_name)],
-                detail="it is missing, or its latest version is deleted; create it with "
-                "generate_key() (secureml keys generate NAME) or restore the version. New "
-                "data is never sealed under an environment key while Vault is configured",
+                detail=f"it is missing, or its latest version is deleted; {fix}. New data is "
+                f"never sealed under an environment key while {primary.source} is configured",
             )
         return found._replace(version=0)
 
@@ -176,10 +181,10 @@ class KeyMaterials:
                     where = self._versioned.locate(name)
                     return Materials(key, name, version, where, "cached")
         try:
-            if header.mode == envelope.MODE_TRANSIT:
-                validate_name(name)
+            if version is None and header.mode == envelope.MODE_MANAGED_KEY:
+                validate_secret_name(name)  # looked up by name: never a setting
             else:
-                validate_secret_name(name)  # never a setting such as the Vault token
+                validate_name(name)  # a version in Vault, or a Transit key
         except ValueError:
             raise InvalidCiphertextError(envelope.OPAQUE) from None
         try:

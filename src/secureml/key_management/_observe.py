@@ -33,6 +33,16 @@ _T = TypeVar("_T")
 _REFUSALS = (PermissionDeniedError, AuthenticationError)
 
 
+def _event_name(name: object) -> str:
+    """What an event may say a name was: never a huge one (it would be logged whole)."""
+    if not isinstance(name, str):
+        return repr(type(name))
+    return name if len(name) <= _MAX_EVENT_NAME else name[:64] + "..."
+
+
+_MAX_EVENT_NAME = 512
+
+
 class Served(NamedTuple):
     """What a call produced, and what its audit event says about it.
 
@@ -148,7 +158,7 @@ class Observer:
             return
         event = AccessEvent(
             operation=operation,
-            name=name if isinstance(name, str) else repr(type(name)),
+            name=_event_name(name),
             source=source,
             version=version if type(version) is int and version > 0 else None,
             outcome=outcome,

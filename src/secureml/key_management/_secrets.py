@@ -58,9 +58,10 @@ class Secrets:
                     return copy.deepcopy(value) if type(value) is dict else value
 
         def read() -> Served:
-            validate_secret_name(name)
             if version is None:
+                validate_secret_name(name)  # the environment is asked: never a setting
                 return self._core.lookup(name, default, lambda: dev_default_secret(name))
+            validate_name(name)  # only Vault keeps versions: reserved names may be read
             if default is not None:
                 raise ValueError(
                     "get_secret: default= cannot stand in for a specific version; pass one "
@@ -107,7 +108,10 @@ class Secrets:
             if entry is not None and type(entry.value) is bytes and len(entry.value) == key_bytes:
                 self._counts.mine()[HITS] += 1  # raw key bytes, cached: nothing to decode
                 return entry.value
-        validate_secret_name(key_name, what="key_name")
+        if version is None:
+            validate_secret_name(key_name, what="key_name")  # the environment is asked
+        else:
+            validate_name(key_name, what="key_name")  # Vault only
         length = check_length(key_bytes, what="key_bytes", low=MIN_KEY_BYTES)
         checked_encoding = check_encoding(encoding)
 

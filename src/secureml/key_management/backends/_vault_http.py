@@ -106,6 +106,8 @@ _proxied_in_clear = Once()
 def _proxy_for(origin: str) -> str | None:
     """The environment's proxy for ``origin`` (``NO_PROXY`` applied), if any."""
     proxy: str | None = select_proxy(origin, get_environ_proxies(origin))
+    if proxy and "://" not in proxy:
+        proxy = "http://" + proxy  # what requests, curl and Go assume
     if proxy and urlsplit(proxy).scheme not in ("http", "https"):
         raise ConfigurationError(
             f"the proxy for {origin} ({_without_credentials(proxy)}) uses a scheme secureml "
