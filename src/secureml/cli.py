@@ -407,14 +407,15 @@ def parse_duration(text: str) -> float:
 @keys.command()
 @click.argument("name")
 @click.option("--older-than", metavar="AGE", help="Only if the current version is this old.")
+@click.option("--force", is_flag=True, help="Rotate a secret that `keys generate` did not make.")
 @pass_options
-def rotate(options: Options, name: str, older_than: str | None) -> None:
+def rotate(options: Options, name: str, older_than: str | None, force: bool) -> None:
     """Rotate key NAME: a new version of fresh random bytes."""
     manager = options.manager()
     if older_than is None:
-        version: int | None = manager.rotate_key(name)
+        version: int | None = manager.rotate_key(name, force=force)
     else:
-        version = manager.rotate_if_older_than(name, parse_duration(older_than))
+        version = manager.rotate_if_older_than(name, parse_duration(older_than), force=force)
     text = (
         f"{name}: version {version}"
         if version is not None

@@ -338,3 +338,10 @@ def test_errors_are_one_line(env: dict[str, str], black_hole: str) -> None:
     assert done.returncode == 5
     assert done.stderr.count(b"\n") == 1
     assert done.stderr.startswith(b"secureml: error: ")
+
+
+def test_keys_rotate_refuses_an_ordinary_secret_unless_forced(run) -> None:  # type: ignore[no-untyped-def]
+    run("set", "api_key", "--value", "abc")
+    run("keys", "rotate", "api_key", code=2)
+    assert run("get", "api_key") == "abc\n"
+    assert run("keys", "rotate", "api_key", "--force") == "api_key: version 2\n"

@@ -68,14 +68,17 @@ def test_rotation_keeps_the_length_and_labels(
     vault_manager.rotate_key("long")
     assert len(vault_manager.get_encryption_key("long", 64)) == 64
     metadata = kv_json(bao_server, "metadata", "get", "-mount=secret", f"{vault_path}/long")
-    assert metadata["custom_metadata"] == labels
+    assert metadata["custom_metadata"] == {**labels, "secureml-key": "1"}
 
 
 def test_a_text_key_written_by_the_cli_rotates_at_its_length(
     vault_manager: KeyManager, bao_server: DevServer, vault_path: str
 ) -> None:
     bao_server.bao("kv", "put", "-mount=secret", f"{vault_path}/hexkey", "value=" + "ab" * 24)
-    assert vault_manager.rotate_key("hexkey") == 2
+    with pytest.raises(ConfigurationError, match="not a key made by generate_key"):
+        vault_manager.rotate_key("hexkey")  # nothing says it is a key: never assumed
+    assert vault_manager.rotate_key("hexkey", force=True) == 2
+    assert vault_manager.rotate_key("hexkey") == 3  # labelled as a key by the forced one
     assert len(vault_manager.get_encryption_key("hexkey", 24)) == 24
     assert vault_manager.get_encryption_key("hexkey", 24, version=1) == bytes.fromhex("ab" * 24)
 
@@ -274,8 +277,24 @@ def test_missing_keys_and_versions_are_clear(vault_manager: KeyManager) -> None:
         with pytest.raises(SecretNotFoundError, match="'ghost'"):
             call()
     vault_manager.set_secret("config", {"host": "db"})
-    with pytest.raises(KeyManagementError, match="not key material"):
+    with pytest.raises(ConfigurationError, match="not a key made by generate_key"):
         vault_manager.rotate_key("config")
+    with pytest.raises(KeyManagementError, match="not key material"):
+        vault_manager.rotate_key("config", force=True)
+
+
+def test_rotation_never_destroys_an_ordinary_secret(vault_manager: KeyManager) -> None:
+    """`rotate_key("api_key")` on a text secret used to replace "abc" with 2 random bytes."""
+    vault_manager.set_secret("api_key", "abc")
+    with pytest.raises(ConfigurationError, match="--force"):
+        vault_manager.rotate_key("api_key")
+    with pytest.raises(ConfigurationError, match="not a key made by generate_key"):
+        vault_manager.rotate_if_older_than("api_key", 1)
+    assert vault_manager.get_secret("api_key") == "abc"
+    assert [v.version for v in vault_manager.key_versions("api_key")] == [1]
+    # Forced, as a key: never fewer than 16 bytes.
+    assert vault_manager.rotate_key("api_key", force=True) == 2
+    assert len(vault_manager.get_key_ring("api_key")[2]) >= 16
 
 
 def test_versioned_reads_are_cached_and_audited(bao_server: DevServer, vault_path: str) -> None:
@@ -444,7 +463,12 @@ path "{kv2_mount}/metadata/secureml/*" {{ capabilities = ["read", "list"] }}
     root = KeyManager(bao_server.address, bao_server.root_token, vault_mount=kv2_mount)
     with pytest.raises(SecretNotFoundError):
         root.key_versions("labelled")
-    assert manager.generate_key("unlabelled") == 1  # the same token may still make keys
+    # Every key is labelled as one (secureml-key): a token that may not write metadata
+    # makes no key at all, and leaves nothing behind.
+    with pytest.raises(PermissionDeniedError):
+        manager.generate_key("unlabelled")
+    with pytest.raises(SecretNotFoundError):
+        root.key_versions("unlabelled")
 
 
 def test_a_reader_without_metadata_rights_gets_not_found(

@@ -46,7 +46,7 @@ def test_the_memory_store_implements_the_protocol(store: MemoryVersions) -> None
 
 def test_lifecycle_over_any_versioned_backend(km: KeyManager, store: MemoryVersions) -> None:
     assert km.generate_key("k", 16, metadata={"owner": "me"}) == 1
-    assert store.labels["k"] == {"owner": "me"}
+    assert store.labels["k"] == {"owner": "me", "secureml-key": "1"}  # marked as a key
     assert km.rotate_key("k") == 2
     assert km.rotate_key("k") == 3
     ring = km.get_key_ring("k")

@@ -79,7 +79,7 @@ def test_key_lifecycle_signatures() -> None:
         ("overwrite", False, kw),
         ("metadata", None, kw),
     ]
-    assert params(manager.rotate_key) == [("key_name", empty, pos)]
+    assert params(manager.rotate_key) == [("key_name", empty, pos), ("force", False, kw)]
     assert params(manager.rotate_if_older_than)[:2] == [
         ("key_name", empty, pos),
         ("max_age", empty, pos),

@@ -35,7 +35,14 @@ from .errors import (
     VersionConflictError,
 )
 
-__all__ = ["KeyLifecycle"]
+__all__ = ["MANAGED_KEY_LABEL", "KeyLifecycle"]
+
+#: The label (KV v2 custom metadata) that marks a secret as a key this library made:
+#: only those rotate without ``force=True``, as rotating replaces the value with random
+#: bytes (a password or API key "rotated" would be gone).
+MANAGED_KEY_LABEL = "secureml-key"
+_MANAGED = {MANAGED_KEY_LABEL: "1"}
+_MAX_USER_LABELS = 63  # Vault keeps 64; one is the mark
 
 
 class KeyLifecycle:
@@ -57,7 +64,7 @@ class KeyLifecycle:
         validate_secret_name(key_name, what="key_name")
         length = check_length(key_bytes, what="key_bytes", low=MIN_KEY_BYTES)
         check_flag(overwrite, "overwrite")
-        labels = check_labels(metadata)
+        labels = _user_labels(metadata)
         backend = self._core.require_versioned("generate key", key_name)
         where = backend.locate(key_name)
 
@@ -74,10 +81,12 @@ class KeyLifecycle:
                 raise exists
             if existing is not None and has_versions:
                 _refuse_to_drop_live_version(existing, key_name, where)
+            kept = dict(existing.custom_metadata) if existing is not None else {}
+            wanted = {**(kept if labels is None else labels), **_MANAGED}
             # A new key is labelled first: if the labels are refused, no key is left behind.
-            labelled = labels is None
-            if not labelled and not has_versions:
-                backend.set_custom_metadata(key_name, labels or {})
+            labelled = has_versions and wanted == kept
+            if not has_versions:
+                backend.set_custom_metadata(key_name, wanted)
                 labelled = True
             cas = existing.current_version if existing is not None else 0
             try:
@@ -87,29 +96,36 @@ class KeyLifecycle:
                     raise
                 raise exists from None
             if not labelled:
-                backend.set_custom_metadata(key_name, labels or {})
+                backend.set_custom_metadata(key_name, wanted)
             return Served(version, where, version=version)
 
         result: int = self._observed("generate_key", key_name, generate)
         return result
 
-    def rotate_key(self, key_name: str) -> int:
+    def rotate_key(self, key_name: str, *, force: bool = False) -> int:
         """See ``KeyManager.rotate_key``."""
         validate_secret_name(key_name, what="key_name")
+        check_flag(force, "force")
         backend = self._core.require_versioned("rotate key", key_name)
 
         def rotate() -> Served:
-            version = self._rotate(backend, key_name)
+            version = self._rotate(backend, key_name, force=force)
             return Served(version, backend.locate(key_name), version=version)
 
         result: int = self._observed("rotate_key", key_name, rotate)
         return result
 
     def rotate_if_older_than(
-        self, key_name: str, max_age: timedelta | float, *, now: datetime | None = None
+        self,
+        key_name: str,
+        max_age: timedelta | float,
+        *,
+        now: datetime | None = None,
+        force: bool = False,
     ) -> int | None:
         """See ``KeyManager.rotate_if_older_than``."""
         validate_secret_name(key_name, what="key_name")
+        check_flag(force, "force")
         age = check_age(max_age)
         when = check_now(now)
         backend = self._core.require_versioned("rotate key", key_name)
@@ -121,11 +137,12 @@ class KeyLifecycle:
 
         def maybe_rotate() -> Served:
             metadata = _metadata(backend, key_name)
+            _require_key(metadata, key_name, where, force=force)  # due or not: say so now
             if not due(metadata):
                 return Served(None, where, "fresh")
             try:
                 # Check-and-set against the version judged old, not a fresher one.
-                version = self._rotate(backend, key_name, metadata)
+                version = self._rotate(backend, key_name, metadata, force=force)
             except VersionConflictError:
                 if due(_metadata(backend, key_name)):
                     raise
@@ -229,13 +246,20 @@ class KeyLifecycle:
         backend: VersionedSecretBackend,
         key_name: str,
         metadata: SecretMetadata | None = None,
+        *,
+        force: bool,
     ) -> int:
         where = backend.locate(key_name)
         if metadata is None:
             metadata = _metadata(backend, key_name)
+        marked = _require_key(metadata, key_name, where, force=force)
         _refuse_to_drop_live_version(metadata, key_name, where)
-        length = self._current_length(backend, key_name, metadata)
-        return self._write_version(backend, key_name, length, metadata.current_version)
+        # Never fewer than 16 bytes, even from a short secret rotated with force=True.
+        length = max(self._current_length(backend, key_name, metadata), MIN_KEY_BYTES)
+        version = self._write_version(backend, key_name, length, metadata.current_version)
+        if not marked:  # rotated as a key: from now on it is one
+            backend.set_custom_metadata(key_name, {**metadata.custom_metadata, **_MANAGED})
+        return version
 
     def _write_version(
         self, backend: VersionedSecretBackend, key_name: str, length: int, cas: int
@@ -268,6 +292,32 @@ class KeyLifecycle:
             detail="no version is readable to take the key length from; use "
             "generate_key(..., overwrite=True) to start again",
         )
+
+
+def _require_key(metadata: SecretMetadata, key_name: str, where: str, *, force: bool) -> bool:
+    """Whether the secret is labelled as a key; refuse to go on if not, unless forced."""
+    marked = metadata.custom_metadata.get(MANAGED_KEY_LABEL) is not None
+    if not marked and not force:
+        raise ConfigurationError(
+            f"{key_name!r} at {where} is not a key made by generate_key (it has no "
+            f"{MANAGED_KEY_LABEL!r} label): rotating would replace its value with random "
+            "bytes; if it is a key, pass force=True (secureml keys rotate --force)"
+        )
+    return marked
+
+
+def _user_labels(metadata: object) -> dict[str, str] | None:
+    labels = check_labels(metadata)
+    if labels is None:
+        return None
+    if MANAGED_KEY_LABEL in labels:
+        raise ValueError(f"metadata label {MANAGED_KEY_LABEL!r} is secureml's own; pick another")
+    if len(labels) > _MAX_USER_LABELS:
+        raise ValueError(
+            f"metadata may hold at most {_MAX_USER_LABELS} labels (Vault keeps 64, one of "
+            f"them marks the key); got {len(labels)}"
+        )
+    return labels
 
 
 def _metadata(backend: VersionedSecretBackend, key_name: str) -> SecretMetadata:

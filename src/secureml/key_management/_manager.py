@@ -375,7 +375,7 @@ class KeyManager:
             key_name, key_bytes, overwrite=overwrite, metadata=metadata
         )
 
-    def rotate_key(self, key_name: str) -> int:
+    def rotate_key(self, key_name: str, *, force: bool = False) -> int:
         """Add a version of fresh random bytes, as long as the current key, and make it
         the one reads return. Old versions stay readable (``version=``,
         :meth:`get_key_ring`) until retired with :meth:`delete_secret`.
@@ -384,10 +384,22 @@ class KeyManager:
         :class:`VersionConflictError` and write nothing. A rotation that would make
         Vault drop a still-live old version for good (``max_versions``) is refused.
 
+        Only keys :meth:`generate_key` made (they carry the ``secureml-key`` label)
+        rotate: rotating an ordinary secret (a password, an API key) would replace it
+        with random bytes.
+
+        Args:
+            key_name: The key's secret name.
+            force: Rotate a secret without the label anyway (a key written by other
+                tools); it is labelled as a key from then on. Never fewer than 16 bytes
+                are written.
+
         Returns:
             The new version.
 
         Raises:
+            ConfigurationError: The secret is not a key this library made, and
+                ``force`` is false.
             SecretNotFoundError: The key does not exist, or none of its versions is
                 readable (to take the length from).
             VersionConflictError: Another rotation or write won the race.
@@ -399,7 +411,7 @@ class KeyManager:
             >>> km.rotate_key("datasets/key")
             2
         """
-        return self._lifecycle.rotate_key(key_name)
+        return self._lifecycle.rotate_key(key_name, force=force)
 
     def rotate_if_older_than(
         self,
@@ -407,6 +419,7 @@ class KeyManager:
         max_age: timedelta | float,
         *,
         now: datetime | None = None,
+        force: bool = False,
     ) -> int | None:
         """Rotate the key if its current version is at least ``max_age`` old; for cron.
 
@@ -417,6 +430,7 @@ class KeyManager:
             key_name: The key's secret name.
             max_age: A ``timedelta``, or seconds.
             now: The time to compare with (timezone-aware); ``None`` for the real clock.
+            force: As for :meth:`rotate_key`.
 
         Returns:
             The new version, or ``None`` when the key was young enough.
@@ -424,7 +438,7 @@ class KeyManager:
         Example:
             >>> km.rotate_if_older_than("datasets/key", timedelta(days=90))  # doctest: +SKIP
         """
-        return self._lifecycle.rotate_if_older_than(key_name, max_age, now=now)
+        return self._lifecycle.rotate_if_older_than(key_name, max_age, now=now, force=force)
 
     def key_versions(self, key_name: str) -> list[KeyVersion]:
         """Every version Vault keeps of ``key_name``, oldest first.
