@@ -127,6 +127,11 @@ class _Commands(click.Group):
         except KeyboardInterrupt:
             click.echo("secureml: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except _Terminated as stop:
+            # Raised where the signal landed, so every `with` on the way out ran: no
+            # half-written temporary file of plaintext is left beside a destination.
+            click.echo(f"secureml: stopped by signal {stop.signum}", err=True)
+            ctx.exit(128 + stop.signum)
         except Exception as exc:
             options = ctx.find_object(Options)
             if options is not None and options.debug:
@@ -787,6 +792,28 @@ def _quiet_warnings(message: Any, category: Any, *_: Any, **__: Any) -> None:
     click.echo(f"secureml: warning: {message}", err=True)
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind like Ctrl-C, then exit 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _unwind_on_termination() -> None:
+    """Turn SIGTERM and SIGHUP into an exception, so clean-up runs before exit (the
+    default action ends the process at once, leaving temporary files behind)."""
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise _Terminated(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) in (signal.SIG_DFL, None):
+            signal.signal(number, stop)
+
+
 class _ClosedStdout:
     """Stands in for a closed standard output: any write is one clear error."""
 
@@ -815,6 +842,7 @@ def main() -> None:
     import warnings
 
     _no_core_dumps()
+    _unwind_on_termination()
     if sys.stdout is None:  # started with stdout closed (>&-)
         sys.stdout = cast("Any", _ClosedStdout())
     # One line per warning on stderr, like errors: no source lines.

@@ -446,3 +446,35 @@ def stat_is_fifo(path: object) -> bool:
     import stat
 
     return stat.S_ISFIFO(os.stat(str(path)).st_mode)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_terminated_cli_leaves_no_partial_output(tmp_path: object, signame: str) -> None:
+    """SIGTERM/SIGHUP mid-file used to leave a hidden .part file of output behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    source, target = folder / "in.fifo", folder / "out.sml"
+    os.mkfifo(source)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "secureml", "encrypt", str(source), str(target)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_cli_environment(SECUREML_MASTER_KEY="hex:" + "22" * 32),
+    )
+    with source.open("wb") as feed:  # opens once the command opened its end
+        feed.write(os.urandom(3 << 20))
+        feed.flush()
+        deadline = time.monotonic() + 30
+        while not any(p.name.endswith(".part") for p in folder.iterdir()):
+            assert time.monotonic() < deadline, "no temporary output appeared"
+            time.sleep(0.02)
+        process.send_signal(getattr(signal, signame))
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + getattr(signal, signame), stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["in.fifo"]
