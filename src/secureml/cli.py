@@ -54,6 +54,17 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_ERROR
 
 
+def _utf8(raw: bytes) -> str:
+    """``raw`` as text; if it is not UTF-8, an error that quotes none of it (a
+    UnicodeDecodeError names the offending byte, and --debug would print it)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            "the input is not UTF-8 text; pass --binary to store it as bytes"
+        ) from None
+
+
 def _message(exc: BaseException) -> str:
     from .key_management.errors import KeyManagementError
 
@@ -320,12 +331,12 @@ def set_(
     elif path is not None:
         with open(path, "rb") as source:
             raw = source.read()
-        data = raw if binary else raw.decode("utf-8")
+        data = raw if binary else _utf8(raw)
     elif sys.stdin.isatty():
         data = click.prompt(f"Value for {name}", hide_input=True, confirmation_prompt=True)
     else:
         raw = sys.stdin.buffer.read()
-        data = raw if binary else raw.decode("utf-8").removesuffix("\n")
+        data = raw if binary else _utf8(raw).removesuffix("\n")
     if not data and not allow_empty:
         raise click.UsageError(
             f"refusing to store an empty value as {name} (an unset variable?); pass "

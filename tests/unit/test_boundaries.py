@@ -478,3 +478,23 @@ def test_a_terminated_cli_leaves_no_partial_output(tmp_path: object, signame: st
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 128 + getattr(signal, signame), stderr
     assert sorted(p.name for p in folder.iterdir()) == ["in.fifo"]
+
+
+def test_debug_never_shows_a_byte_of_a_non_utf8_value() -> None:
+    import subprocess
+    import sys
+
+    secret = b"\xfe\xed-secret-\xc3"
+    done = subprocess.run(
+        [sys.executable, "-m", "secureml", "--debug", "set", "x"],
+        input=secret,
+        capture_output=True,
+        env=_cli_environment(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert b"secret" not in done.stderr
+    assert b"0xfe" not in done.stderr
+    assert b"\\xfe" not in done.stderr
+    assert b"not UTF-8" in done.stderr
