@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 ENV_PREFIX = "SECUREML_"
@@ -11,6 +12,7 @@ SETTINGS_VARIABLES = ("SECUREML_ENV", "SECUREML_VAULT")
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
 
 
+@functools.lru_cache(maxsize=1024)  # asked twice per env lookup (reserved check, read)
 def env_var_name(name: str) -> str:
     """The environment variable that holds secret ``name``.
 
