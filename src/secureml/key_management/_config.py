@@ -100,8 +100,10 @@ def _from_env(environ: Mapping[str, str], names: tuple[str, ...]) -> str | None:
 def _check_url(url: object) -> str:
     if not isinstance(url, str):
         raise TypeError(f"vault_url must be a str, not {type(url).__name__}")
-    if "@" in url:
+    parts = urlsplit(url.strip())
+    if parts.username or parts.password:
         # Credentials in a URL end up in logs and reprs; Vault never takes them that way.
+        # Checked first, so no later message quotes them.
         raise ConfigurationError(
             "vault_url must not carry credentials; pass the token as vault_token="
         )
@@ -111,15 +113,9 @@ def _check_url(url: object) -> str:
             f"vault_url {url.strip()[:80]!r} holds control or space characters; give the "
             "address alone, like https://vault.example.com:8200 (a list: commas between)"
         )
-    parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"vault_url {url!r} is not an http(s) URL like https://vault.example.com:8200"
-        )
-    if parts.username or parts.password:
-        # Credentials in a URL end up in logs and reprs; Vault never takes them that way.
-        raise ConfigurationError(
-            "vault_url must not carry credentials; pass the token as vault_token="
         )
     if parts.query or parts.fragment:
         raise ConfigurationError(f"vault_url {url!r} must not have a query or fragment")

@@ -198,10 +198,9 @@ class Core:
         outage: VaultUnavailableError | None = None
         primary = self.primary
         if primary is not None:
-            where = primary.locate(name)
-            tried.append(where)
+            tried.append(primary.locate(name))
             try:
-                value, outcome = self.through_cache((name, None), lambda: _loaded(primary, name))
+                found = self.read_unversioned(name)
             except VaultUnavailableError as exc:
                 if not outage_falls_through:
                     raise
@@ -212,15 +211,15 @@ class Core:
                     exc,
                 )
             else:
-                if value is not ABSENT:
-                    return Served(_caller_copy(value), where, outcome)
+                if found is not None:
+                    return found
         if self.env is not None:
             where = self.env.locate(name)
             tried.append(where)
-            found = self.env.get(name)
-            if found is not None:
+            value = self.env.get(name)
+            if value is not None:
                 self._note_fallback(name, tried, outage)
-                return Served(found, where)
+                return Served(value, where)
         if default is not None:
             self._note_fallback(name, tried, outage)
             return Served(default, "default=")

@@ -244,7 +244,7 @@ class Encryptor:
         try:
             return parse()
         except InvalidCiphertextError as exc:
-            self._observer.rejected("decrypt", exc)
+            self._observer.failed("decrypt", "", exc)
             raise
 
 

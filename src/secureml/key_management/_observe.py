@@ -102,20 +102,7 @@ class Observer:
         try:
             served = call()
         except Exception as exc:
-            self.counts.error(type(exc).__name__)
-            if self._on_refused is not None and isinstance(exc, _REFUSALS):
-                self._on_refused(exc, name)
-            if self.audit_hook is not None:
-                rejected = isinstance(exc, InvalidCiphertextError)
-                self._emit(
-                    operation,
-                    name,
-                    source=None,
-                    version=version,
-                    outcome="rejected" if rejected else "error",
-                    error=type(exc).__name__,
-                    started=started,
-                )
+            self.failed(operation, name, exc, version=version, started=started)
             raise
         if self.audit_hook is not None:
             self._emit(
@@ -129,18 +116,31 @@ class Observer:
             )
         return served.value
 
-    def rejected(self, operation: str, exc: InvalidCiphertextError) -> None:
-        """A ciphertext too malformed to name its key: count it, and emit its event."""
+    def failed(
+        self,
+        operation: str,
+        name: str,
+        exc: Exception,
+        *,
+        version: int | None = None,
+        started: float | None = None,
+    ) -> None:
+        """Count a call's error and emit its event (``rejected`` for a ciphertext that
+        does not open, ``error`` otherwise); a refusal also tells the core to forget.
+        Called directly for a ciphertext too malformed to name its key (``name=""``)."""
         self.counts.error(type(exc).__name__)
-        self._emit(
-            operation,
-            "",
-            source=None,
-            version=None,
-            outcome="rejected",
-            error=type(exc).__name__,
-            started=time.perf_counter(),
-        )
+        if self._on_refused is not None and isinstance(exc, _REFUSALS):
+            self._on_refused(exc, name)
+        if self.audit_hook is not None:
+            self._emit(
+                operation,
+                name,
+                source=None,
+                version=version,
+                outcome="rejected" if isinstance(exc, InvalidCiphertextError) else "error",
+                error=type(exc).__name__,
+                started=time.perf_counter() if started is None else started,
+            )
 
     def _emit(
         self,
