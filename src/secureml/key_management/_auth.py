@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 
+from ._boundary import guarded_class
 from ._validate import validate_name
 from .errors import AuthenticationError, ConfigurationError
 
@@ -116,6 +117,7 @@ def _read_jwt(path: str, method: str) -> str:
     return jwt
 
 
+@guarded_class
 class TokenAuth:
     """A token you already have (what ``vault_token=`` means).
 
@@ -153,6 +155,7 @@ class TokenAuth:
         _refuse_pickling("TokenAuth")
 
 
+@guarded_class
 class _LoginMethod:
     """An auth method that logs in with credentials, so it can always log in again."""
 
@@ -179,6 +182,7 @@ class _LoginMethod:
         raise NotImplementedError
 
 
+@guarded_class
 class AppRoleAuth(_LoginMethod):
     """AppRole: a role ID and a secret ID (``auth/<mount>/login``).
 
@@ -205,6 +209,7 @@ class AppRoleAuth(_LoginMethod):
         return f"AppRoleAuth(role_id=***, secret_id=***, mount={self._mount!r})"
 
 
+@guarded_class
 class UserpassAuth(_LoginMethod):
     """Username and password (``auth/<mount>/login/<username>``).
 
@@ -238,6 +243,7 @@ class UserpassAuth(_LoginMethod):
         return f"UserpassAuth(username={self._username!r}, password=***, mount={self._mount!r})"
 
 
+@guarded_class
 class JWTAuth(_LoginMethod):
     """A signed JWT for a role (``auth/<mount>/login``): OIDC workload identity, CI, …
 
@@ -279,6 +285,7 @@ class JWTAuth(_LoginMethod):
         return f"JWTAuth(role={self._role!r}, {source}, mount={self._mount!r})"
 
 
+@guarded_class
 class KubernetesAuth(_LoginMethod):
     """A Kubernetes service-account token for a role (``auth/<mount>/login``).
 

@@ -146,8 +146,10 @@ class SecretCache:
             try:
                 return flight.result(), False
             except BaseException as exc:
-                # One exception object raised in many threads would share a traceback.
-                raise copy.copy(exc) from None
+                # One exception object raised in many threads would share a traceback;
+                # raised outside this block, the copy chains nothing of the loader's.
+                error = copy.copy(exc)
+            raise error
         try:
             value = loader()
         except BaseException as exc:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
+from ._boundary import guarded
 from ._encoding import Encoding
 from ._manager import KeyManager
 from ._process import reset_after_fork
@@ -43,6 +44,7 @@ def _signature_of(
     return decorate
 
 
+@guarded
 @_signature_of(KeyManager)
 def configure_default_key_manager(*args: Any, **kwargs: Any) -> KeyManager:
     """Build a :class:`KeyManager` and make it the process-wide default.

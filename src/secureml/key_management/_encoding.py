@@ -12,6 +12,7 @@ import binascii
 import re
 from typing import Literal, TypeAlias
 
+from ._boundary import guarded
 from .errors import KeyFormatError
 
 Encoding: TypeAlias = Literal["bytes", "hex", "base64", "base64url"]
@@ -26,15 +27,26 @@ _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _B64URL = re.compile(r"[A-Za-z0-9_\-]*={0,2}")
 
 
+@guarded  # public: the key is an argument
 def encode_key(key: bytes, encoding: Encoding) -> bytes | str:
-    """Render raw key bytes in the requested encoding (text encodings return ``str``)."""
+    """Render raw key bytes in ``encoding``: ``bytes`` as they are, text encodings
+    (``hex``, ``base64``, ``base64url``) as ``str``.
+
+    Raises:
+        TypeError: ``key`` is not bytes.
+        ValueError: An unknown ``encoding``.
+    """
+    if not isinstance(key, (bytes, bytearray)):
+        raise TypeError(f"key must be bytes, not {type(key).__name__}")
     if encoding == "bytes":
         return key
     if encoding == "hex":
         return key.hex()
     if encoding == "base64":
         return base64.b64encode(key).decode("ascii")
-    return base64.urlsafe_b64encode(key).decode("ascii")
+    if encoding == "base64url":
+        return base64.urlsafe_b64encode(key).decode("ascii")
+    raise ValueError(f"encoding must be bytes, hex, base64 or base64url; got {encoding!r}")
 
 
 def _b64decode(text: str) -> bytes | None:

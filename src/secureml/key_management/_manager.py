@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, NoReturn, TypeVar, overload
 
 from ._auth import VaultAuth
+from ._boundary import guarded_class, scrub, scrubs_inline
 from ._core import Core
 from ._derivation import hkdf_sha256
 from ._encoding import Encoding
@@ -31,6 +32,7 @@ __all__ = ["KeyManager"]
 _T = TypeVar("_T")
 
 
+@guarded_class
 class KeyManager:
     """Secrets and encryption keys from Vault, the environment, or dev defaults.
 
@@ -183,6 +185,7 @@ class KeyManager:
         self, secret_name: str, default: _T, *, version: int | None = ...
     ) -> SecretValue | _T: ...
 
+    @scrubs_inline
     def get_secret(
         self, secret_name: str, default: Any = None, *, version: int | None = None
     ) -> Any:
@@ -209,7 +212,12 @@ class KeyManager:
             UnsupportedOperationError: ``version=`` without a KV v2 Vault.
             ValueError: ``secret_name`` or ``version`` is malformed.
         """
-        return self._secrets.get_secret(secret_name, default, version)
+        try:
+            return self._secrets.get_secret(secret_name, default, version)
+        except BaseException as exc:  # the hot path: scrubbed inline, not wrapped
+            del default
+            scrub(exc)
+            raise
 
     def set_secret(self, secret_name: str, value: str | bytes | Mapping[str, Any]) -> bool:
         """Store ``value`` as secret ``secret_name`` in Vault.
@@ -275,6 +283,7 @@ class KeyManager:
         version: int | None = ...,
     ) -> bytes | str: ...
 
+    @scrubs_inline
     def get_encryption_key(
         self,
         key_name: str = "master_key",
@@ -307,7 +316,11 @@ class KeyManager:
                 UnsupportedOperationError: as for :meth:`get_secret`.
             ValueError: A bad ``key_name``, ``key_bytes``, ``encoding`` or ``version``.
         """
-        return self._secrets.get_encryption_key(key_name, key_bytes, encoding, version)
+        try:
+            return self._secrets.get_encryption_key(key_name, key_bytes, encoding, version)
+        except BaseException as exc:  # the hot path: scrubbed inline, not wrapped
+            scrub(exc)
+            raise
 
     def derive_key(
         self,
@@ -518,6 +531,7 @@ class KeyManager:
 
     # -- encryption ------------------------------------------------------------------
 
+    @scrubs_inline
     def encrypt(
         self,
         data: bytes,
@@ -544,8 +558,14 @@ class KeyManager:
             SecretNotFoundError: No source has the key.
             KeyFormatError: The key is shorter than 16 bytes or not key material.
         """
-        return self._encryptor.encrypt(data, key_name, aad=aad, transit_key=transit_key)
+        try:
+            return self._encryptor.encrypt(data, key_name, aad=aad, transit_key=transit_key)
+        except BaseException as exc:  # the hot path: scrubbed inline, not wrapped
+            del data
+            scrub(exc)
+            raise
 
+    @scrubs_inline
     def decrypt(self, blob: bytes, *, aad: bytes = b"") -> bytes:
         """Decrypt what :meth:`encrypt` (or :meth:`encrypt_file`) made, with the key and
         version its header names.
@@ -555,7 +575,11 @@ class KeyManager:
                 ``aad`` differs. Deliberately says nothing more.
             SecretNotFoundError: The key version it names is gone (deleted, destroyed).
         """
-        return self._encryptor.decrypt(blob, aad=aad)
+        try:
+            return self._encryptor.decrypt(blob, aad=aad)
+        except BaseException as exc:  # the hot path: scrubbed inline, not wrapped
+            scrub(exc)
+            raise
 
     def reencrypt(
         self,

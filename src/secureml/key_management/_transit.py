@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ._boundary import guarded_class
 from ._core import Core, HasCore, core_of
 from ._observe import Served
 from ._validate import (
@@ -78,6 +79,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+@guarded_class
 class TransitKeys:
     """The Transit engine at ``mount``, through a manager's Vault connection.
 

@@ -1,0 +1,155 @@
+"""The library boundary clears frame locals as an exception leaves (issue 12, finding 1);
+the sweep against the real server is tests/integration/test_traceback_locals.py."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import traceback
+
+import pytest
+
+from secureml.key_management import (
+    AppRoleAuth,
+    JWTAuth,
+    KeyManager,
+    KubernetesAuth,
+    SecretNotFoundError,
+    TokenAuth,
+    TransitKeys,
+    UserpassAuth,
+)
+from secureml.key_management._boundary import guarded, scrub
+from tests.support.memory_backend import MemoryVersions
+
+
+def _library_locals(error: BaseException) -> dict[str, object]:
+    """The locals of the library's frames below the public method (whose own frame
+    keeps the arguments that are not secret: the name asked for, ``self``)."""
+    found: dict[str, object] = {}
+    tb = error.__traceback__
+    boundary = True
+    while tb is not None:
+        if "secureml" in tb.tb_frame.f_code.co_filename:
+            if not boundary:
+                found.update(tb.tb_frame.f_locals)
+            boundary = False
+        tb = tb.tb_next
+    return found
+
+
+@pytest.mark.parametrize(
+    "cls", [KeyManager, TransitKeys, TokenAuth, AppRoleAuth, UserpassAuth, JWTAuth, KubernetesAuth]
+)
+def test_every_public_entry_point_scrubs(cls: type) -> None:
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("_") and name != "__init__":
+            continue
+        static = inspect.getattr_static(cls, name)
+        function = static.fget if isinstance(static, property) else member
+        if not callable(function) or (name in dir(object) and name != "__init__"):
+            continue
+        scrubs = hasattr(function, "__wrapped__") or getattr(function, "__secureml_scrubs__", False)
+        assert scrubs, f"{cls.__name__}.{name} lets frame locals out"
+
+
+def test_a_failed_call_keeps_where_but_not_what() -> None:
+    manager = KeyManager(backend=MemoryVersions(), use_env_fallback=False)
+    with pytest.raises(SecretNotFoundError) as caught:
+        manager.get_secret("absent")
+    text = "".join(traceback.format_exception(caught.value))
+    assert "_secrets.py" in text  # every frame is still named
+    assert "_core.py" in text
+    assert _library_locals(caught.value) == {}
+
+
+def test_the_callers_own_exception_keeps_its_locals() -> None:
+    manager = KeyManager(backend=MemoryVersions(), use_env_fallback=False)
+
+    def users_code() -> None:
+        mine = "the caller's local"  # noqa: F841 - what the caller's tracker should see
+        raise RuntimeError("the caller's failure")
+
+    handled: BaseException | None = None
+    error: BaseException | None = None
+    try:
+        users_code()
+    except RuntimeError as exc:
+        handled = exc
+        try:
+            manager.get_secret("absent")
+        except SecretNotFoundError as ours:
+            error = ours
+    assert error is not None
+    assert error.__context__ is handled
+    assert handled.__traceback__ is not None
+    assert handled.__traceback__.tb_next is not None
+    assert handled.__traceback__.tb_next.tb_frame.f_locals["mine"] == "the caller's local"
+
+
+def test_a_waiter_on_a_failed_load_chains_nothing_of_the_loader() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    class Slow(MemoryVersions):
+        def get_latest(self, name: str) -> object:  # type: ignore[override]
+            started.set()
+            release.wait(5)
+            raise RuntimeError("backend broke")
+
+    manager = KeyManager(backend=Slow(), use_env_fallback=False)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            manager.get_secret("x")
+        except BaseException as exc:  # whatever the call raised
+            errors.append(exc)
+
+    leader = threading.Thread(target=read)
+    leader.start()
+    started.wait(5)
+    waiter = threading.Thread(target=read)
+    waiter.start()
+    release.set()
+    leader.join(5)
+    waiter.join(5)
+    assert len(errors) == 2
+    for error in errors:
+        assert _library_locals(error) == {}
+        link: BaseException | None = error
+        while link is not None:
+            assert _library_locals(link) == {}
+            link = link.__cause__ or link.__context__
+
+
+def test_guarded_drops_its_own_arguments() -> None:
+    @guarded
+    def boom(secret: bytes) -> None:
+        raise ValueError("no")
+
+    try:
+        boom(b"\x01secret-bytes")
+    except ValueError as error:
+        for _, name, value in _frames_with_locals(error):
+            assert "secret-bytes" not in value, name
+    else:  # pragma: no cover
+        raise AssertionError
+
+
+def _frames_with_locals(error: BaseException) -> list[tuple[str, str, str]]:
+    summary = traceback.TracebackException.from_exception(error, capture_locals=True)
+    return [
+        (frame.name, name, value)
+        for frame in summary.stack
+        if "tests" not in frame.filename
+        for name, value in (frame.locals or {}).items()
+    ]
+
+
+def test_scrub_skips_running_frames() -> None:
+    try:
+        raise ValueError("here")
+    except ValueError as error:
+        scrub(error)  # this frame is still running: left alone, no RuntimeError
+        assert "error" in locals()
