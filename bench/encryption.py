@@ -1,8 +1,9 @@
 """`make bench` (second part): secureml's encryption side by side with raw AES-GCM, a plain
 file copy, and Tink's streaming AEAD, in one run (issue 6's targets).
 
-    .venv/bin/python bench/encryption.py          # ~2 minutes on 2 cores
-    .venv/bin/python bench/encryption.py --small  # the small-message rows only (~25 s)
+    .venv/bin/python bench/encryption.py            # ~4 minutes on 2 cores
+    .venv/bin/python bench/encryption.py --small    # the small-message rows only (~1 min)
+    .venv/bin/python bench/encryption.py --formats  # format v1 against v2 only (~2 min)
 
 Needs the bench extra (tink). For the large rows the key comes from SECUREML_MASTER_KEY,
 so no server is involved: they measure the format and the I/O, not Vault.
@@ -12,6 +13,13 @@ per message (a header, a derived key, an AES-GCM key schedule), not per byte, an
 baseline is raw AES-GCM with a key bound once and a fresh nonce. Their key is a real
 Vault key (a local OpenBao dev server, KV v2), cached as it is in production; one row
 shows the environment-variable key too, which is read and decoded on every call.
+
+Format v1 against format v2 (the key commitment, docs/FORMAT.md) gets a table of its
+own: the same calls of the format module (no manager, so nothing else dilutes the
+difference) with the same key, v1 and v2 timed in alternating order round after round;
+the ratio column is the median of the per-round ratios, which a noisy neighbour affects
+much less than a ratio of medians. Streams run between files on /dev/shm (when there is
+one) and /dev/null, so they measure the format, not the disk.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +54,19 @@ FILE_MIB = 512
 ROUNDS = 5
 CHUNK = 1 << 20
 SMALL_CALLS = 10_000  # per round, for the small-message rows
+#: Format v1 against v2: (size, label, calls per round), then the large rows.
+#: Short rounds, many of them: the two halves of a pair see the same neighbours.
+FORMAT_IN_MEMORY = (
+    (16, "16 B", 2_000),
+    (1 << 10, "1 KiB", 2_000),
+    (64 << 10, "64 KiB", 300),
+    (1 << 20, "1 MiB", 20),  # where the per-message cost stops showing
+)
+FORMAT_MEMORY_MIB = 64
+FORMAT_STREAM_MIB = 256
+FORMAT_ROUNDS = 61
+FORMAT_LARGE_ROUNDS = 21
+FORMAT_TARGET = 0.01  # v2 within 1 % of v1
 
 
 def median_seconds(
@@ -262,20 +284,170 @@ def print_small_table(env_km: KeyManager) -> None:
     print("\n".join(rows))
 
 
+# -- format v1 against format v2 ------------------------------------------------------
+
+
+def paired(
+    v1: Callable[[], object], v2: Callable[[], object], calls: int, rounds: int
+) -> tuple[float, float, float]:
+    """Seconds per call of ``v1`` and ``v2`` (medians of ``rounds``) and the median of the
+    per-round ratios v2 / v1. Each round times both, in alternating order, ``calls``
+    calls each, after a warm-up."""
+    for func in (v1, v2):
+        for _ in range(max(1, calls // 10)):
+            func()
+    one: list[float] = []
+    two: list[float] = []
+    for r in range(rounds):
+        order = ((v1, one), (v2, two)) if r % 2 == 0 else ((v2, two), (v1, one))
+        for func, samples in order:
+            start = time.perf_counter()
+            for _ in range(calls):
+                func()
+            samples.append((time.perf_counter() - start) / calls)
+    ratios = [b / a for a, b in zip(one, two, strict=True)]
+    return statistics.median(one), statistics.median(two), statistics.median(ratios)
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return fmt_us(seconds * 1e6)
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def format_row(name: str, size: int, timed: tuple[float, float, float]) -> str:
+    one, two, ratio = timed
+    speed = ""
+    if size >= 1 << 20:
+        speed = f" ({size / one / 1e9:.2f} / {size / two / 1e9:.2f} GB/s)"
+    met = "yes" if ratio <= 1 + FORMAT_TARGET else "**NO**"
+    return (
+        f"| {name}{speed} | {fmt_time(one)} | {fmt_time(two)} | {ratio:.4f} "
+        f"| {(ratio - 1) * 100:+.2f} % | {met} |"
+    )
+
+
+def v1_and_v2_blobs(key: bytes, data: bytes) -> dict[int, bytes]:
+    return {
+        v: envelope.encrypt_managed(key, "master_key", 1, data, b"", format_version=v)
+        for v in (1, 2)
+    }
+
+
+def in_memory_format_rows(key: bytes, size: int, label: str, calls: int, rounds: int) -> list[str]:
+    """``encrypt_managed`` (what ``KeyManager.encrypt`` calls for a managed key) and
+    ``parse_header`` + ``decrypt_bytes`` (what ``KeyManager.decrypt`` calls), v1 and v2."""
+    data = os.urandom(size)
+    blobs = v1_and_v2_blobs(key, data)
+
+    def seal(v: int) -> Callable[[], bytes]:
+        return lambda: envelope.encrypt_managed(key, "master_key", 1, data, b"", format_version=v)
+
+    def open_(v: int) -> Callable[[], bytes]:
+        blob = blobs[v]
+
+        def run() -> bytes:
+            header, length = envelope.parse_header(blob)
+            return envelope.decrypt_bytes(
+                key, header, header.encode(), memoryview(blob)[length:], b""
+            )
+
+        return run
+
+    if not open_(1)() == open_(2)() == data:
+        raise RuntimeError("v1 and v2 disagree")
+    return [
+        format_row(f"encrypt, {label} in memory", size, paired(seal(1), seal(2), calls, rounds)),
+        format_row(f"decrypt, {label} in memory", size, paired(open_(1), open_(2), calls, rounds)),
+    ]
+
+
+@contextmanager
+def scratch_folder() -> Iterator[Path]:
+    shm = Path("/dev/shm")  # noqa: S108 - mkdtemp makes a private folder in it
+    where = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    with tempfile.TemporaryDirectory(dir=where) as folder:
+        yield Path(folder)
+
+
+def stream_format_rows(key: bytes, mib: int, rounds: int) -> list[str]:
+    """``encrypt_stream`` / ``read_header`` + ``decrypt_stream`` of a ``mib`` MiB file to
+    /dev/null (the threaded pipeline: a regular file in, a standard stream out)."""
+    with scratch_folder() as work:
+        plain = work / "plain.bin"
+        with plain.open("wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(1 << 20))
+        sealed = {v: work / f"v{v}.sml" for v in (1, 2)}
+
+        def seal_to(v: int, dst: str | Path) -> None:
+            made = envelope.Header(envelope.MODE_MANAGED_KEY, "master_key", 1, format_version=v)
+            with open(plain, "rb", buffering=0) as src, open(dst, "wb", buffering=0) as out:
+                envelope.encrypt_stream(key, made, src, out, aad=b"")
+
+        def open_to(v: int, dst: str | Path) -> None:
+            with open(sealed[v], "rb", buffering=0) as src, open(dst, "wb", buffering=0) as out:
+                header, header_bytes = envelope.read_header(src)
+                envelope.decrypt_stream(key, header, header_bytes, src, out, aad=b"")
+
+        for v in (1, 2):
+            seal_to(v, sealed[v])
+        back = work / "back.bin"
+        open_to(2, back)
+        if back.read_bytes() != plain.read_bytes():
+            raise RuntimeError("the v2 stream did not round-trip")
+        back.unlink()
+        size = mib << 20
+        label = f"{mib} MiB stream, file to /dev/null"
+        enc = paired(lambda: seal_to(1, os.devnull), lambda: seal_to(2, os.devnull), 1, rounds)
+        dec = paired(lambda: open_to(1, os.devnull), lambda: open_to(2, os.devnull), 1, rounds)
+    return [format_row(f"encrypt, {label}", size, enc), format_row(f"decrypt, {label}", size, dec)]
+
+
+def print_format_table(*, small_only: bool) -> None:
+    key = os.urandom(32)
+    rows: list[str] = []
+    for size, label, calls in FORMAT_IN_MEMORY:
+        if small_only and size > 1 << 10:  # 16 B and 1 KiB only
+            continue
+        rows.extend(in_memory_format_rows(key, size, label, calls, FORMAT_ROUNDS))
+    if not small_only:
+        rows.extend(
+            in_memory_format_rows(
+                key, FORMAT_MEMORY_MIB << 20, f"{FORMAT_MEMORY_MIB} MiB", 1, FORMAT_LARGE_ROUNDS
+            )
+        )
+        rows.extend(stream_format_rows(key, FORMAT_STREAM_MIB, FORMAT_LARGE_ROUNDS))
+    print(
+        f"format v1 against v2 (key commitment), the format module alone, same key; "
+        f"{FORMAT_ROUNDS} paired rounds ({FORMAT_LARGE_ROUNDS} for 64 MiB and the stream)\n"
+    )
+    print(f"| operation | v1 | v2 | v2 / v1 | v2 costs | within {FORMAT_TARGET:.0%} |")
+    print("| --- | ---: | ---: | ---: | ---: | :---: |")
+    print("\n".join(rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="the small-message rows only")
+    parser.add_argument("--formats", action="store_true", help="format v1 against v2 only")
     args = parser.parse_args(argv)
     key = os.urandom(32)
     os.environ["SECUREML_MASTER_KEY"] = "hex:" + key.hex()
-    km = KeyManager()
     versions = ", ".join(f"{p} {version(p)}" for p in ("secureml", "cryptography"))
     print(
         f"python {platform.python_version()}, {versions}, {os.cpu_count()} cores; "
         f"medians of {ROUNDS} interleaved rounds (small messages: {SMALL_ROUNDS} rounds "
         f"of {SMALL_CALLS:,} calls each)\n"
     )
+    if args.formats:
+        print_format_table(small_only=False)
+        return 0
+    # A key in the environment seals only when declared as one (it could be a token).
+    km = KeyManager(declared_keys=["master_key"])
     print_small_table(km)
+    print()
+    print_format_table(small_only=args.small)
     if args.small:
         return 0
     print()

@@ -3,8 +3,10 @@ InvalidCiphertextError (any other outcome is a bug and stops the run).
 
     .venv/bin/python bench/fuzz_envelope.py 100000
 
-Mutations: bit flips, byte edits in the header, truncations, extensions, segment drops,
-duplications and swaps, splices from another message, wrong aad.
+Mutations: bit flips, byte edits in the header, bit flips in the key commitment,
+truncations, extensions, segment drops, duplications and swaps, splices from another
+message, wrong aad, and a wrong key. Messages are format v2 (what secureml writes); one
+case in 10 is a format v1 message, which must keep failing closed as long as v1 is read.
 """
 
 from __future__ import annotations
@@ -26,17 +28,24 @@ INLINE = envelope.INLINE_BYTES
 LARGE_SEGMENTS = (INLINE - 1, INLINE, INLINE + 1)
 
 
-def seal(data: bytes, aad: bytes, segment: int = SEGMENT) -> bytes:
+OTHER_KEY = os.urandom(32)
+
+
+def seal(data: bytes, aad: bytes, segment: int = SEGMENT, version: int = 2) -> bytes:
     made = envelope.Header(
-        mode=envelope.MODE_MANAGED_KEY, key_name="k", key_version=1, segment_bytes=segment
+        mode=envelope.MODE_MANAGED_KEY,
+        key_name="k",
+        key_version=1,
+        segment_bytes=segment,
+        format_version=version,
     )
     return envelope.encrypt_bytes(KEY, made, data, aad)
 
 
-def opened(blob: bytes, aad: bytes) -> bool:
+def opened(blob: bytes, aad: bytes, key: bytes = KEY) -> bool:
     try:
         header, length = envelope.parse_header(blob)
-        envelope.decrypt_bytes(KEY, header, blob[:length], blob[length:], aad)
+        envelope.decrypt_bytes(key, header, header.encode(), blob[length:], aad)
     except InvalidCiphertextError:
         return False
     return True
@@ -47,9 +56,13 @@ def mutate(rng: random.Random, blob: bytes, other: bytes) -> tuple[str, bytes]:
     head, body = blob[:length], blob[length:]
     step = header.segment_bytes + envelope.TAG_BYTES
     segments = [body[i : i + step] for i in range(0, len(body), step)]
-    kind = rng.choice(["flip", "header", "truncate", "extend", "drop", "dup", "swap", "splice"])
-    if kind == "flip":
-        at = rng.randrange(len(blob))
+    kinds = ["flip", "header", "truncate", "extend", "drop", "dup", "swap", "splice"]
+    if header.commitment:
+        kinds.append("commitment")
+    kind = rng.choice(kinds)
+    if kind in ("flip", "commitment"):  # anywhere, or in the commitment only
+        commitment = len(header.encode()) + rng.randrange(len(header.commitment) or 1)
+        at = rng.randrange(len(blob)) if kind == "flip" else commitment
         return kind, blob[:at] + bytes([blob[at] ^ (1 << rng.randrange(8))]) + blob[at + 1 :]
     if kind == "header":
         at = rng.randrange(length)
@@ -92,15 +105,22 @@ def main(argv: list[str]) -> int:
             size = rng.randint(0, 5 * SEGMENT)
         data = os.urandom(size)
         aad = os.urandom(rng.randint(0, 8))
-        blob, other = seal(data, aad, segment), seal(data, aad, segment)
+        version = 1 if i % 10 == 3 else 2
+        blob, other = seal(data, aad, segment, version), seal(data, aad, segment, version)
         if i % 10 == 0:  # a wrong aad
             kinds["aad"] += 1
             if opened(blob, aad + b"!"):
                 print(f"BUG: a wrong aad was accepted (case {i})")
                 return 1
             continue
+        if i % 10 == 5:  # a wrong key
+            kinds["key"] += 1
+            if opened(blob, aad, OTHER_KEY):
+                print(f"BUG: a wrong key was accepted (case {i})")
+                return 1
+            continue
         kind, broken = mutate(rng, blob, other)
-        kinds[kind] += 1
+        kinds[kind if version == 2 else f"v1 {kind}"] += 1
         if opened(broken, aad):
             print(f"BUG: a {kind} mutation was accepted (case {i})")
             return 1

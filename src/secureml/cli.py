@@ -94,8 +94,10 @@ class Options:
         dev_defaults: bool,
         json: bool,
         debug: bool,
+        declared_keys: tuple[str, ...] = (),
     ) -> None:
         self.vault_url, self.vault_path, self.mount = vault_url, vault_path, mount
+        self.declared_keys = declared_keys
         self.namespace, self.ca_cert = namespace, ca_cert
         self.timeout, self.retries = timeout, retries
         self.env_fallback, self.dev_defaults = env_fallback, dev_defaults
@@ -118,6 +120,7 @@ class Options:
                 vault_ca_cert=self.ca_cert,
                 timeout=self.timeout,
                 retries=self.retries,
+                declared_keys=self.declared_keys,
             )
         return self._manager  # type: ignore[no-any-return]
 
@@ -209,6 +212,14 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     is_flag=True,
     help="Serve INSECURE deterministic defaults as a last resort (development only).",
 )
+@click.option(
+    "--declared-key",
+    "declared_keys",
+    multiple=True,
+    metavar="NAME",
+    help="Use NAME as a key although `keys generate` did not make it (an environment "
+    "or KV v1 key; repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(package_name="secureml", prog_name="secureml")
@@ -224,6 +235,7 @@ def cli(
     retries: int | None,
     no_env_fallback: bool,
     allow_dev_defaults: bool,
+    declared_keys: tuple[str, ...],
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -240,6 +252,7 @@ def cli(
         dev_defaults=allow_dev_defaults,
         json=as_json,
         debug=debug,
+        declared_keys=declared_keys,
     )
 
 

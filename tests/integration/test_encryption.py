@@ -15,12 +15,14 @@ import pytest
 
 from secureml._devserver import DevServer
 from secureml.key_management import (
+    ConfigurationError,
     InvalidCiphertextError,
     KeyManager,
     SecretNotFoundError,
     VaultUnavailableError,
 )
 from secureml.key_management import _envelope as envelope
+from secureml.key_management._materials import DATA_KEY_LABEL
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +50,30 @@ def test_old_blobs_decrypt_after_three_rotations(
     assert {envelope.parse_header(b)[0].key_version for b in moved} == {4}
     fresh.delete_secret("dataset-key", versions=[1, 2, 3], destroy=True)
     assert [fresh.decrypt(b) for b in moved] == [b"round 0", b"round 1", b"round 2"]
-    with pytest.raises(SecretNotFoundError, match="version 1 was destroyed"):
+    with pytest.raises(SecretNotFoundError, match="version 1, which cannot be read"):
         fresh.decrypt(blobs[0])
 
 
 def test_a_key_written_by_the_cli_encrypts(
     vault_manager: KeyManager, bao_server: DevServer, vault_path: str
 ) -> None:
+    """A key another tool wrote carries no managed-key label: it seals and opens only
+    once declared, or after one forced rotation (which labels it)."""
     bao_server.bao("kv", "put", "-mount=secret", f"{vault_path}/cli-key", "value=" + "ab" * 32)
-    blob = vault_manager.encrypt(b"from a cli key", "cli-key")
-    assert vault_manager.decrypt(blob) == b"from a cli key"
+    with pytest.raises(ConfigurationError, match="declared_keys=\\['cli-key'\\]"):
+        vault_manager.encrypt(b"from a cli key", "cli-key")
+    declaring = KeyManager(
+        vault_url=bao_server.address,
+        vault_token=bao_server.root_token,
+        vault_path=vault_path,
+        declared_keys=["cli-key"],
+    )
+    blob = declaring.encrypt(b"from a cli key", "cli-key")
+    assert declaring.decrypt(blob) == b"from a cli key"
+    with pytest.raises(InvalidCiphertextError, match="does not open with"):
+        vault_manager.decrypt(blob)
+    vault_manager.rotate_key("cli-key", force=True)  # labels it: a managed key from now on
+    assert vault_manager.decrypt(blob) == b"from a cli key"  # its version 1 opens too
 
 
 def test_transit_mode_keeps_only_the_wrapped_data_key(
@@ -69,9 +85,17 @@ def test_transit_mode_keeps_only_the_wrapped_data_key(
     header, _ = envelope.parse_header(blob)
     assert (header.mode, header.key_name, header.key_version) == (2, name, 1)
     wrapped = header.wrapped_key.decode()
-    out = bao_server.bao(
-        "write", "-field=plaintext", f"{transit_mount}/decrypt/{name}", f"ciphertext={wrapped}"
-    ).stdout
+    decrypt = (
+        "write",
+        "-field=plaintext",
+        f"{transit_mount}/decrypt/{name}",
+        f"ciphertext={wrapped}",
+    )
+    # Bound to secureml: Transit opens it only with the data-key label as associated data.
+    with pytest.raises(subprocess.CalledProcessError):
+        bao_server.bao(*decrypt)
+    label = base64.b64encode(DATA_KEY_LABEL).decode()
+    out = bao_server.bao(*decrypt, f"associated_data={label}").stdout
     data_key = base64.b64decode(out)
     assert len(data_key) == 32
     assert data_key not in blob  # only the wrapped key rests in the message
@@ -133,7 +157,7 @@ MEMORY_PROBE = textwrap.dedent(
     import os, resource, sys
     from secureml.key_management import KeyManager
     src, dst = sys.argv[1], sys.argv[2]
-    km = KeyManager()
+    km = KeyManager(declared_keys=["master_key"])
     km.encrypt(b"warm up imports and the key")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     km.encrypt_file(src, dst)
@@ -157,7 +181,8 @@ def test_encrypting_1_gib_raises_peak_rss_by_less_than_64_mib(tmp_path: Path) ->
     )
     grew_mib = int(done.stdout.strip())
     assert grew_mib < 64, f"peak RSS grew by {grew_mib} MiB"
-    assert dst.stat().st_size == (1 << 30) + 1024 * 16 + 57 + len("master_key")
+    header = 57 + 32 + len("master_key")  # format 2: fixed fields, commitment, name
+    assert dst.stat().st_size == (1 << 30) + 1024 * 16 + header
 
 
 def test_the_wrapped_key_is_bound_even_when_it_wraps_the_same_data_key(
@@ -168,11 +193,12 @@ def test_the_wrapped_key_is_bound_even_when_it_wraps_the_same_data_key(
     blob = vault_manager.encrypt(b"bound", transit_key=name)
     head, at = envelope.parse_header(blob)
     vault_manager.transit.rotate(name)
-    # Same data key, wrapped again by v2: a different header, so a different message key.
-    rewrapped = vault_manager.transit.rewrap(name, head.wrapped_key.decode())
-    assert vault_manager.transit.decrypt(name, rewrapped) == vault_manager.transit.decrypt(
-        name, head.wrapped_key.decode()
-    )
+    # Same data key, wrapped again by v2 (Transit's rewrap cannot carry associated data:
+    # decrypt and encrypt again): a different header, so a different message key.
+    transit = vault_manager.transit
+    data_key = transit.decrypt(name, head.wrapped_key.decode(), associated_data=DATA_KEY_LABEL)
+    rewrapped = transit.encrypt(name, data_key, associated_data=DATA_KEY_LABEL)
+    assert rewrapped.startswith("vault:v2:")
     moved = envelope.Header(
         mode=head.mode,
         key_name=head.key_name,

@@ -31,6 +31,7 @@ from secureml.key_management import (
     encode_key,
 )
 from secureml.key_management._envelope import parse_header
+from secureml.key_management._materials import DATA_KEY_LABEL
 from tests.support.fault_proxy import Fault, FaultProxy
 
 TESTS = str(Path(__file__).resolve().parents[1])
@@ -247,7 +248,7 @@ def test_failed_decrypt_in_transit_mode(bao_server: DevServer, vault_path: str) 
     transit.ensure_key(name)
     blob = manager.encrypt(b"p" * 64, transit_key=name)
     header, _ = parse_header(blob)
-    data_key = transit.decrypt(name, header.wrapped_key.decode())
+    data_key = transit.decrypt(name, header.wrapped_key.decode(), associated_data=DATA_KEY_LABEL)
     bad = hostile(blob)["tampered"]
     assert_no_secret_in_locals(caught(lambda: manager.decrypt(bad)), data_key)
 

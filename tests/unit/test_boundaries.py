@@ -132,6 +132,7 @@ def _store_with(name: str) -> object:
 
     store = MemoryVersions()
     store.put_version(name, b"v" * 32)
+    store.set_custom_metadata(name, {"secureml-key": "1"})  # as generate_key labels it
     return store
 
 
@@ -164,7 +165,7 @@ def test_a_deleted_latest_version_never_seals_under_the_environment(
 
 def test_without_vault_the_environment_key_still_seals(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECUREML_MODEL_KEY", "hex:" + "11" * 32)
-    manager = KeyManager()
+    manager = KeyManager(declared_keys=["model_key"])
     assert manager.decrypt(manager.encrypt(b"x", "model_key")) == b"x"
 
 
@@ -206,7 +207,15 @@ def test_the_cli_writes_to_dev_stdout_as_to_a_pipe() -> None:
     }
     environ["SECUREML_MASTER_KEY"] = "hex:" + "22" * 32
     done = subprocess.run(
-        [sys.executable, "-m", "secureml", "encrypt", "-", "/dev/stdout"],
+        [
+            sys.executable,
+            "-m",
+            "secureml",
+            "--declared-key=master_key",
+            "encrypt",
+            "-",
+            "/dev/stdout",
+        ],
         input=b"plain",
         capture_output=True,
         env=environ,
@@ -352,6 +361,7 @@ def test_data_under_a_reserved_name_can_still_be_moved_off_it() -> None:
 
     store = MemoryVersions()
     store.put_version("vault-master", b"m" * 32)
+    store.set_custom_metadata("vault-master", {"secureml-key": "1"})
     from secureml.key_management import _envelope as envelope
 
     manager = KeyManager(backend=store)
@@ -429,7 +439,7 @@ def test_the_cli_writes_to_a_pipe_named_as_a_file(tmp_path: object) -> None:
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
     reader.start()
     subprocess.run(
-        [sys.executable, "-m", "secureml", "encrypt", "-", str(fifo)],
+        [sys.executable, "-m", "secureml", "--declared-key=master_key", "encrypt", "-", str(fifo)],
         input=b"plain",
         capture_output=True,
         env=_cli_environment(SECUREML_MASTER_KEY="hex:" + "22" * 32),
@@ -448,6 +458,22 @@ def stat_is_fifo(path: object) -> bool:
     return stat.S_ISFIFO(os.stat(str(path)).st_mode)
 
 
+def _writing_into(pid: int, folder: object, source: object) -> bool:
+    """Whether process ``pid`` has an output file open in ``folder``: a hidden ``.part``
+    file, or an unnamed one (Linux ``O_TMPFILE``: ``<folder>/#<inode> (deleted)``)."""
+    import os
+    from pathlib import Path
+
+    folder = Path(str(folder))
+    if any(p.name.endswith(".part") for p in folder.iterdir()):
+        return True
+    try:
+        opened = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:
+        return False
+    return any(Path(t).parent == folder and t != str(source) for t in opened)
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
 def test_a_terminated_cli_leaves_no_partial_output(tmp_path: object, signame: str) -> None:
     """SIGTERM/SIGHUP mid-file used to leave a hidden .part file of output behind."""
@@ -462,7 +488,10 @@ def test_a_terminated_cli_leaves_no_partial_output(tmp_path: object, signame: st
     source, target = folder / "in.fifo", folder / "out.sml"
     os.mkfifo(source)
     process = subprocess.Popen(
-        [sys.executable, "-m", "secureml", "encrypt", str(source), str(target)],
+        [
+            *(sys.executable, "-m", "secureml", "--declared-key=master_key"),
+            *("encrypt", str(source), str(target)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_cli_environment(SECUREML_MASTER_KEY="hex:" + "22" * 32),
@@ -471,7 +500,7 @@ def test_a_terminated_cli_leaves_no_partial_output(tmp_path: object, signame: st
         feed.write(os.urandom(3 << 20))
         feed.flush()
         deadline = time.monotonic() + 30
-        while not any(p.name.endswith(".part") for p in folder.iterdir()):
+        while not _writing_into(process.pid, folder, source):
             assert time.monotonic() < deadline, "no temporary output appeared"
             time.sleep(0.02)
         process.send_signal(getattr(signal, signame))

@@ -91,6 +91,7 @@ def make_core(backend: Faulty, **overrides: Any) -> Core:
 def store() -> Faulty:
     backend = Faulty()
     backend.put_version("k", b"k" * 32)
+    backend.set_custom_metadata("k", {"secureml-key": "1"})  # a managed key
     return backend
 
 

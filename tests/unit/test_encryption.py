@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from secureml.key_management import (
+    ConfigurationError,
     InvalidCiphertextError,
     KeyFormatError,
     KeyManager,
+    KeyVersionUnavailableError,
     SecretNotFoundError,
 )
 from secureml.key_management import _envelope as envelope
@@ -57,8 +59,8 @@ def test_blobs_survive_rotations_and_move_with_reencrypt(km: KeyManager) -> None
     moved = km.reencrypt(blobs[1], aad=b"ctx")
     assert envelope.parse_header(moved)[0].key_version == 4
     km.delete_secret("master_key", versions=[1], destroy=True)
-    with pytest.raises(SecretNotFoundError, match="version 1 was destroyed"):
-        km.decrypt(blobs[1], aad=b"ctx")
+    with pytest.raises(KeyVersionUnavailableError, match="version 1, which cannot be read"):
+        km.decrypt(blobs[1], aad=b"ctx")  # also a SecretNotFoundError, and no version oracle
     assert km.decrypt(moved, aad=b"ctx") == b"v1"
 
 
@@ -95,7 +97,7 @@ def test_hostile_headers_cost_no_lookup(km: KeyManager, store: Counting) -> None
 
 
 def test_short_keys_are_refused(store: Counting) -> None:
-    km = KeyManager(backend=store)
+    km = KeyManager(backend=store, declared_keys=["tiny"])
     km.set_secret("tiny", b"short")
     with pytest.raises(KeyFormatError, match="at least 16"):
         km.encrypt(b"x", "tiny")
@@ -103,7 +105,7 @@ def test_short_keys_are_refused(store: Counting) -> None:
 
 def test_environment_keys_are_unversioned(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECUREML_MASTER_KEY", "hex:" + "11" * 32)
-    km = KeyManager()
+    km = KeyManager(declared_keys=["master_key"])
     blob = km.encrypt(b"laptop")
     assert envelope.parse_header(blob)[0].key_version == 0
     assert km.decrypt(blob) == b"laptop"
@@ -171,15 +173,20 @@ def test_argument_types(km: KeyManager) -> None:
 
 def test_dev_defaults_never_encrypt_nor_open() -> None:
     laptop = KeyManager(use_default_fallback=True)  # no Vault, no environment key
+    with pytest.raises(ConfigurationError, match="declare it"):
+        laptop.encrypt(b"x")  # not declared: not a key at all
+    declared = KeyManager(use_default_fallback=True, declared_keys=["master_key", "ghost"])
     with pytest.raises(SecretNotFoundError):
-        laptop.encrypt(b"x")
+        declared.encrypt(b"x")  # declared, but only a dev default has it
     # A message forged under the public dev default of a key nobody created:
     forged_key = envelope.Header(mode=1, key_name="ghost", key_version=0)
     from secureml.key_management._devdefaults import dev_default_key
 
     blob = envelope.encrypt_bytes(dev_default_key("ghost", 32), forged_key, b"forged", b"")
-    with pytest.raises(SecretNotFoundError):
+    with pytest.raises(InvalidCiphertextError, match="does not open with"):
         laptop.decrypt(blob)
+    with pytest.raises(SecretNotFoundError):
+        declared.decrypt(blob)
 
 
 def test_a_header_naming_a_non_key_secret_is_opaque(
@@ -193,18 +200,18 @@ def test_a_header_naming_a_non_key_secret_is_opaque(
     assert "7" not in str(caught.value)  # not even the secret's length
 
 
-def test_versions_and_transit_a_manager_cannot_hold_are_not_found(
+def test_versions_and_transit_a_manager_cannot_hold_do_not_open(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SECUREML_MASTER_KEY", "hex:" + "11" * 32)
-    env_only = KeyManager()
-    for header in (
-        envelope.Header(mode=1, key_name="master_key", key_version=3),
-        envelope.Header(mode=2, key_name="t", key_version=1, wrapped_key=b"vault:v1:AA"),
-    ):
-        blob = envelope.encrypt_bytes(bytes(32), header, b"x", b"")
-        with pytest.raises(SecretNotFoundError, match="no store for"):
-            env_only.decrypt(blob)
+    for env_only in (KeyManager(), KeyManager(declared_keys=["master_key", "t"])):
+        for header in (
+            envelope.Header(mode=1, key_name="master_key", key_version=3),
+            envelope.Header(mode=2, key_name="t", key_version=1, wrapped_key=b"vault:v1:AA"),
+        ):
+            blob = envelope.encrypt_bytes(bytes(32), header, b"x", b"")
+            with pytest.raises(InvalidCiphertextError):
+                env_only.decrypt(blob)
 
 
 def test_typed_buffers_are_bytes(km: KeyManager) -> None:
@@ -231,12 +238,12 @@ def test_large_blobs_use_threads_and_still_fail_closed() -> None:
     data = os.urandom(16 * 100 + 5)  # 101 segments: split across threads
     blob = envelope.encrypt_bytes(key, made, data, b"")
     head, length = envelope.parse_header(blob)
-    assert envelope.decrypt_bytes(key, head, blob[:length], blob[length:], b"") == data
+    assert envelope.decrypt_bytes(key, head, head.encode(), blob[length:], b"") == data
     for at in (length + 5, length + 50 * 32, len(blob) - 1):
         broken = bytearray(blob)
         broken[at] ^= 1
         with pytest.raises(InvalidCiphertextError):
-            envelope.decrypt_bytes(key, head, blob[:length], bytes(broken)[length:], b"")
+            envelope.decrypt_bytes(key, head, head.encode(), bytes(broken)[length:], b"")
 
 
 def test_a_failed_fill_leaves_zeros_not_plaintext() -> None:

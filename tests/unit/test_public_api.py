@@ -100,6 +100,7 @@ def test_key_lifecycle_signatures() -> None:
         ("name", empty, pos),
         ("plaintext", empty, pos),
         ("context", None, kw),
+        ("associated_data", None, kw),
     ]
     assert params(transit.decrypt)[:2] == [("name", empty, pos), ("ciphertext", empty, pos)]
     assert params(transit.generate_data_key)[:2] == [("name", empty, pos), ("key_bytes", 32, pos)]

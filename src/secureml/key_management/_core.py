@@ -26,21 +26,28 @@ from ._counters import BACKEND_READS, HITS, MISSES, STALE
 from ._observe import Observer, Served
 from ._settings import ManagerSettings
 from ._status import KeyManagerStats, KeyManagerStatus
-from .backends.base import SecretBackend, VersionedSecretBackend
+from .backends.base import SecretBackend, SecretMetadata, VersionedSecretBackend
 from .backends.env import EnvBackend
 from .backends.vault import VaultBackend
 from .errors import (
     AuthenticationError,
     KeyManagementError,
+    KeyVersionUnavailableError,
     PermissionDeniedError,
     SecretNotFoundError,
     UnsupportedOperationError,
     VaultUnavailableError,
 )
 
-__all__ = ["Core", "HasCore", "core_of"]
+__all__ = ["MANAGED_KEY_LABEL", "Core", "HasCore", "core_of", "is_managed"]
 
 _T = TypeVar("_T")
+
+#: The custom-metadata label that marks a secret as a key made by ``generate_key`` or
+#: ``rotate_key``: only those open messages and rotate without being declared or forced.
+MANAGED_KEY_LABEL = "secureml-key"
+#: The cache slot of a name's label (versions are 1 and up; 0 is the current version).
+_MARK = -1
 
 
 class HasCore(Protocol):
@@ -230,9 +237,11 @@ class Core:
             _raise_outage(outage, name, tried)
         raise SecretNotFoundError(name, tried)
 
-    def read_version(self, name: str, version: int) -> Served:
+    def read_version(self, name: str, version: int, *, explain: bool = True) -> Served:
         """Version ``version`` of ``name`` from the primary source (no fallback: no other
-        source has versions); a version that cannot be read is an error that says why."""
+        source has versions); a version that cannot be read is an error that says why
+        (``explain``), or only that it cannot be read (for versions a ciphertext asks
+        for: neither a version oracle nor another request)."""
         backend = self.require_versioned("read version", name)
         where = backend.locate(name)
         key = (name, version)
@@ -240,8 +249,51 @@ class Core:
         value, outcome = self.through_cache(key, lambda: _loaded(backend, name, version))
         if value is ABSENT:
             self.cache.invalidate(lambda cached: cached == key)  # it may yet be written
+            if not explain:
+                raise KeyVersionUnavailableError(
+                    name,
+                    [where],
+                    detail=f"the message needs version {version}, which cannot be read (it "
+                    "does not exist, or was deleted or destroyed)",
+                )
             raise SecretNotFoundError(name, [where], detail=_why_unreadable(backend, name, version))
         return Served(_caller_copy(value), where, outcome, version)
+
+    def key_mark(self, name: str) -> bool | None:
+        """Whether ``name`` is a managed key (labelled :data:`MANAGED_KEY_LABEL`), read
+        from its metadata, never its value, and cached like a value; ``None`` when the
+        versioned primary has no such secret. ``False`` without a versioned primary, or
+        on a KV v1 mount (neither keeps labels).
+
+        Raises:
+            PermissionDeniedError: The token may not read the metadata (the message says
+                what to grant, or to declare the key instead).
+        """
+        backend = self.versioned
+        if backend is None:
+            return False
+
+        def load() -> object:
+            metadata = backend.metadata(name)
+            if metadata is None:
+                return ABSENT
+            return is_managed(metadata)
+
+        try:
+            value, _ = self.through_cache((name, _MARK), load)
+        except UnsupportedOperationError:
+            return False
+        except PermissionDeniedError as exc:
+            raise PermissionDeniedError(
+                f"{exc}; encrypt and decrypt read a key's metadata to check it is a managed "
+                "key: grant read on it, or declare the key (KeyManager(declared_keys=[...]))"
+            ) from None
+        return None if value is ABSENT else bool(value)
+
+    def marked_now(self, name: str) -> bool:
+        """Whether a fresh cache entry says ``name`` is a managed key (no I/O)."""
+        entry = self.cache.fresh((name, _MARK))
+        return entry is not None and entry.value is True
 
     def read_unversioned(self, name: str) -> Served | None:
         """The latest value of ``name`` in the primary source alone (no fallback), through
@@ -283,7 +335,8 @@ class Core:
         version does not change."""
 
         def doomed(cached: CacheKey) -> bool:
-            return cached[0] == name and (not latest_only or not cached[1])
+            numbered = cached[1] is not None and cached[1] > 0  # a version, not the label
+            return cached[0] == name and (not latest_only or not numbered)
 
         self.cache.invalidate(doomed)
         try:
@@ -330,6 +383,11 @@ class Core:
                 tried[0],
                 ", ".join(tried[1:]) or "default=",
             )
+
+
+def is_managed(metadata: SecretMetadata) -> bool:
+    """Whether a secret's metadata carries the managed-key label."""
+    return metadata.custom_metadata.get(MANAGED_KEY_LABEL) is not None
 
 
 def core_of(owner: object) -> Core:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from . import _envelope as envelope
 from ._files import PathLike, atomic_output
-from ._materials import DEFAULT_KEY, KeyMaterials, Materials
+from ._materials import DEFAULT_KEY, KeyMaterials
 from ._observe import Observer, Served
 from ._validate import Progress, check_aad, check_data, check_progress
 from .errors import InvalidCiphertextError
@@ -165,7 +165,8 @@ class Encryptor:
     ) -> int:
         """See ``KeyManager.reencrypt_stream``.
 
-        The decrypt event records the old key and version when that key was found;
+        The decrypt event records the old key and version when that key was found and
+        matches the message's key commitment (a mismatch is its ``rejected`` outcome);
         segments are authenticated as the encryption reads them, so a tampered segment
         shows as the encrypt event's ``rejected`` outcome.
         """
@@ -175,13 +176,13 @@ class Encryptor:
 
         def find_key() -> Served:
             m = materials.for_header(header)
-            return Served(m, m.source, m.outcome, m.version)
+            # Checks the commitment; the key lives on in the cipher only.
+            cipher = envelope.SegmentCipher(m.key, header, header_bytes, extra)
+            return Served(cipher, m.source, m.outcome, m.version)
 
-        opened: Materials = self._observer.observed(
+        cipher: envelope.SegmentCipher = self._observer.observed(
             "decrypt", _named(header), find_key, version=header.key_version or None
         )
-        cipher = envelope.SegmentCipher(opened.key, header, header_bytes, extra)
-        del opened  # the key lives on in the cipher only
         plaintext = _Plaintext(envelope.open_segments(cipher, header, reader))
         target, transit = _target(header, key_name, transit_key)
         return self.encrypt_stream(

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
-from ._core import Core
+from ._core import MANAGED_KEY_LABEL, Core, is_managed
 from ._encoding import MIN_KEY_BYTES, key_from_material
 from ._observe import Served
 from ._validate import (
@@ -37,10 +37,9 @@ from .errors import (
 
 __all__ = ["MANAGED_KEY_LABEL", "KeyLifecycle"]
 
-#: The label (KV v2 custom metadata) that marks a secret as a key this library made:
-#: only those rotate without ``force=True``, as rotating replaces the value with random
-#: bytes (a password or API key "rotated" would be gone).
-MANAGED_KEY_LABEL = "secureml-key"
+# MANAGED_KEY_LABEL (from the core) marks a secret as a key this library made: only
+# those rotate without ``force=True``, as rotating replaces the value with random bytes
+# (a password or API key "rotated" would be gone).
 _MANAGED = {MANAGED_KEY_LABEL: "1"}
 _MAX_USER_LABELS = 63  # Vault keeps 64; one is the mark
 
@@ -86,7 +85,7 @@ class KeyLifecycle:
             # A new key is labelled first: if the labels are refused, no key is left behind.
             labelled = has_versions and wanted == kept
             if not has_versions:
-                backend.set_custom_metadata(key_name, wanted)
+                self._label(backend, key_name, wanted)
                 labelled = True
             cas = existing.current_version if existing is not None else 0
             try:
@@ -96,7 +95,7 @@ class KeyLifecycle:
                     raise
                 raise exists from None
             if not labelled:
-                backend.set_custom_metadata(key_name, wanted)
+                self._label(backend, key_name, wanted)
             return Served(version, where, version=version)
 
         result: int = self._observed("generate_key", key_name, generate)
@@ -258,8 +257,16 @@ class KeyLifecycle:
         length = max(self._current_length(backend, key_name, metadata), MIN_KEY_BYTES)
         version = self._write_version(backend, key_name, length, metadata.current_version)
         if not marked:  # rotated as a key: from now on it is one
-            backend.set_custom_metadata(key_name, {**metadata.custom_metadata, **_MANAGED})
+            self._label(backend, key_name, {**metadata.custom_metadata, **_MANAGED})
         return version
+
+    def _label(
+        self, backend: VersionedSecretBackend, key_name: str, labels: Mapping[str, str]
+    ) -> None:
+        # Through the core's write: the cached managed-key label is dropped with it.
+        self._core.write(
+            key_name, lambda: backend.set_custom_metadata(key_name, labels), latest_only=True
+        )
 
     def _write_version(
         self, backend: VersionedSecretBackend, key_name: str, length: int, cas: int
@@ -296,7 +303,7 @@ class KeyLifecycle:
 
 def _require_key(metadata: SecretMetadata, key_name: str, where: str, *, force: bool) -> bool:
     """Whether the secret is labelled as a key; refuse to go on if not, unless forced."""
-    marked = metadata.custom_metadata.get(MANAGED_KEY_LABEL) is not None
+    marked = is_managed(metadata)
     if not marked and not force:
         raise ConfigurationError(
             f"{key_name!r} at {where} is not a key made by generate_key (it has no "

@@ -110,6 +110,14 @@ class KeyManager:
             secret or key. Exceptions it raises are logged, not propagated.
         backend: Use this :class:`~secureml.key_management.backends.SecretBackend`
             instead of Vault (the Vault settings must then be left unset).
+        declared_keys: Names that may serve as keys for :meth:`encrypt` and open
+            messages in :meth:`decrypt` although they are not managed keys (made by
+            :meth:`generate_key` or :meth:`rotate_key`, which label them): a key from the
+            environment (``SECUREML_<NAME>``) or a KV v1 mount, a key written by other
+            tools, or a Transit key whose format-1 messages (data keys not bound to
+            secureml) must still open. Nothing else may be named by a ciphertext: a
+            header naming a plain secret or a configuration variable is refused before
+            its value is read.
 
     Raises:
         ConfigurationError: Contradictory or unsafe settings (e.g. a Vault URL but no
@@ -147,6 +155,7 @@ class KeyManager:
         max_stale: float = 3600.0,
         audit_hook: Callable[[AccessEvent], object] | None = None,
         backend: SecretBackend | None = None,
+        declared_keys: Iterable[str] = (),
     ) -> None:
         settings = ManagerSettings.resolve(
             vault_url=vault_url,
@@ -169,6 +178,7 @@ class KeyManager:
             max_stale=max_stale,
             audit_hook=audit_hook,
             backend=backend,
+            declared_keys=declared_keys,
         )
         self._core = core = Core(settings)
         self._secrets = Secrets(core)

@@ -7,18 +7,29 @@ does the same for a message being opened. A managed key (Vault KV, or the enviro
 when no Vault is configured) and a Vault Transit data key are its two kinds.
 
 Policy:
-- New data is sealed under the current version of a managed key, or a fresh Transit
-  data key. Dev defaults never seal anything (they are public), and an outage never
-  switches new data to an environment key while Vault is configured.
+- Only keys serve as keys: a managed key (labelled ``secureml-key`` in its metadata by
+  ``generate_key``/``rotate_key``) or a name the application declared
+  (``declared_keys=``). A plain secret, a configuration variable or an undeclared
+  environment variable never seals nor opens anything.
+- New data is sealed under the current version of such a key, or a fresh Transit data
+  key. Dev defaults never seal anything (they are public), and an outage never switches
+  new data to an environment key while Vault is configured.
 - A header is attacker input: its name is checked before any I/O (the one thing done
   with it before, a lookup of a cached key version, only finds names that were
-  checked), dev defaults are never used to open, and material that is not a key is
-  refused as opaquely as a bad tag (no length is reported).
+  checked), then whether it may be opened at all, from the label in the metadata
+  (cached, so repeated junk costs no requests) and never from the value; dev defaults
+  are never used to open; a version that cannot be read is not explained (no version
+  oracle), and material that is not a key is refused as opaquely as a bad tag.
+- Transit data keys of format 2 are wrapped with Transit's associated data set to
+  :data:`DATA_KEY_LABEL`, so Transit opens them only as secureml data keys: an ordinary
+  Transit ciphertext cannot stand in for one. Format-1 data keys carry no such binding
+  and open only under declared Transit keys.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Any, NamedTuple
 
 from . import _envelope as envelope
@@ -26,19 +37,25 @@ from ._core import Core
 from ._counters import HITS
 from ._encoding import MIN_KEY_BYTES, encryption_key
 from ._observe import Served
-from ._transit import TransitKeys
+from ._transit import AssociatedDataIgnoredError, TransitKeys
 from ._validate import validate_name, validate_secret_name
 from .errors import (
+    ConfigurationError,
     InvalidCiphertextError,
     KeyFormatError,
+    KeyVersionUnavailableError,
     SecretNotFoundError,
     UnsupportedOperationError,
 )
 
-__all__ = ["DEFAULT_KEY", "KeyMaterials", "Materials"]
+__all__ = ["DATA_KEY_LABEL", "DEFAULT_KEY", "KeyMaterials", "Materials"]
 
 #: The managed key new data is encrypted with when no key is named.
 DEFAULT_KEY = "master_key"
+#: Transit's associated data for the data keys of format-2 messages: what makes Transit
+#: refuse to unwrap any other ciphertext of the key as one.
+DATA_KEY_LABEL = b"secureml data key v2"
+_DATA_KEY_BYTES = 32
 _TRANSIT_VERSION = re.compile(r"vault:v(\d+):")
 
 
@@ -92,7 +109,13 @@ class KeyMaterials:
         self._fresh = core.cache.fresh
         self._counts = core.observer.counts
         self._versioned = core.versioned
+        self._declared = core.settings.declared_keys
         self._transit_keys: TransitKeys | None = None
+
+    def _trusted_now(self, name: str) -> bool:
+        """Whether ``name`` is known, without I/O, to be a key: declared, or a managed key
+        by a fresh cached label."""
+        return name in self._declared or self._core.marked_now(name)
 
     def _transit(self) -> TransitKeys:
         """Transit on its default mount, emitting no events of its own (the encryption
@@ -111,13 +134,19 @@ class KeyMaterials:
             entry = self._fresh((key_name, 0))
         except TypeError:  # unhashable: let validation say what is wrong with it
             entry = None
-        if entry is not None and type(entry.value) is tuple and self._versioned is not None:
+        if (
+            entry is not None
+            and type(entry.value) is tuple
+            and self._versioned is not None
+            and self._trusted_now(key_name)
+        ):
             # The hot path: the current version is cached (so the name was validated).
             self._counts.mine()[HITS] += 1
             number, material = entry.value
             current = Served(material, self._versioned.locate(key_name), "cached", number)
         else:
             validate_secret_name(key_name, what="key_name")
+            self._require_key(key_name)
             current = self._core.read_current(key_name)
         if current is None:
             current = self._unversioned(key_name)
@@ -138,24 +167,62 @@ class KeyMaterials:
             return self._core.lookup(key_name, outage_falls_through=False)._replace(version=0)
         found = self._core.read_unversioned(key_name)
         if found is None:
-            fix = (
-                "create it with generate_key() (secureml keys generate NAME) or restore "
-                "its latest version"
-                if self._versioned is not None
-                else f"store it in the {primary.source} source"
-            )
-            raise SecretNotFoundError(
-                key_name,
-                [primary.locate(key_name)],
-                detail=f"it is missing, or its latest version is deleted; {fix}. New data is "
-                f"never sealed under an environment key while {primary.source} is configured",
-            )
+            raise self._missing(key_name)
         return found._replace(version=0)
+
+    def _missing(self, key_name: str) -> SecretNotFoundError:
+        primary = self._core.primary
+        assert primary is not None  # noqa: S101 - only asked with a primary source
+        fix = (
+            "create it with generate_key() (secureml keys generate NAME) or restore "
+            "its latest version"
+            if self._versioned is not None
+            else f"store it in the {primary.source} source"
+        )
+        return SecretNotFoundError(
+            key_name,
+            [primary.locate(key_name)],
+            detail=f"it is missing, or its latest version is deleted; {fix}. New data is "
+            f"never sealed under an environment key while {primary.source} is configured",
+        )
+
+    def _require_key(self, key_name: str) -> None:
+        """Refuse to seal under ``key_name`` unless it is a key: declared, or labelled as
+        a managed key (read from its metadata, cached)."""
+        if key_name in self._declared:
+            return
+        mark = self._core.key_mark(key_name)
+        if mark:
+            return
+        if mark is None:
+            raise self._missing(key_name)
+        source = self._core.primary or self._core.env
+        where = source.locate(key_name) if source is not None else "no source"
+        how = (
+            "rotate it once with rotate_key(name, force=True) (secureml keys rotate --force), "
+            "which labels it, or declare it"
+            if self._versioned is not None
+            else "declare it"
+        )
+        raise ConfigurationError(
+            f"{key_name!r} at {where} is not a managed key (generate_key and rotate_key "
+            f"label theirs), so it seals nothing: it may be a password or a token. If it "
+            f"is a key, {how}: KeyManager(declared_keys=[{key_name!r}])"
+        )
 
     def _data_key(self, transit_key: str) -> Materials:
         transit = self._transit()
         where = f"vault:{transit.mount}/keys/{transit_key}"
-        data_key, wrapped = transit.generate_data_key(transit_key)
+        try:
+            data_key, wrapped = transit.generate_data_key(
+                transit_key, _DATA_KEY_BYTES, associated_data=DATA_KEY_LABEL
+            )
+        except AssociatedDataIgnoredError:
+            # Vault, OpenBao before 2.5: datakey binds nothing. Its answer proved the key
+            # exists (encrypt would create a missing one), so wrap a key made here with
+            # encrypt, which binds it (Vault 1.13+, OpenBao 2.0+).
+            data_key = secrets.token_bytes(_DATA_KEY_BYTES)
+            wrapped = transit.encrypt(transit_key, data_key, associated_data=DATA_KEY_LABEL)
         key = encryption_key(data_key, described=f"a data key of Transit key {transit_key!r}")
         match = _TRANSIT_VERSION.match(wrapped)
         version = int(match.group(1)) if match else 0
@@ -169,47 +236,88 @@ class KeyMaterials:
 
     def for_header(self, header: envelope.Header) -> Materials:
         """The key a message's header names, if this manager may open it with one."""
+        cached = self._cached_version(header)
+        if cached is not None:
+            return cached
         name = header.key_name
-        version = header.key_version or None
-        if version is not None and header.mode == envelope.MODE_MANAGED_KEY:
-            entry = self._fresh((name, version))
-            if entry is not None and self._versioned is not None:
-                key = entry.value
-                if type(key) is bytes and len(key) >= MIN_KEY_BYTES:
-                    # The hot path: that version is cached (so the name was validated).
-                    self._counts.mine()[HITS] += 1
-                    where = self._versioned.locate(name)
-                    return Materials(key, name, version, where, "cached")
         try:
-            if version is None and header.mode == envelope.MODE_MANAGED_KEY:
+            if header.mode == envelope.MODE_MANAGED_KEY and not header.key_version:
                 validate_secret_name(name)  # looked up by name: never a setting
             else:
                 validate_name(name)  # a version in Vault, or a Transit key
+            if header.mode == envelope.MODE_TRANSIT and "/" in name:
+                raise ValueError("a Transit key name has no '/'")
         except ValueError:
             raise InvalidCiphertextError(envelope.OPAQUE) from None
-        try:
-            if header.mode == envelope.MODE_TRANSIT:
-                if "/" in name:
-                    raise InvalidCiphertextError(envelope.OPAQUE)
-                transit = self._transit()
-                material: Any = transit.decrypt(
-                    name, header.wrapped_key.decode("ascii", errors="replace")
-                )
-                where, outcome = f"vault:{transit.mount}/keys/{name}", "ok"
-            elif version is None:
-                found = self._core.lookup(name, outage_falls_through=False)
-                material, where, outcome = found.value, found.source or "", found.outcome
-            else:
-                found = self._core.read_version(name, version)
-                material, where, outcome = found.value, found.source or "", found.outcome
-        except UnsupportedOperationError:
-            # A version, or Transit, that this manager's sources cannot hold.
-            kind = "Transit" if header.mode == envelope.MODE_TRANSIT else "versioned"
-            raise SecretNotFoundError(
-                name, [], detail=f"the message needs a {kind} key this manager has no store for"
-            ) from None
+        self._require_openable(header)
+        material, where, outcome = self._material_of(header)
         try:
             key = encryption_key(material, described=f"key {name!r} from {where}")
         except KeyFormatError:
             raise InvalidCiphertextError(envelope.OPAQUE) from None
         return Materials(key, name, header.key_version, where, outcome)
+
+    def _cached_version(self, header: envelope.Header) -> Materials | None:
+        """The hot path: a managed key's version, cached, under a name known to be a key
+        (so it was validated when it was first read)."""
+        name, version = header.key_name, header.key_version
+        if not version or header.mode != envelope.MODE_MANAGED_KEY or self._versioned is None:
+            return None
+        entry = self._fresh((name, version))
+        if entry is None or not self._trusted_now(name):
+            return None
+        key = entry.value
+        if type(key) is not bytes or len(key) < MIN_KEY_BYTES:
+            return None
+        self._counts.mine()[HITS] += 1
+        return Materials(key, name, version, self._versioned.locate(name), "cached")
+
+    def _material_of(self, header: envelope.Header) -> tuple[Any, str, str]:
+        """What the header's key is stored as, where, and how it was served."""
+        name = header.key_name
+        try:
+            if header.mode == envelope.MODE_TRANSIT:
+                transit = self._transit()
+                bound = header.format_version >= 2
+                material = transit.decrypt(
+                    name,
+                    header.wrapped_key.decode("ascii", errors="replace"),
+                    associated_data=DATA_KEY_LABEL if bound else None,
+                )
+                return material, f"vault:{transit.mount}/keys/{name}", "ok"
+            if not header.key_version:
+                found = self._core.lookup(name, outage_falls_through=False)
+            else:
+                found = self._core.read_version(name, header.key_version, explain=False)
+            return found.value, found.source or "", found.outcome
+        except KeyVersionUnavailableError:
+            raise  # a managed key's version that is gone: say so, and no more
+        except (UnsupportedOperationError, InvalidCiphertextError):
+            # A version or Transit this manager cannot hold; Transit refusing the wrapped
+            # key (altered, another key's, not a secureml data key): all alike.
+            raise InvalidCiphertextError(envelope.OPAQUE) from None
+        except SecretNotFoundError:
+            if header.mode == envelope.MODE_TRANSIT:  # no such Transit key: no oracle
+                raise InvalidCiphertextError(envelope.OPAQUE) from None
+            raise
+
+    def _require_openable(self, header: envelope.Header) -> None:
+        """Refuse, before any value is read, a header naming what this manager may not
+        open with: only declared names, managed keys (by their label) and format-2
+        Transit data keys (bound to secureml by Transit's associated data) open."""
+        name = header.key_name
+        if name in self._declared:
+            return
+        if header.mode == envelope.MODE_TRANSIT:
+            if header.format_version >= 2:
+                return
+            why = "a format-1 Transit data key (not bound to secureml)"
+        elif header.key_version and self._core.key_mark(name):
+            return
+        else:
+            why = "not a managed key"
+        raise InvalidCiphertextError(
+            f"the message names {name!r}, which this manager does not open with: {why}. "
+            "Messages open only under managed keys (made by generate_key or rotate_key) "
+            "and keys declared with KeyManager(declared_keys=[...])"
+        )

@@ -8,7 +8,7 @@ I/O, and nothing secret shows in a ``repr``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -16,7 +16,14 @@ from ._auth import VaultAuth
 from ._config import VaultSettings, resolve_vault_settings
 from ._devdefaults import DEVELOPMENT_VALUES, PRODUCTION_ENV_VAR, development_environment
 from ._status import AccessEvent
-from ._validate import check_flag, check_seconds, check_size, validate_name, validate_path
+from ._validate import (
+    check_flag,
+    check_names,
+    check_seconds,
+    check_size,
+    validate_name,
+    validate_path,
+)
 from .backends.base import SecretBackend
 from .errors import ConfigurationError
 
@@ -41,6 +48,7 @@ class ManagerSettings:
         cache_size: Most entries cached.
         max_stale: Seconds a cached value may be served during an outage.
         audit_hook: Called with every :class:`AccessEvent`.
+        declared_keys: Names that may serve as keys without the managed-key label.
     """
 
     vault: VaultSettings | None
@@ -54,6 +62,7 @@ class ManagerSettings:
     cache_size: int
     max_stale: float
     audit_hook: AuditHook | None = field(repr=False)
+    declared_keys: frozenset[str] = frozenset()
 
     def __reduce_ex__(self, protocol: object) -> NoReturn:
         # The Vault settings hold the credentials themselves, not a reference to them.
@@ -83,6 +92,7 @@ class ManagerSettings:
         max_stale: float,
         audit_hook: AuditHook | None,
         backend: SecretBackend | None,
+        declared_keys: Iterable[str] = (),
     ) -> ManagerSettings:
         """Check every argument and fill in the environment's Vault settings.
 
@@ -131,6 +141,7 @@ class ManagerSettings:
         stale = check_seconds(max_stale, "max_stale")
         if audit_hook is not None and not callable(audit_hook):
             raise TypeError("audit_hook must be callable with one AccessEvent")
+        declared = check_names(declared_keys, "declared_keys")
         return cls(
             vault=vault,
             backend=backend,
@@ -143,4 +154,5 @@ class ManagerSettings:
             cache_size=size,
             max_stale=stale,
             audit_hook=audit_hook,
+            declared_keys=declared,
         )

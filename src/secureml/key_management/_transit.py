@@ -33,10 +33,16 @@ from .errors import (
     InvalidCiphertextError,
     KeyManagementError,
     SecretNotFoundError,
+    UnsupportedOperationError,
     VaultError,
 )
 
-__all__ = ["TransitKeyInfo", "TransitKeys"]
+__all__ = ["AssociatedDataIgnoredError", "TransitKeyInfo", "TransitKeys"]
+
+
+class AssociatedDataIgnoredError(UnsupportedOperationError):
+    """The server answered but ignored ``associated_data``: nothing is bound to it."""
+
 
 _T = TypeVar("_T")
 
@@ -210,37 +216,90 @@ class TransitKeys:
 
     # -- data ------------------------------------------------------------------------
 
-    def encrypt(self, name: str, plaintext: bytes, *, context: bytes | None = None) -> str:
+    def encrypt(
+        self,
+        name: str,
+        plaintext: bytes,
+        *,
+        context: bytes | None = None,
+        associated_data: bytes | None = None,
+    ) -> str:
         """Encrypt ``plaintext`` with the latest version of key ``name``.
 
         Args:
             context: For derived keys: which derived key (e.g. a tenant id).
+            associated_data: Authenticated with the ciphertext, not stored in it:
+                :meth:`decrypt` must be given the same (AEAD key types; Vault 1.13+,
+                OpenBao 2.0+). Transit's ``rewrap`` ignores it, so such a ciphertext is
+                moved to a new key version by decrypting and encrypting again.
 
         Returns:
             Transit ciphertext, ``vault:v<N>:...``.
-        """
-        self._check_name(name)
-        body = {"plaintext": _b64(check_bytes(plaintext, "plaintext")), **_context(context)}
-        return self._observed(
-            "encrypt",
-            name,
-            lambda: _field(self._data(self._api_data("encrypt", name, body)), "ciphertext"),
-        )
-
-    def decrypt(self, name: str, ciphertext: str, *, context: bytes | None = None) -> bytes:
-        """Decrypt Transit ciphertext (also a wrapped data key) made by key ``name``.
 
         Raises:
-            InvalidCiphertextError: It is not ciphertext of this key and context, was
-                altered, or its version is below ``min_decryption_version``.
+            UnsupportedOperationError: The server ignored ``associated_data``.
         """
         self._check_name(name)
-        body = {"ciphertext": check_transit_ciphertext(ciphertext), **_context(context)}
-        return self._observed(
-            "decrypt",
-            name,
-            lambda: _unb64(_field(self._data(self._api_data("decrypt", name, body)), "plaintext")),
-        )
+        body = {
+            "plaintext": _b64(check_bytes(plaintext, "plaintext")),
+            **_context(context),
+            **_associated(associated_data),
+        }
+
+        def encrypt() -> str:
+            answer = self._api_data("encrypt", name, body)
+            self._require_bound(answer, name, associated_data)
+            return _field(self._data(answer), "ciphertext")
+
+        return self._observed("encrypt", name, encrypt)
+
+    def decrypt(
+        self,
+        name: str,
+        ciphertext: str,
+        *,
+        context: bytes | None = None,
+        associated_data: bytes | None = None,
+    ) -> bytes:
+        """Decrypt Transit ciphertext (also a wrapped data key) made by key ``name``.
+
+        Args:
+            context: The context it was encrypted with (derived keys).
+            associated_data: The associated data it was encrypted with, if any.
+
+        Raises:
+            InvalidCiphertextError: It is not ciphertext of this key, context and
+                associated data, was altered, or its version is below
+                ``min_decryption_version``.
+            UnsupportedOperationError: The server ignored ``associated_data``.
+        """
+        self._check_name(name)
+        body = {
+            "ciphertext": check_transit_ciphertext(ciphertext),
+            **_context(context),
+            **_associated(associated_data),
+        }
+
+        def decrypt() -> bytes:
+            answer = self._api_data("decrypt", name, body)
+            self._require_bound(answer, name, associated_data)
+            return _unb64(_field(self._data(answer), "plaintext"))
+
+        return self._observed("decrypt", name, decrypt)
+
+    def _require_bound(
+        self, answer: dict[str, Any], name: str, associated_data: bytes | None
+    ) -> None:
+        """A server that does not know ``associated_data`` ignores it with a warning:
+        that must not pass for a binding."""
+        if not associated_data:
+            return
+        warnings = answer.get("warnings") or []
+        if any("associated_data" in str(warning) for warning in warnings):
+            raise AssociatedDataIgnoredError(
+                f"Transit at {self._where(name)} ignored associated_data (Vault 1.13+ and "
+                "OpenBao 2.0+ take it on encrypt and decrypt, OpenBao 2.5+ on datakey)"
+            )
 
     def rewrap(self, name: str, ciphertext: str, *, context: bytes | None = None) -> str:
         """Re-encrypt ciphertext with the latest key version, inside Vault (the plaintext
@@ -255,38 +314,50 @@ class TransitKeys:
         )
 
     def generate_data_key(
-        self, name: str, key_bytes: int = 32, *, context: bytes | None = None
+        self,
+        name: str,
+        key_bytes: int = 32,
+        *,
+        context: bytes | None = None,
+        associated_data: bytes | None = None,
     ) -> tuple[bytes, str]:
         """A fresh random data key, and the same key wrapped by key ``name``.
 
         Encrypt with the plaintext key, store only the wrapped one, and get the key back
-        later with :meth:`decrypt`.
+        later with :meth:`decrypt`. Unlike :meth:`encrypt`, this never creates a missing
+        key.
 
         Args:
             key_bytes: 16, 32 or 64.
+            context: For derived keys.
+            associated_data: Bind the wrapped key to it (:meth:`decrypt` must be given
+                the same): OpenBao 2.5+; other servers ignore it, which raises.
 
         Returns:
             ``(plaintext_key, wrapped_key)``.
+
+        Raises:
+            UnsupportedOperationError: The server ignored ``associated_data``.
         """
         self._check_name(name)
         if isinstance(key_bytes, bool) or key_bytes not in DATA_KEY_BYTES:
             raise ValueError(f"key_bytes must be one of {DATA_KEY_BYTES}; got {key_bytes!r}")
-        body = {"bits": key_bytes * 8, **_context(context)}
+        body = {"bits": key_bytes * 8, **_context(context), **_associated(associated_data)}
 
         def generate() -> tuple[bytes, str]:
-            data = self._data(
-                self._api(
-                    "POST",
-                    f"datakey/plaintext/{name}",
-                    name,
-                    "generate a data key with",
-                    body=body,
-                    replayable=True,  # a repeat makes another key; nothing is stored
-                    refused=lambda exc: self._refusal(
-                        "generate a data key with", name, vault_errors(exc), None
-                    ),
-                )
+            answer = self._api(
+                "POST",
+                f"datakey/plaintext/{name}",
+                name,
+                "generate a data key with",
+                body=body,
+                replayable=True,  # a repeat makes another key; nothing is stored
+                refused=lambda exc: self._refusal(
+                    "generate a data key with", name, vault_errors(exc), None
+                ),
             )
+            self._require_bound(answer, name, associated_data)
+            data = self._data(answer)
             return _unb64(_field(data, "plaintext")), _field(data, "ciphertext")
 
         return self._observed("generate_data_key", name, generate)
@@ -480,6 +551,12 @@ class TransitKeys:
 
     def __repr__(self) -> str:
         return f"TransitKeys(mount={self._mount!r})"
+
+
+def _associated(associated_data: object) -> dict[str, str]:
+    if associated_data is None:
+        return {}
+    return {"associated_data": _b64(check_bytes(associated_data, "associated_data"))}
 
 
 def _context(context: object) -> dict[str, str]:

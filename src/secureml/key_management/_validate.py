@@ -7,7 +7,7 @@ says what is wrong with which argument (never quoting a secret value).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -282,3 +282,11 @@ def check_labels(metadata: object) -> dict[str, str] | None:
                 f"metadata value for {key!r} is longer than {_MAX_LABEL_VALUE_BYTES} bytes"
             )
     return dict(metadata)
+
+
+def check_names(names: object, what: str) -> frozenset[str]:
+    """A collection of key or secret names (each as :func:`validate_name` checks it);
+    a lone string is refused, since it would be read as its characters."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise TypeError(f"{what} must be a list of names, not {type(names).__name__}")
+    return frozenset(validate_name(name, what=f"a name in {what}") for name in names)

@@ -15,6 +15,8 @@
     |   +-- AuthenticationError        the token is invalid, expired or revoked
     +-- UnsupportedOperationError      the source cannot do that (e.g. write to env)
     +-- InvalidCiphertextError         decryption failed; deliberately opaque
+        +-- KeyVersionUnavailableError (also SecretNotFoundError) the managed key's
+                                       version a message names is deleted or destroyed
 
     SecurityWarning (UserWarning)      an insecure setting is in use (dev defaults)
 
@@ -32,6 +34,7 @@ __all__ = [
     "InvalidCiphertextError",
     "KeyFormatError",
     "KeyManagementError",
+    "KeyVersionUnavailableError",
     "PermissionDeniedError",
     "SecretNotFoundError",
     "SecurityWarning",
@@ -140,6 +143,17 @@ class InvalidCiphertextError(KeyManagementError):
 
     Deliberately says nothing about why (bad tag, truncation, wrong key), so failures
     give an attacker no oracle.
+    """
+
+
+class KeyVersionUnavailableError(InvalidCiphertextError, SecretNotFoundError):
+    """The message names a managed key whose version is not readable: it never existed,
+    or it was deleted or destroyed (crypto-shredding does this on purpose).
+
+    An :class:`InvalidCiphertextError` (the message cannot be opened) and a
+    :class:`SecretNotFoundError` (the key version is the problem, not the data). Its
+    message does not say which of those states the version is in, nor what the latest
+    version is: the header that asked is attacker input.
     """
 
 
