@@ -95,9 +95,10 @@ class Options:
         json: bool,
         debug: bool,
         declared_keys: tuple[str, ...] = (),
+        declared_transit_keys: tuple[str, ...] = (),
     ) -> None:
         self.vault_url, self.vault_path, self.mount = vault_url, vault_path, mount
-        self.declared_keys = declared_keys
+        self.declared_keys, self.declared_transit_keys = declared_keys, declared_transit_keys
         self.namespace, self.ca_cert = namespace, ca_cert
         self.timeout, self.retries = timeout, retries
         self.env_fallback, self.dev_defaults = env_fallback, dev_defaults
@@ -121,6 +122,7 @@ class Options:
                 timeout=self.timeout,
                 retries=self.retries,
                 declared_keys=self.declared_keys,
+                declared_transit_keys=self.declared_transit_keys,
             )
         return self._manager  # type: ignore[no-any-return]
 
@@ -220,6 +222,13 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     help="Use NAME as a key although `keys generate` did not make it (an environment "
     "or KV v1 key; repeatable).",
 )
+@click.option(
+    "--declared-transit-key",
+    "declared_transit_keys",
+    multiple=True,
+    metavar="NAME",
+    help="Open format-1 messages of Transit key NAME (older data keys; repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(package_name="secureml", prog_name="secureml")
@@ -236,6 +245,7 @@ def cli(
     no_env_fallback: bool,
     allow_dev_defaults: bool,
     declared_keys: tuple[str, ...],
+    declared_transit_keys: tuple[str, ...],
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -253,6 +263,7 @@ def cli(
         json=as_json,
         debug=debug,
         declared_keys=declared_keys,
+        declared_transit_keys=declared_transit_keys,
     )
 
 

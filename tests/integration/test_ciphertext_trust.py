@@ -5,6 +5,7 @@ decrypt of a ciphertext that is not a secureml data key."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import subprocess
 import uuid
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from secureml._devserver import DevServer
 from secureml.key_management import (
+    ConfigurationError,
     InvalidCiphertextError,
     KeyManager,
     KeyVersionUnavailableError,
@@ -138,7 +140,7 @@ def test_format_1_transit_messages_open_under_declared_transit_keys(
         vault_url=bao_server.address,
         vault_token=bao_server.root_token,
         vault_path=world.path,
-        declared_keys=[world.transit_key],
+        declared_transit_keys=[world.transit_key],
     )
     assert declared.decrypt(old) == b"from an older secureml"
     moved = declared.reencrypt(old)
@@ -167,7 +169,8 @@ def test_no_version_or_existence_oracle(world: World) -> None:
         assert str(refused.value).replace(name, "X") == (
             "the message names 'X', which this manager does not open with: not a managed "
             "key. Messages open only under managed keys (made by generate_key or "
-            "rotate_key) and keys declared with KeyManager(declared_keys=[...])"
+            "rotate_key) and keys declared with KeyManager(declared_keys=[...]) (Transit "
+            "keys: declared_transit_keys=[...])"
         )
 
 
@@ -215,3 +218,82 @@ def test_headers_never_cause_a_read_outside_the_allowed_set(
         assert f"/{world.path}/" in path, path
     if world.transit_decrypts():  # Transit: only format-2 data keys
         assert (mode, fmt) == (2, 2)
+
+
+def test_a_text_version_of_a_managed_key_is_no_key(bao_server: DevServer) -> None:
+    """The label is the secret's, not each version's: a password set_secret writes under
+    a key's name, or the earlier versions of a plain secret rotated with force=True,
+    must neither seal nor open anything."""
+    manager = KeyManager(
+        vault_url=bao_server.address,
+        vault_token=bao_server.root_token,
+        vault_path=f"text-{uuid.uuid4().hex[:8]}",
+    )
+    manager.generate_key("k")
+    manager.set_secret("k", "CorrectHorseBatteryStaple2024x")  # version 2: a password
+    with pytest.raises(ConfigurationError, match="is text, not key bytes"):
+        manager.encrypt(b"x", "k")
+    password_as_key = envelope.Header(1, "k", 2)
+    forged_blob = envelope.encrypt_bytes(
+        base64.b64decode("CorrectHorseBatteryStaple2024x=="[:28]), password_as_key, b"f", b""
+    )
+    with pytest.raises(InvalidCiphertextError):
+        manager.decrypt(forged_blob)
+    manager.set_secret("db_password", "hunter2-hunter2-hunter2-hunter2")
+    manager.rotate_key("db_password", force=True)  # labelled from now on, version 2 bytes
+    with pytest.raises(InvalidCiphertextError):  # version 1, the password, stays no key
+        manager.decrypt(forged("db_password", 1))
+
+
+def test_declared_kv_and_transit_names_are_apart(bao_server: DevServer, world: World) -> None:
+    def manager(**declared: list[str]) -> KeyManager:
+        return KeyManager(
+            vault_url=bao_server.address,
+            vault_token=bao_server.root_token,
+            vault_path=world.path,
+            **declared,  # type: ignore[arg-type]
+        )
+
+    as_transit = manager(declared_transit_keys=["plain"])
+    with pytest.raises(InvalidCiphertextError, match="not a managed key"):
+        as_transit.decrypt(forged("plain", 1))  # the KV secret 'plain' is still no key
+    with pytest.raises(ConfigurationError):
+        as_transit.encrypt(b"x", "plain")
+    as_kv = manager(declared_keys=[world.transit_key])
+    old_style = forged(
+        world.transit_key, 1, mode=2, wrapped=world.ordinary_transit_ciphertext.encode(), fmt=1
+    )
+    world.proxy.hits.clear()
+    with pytest.raises(InvalidCiphertextError, match="format-1 Transit data key"):
+        as_kv.decrypt(old_style)
+
+
+def test_what_transit_says_about_a_forged_header_is_opaque(
+    bao_server: DevServer, world: World
+) -> None:
+    derived = f"derived-{uuid.uuid4().hex[:8]}"
+    world.manager.transit.ensure_key(derived, derived=True)
+    token = bao_server.bao("token", "create", "-policy=default", "-field=token", "-ttl=5m")
+    no_transit = KeyManager(
+        vault_url=bao_server.address,
+        vault_token=token.stdout.decode().strip(),
+        vault_path=world.path,
+        vault_kv_version=2,
+    )
+    for manager, name in ((world.manager, derived), (no_transit, world.transit_key)):
+        blob = forged(name, 1, mode=2, wrapped=world.ordinary_transit_ciphertext.encode())
+        with pytest.raises(InvalidCiphertextError) as caught:
+            manager.decrypt(blob)  # derived key / permission denied: no oracle
+        assert str(caught.value) == envelope.OPAQUE
+
+
+def test_a_forged_transit_header_does_not_flush_a_kv_key_of_that_name(world: World) -> None:
+    world.manager.transit.ensure_key("managed")  # a Transit key named like the KV key
+    good = world.manager.encrypt(b"kept", "managed")
+    world.manager.invalidate()
+    assert world.manager.decrypt(good) == b"kept"  # cached now: value and label
+    before = world.manager.stats().hits
+    with pytest.raises(InvalidCiphertextError):
+        world.manager.decrypt(forged("managed", 1, mode=2, wrapped=b"vault:v1:AAAA"))
+    assert world.manager.decrypt(good) == b"kept"
+    assert world.manager.stats().hits > before  # still served from the cache

@@ -73,7 +73,13 @@ def test_a_key_written_by_the_cli_encrypts(
     with pytest.raises(InvalidCiphertextError, match="does not open with"):
         vault_manager.decrypt(blob)
     vault_manager.rotate_key("cli-key", force=True)  # labels it: a managed key from now on
-    assert vault_manager.decrypt(blob) == b"from a cli key"  # its version 1 opens too
+    # ...whose text version 1 is still no key to the undeclared manager (it could as well
+    # be a password), but opens where declared, and moves to version 2 (bytes) there.
+    with pytest.raises(InvalidCiphertextError):
+        vault_manager.decrypt(blob)
+    declaring.invalidate()  # it cached the current version, 1, before the rotation
+    moved = declaring.reencrypt(blob)
+    assert vault_manager.decrypt(moved) == b"from a cli key"
 
 
 def test_transit_mode_keeps_only_the_wrapped_data_key(

@@ -281,3 +281,14 @@ def test_arguments_the_caller_passed(tmp_path: Path) -> None:
     assert_no_secret_in_locals(caught(lambda: manager.set_secret("x", VALUE)), VALUE)
     bad_user = caught(lambda: UserpassAuth("alice/../../sys", token))
     assert_no_secret_in_locals(bad_user, token)
+
+
+def test_the_public_vault_backend(bao_server: DevServer) -> None:
+    from secureml.key_management import TokenAuth
+    from secureml.key_management.backends import VaultBackend, VaultSettings
+
+    token = bao_server.bao("token", "create", "-policy=default", "-field=token", "-ttl=5m")
+    limited = token.stdout.decode().strip()
+    backend = VaultBackend(VaultSettings(bao_server.address, TokenAuth(limited)), kv_version=2)
+    assert_no_secret_in_locals(caught(lambda: backend.get("x")), limited)
+    assert_no_secret_in_locals(caught(lambda: backend.put("x", VALUE)), limited, VALUE)

@@ -15,6 +15,7 @@ PACKAGE = Path(km.__file__).parent
 # What the backends may use: the layers below them, never the manager's.
 BELOW_BACKENDS = {
     "errors",
+    "_boundary",
     "_auth",
     "_config",
     "_encoding",

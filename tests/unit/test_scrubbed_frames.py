@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 import traceback
+from collections.abc import Iterator
 
 import pytest
 
@@ -153,3 +155,82 @@ def test_scrub_skips_running_frames() -> None:
     except ValueError as error:
         scrub(error)  # this frame is still running: left alone, no RuntimeError
         assert "error" in locals()
+
+
+def test_the_leaders_exception_carries_no_follower_frames() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    class Slow(MemoryVersions):
+        def get_latest(self, name: str) -> object:  # type: ignore[override]
+            started.set()
+            release.wait(5)
+            raise RuntimeError("backend broke")
+
+    manager = KeyManager(backend=Slow(), use_env_fallback=False)
+    errors: dict[str, BaseException] = {}
+
+    def read(role: str) -> None:
+        try:
+            manager.get_secret("x")
+        except BaseException as exc:  # whatever the call raised
+            errors[role] = exc
+
+    leader = threading.Thread(target=read, args=("leader",))
+    leader.start()
+    started.wait(5)
+    follower = threading.Thread(target=read, args=("follower",))
+    follower.start()
+    time.sleep(0.2)  # the follower is waiting on the leader's load
+    release.set()
+    leader.join(5)
+    follower.join(5)
+    assert errors["leader"] is not errors["follower"]
+    names = [frame.name for frame in traceback.extract_tb(errors["leader"].__traceback__)]
+    assert "result" not in names  # no frame of the follower's wait on the future
+
+
+def test_the_callers_callbacks_keep_their_locals(tmp_path: object) -> None:
+    import io
+
+    manager = KeyManager(backend=MemoryVersions(), use_env_fallback=False)
+    manager.generate_key("master_key")
+    blob = manager.encrypt(b"x" * 100)
+
+    def progress(done: int) -> None:
+        mine = "the callback's local"  # noqa: F841 - what the caller's tracker should see
+        raise RuntimeError("the caller's callback failed")
+
+    with pytest.raises(RuntimeError) as caught:
+        manager.decrypt_stream(io.BytesIO(blob), io.BytesIO(), progress=progress)
+    frames = traceback.walk_tb(caught.value.__traceback__)
+    callback = next(frame for frame, _ in frames if frame.f_code is progress.__code__)
+    assert callback.f_locals["mine"] == "the callback's local"
+
+
+def test_a_suspended_generator_is_never_closed() -> None:
+    manager = KeyManager(backend=MemoryVersions(), use_env_fallback=False)
+
+    def numbers() -> Iterator[int]:
+        try:
+            yield 1
+            raise RuntimeError("inside the caller's generator")
+        except RuntimeError:
+            yield 2  # suspended inside the handler: its frame is in a stored traceback
+        yield 3
+
+    counting = numbers()
+    assert next(counting) == 1
+    assert next(counting) == 2
+    try:
+        manager.get_secret("absent")  # raised while the generator's exception is alive
+    except SecretNotFoundError as error:
+        scrub(error)
+    assert next(counting) == 3  # not closed
+
+
+def test_the_public_vault_backend_scrubs() -> None:
+    from secureml.key_management.backends import VaultBackend
+
+    assert hasattr(VaultBackend.get, "__wrapped__")
+    assert hasattr(VaultBackend.put, "__wrapped__")

@@ -6,7 +6,10 @@ capture_locals=True)`` render the locals of every frame an exception carries, an
 the exceptions chained to it. Below a public call those locals hold tokens, passwords,
 values being written and key bytes, in our frames and in hvac's and requests'. So every
 public entry point clears the frames below it as an exception leaves: the traceback
-keeps every file, line and function (it still says *where*), but no frame keeps a local.
+keeps every file, line and function (it still says *where*), but no frame of this
+library, its dependencies or the standard library keeps a local. The caller's own
+frames (callbacks such as ``progress`` or ``audit_hook``, readers and writers, custom
+backends) keep theirs, as do generator frames (clearing one would close it).
 
 Two forms, one rule (:func:`scrub`): :func:`guarded` wraps a function, and hot methods
 (where a wrapper's extra call would cost more than the method) inline
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import sys
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
@@ -34,6 +39,24 @@ def _frames(tb: TracebackType | None) -> list[FrameType]:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     return frames
+
+
+#: Where the frames whose locals are cleared come from: this library and what it calls
+#: with secrets (hvac, requests, urllib3, cryptography, the standard library: json,
+#: http.client, ssl...). The caller's own code, callbacks included, keeps its locals.
+_LIBRARIES = frozenset(
+    {"secureml", "hvac", "requests", "urllib3", "cryptography", "certifi", "idna"}
+) | frozenset(getattr(sys, "stdlib_module_names", ()))
+#: A frame of a generator or coroutine may belong to one still suspended: clearing it
+#: would close it under its owner (Python 3.11 does).
+_RESUMABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _ours(frame: FrameType) -> bool:
+    if frame.f_code.co_flags & _RESUMABLE:
+        return False
+    module = frame.f_globals.get("__name__")
+    return isinstance(module, str) and module.partition(".")[0] in _LIBRARIES
 
 
 def scrub(exc: BaseException) -> None:
@@ -60,8 +83,9 @@ def scrub(exc: BaseException) -> None:
             continue  # not raised inside this call: the caller's own exception
         ours.update(id(frame) for frame in frames)
         for frame in frames[1:] if first else frames:
-            with contextlib.suppress(RuntimeError):  # still running: another thread's
-                frame.clear()
+            if _ours(frame):
+                with contextlib.suppress(RuntimeError):  # still running: another thread's
+                    frame.clear()
         first = False
         todo += [e for e in (current.__cause__, current.__context__) if e is not None]
         todo += getattr(current, "exceptions", ())  # an exception group's members

@@ -143,13 +143,12 @@ class SecretCache:
             done, _ = concurrent.futures.wait([flight], timeout=wait)
             if not done:
                 raise WaitExpiredError(f"another caller's load ran past {wait} s")
-            try:
+            failure = flight.exception()
+            if failure is None:
                 return flight.result(), False
-            except BaseException as exc:
-                # One exception object raised in many threads would share a traceback;
-                # raised outside this block, the copy chains nothing of the loader's.
-                error = copy.copy(exc)
-            raise error
+            # Never the loader's own exception: raised here, it would grow this thread's
+            # frames into the traceback the loader's caller sees. A copy chains nothing.
+            raise copy.copy(failure)
         try:
             value = loader()
         except BaseException as exc:

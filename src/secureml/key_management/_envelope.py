@@ -677,6 +677,7 @@ def encrypt_stream(
     """
     header_bytes = header.encode()
     cipher = SegmentCipher(key, header, header_bytes, aad)
+    del key  # it lives on in the cipher only: not in this frame while callbacks run
     size = header.segment_bytes
     write = _sink(writer)
     write(memoryview(header_bytes + cipher.commitment))
@@ -709,6 +710,7 @@ def decrypt_stream(
     keeps it only if this returns.
     """
     cipher = _opening_cipher(key, header, header_bytes, aad)
+    del key  # it lives on in the cipher only: not in this frame while callbacks run
     size = header.segment_bytes
 
     def open_(index: int, segment: memoryview, last: bool, out: memoryview) -> tuple[int, int]:

@@ -112,12 +112,14 @@ class KeyManager:
             instead of Vault (the Vault settings must then be left unset).
         declared_keys: Names that may serve as keys for :meth:`encrypt` and open
             messages in :meth:`decrypt` although they are not managed keys (made by
-            :meth:`generate_key` or :meth:`rotate_key`, which label them): a key from the
-            environment (``SECUREML_<NAME>``) or a KV v1 mount, a key written by other
-            tools, or a Transit key whose format-1 messages (data keys not bound to
-            secureml) must still open. Nothing else may be named by a ciphertext: a
-            header naming a plain secret or a configuration variable is refused before
-            its value is read.
+            :meth:`generate_key` or :meth:`rotate_key`, which label them and write
+            bytes): a key from the environment (``SECUREML_<NAME>``) or a KV v1 mount,
+            or a key another tool wrote (also as hex or base64 text). Nothing else may
+            be named by a ciphertext: a header naming a plain secret or a configuration
+            variable is refused before its value is read.
+        declared_transit_keys: Transit keys whose format-1 messages (written before
+            format 2, with data keys not bound to secureml) must still open. Format-2
+            Transit messages need no declaration.
 
     Raises:
         ConfigurationError: Contradictory or unsafe settings (e.g. a Vault URL but no
@@ -156,6 +158,7 @@ class KeyManager:
         audit_hook: Callable[[AccessEvent], object] | None = None,
         backend: SecretBackend | None = None,
         declared_keys: Iterable[str] = (),
+        declared_transit_keys: Iterable[str] = (),
     ) -> None:
         settings = ManagerSettings.resolve(
             vault_url=vault_url,
@@ -179,6 +182,7 @@ class KeyManager:
             audit_hook=audit_hook,
             backend=backend,
             declared_keys=declared_keys,
+            declared_transit_keys=declared_transit_keys,
         )
         self._core = core = Core(settings)
         self._secrets = Secrets(core)

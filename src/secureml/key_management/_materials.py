@@ -40,12 +40,14 @@ from ._observe import Served
 from ._transit import AssociatedDataIgnoredError, TransitKeys
 from ._validate import validate_name, validate_secret_name
 from .errors import (
+    AuthenticationError,
     ConfigurationError,
     InvalidCiphertextError,
     KeyFormatError,
-    KeyVersionUnavailableError,
+    KeyManagementError,
     SecretNotFoundError,
     UnsupportedOperationError,
+    VaultUnavailableError,
 )
 
 __all__ = ["DATA_KEY_LABEL", "DEFAULT_KEY", "KeyMaterials", "Materials"]
@@ -110,7 +112,14 @@ class KeyMaterials:
         self._counts = core.observer.counts
         self._versioned = core.versioned
         self._declared = core.settings.declared_keys
+        self._declared_transit = core.settings.declared_transit_keys
         self._transit_keys: TransitKeys | None = None
+
+    def _may_be_text(self, name: str) -> bool:
+        """Whether ``name``'s key material may be text (hex or base64): only a declared
+        key's. A managed key's versions are bytes, as generate_key and rotate_key write
+        them; a text version of its name (``set_secret(name, "...")``) is not a key."""
+        return name in self._declared
 
     def _trusted_now(self, name: str) -> bool:
         """Whether ``name`` is known, without I/O, to be a key: declared, or a managed key
@@ -151,6 +160,13 @@ class KeyMaterials:
         if current is None:
             current = self._unversioned(key_name)
         material, where, outcome, version = current
+        if type(material) is not bytes and not self._may_be_text(key_name):
+            raise ConfigurationError(
+                f"the current version of {key_name!r} at {where} is text, not key bytes "
+                "(generate_key and rotate_key write bytes; set_secret of a str writes text, "
+                "such as a password): rotate it with rotate_key, or declare it if its text "
+                f"is key material: KeyManager(declared_keys=[{key_name!r}])"
+            )
         if type(material) is bytes and len(material) >= MIN_KEY_BYTES:
             key = material
         else:
@@ -200,7 +216,7 @@ class KeyMaterials:
         where = source.locate(key_name) if source is not None else "no source"
         how = (
             "rotate it once with rotate_key(name, force=True) (secureml keys rotate --force), "
-            "which labels it, or declare it"
+            "which labels it and writes a version of key bytes, or declare it"
             if self._versioned is not None
             else "declare it"
         )
@@ -251,6 +267,9 @@ class KeyMaterials:
             raise InvalidCiphertextError(envelope.OPAQUE) from None
         self._require_openable(header)
         material, where, outcome = self._material_of(header)
+        text = type(material) is not bytes  # e.g. a password set_secret wrote: no key
+        if text and header.mode == envelope.MODE_MANAGED_KEY and not self._may_be_text(name):
+            raise InvalidCiphertextError(envelope.OPAQUE)
         try:
             key = encryption_key(material, described=f"key {name!r} from {where}")
         except KeyFormatError:
@@ -275,49 +294,53 @@ class KeyMaterials:
     def _material_of(self, header: envelope.Header) -> tuple[Any, str, str]:
         """What the header's key is stored as, where, and how it was served."""
         name = header.key_name
+        if header.mode == envelope.MODE_TRANSIT:
+            return self._unwrapped(header)
         try:
-            if header.mode == envelope.MODE_TRANSIT:
-                transit = self._transit()
-                bound = header.format_version >= 2
-                material = transit.decrypt(
-                    name,
-                    header.wrapped_key.decode("ascii", errors="replace"),
-                    associated_data=DATA_KEY_LABEL if bound else None,
-                )
-                return material, f"vault:{transit.mount}/keys/{name}", "ok"
             if not header.key_version:
                 found = self._core.lookup(name, outage_falls_through=False)
             else:
                 found = self._core.read_version(name, header.key_version, explain=False)
             return found.value, found.source or "", found.outcome
-        except KeyVersionUnavailableError:
-            raise  # a managed key's version that is gone: say so, and no more
-        except (UnsupportedOperationError, InvalidCiphertextError):
-            # A version or Transit this manager cannot hold; Transit refusing the wrapped
-            # key (altered, another key's, not a secureml data key): all alike.
+        except UnsupportedOperationError:  # a version this manager has no store for
             raise InvalidCiphertextError(envelope.OPAQUE) from None
-        except SecretNotFoundError:
-            if header.mode == envelope.MODE_TRANSIT:  # no such Transit key: no oracle
-                raise InvalidCiphertextError(envelope.OPAQUE) from None
-            raise
+
+    def _unwrapped(self, header: envelope.Header) -> tuple[Any, str, str]:
+        """The data key of a Transit-mode message, unwrapped by the Transit key it names
+        (with the data-key label as associated data in format 2)."""
+        name = header.key_name
+        try:
+            transit = self._transit()
+            material = transit.decrypt(
+                name,
+                header.wrapped_key.decode("ascii", errors="replace"),
+                associated_data=DATA_KEY_LABEL if header.format_version >= 2 else None,
+            )
+        except (AuthenticationError, VaultUnavailableError):
+            raise  # this manager's credentials, or an outage: not the message's doing
+        except KeyManagementError:
+            # Whatever Transit says about a key the sender picked (no such key, a derived
+            # one, denied, not a secureml data key) is no oracle, and no reason to drop
+            # the cache of a KV key of the same name.
+            raise InvalidCiphertextError(envelope.OPAQUE) from None
+        return material, f"vault:{transit.mount}/keys/{name}", "ok"
 
     def _require_openable(self, header: envelope.Header) -> None:
         """Refuse, before any value is read, a header naming what this manager may not
         open with: only declared names, managed keys (by their label) and format-2
         Transit data keys (bound to secureml by Transit's associated data) open."""
         name = header.key_name
-        if name in self._declared:
-            return
         if header.mode == envelope.MODE_TRANSIT:
-            if header.format_version >= 2:
+            if header.format_version >= 2 or name in self._declared_transit:
                 return
-            why = "a format-1 Transit data key (not bound to secureml)"
-        elif header.key_version and self._core.key_mark(name):
+            why = "a format-1 Transit data key (not bound to secureml), and not declared"
+        elif name in self._declared or (header.key_version and self._core.key_mark(name)):
             return
         else:
             why = "not a managed key"
         raise InvalidCiphertextError(
             f"the message names {name!r}, which this manager does not open with: {why}. "
             "Messages open only under managed keys (made by generate_key or rotate_key) "
-            "and keys declared with KeyManager(declared_keys=[...])"
+            "and keys declared with KeyManager(declared_keys=[...]) "
+            "(Transit keys: declared_transit_keys=[...])"
         )

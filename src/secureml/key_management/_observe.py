@@ -58,6 +58,11 @@ class Served(NamedTuple):
     outcome: str = "ok"
     version: int | None = None
 
+    def __repr__(self) -> str:
+        # Never the value: it is a secret or key bytes, and a repr ends up in logs and in
+        # the locals an error tracker captures while an audit hook runs.
+        return f"Served(source={self.source!r}, outcome={self.outcome!r}, version={self.version})"
+
 
 class Observer:
     """Counters, ``audit_hook`` and notices given once, for one manager. Thread-safe.

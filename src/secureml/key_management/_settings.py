@@ -49,6 +49,7 @@ class ManagerSettings:
         max_stale: Seconds a cached value may be served during an outage.
         audit_hook: Called with every :class:`AccessEvent`.
         declared_keys: Names that may serve as keys without the managed-key label.
+        declared_transit_keys: Transit keys whose format-1 messages may open.
     """
 
     vault: VaultSettings | None
@@ -63,6 +64,7 @@ class ManagerSettings:
     max_stale: float
     audit_hook: AuditHook | None = field(repr=False)
     declared_keys: frozenset[str] = frozenset()
+    declared_transit_keys: frozenset[str] = frozenset()
 
     def __reduce_ex__(self, protocol: object) -> NoReturn:
         # The Vault settings hold the credentials themselves, not a reference to them.
@@ -93,6 +95,7 @@ class ManagerSettings:
         audit_hook: AuditHook | None,
         backend: SecretBackend | None,
         declared_keys: Iterable[str] = (),
+        declared_transit_keys: Iterable[str] = (),
     ) -> ManagerSettings:
         """Check every argument and fill in the environment's Vault settings.
 
@@ -142,6 +145,7 @@ class ManagerSettings:
         if audit_hook is not None and not callable(audit_hook):
             raise TypeError("audit_hook must be callable with one AccessEvent")
         declared = check_names(declared_keys, "declared_keys")
+        declared_transit = check_names(declared_transit_keys, "declared_transit_keys")
         return cls(
             vault=vault,
             backend=backend,
@@ -155,4 +159,5 @@ class ManagerSettings:
             max_stale=stale,
             audit_hook=audit_hook,
             declared_keys=declared,
+            declared_transit_keys=declared_transit,
         )

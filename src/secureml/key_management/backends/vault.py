@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._boundary import guarded_class
 from .._config import INSTALL_HINT, VaultSettings
 from .._process import reset_after_fork
 from .._validate import VALUE_FIELD
@@ -182,6 +183,7 @@ def unpack_fields(fields: Mapping[str, Any], where: str) -> SecretValue:
         raise KeyFormatError(f"secret at {where} is marked base64 but does not decode") from None
 
 
+@guarded_class  # public: a denied call must not carry the token or a value in a frame
 class VaultBackend:
     """A Vault / OpenBao KV engine as a :class:`~.base.SecretBackend`.
 
