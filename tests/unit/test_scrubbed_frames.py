@@ -89,35 +89,41 @@ def test_the_callers_own_exception_keeps_its_locals() -> None:
     assert handled.__traceback__.tb_next.tb_frame.f_locals["mine"] == "the caller's local"
 
 
-def test_a_waiter_on_a_failed_load_chains_nothing_of_the_loader() -> None:
+def _one_failed_load_seen_by_two_threads() -> tuple[BaseException, BaseException]:
+    """The exceptions a leader and a follower get from one failing single-flight load."""
     release = threading.Event()
     started = threading.Event()
 
     class Slow(MemoryVersions):
-        def get_latest(self, name: str) -> object:  # type: ignore[override]
+        def get(self, name: str, version: int | None = None) -> object:  # type: ignore[override]
             started.set()
             release.wait(5)
             raise RuntimeError("backend broke")
 
     manager = KeyManager(backend=Slow(), use_env_fallback=False)
-    errors: list[BaseException] = []
+    errors: dict[str, BaseException] = {}
 
-    def read() -> None:
+    def read(role: str) -> None:
         try:
             manager.get_secret("x")
         except BaseException as exc:  # whatever the call raised
-            errors.append(exc)
+            errors[role] = exc
 
-    leader = threading.Thread(target=read)
+    leader = threading.Thread(target=read, args=("leader",))
     leader.start()
     started.wait(5)
-    waiter = threading.Thread(target=read)
-    waiter.start()
+    follower = threading.Thread(target=read, args=("follower",))
+    follower.start()
+    time.sleep(0.2)  # the follower is waiting on the leader's load
     release.set()
     leader.join(5)
-    waiter.join(5)
-    assert len(errors) == 2
-    for error in errors:
+    follower.join(5)
+    assert isinstance(errors["leader"], RuntimeError), errors  # the load failed, shared
+    return errors["leader"], errors["follower"]
+
+
+def test_a_waiter_on_a_failed_load_chains_nothing_of_the_loader() -> None:
+    for error in _one_failed_load_seen_by_two_threads():
         assert _library_locals(error) == {}
         link: BaseException | None = error
         while link is not None:
@@ -158,35 +164,9 @@ def test_scrub_skips_running_frames() -> None:
 
 
 def test_the_leaders_exception_carries_no_follower_frames() -> None:
-    release = threading.Event()
-    started = threading.Event()
-
-    class Slow(MemoryVersions):
-        def get_latest(self, name: str) -> object:  # type: ignore[override]
-            started.set()
-            release.wait(5)
-            raise RuntimeError("backend broke")
-
-    manager = KeyManager(backend=Slow(), use_env_fallback=False)
-    errors: dict[str, BaseException] = {}
-
-    def read(role: str) -> None:
-        try:
-            manager.get_secret("x")
-        except BaseException as exc:  # whatever the call raised
-            errors[role] = exc
-
-    leader = threading.Thread(target=read, args=("leader",))
-    leader.start()
-    started.wait(5)
-    follower = threading.Thread(target=read, args=("follower",))
-    follower.start()
-    time.sleep(0.2)  # the follower is waiting on the leader's load
-    release.set()
-    leader.join(5)
-    follower.join(5)
-    assert errors["leader"] is not errors["follower"]
-    names = [frame.name for frame in traceback.extract_tb(errors["leader"].__traceback__)]
+    leader, follower = _one_failed_load_seen_by_two_threads()
+    assert leader is not follower
+    names = [frame.name for frame in traceback.extract_tb(leader.__traceback__)]
     assert "result" not in names  # no frame of the follower's wait on the future
 
 
