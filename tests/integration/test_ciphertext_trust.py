@@ -5,7 +5,6 @@ decrypt of a ciphertext that is not a secureml data key."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import subprocess
 import uuid
@@ -220,29 +219,33 @@ def test_headers_never_cause_a_read_outside_the_allowed_set(
         assert (mode, fmt) == (2, 2)
 
 
-def test_a_text_version_of_a_managed_key_is_no_key(bao_server: DevServer) -> None:
-    """The label is the secret's, not each version's: a password set_secret writes under
-    a key's name, or the earlier versions of a plain secret rotated with force=True,
-    must neither seal nor open anything."""
+def test_only_versions_secureml_made_are_keys(bao_server: DevServer) -> None:
+    """The label belongs to the secret: it records the first version that is a key, and
+    set_secret refuses a managed key's name. Versions from before a forced rotation
+    (passwords, public blobs), a text version another tool wrote, and values set_secret
+    would write must neither seal nor open anything."""
+    path = f"versions-{uuid.uuid4().hex[:8]}"
     manager = KeyManager(
-        vault_url=bao_server.address,
-        vault_token=bao_server.root_token,
-        vault_path=f"text-{uuid.uuid4().hex[:8]}",
+        vault_url=bao_server.address, vault_token=bao_server.root_token, vault_path=path
     )
     manager.generate_key("k")
-    manager.set_secret("k", "CorrectHorseBatteryStaple2024x")  # version 2: a password
+    with pytest.raises(ConfigurationError, match="is a managed key"):
+        manager.set_secret("k", b"sixteen-chosen-bytes")  # would become the current key
+    # Another tool writes a text version (a password) under the key's name:
+    bao_server.bao("kv", "put", "-mount=secret", f"{path}/k", "value=CorrectHorseBattery2024x")
+    manager.invalidate()
     with pytest.raises(ConfigurationError, match="is text, not key bytes"):
         manager.encrypt(b"x", "k")
-    password_as_key = envelope.Header(1, "k", 2)
-    forged_blob = envelope.encrypt_bytes(
-        base64.b64decode("CorrectHorseBatteryStaple2024x=="[:28]), password_as_key, b"f", b""
-    )
     with pytest.raises(InvalidCiphertextError):
-        manager.decrypt(forged_blob)
-    manager.set_secret("db_password", "hunter2-hunter2-hunter2-hunter2")
-    manager.rotate_key("db_password", force=True)  # labelled from now on, version 2 bytes
-    with pytest.raises(InvalidCiphertextError):  # version 1, the password, stays no key
-        manager.decrypt(forged("db_password", 1))
+        manager.decrypt(forged("k", 2))
+    # A plain secret of public bytes, then rotated as a key with force=True:
+    manager.set_secret("cert", KEY)
+    manager.rotate_key("cert", force=True)  # a key from version 2 on
+    with pytest.raises(InvalidCiphertextError, match="not a managed key"):
+        manager.decrypt(forged("cert", 1))  # version 1 (public bytes): never a key
+    assert manager.decrypt(manager.encrypt(b"sealed", "cert")) == b"sealed"  # version 2
+    with pytest.raises(ConfigurationError, match="is a managed key"):
+        manager.set_secret("cert", KEY)
 
 
 def test_declared_kv_and_transit_names_are_apart(bao_server: DevServer, world: World) -> None:

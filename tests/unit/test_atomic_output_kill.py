@@ -488,3 +488,45 @@ def test_the_proc_link_is_preferred_and_follows_the_magic_link(tmp_path: Path) -
     finally:
         os.close(fd)
     assert (tmp_path / "linked").read_bytes() == b"linked"
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
+def test_a_child_forked_inside_never_publishes_the_parents_output(
+    tmp_path: Path, unnamed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import secureml.key_management._files as files
+
+    if not unnamed:
+        monkeypatch.setattr(files, "_open_unnamed", lambda folder: None)
+    dst = tmp_path / "out.bin"
+    pid = -1
+    status = -1
+    try:
+        with files.atomic_output(dst) as out:
+            out.write(b"first half of the plaintext ")
+            pid = os.fork()
+            if pid:  # the parent waits until the child has tried to publish, then fails
+                status = os.waitpid(pid, 0)[1]
+                raise OSError("the parent's failure")
+            # The child falls through: it leaves the block as if all went well.
+    except RuntimeError as refused:
+        if pid == 0:
+            os._exit(0 if "forked inside" in str(refused) else 1)
+        raise
+    except OSError:
+        if pid == 0:
+            os._exit(3)
+    else:
+        if pid == 0:
+            os._exit(2)  # the child published: the bug
+    assert os.waitstatus_to_exitcode(status) == 0  # the child was refused
+    assert not dst.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_owner_check() -> None:
+    from secureml.key_management._files import _require_owner
+
+    _require_owner(os.getpid())
+    with pytest.raises(RuntimeError, match="forked inside the with block"):
+        _require_owner(os.getpid() + 1)

@@ -259,3 +259,18 @@ def test_a_failed_fill_leaves_zeros_not_plaintext() -> None:
     with pytest.raises(InvalidCiphertextError):
         filled_bytes(64, fill)
     assert bytes(kept[0]) == bytes(64)
+
+
+def test_a_reader_that_returns_more_than_asked_is_a_clear_error(km: KeyManager) -> None:
+    class Greedy:
+        def __init__(self, data: bytes) -> None:
+            self._data = data
+
+        def read(self, size: int = -1) -> bytes:
+            return self._data  # everything, whatever was asked
+
+    blob = km.encrypt(b"x" * 100)
+    with pytest.raises(ValueError, match=r"read\(\d+\) returned \d+ bytes"):
+        km.decrypt_stream(Greedy(blob), io.BytesIO())
+    with pytest.raises(ValueError, match=r"read\(\d+\) returned \d+ bytes"):
+        km.encrypt_stream(Greedy(b"y" * (3 << 20)), io.BytesIO())

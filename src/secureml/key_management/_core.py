@@ -39,7 +39,7 @@ from .errors import (
     VaultUnavailableError,
 )
 
-__all__ = ["MANAGED_KEY_LABEL", "Core", "HasCore", "core_of", "is_managed"]
+__all__ = ["MANAGED_KEY_LABEL", "Core", "HasCore", "core_of", "first_key_version", "is_managed"]
 
 _T = TypeVar("_T")
 
@@ -259,11 +259,11 @@ class Core:
             raise SecretNotFoundError(name, [where], detail=_why_unreadable(backend, name, version))
         return Served(_caller_copy(value), where, outcome, version)
 
-    def key_mark(self, name: str) -> bool | None:
-        """Whether ``name`` is a managed key (labelled :data:`MANAGED_KEY_LABEL`), read
-        from its metadata, never its value, and cached like a value; ``None`` when the
-        versioned primary has no such secret. ``False`` without a versioned primary, or
-        on a KV v1 mount (neither keeps labels).
+    def key_mark(self, name: str) -> int | None:
+        """The first version of ``name`` that is a managed key (its
+        :data:`MANAGED_KEY_LABEL` label), read from its metadata, never its value, and
+        cached like a value; ``0``: not a managed key (also without a versioned primary,
+        or on a KV v1 mount: neither keeps labels); ``None``: no such secret.
 
         Raises:
             PermissionDeniedError: The token may not read the metadata (the message says
@@ -271,29 +271,28 @@ class Core:
         """
         backend = self.versioned
         if backend is None:
-            return False
+            return 0
 
         def load() -> object:
             metadata = backend.metadata(name)
-            if metadata is None:
-                return ABSENT
-            return is_managed(metadata)
+            return ABSENT if metadata is None else first_key_version(metadata)
 
         try:
             value, _ = self.through_cache((name, _MARK), load)
         except UnsupportedOperationError:
-            return False
+            return 0
         except PermissionDeniedError as exc:
             raise PermissionDeniedError(
                 f"{exc}; encrypt and decrypt read a key's metadata to check it is a managed "
                 "key: grant read on it, or declare the key (KeyManager(declared_keys=[...]))"
             ) from None
-        return None if value is ABSENT else bool(value)
+        return None if value is ABSENT else int(value)
 
-    def marked_now(self, name: str) -> bool:
-        """Whether a fresh cache entry says ``name`` is a managed key (no I/O)."""
+    def marked_now(self, name: str, version: int) -> bool:
+        """Whether a fresh cache entry says version ``version`` of ``name`` is a managed
+        key's (no I/O)."""
         entry = self.cache.fresh((name, _MARK))
-        return entry is not None and entry.value is True
+        return entry is not None and 0 < entry.value <= version
 
     def read_unversioned(self, name: str) -> Served | None:
         """The latest value of ``name`` in the primary source alone (no fallback), through
@@ -388,6 +387,15 @@ class Core:
 def is_managed(metadata: SecretMetadata) -> bool:
     """Whether a secret's metadata carries the managed-key label."""
     return metadata.custom_metadata.get(MANAGED_KEY_LABEL) is not None
+
+
+def first_key_version(metadata: SecretMetadata) -> int:
+    """The first version the managed-key label covers (its value: the label belongs to
+    the secret, and the versions before a forced rotation are not keys); ``0``: none."""
+    label = metadata.custom_metadata.get(MANAGED_KEY_LABEL)
+    if label is None or not label.isdigit() or not 0 < len(label) < 11:
+        return 0  # absent, or not written by secureml: no version is a key
+    return int(label)
 
 
 def core_of(owner: object) -> Core:

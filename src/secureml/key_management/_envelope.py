@@ -589,6 +589,8 @@ def _read_exactly(reader: Reader, size: int) -> bytes:
         chunk = reader.read(wanted)
         if not chunk:
             break
+        if len(chunk) > wanted:
+            raise ValueError(f"the reader's read({wanted}) returned {len(chunk)} bytes")
         chunks.append(chunk)
         wanted -= len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

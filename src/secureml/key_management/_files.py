@@ -54,16 +54,26 @@ def atomic_output(dst: PathLike, *, durable: bool = False) -> Iterator[IO[bytes]
     _refuse_special(target)
     unnamed = _open_unnamed(target.parent)
     output = (
-        _named_output(target, durable)
+        _named_output(target, durable, os.getpid())
         if unnamed is None
-        else _unnamed_output(target, unnamed, durable)
+        else _unnamed_output(target, unnamed, durable, os.getpid())
     )
     with output as out:
         yield out
 
 
+def _require_owner(owner: int) -> None:
+    """A process forked inside the ``with`` block shares the file: only the one that
+    opened it may publish it (a child's half-written output must never become dst)."""
+    if os.getpid() != owner:
+        raise RuntimeError(
+            "atomic_output: a process forked inside the with block cannot publish its "
+            "parent's output; only the process that opened it can"
+        )
+
+
 @contextlib.contextmanager
-def _named_output(target: Path, durable: bool) -> Iterator[IO[bytes]]:
+def _named_output(target: Path, durable: bool, owner: int) -> Iterator[IO[bytes]]:
     """The portable way: a hidden named temporary, renamed over ``target``."""
     # The temporary name keeps a short stem of the destination's, so a destination name
     # up to the file system's limit still works.
@@ -72,14 +82,16 @@ def _named_output(target: Path, durable: bool) -> Iterator[IO[bytes]]:
     try:
         with os.fdopen(fd, "wb", buffering=0) as out:
             yield out
+            _require_owner(owner)
             if durable:
                 os.fsync(out.fileno())
         os.replace(temporary, target)
         if durable:
             _sync_directory(target.parent)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        if os.getpid() == owner:  # a forked child leaves its parent's file alone
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
         raise
 
 
@@ -96,12 +108,15 @@ class _Unnamed(NamedTuple):
 
 
 @contextlib.contextmanager
-def _unnamed_output(target: Path, unnamed: _Unnamed, durable: bool) -> Iterator[IO[bytes]]:
+def _unnamed_output(
+    target: Path, unnamed: _Unnamed, durable: bool, owner: int
+) -> Iterator[IO[bytes]]:
     fd, dirfd, link = unnamed
     try:
         # An error or an interrupt needs no clean-up here: closing the file frees it.
         with os.fdopen(fd, "wb", buffering=0) as out:
             yield out
+            _require_owner(owner)
             if durable:
                 os.fsync(fd)
             _publish(fd, dirfd, target.name, link)  # the name must come while fd is open

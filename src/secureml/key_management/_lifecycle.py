@@ -40,7 +40,6 @@ __all__ = ["MANAGED_KEY_LABEL", "KeyLifecycle"]
 # MANAGED_KEY_LABEL (from the core) marks a secret as a key this library made: only
 # those rotate without ``force=True``, as rotating replaces the value with random bytes
 # (a password or API key "rotated" would be gone).
-_MANAGED = {MANAGED_KEY_LABEL: "1"}
 _MAX_USER_LABELS = 63  # Vault keeps 64; one is the mark
 
 
@@ -81,13 +80,16 @@ class KeyLifecycle:
             if existing is not None and has_versions:
                 _refuse_to_drop_live_version(existing, key_name, where)
             kept = dict(existing.custom_metadata) if existing is not None else {}
-            wanted = {**(kept if labels is None else labels), **_MANAGED}
+            cas = existing.current_version if existing is not None else 0
+            # The label says from which version on the secret is a key: an existing key
+            # keeps its own; a secret becoming one is a key from the version written now.
+            since = kept.get(MANAGED_KEY_LABEL) or str(cas + 1)
+            wanted = {**(kept if labels is None else labels), MANAGED_KEY_LABEL: since}
             # A new key is labelled first: if the labels are refused, no key is left behind.
             labelled = has_versions and wanted == kept
             if not has_versions:
                 self._label(backend, key_name, wanted)
                 labelled = True
-            cas = existing.current_version if existing is not None else 0
             try:
                 version = self._write_version(backend, key_name, length, cas)
             except VersionConflictError:
@@ -256,8 +258,9 @@ class KeyLifecycle:
         # Never fewer than 16 bytes, even from a short secret rotated with force=True.
         length = max(self._current_length(backend, key_name, metadata), MIN_KEY_BYTES)
         version = self._write_version(backend, key_name, length, metadata.current_version)
-        if not marked:  # rotated as a key: from now on it is one
-            self._label(backend, key_name, {**metadata.custom_metadata, **_MANAGED})
+        if not marked:  # rotated as a key: a key from this version on, not before
+            labels = {**metadata.custom_metadata, MANAGED_KEY_LABEL: str(version)}
+            self._label(backend, key_name, labels)
         return version
 
     def _label(

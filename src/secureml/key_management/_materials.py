@@ -121,10 +121,10 @@ class KeyMaterials:
         them; a text version of its name (``set_secret(name, "...")``) is not a key."""
         return name in self._declared
 
-    def _trusted_now(self, name: str) -> bool:
-        """Whether ``name`` is known, without I/O, to be a key: declared, or a managed key
-        by a fresh cached label."""
-        return name in self._declared or self._core.marked_now(name)
+    def _trusted_now(self, name: str, version: int) -> bool:
+        """Whether version ``version`` of ``name`` is known, without I/O, to be a key:
+        declared, or a managed key's by a fresh cached label."""
+        return name in self._declared or self._core.marked_now(name, version)
 
     def _transit(self) -> TransitKeys:
         """Transit on its default mount, emitting no events of its own (the encryption
@@ -147,7 +147,7 @@ class KeyMaterials:
             entry is not None
             and type(entry.value) is tuple
             and self._versioned is not None
-            and self._trusted_now(key_name)
+            and self._trusted_now(key_name, entry.value[0])
         ):
             # The hot path: the current version is cached (so the name was validated).
             self._counts.mine()[HITS] += 1
@@ -155,8 +155,14 @@ class KeyMaterials:
             current = Served(material, self._versioned.locate(key_name), "cached", number)
         else:
             validate_secret_name(key_name, what="key_name")
-            self._require_key(key_name)
+            since = self._require_key(key_name)
             current = self._core.read_current(key_name)
+            if current is not None and (current.version or 0) < since:
+                raise ConfigurationError(
+                    f"the current version of {key_name!r} ({current.version}) predates its "
+                    f"managed-key label (a key from version {since} on): rotate it with "
+                    "rotate_key, or restore a later version"
+                )
         if current is None:
             current = self._unversioned(key_name)
         material, where, outcome, version = current
@@ -202,14 +208,15 @@ class KeyMaterials:
             f"never sealed under an environment key while {primary.source} is configured",
         )
 
-    def _require_key(self, key_name: str) -> None:
+    def _require_key(self, key_name: str) -> int:
         """Refuse to seal under ``key_name`` unless it is a key: declared, or labelled as
-        a managed key (read from its metadata, cached)."""
+        a managed key (read from its metadata, cached). Return the first version that is
+        a key (0: any, for a declared name)."""
         if key_name in self._declared:
-            return
+            return 0
         mark = self._core.key_mark(key_name)
         if mark:
-            return
+            return mark
         if mark is None:
             raise self._missing(key_name)
         source = self._core.primary or self._core.env
@@ -283,7 +290,7 @@ class KeyMaterials:
         if not version or header.mode != envelope.MODE_MANAGED_KEY or self._versioned is None:
             return None
         entry = self._fresh((name, version))
-        if entry is None or not self._trusted_now(name):
+        if entry is None or not self._trusted_now(name, version):
             return None
         key = entry.value
         if type(key) is not bytes or len(key) < MIN_KEY_BYTES:
@@ -325,6 +332,14 @@ class KeyMaterials:
             raise InvalidCiphertextError(envelope.OPAQUE) from None
         return material, f"vault:{transit.mount}/keys/{name}", "ok"
 
+    def _covered_version(self, header: envelope.Header) -> bool:
+        """Whether the header names a version its key's managed-key label covers (only
+        a declared name opens version 0)."""
+        if not header.key_version:
+            return False
+        since = self._core.key_mark(header.key_name) or 0
+        return 0 < since <= header.key_version
+
     def _require_openable(self, header: envelope.Header) -> None:
         """Refuse, before any value is read, a header naming what this manager may not
         open with: only declared names, managed keys (by their label) and format-2
@@ -334,7 +349,7 @@ class KeyMaterials:
             if header.format_version >= 2 or name in self._declared_transit:
                 return
             why = "a format-1 Transit data key (not bound to secureml), and not declared"
-        elif name in self._declared or (header.key_version and self._core.key_mark(name)):
+        elif name in self._declared or self._covered_version(header):
             return
         else:
             why = "not a managed key"

@@ -26,7 +26,7 @@ from ._validate import (
     validate_name,
     validate_secret_name,
 )
-from .errors import ConfigurationError
+from .errors import ConfigurationError, PermissionDeniedError
 
 __all__ = ["Secrets"]
 
@@ -84,11 +84,26 @@ class Secrets:
             )
 
         def write() -> Served:
+            self._refuse_managed_key(name)
             self._core.write(name, lambda: primary.put(name, checked))
             return Served(True, primary.locate(name))
 
         result: bool = self._observer.observed("set_secret", name, write)
         return result
+
+    def _refuse_managed_key(self, name: str) -> None:
+        """A managed key's versions are made by generate_key and rotate_key only: any
+        value written under its name would become its current key."""
+        try:
+            mark = self._core.key_mark(name)
+        except PermissionDeniedError:
+            return  # a writer that may not read labels: Vault's policy is the judge
+        if mark:
+            raise ConfigurationError(
+                f"{name!r} is a managed key: set_secret would make the value its current "
+                "key. Make new versions with rotate_key (secureml keys rotate), or store "
+                "the secret under another name"
+            )
 
     def get_encryption_key(
         self, key_name: str, key_bytes: int, encoding: Encoding, version: int | None
