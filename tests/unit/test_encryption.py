@@ -274,3 +274,21 @@ def test_a_reader_that_returns_more_than_asked_is_a_clear_error(km: KeyManager) 
         km.decrypt_stream(Greedy(blob), io.BytesIO())
     with pytest.raises(ValueError, match=r"read\(\d+\) returned \d+ bytes"):
         km.encrypt_stream(Greedy(b"y" * (3 << 20)), io.BytesIO())
+
+
+def test_require_commitment_refuses_format_1(store: Counting) -> None:
+    km = KeyManager(backend=store, use_env_fallback=False)
+    km.generate_key("master_key")
+    key = km.get_encryption_key("master_key")
+    old = envelope.encrypt_bytes(
+        key, envelope.Header(1, "master_key", 1, format_version=1), b"v1", b""
+    )
+    assert km.decrypt(old) == b"v1"  # cached now: the hot path must refuse it too
+    strict = KeyManager(backend=store, use_env_fallback=False, require_commitment=True)
+    with pytest.raises(InvalidCiphertextError, match="not key-committing"):
+        strict.decrypt(old)
+    assert strict.decrypt(km.encrypt(b"v2")) == b"v2"  # caches version 1 of the key...
+    with pytest.raises(InvalidCiphertextError, match="not key-committing"):
+        strict.decrypt(old)  # ...and the hot path refuses format 1 all the same
+    moved = km.reencrypt(old)
+    assert strict.decrypt(moved) == b"v1"

@@ -120,6 +120,9 @@ class KeyManager:
         declared_transit_keys: Transit keys whose format-1 messages (written before
             format 2, with data keys not bound to secureml) must still open. Format-2
             Transit messages need no declaration.
+        require_commitment: Refuse messages of format 1, which is not key-committing
+            (as the AWS Encryption SDK's ``REQUIRE_ENCRYPT_REQUIRE_DECRYPT`` policy
+            does): turn it on once old data is re-encrypted. New data is always format 2.
 
     Raises:
         ConfigurationError: Contradictory or unsafe settings (e.g. a Vault URL but no
@@ -159,6 +162,7 @@ class KeyManager:
         backend: SecretBackend | None = None,
         declared_keys: Iterable[str] = (),
         declared_transit_keys: Iterable[str] = (),
+        require_commitment: bool = False,
     ) -> None:
         settings = ManagerSettings.resolve(
             vault_url=vault_url,
@@ -183,6 +187,7 @@ class KeyManager:
             backend=backend,
             declared_keys=declared_keys,
             declared_transit_keys=declared_transit_keys,
+            require_commitment=require_commitment,
         )
         self._core = core = Core(settings)
         self._secrets = Secrets(core)

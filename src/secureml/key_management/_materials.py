@@ -113,6 +113,7 @@ class KeyMaterials:
         self._versioned = core.versioned
         self._declared = core.settings.declared_keys
         self._declared_transit = core.settings.declared_transit_keys
+        self._commitment_required = core.settings.require_commitment
         self._transit_keys: TransitKeys | None = None
 
     def _may_be_text(self, name: str) -> bool:
@@ -289,6 +290,8 @@ class KeyMaterials:
         name, version = header.key_name, header.key_version
         if not version or header.mode != envelope.MODE_MANAGED_KEY or self._versioned is None:
             return None
+        if self._commitment_required and header.format_version < 2:
+            return None  # the slow path refuses it
         entry = self._fresh((name, version))
         if entry is None or not self._trusted_now(name, version):
             return None
@@ -345,6 +348,12 @@ class KeyMaterials:
         open with: only declared names, managed keys (by their label) and format-2
         Transit data keys (bound to secureml by Transit's associated data) open."""
         name = header.key_name
+        if header.format_version < 2 and self._commitment_required:
+            raise InvalidCiphertextError(
+                "the message is of format 1, which is not key-committing, and this manager "
+                "requires commitment (require_commitment=True): re-encrypt it where format 1 "
+                "is still accepted"
+            )
         if header.mode == envelope.MODE_TRANSIT:
             if header.format_version >= 2 or name in self._declared_transit:
                 return

@@ -50,6 +50,7 @@ class ManagerSettings:
         audit_hook: Called with every :class:`AccessEvent`.
         declared_keys: Names that may serve as keys without the managed-key label.
         declared_transit_keys: Transit keys whose format-1 messages may open.
+        require_commitment: Refuse format-1 (not key-committing) messages.
     """
 
     vault: VaultSettings | None
@@ -65,6 +66,7 @@ class ManagerSettings:
     audit_hook: AuditHook | None = field(repr=False)
     declared_keys: frozenset[str] = frozenset()
     declared_transit_keys: frozenset[str] = frozenset()
+    require_commitment: bool = False
 
     def __reduce_ex__(self, protocol: object) -> NoReturn:
         # The Vault settings hold the credentials themselves, not a reference to them.
@@ -96,6 +98,7 @@ class ManagerSettings:
         backend: SecretBackend | None,
         declared_keys: Iterable[str] = (),
         declared_transit_keys: Iterable[str] = (),
+        require_commitment: bool = False,
     ) -> ManagerSettings:
         """Check every argument and fill in the environment's Vault settings.
 
@@ -160,4 +163,5 @@ class ManagerSettings:
             audit_hook=audit_hook,
             declared_keys=declared,
             declared_transit_keys=declared_transit,
+            require_commitment=check_flag(require_commitment, "require_commitment"),
         )
