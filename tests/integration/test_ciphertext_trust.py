@@ -231,6 +231,9 @@ def test_only_versions_secureml_made_are_keys(bao_server: DevServer) -> None:
     manager.generate_key("k")
     with pytest.raises(ConfigurationError, match="is a managed key"):
         manager.set_secret("k", b"sixteen-chosen-bytes")  # would become the current key
+    manager.set_secret("k", "a text version is never a key")  # allowed: it opens nothing
+    with pytest.raises(ConfigurationError, match="is text, not key bytes"):
+        manager.encrypt(b"x", "k")
     # Another tool writes a text version (a password) under the key's name:
     bao_server.bao("kv", "put", "-mount=secret", f"{path}/k", "value=CorrectHorseBattery2024x")
     manager.invalidate()

@@ -84,7 +84,8 @@ class Secrets:
             )
 
         def write() -> Served:
-            self._refuse_managed_key(name)
+            if type(checked) is not str:  # text is never a managed key's version: no check
+                self._refuse_managed_key(name)
             self._core.write(name, lambda: primary.put(name, checked))
             return Served(True, primary.locate(name))
 
@@ -92,8 +93,9 @@ class Secrets:
         return result
 
     def _refuse_managed_key(self, name: str) -> None:
-        """A managed key's versions are made by generate_key and rotate_key only: any
-        value written under its name would become its current key."""
+        """A managed key's versions are made by generate_key and rotate_key only: bytes
+        (or fields read back as bytes) written under its name would become its current
+        key; text never does."""
         try:
             mark = self._core.key_mark(name)
         except PermissionDeniedError:
