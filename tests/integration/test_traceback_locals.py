@@ -28,6 +28,7 @@ from secureml.key_management import (
     KeyManager,
     TransitKeys,
     UserpassAuth,
+    WriteOutcomeUnknownError,
     encode_key,
 )
 from secureml.key_management._envelope import parse_header
@@ -157,8 +158,9 @@ def test_dropped_write(bao_server: DevServer, proxy: FaultProxy) -> None:
     proxy.inject(Fault.drop())
     error = caught(lambda: manager.set_secret("x", VALUE))
     assert_no_secret_in_locals(error, bao_server.root_token, VALUE)
-    proxy.inject(Fault.drop(forward=True))
+    proxy.inject(Fault.drop(forward=True, path_prefix="/v1/secret/data/"))  # the write
     key = caught(lambda: manager.set_secret("k", bytes(range(40, 72))))
+    assert isinstance(key, WriteOutcomeUnknownError)
     assert_no_secret_in_locals(key, bao_server.root_token, bytes(range(40, 72)))
 
 
