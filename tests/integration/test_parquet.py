@@ -56,7 +56,7 @@ def keys(url: str, token: str, transit: tuple[str, str], **options: bool) -> Par
 @pytest.mark.parametrize("double_wrapping", [True, False], ids=["double", "single"])
 @pytest.mark.parametrize("external", [False, True], ids=["internal", "external"])
 @pytest.mark.parametrize("plaintext_footer", [False, True], ids=["sealed-footer", "open-footer"])
-def test_round_trip(
+def test_round_trip(  # noqa: PLR0917 - fixtures and three parameters
     bao_server: DevServer,
     transit: tuple[str, str],
     tmp_path: Path,
@@ -129,7 +129,9 @@ def test_a_crafted_kms_url_in_a_file_is_never_called(
         footer["kmsInstanceURL"] = evil
         material["footerKey"] = json.dumps(footer)
         material_path.write_text(json.dumps(material))
-        reader = keys(bao_server.address, bao_server.root_token, transit, external_key_material=True)
+        reader = keys(
+            bao_server.address, bao_server.root_token, transit, external_key_material=True
+        )
         assert reader.read_table(path).equals(TABLE)
         with pytest.raises(TimeoutError):
             listener.accept()  # nobody ever connected: the token went nowhere else
