@@ -38,6 +38,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/encryption.py
 	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/parquet.py
 
 # 100,000 random mutations of ciphertexts, all of which must be rejected (minutes).
 fuzz: $(VENV)/.installed
