@@ -39,6 +39,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/encryption.py
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/parquet.py
+	$(BIN)/python bench/columns.py
 
 # 100,000 random mutations of ciphertexts, all of which must be rejected (minutes).
 fuzz: $(VENV)/.installed

@@ -268,6 +268,31 @@ def rotate_due(c: Ctx) -> int | None:
     return c.km.rotate_if_older_than("k", timedelta(days=1), now=later)
 
 
+def cells_v1(c: Ctx) -> None:
+    c.saved["cells"] = c.km.column_cipher("k", column="email").encrypt(["a@example.com"])
+
+
+def cells_v1_then_rotated(c: Ctx) -> None:
+    cells_v1(c)
+    assert c.km.rotate_key("k") == 2
+
+
+def cells_tampered(c: Ctx) -> None:
+    cells_v1(c)
+    c.saved["cells"] = [c.saved["cells"][0][:-1] + b"\x00"]
+
+
+def column_round_trip(c: Ctx) -> list[Any]:
+    cipher = c.km.column_cipher("k", column="email")
+    opened: list[Any] = cipher.decrypt(cipher.encrypt(["a@example.com"]))
+    return opened
+
+
+def column_decrypt(c: Ctx) -> list[Any]:
+    opened: list[Any] = c.km.column_cipher("k", column="email").decrypt(c.saved["cells"])
+    return opened
+
+
 KV_K = "{kv}/k"
 TRANSIT_TK = "{transit}/{tk}"
 
@@ -479,6 +504,28 @@ CASES: list[Case] = [
          reencrypt_file,
          (ok("decrypt", "k", 1, KV_K), ok("encrypt", "k", 2, KV_K)),
          setup=chain(blob_v1_then_rotated, blob_file)),
+    # -- columns: a key version resolved once per cipher, then one event per call
+    Case("column_cipher", ("KeyManager.column_cipher",),
+         lambda c: c.km.column_cipher("k", column="email"),
+         (ok("column_cipher", "k", 1, KV_K),)),
+    Case("column_cipher-encrypt-decrypt", ("KeyManager.column_cipher",),
+         column_round_trip,
+         (ok("column_cipher", "k", 1, KV_K), ok("column_encrypt", "k", 1, KV_K),
+          ok("column_decrypt", "k", None, None))),
+    Case("column_cipher-cells-of-an-older-version", ("KeyManager.column_cipher",),
+         column_decrypt,
+         (ok("column_cipher", "k", 2, KV_K), ok("column_cipher", "k", 1, KV_K),
+          ok("column_decrypt", "k", None, None)),
+         setup=cells_v1_then_rotated),
+    Case("column_cipher-tampered", ("KeyManager.column_cipher",),
+         column_decrypt,
+         (ok("column_cipher", "k", 1, KV_K),
+          Ev("column_decrypt", "k", None, "rejected", "InvalidCellError", None)),
+         setup=cells_tampered, raises=InvalidCiphertextError),
+    Case("column_cipher-plain-secret", ("KeyManager.column_cipher",),
+         lambda c: c.km.column_cipher("s", column="email"),
+         (failed("column_cipher", "s", "ConfigurationError"),),
+         raises=ConfigurationError),
     # -- Transit: one "transit.<method>" event per call
     Case("transit.ensure_key", ("TransitKeys.ensure_key",),
          lambda c: c.km.transit.ensure_key(f"{c.tk}-new"),

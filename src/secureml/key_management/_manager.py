@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, Literal, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
 from ._auth import VaultAuth
 from ._boundary import guarded_class, scrub, scrubs_inline
@@ -26,6 +26,9 @@ from ._status import AccessEvent, KeyManagerStats, KeyManagerStatus
 from ._transit import TransitKeys
 from ._validate import Progress
 from .backends.base import KeyVersion, SecretBackend, SecretValue
+
+if TYPE_CHECKING:
+    from secureml.columns import ColumnCipher, ColumnMode
 
 __all__ = ["KeyManager"]
 
@@ -732,6 +735,50 @@ class KeyManager:
         return self._encryptor.reencrypt_file(
             src, dst, key_name, aad=aad, progress=progress, transit_key=transit_key
         )
+
+    # -- columns ---------------------------------------------------------------------
+
+    def column_cipher(
+        self,
+        key_name: str,
+        mode: ColumnMode = "deterministic",
+        *,
+        column: str,
+        version: int | None = None,
+    ) -> ColumnCipher:
+        """A cipher for the values of one column: the key is resolved once, here, for
+        millions of values (see :mod:`secureml.columns`).
+
+        Args:
+            key_name: A managed key (made by :meth:`generate_key` or :meth:`rotate_key`)
+                or a declared one (``declared_keys=``); no other secret serves.
+            mode: ``deterministic`` (equal values, equal cells: joins and group-by;
+                AES-SIV, Tink-compatible), ``randomized`` (AES-GCM, equal values give
+                different cells) or ``tokenize`` (one-way HMAC-SHA256 tokens).
+            column: The column's name, bound into every cell as associated data.
+            version: Encrypt with this version of the key instead of the current one:
+                deterministic cells and tokens of different versions never compare
+                equal, so new data that must join old data uses the old data's version.
+
+        Returns:
+            A :class:`~secureml.columns.ColumnCipher`, with ``encrypt(values)`` and
+            ``decrypt(values)`` over lists, pyarrow arrays and pandas Series.
+
+        Raises:
+            ConfigurationError: ``key_name`` is not a managed or declared key, or
+                ``version`` of it cannot serve.
+            SecretNotFoundError: The key does not exist.
+            ValueError: An unknown ``mode``.
+
+        Example:
+            >>> emails = km.column_cipher("pii", column="email")     # doctest: +SKIP
+            >>> cells = emails.encrypt(["a@example.com", None])       # doctest: +SKIP
+            >>> emails.decrypt(cells, text=True)                     # doctest: +SKIP
+            ['a@example.com', None]
+        """
+        from secureml.columns import _cipher
+
+        return _cipher.open_cipher(self._core, key_name, mode, column=column, version=version)
 
     # -- Transit, status, cache ---------------------------------------------------------
 

@@ -284,6 +284,17 @@ class KeyMaterials:
             raise InvalidCiphertextError(envelope.OPAQUE) from None
         return Materials(key, name, header.key_version, where, outcome)
 
+    def for_version(self, key_name: str, version: int) -> Materials:
+        """Version ``version`` of managed key ``key_name``, for data that names it
+        without a message header (column cells): the checks :meth:`for_header` makes
+        for a managed-key header naming it, as both are attacker input (``0``: an
+        unversioned key, which only a declared name opens)."""
+        try:
+            header = envelope.Header(envelope.MODE_MANAGED_KEY, key_name, version)
+        except (TypeError, ValueError):
+            raise InvalidCiphertextError(envelope.OPAQUE) from None
+        return self.for_header(header)
+
     def _cached_version(self, header: envelope.Header) -> Materials | None:
         """The hot path: a managed key's version, cached, under a name known to be a key
         (so it was validated when it was first read)."""

@@ -78,7 +78,9 @@ class AccessEvent:
     Attributes:
         operation: The method: ``get_secret``, ``set_secret``, ``get_encryption_key``,
             ``generate_key``, ``rotate_key``, ..., ``encrypt``, ``decrypt`` (also for
-            the stream and file forms), ``transit.encrypt``, ...
+            the stream and file forms), ``transit.encrypt``, ...; for columns,
+            ``column_cipher`` (a key version resolved: once per cipher and version),
+            ``column_encrypt`` and ``column_decrypt`` (one per call, over all its values).
         name: The secret or key's name (``""`` for a ciphertext too malformed to name
             one).
         source: Where the value came from (``vault:secret/secureml/x``, ``env:...``,
