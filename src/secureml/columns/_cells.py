@@ -279,6 +279,14 @@ def _open_deterministic_checked(
 ) -> list[bytes | None]:
     """:func:`open_deterministic`, one cell at a time: the index of a cell that does not
     open is known."""
+    return _open_checked(cells, lambda data: key_of(data).decrypt(data[_HEAD:], ads))
+
+
+def _open_checked(
+    cells: Sequence[object], open_one: Callable[[bytes], bytes]
+) -> list[bytes | None]:
+    """``open_one`` over ``cells`` (nulls stay null), each failure a :class:`CellError`
+    naming the index of the cell that did not open."""
     from cryptography.exceptions import InvalidTag
 
     out: list[bytes | None] = []
@@ -288,8 +296,7 @@ def _open_deterministic_checked(
             if cell is None:
                 append(None)
             else:
-                data = cell if type(cell) is bytes else _as_bytes(cell)
-                append(key_of(data).decrypt(data[_HEAD:], ads))
+                append(open_one(cell if type(cell) is bytes else _as_bytes(cell)))
     except InvalidTag:
         raise CellError(len(out), NOT_AUTHENTIC) from None
     except NotACellError as exc:
@@ -384,25 +391,13 @@ def _open_randomized_checked(
 ) -> list[bytes | None]:
     """:func:`open_randomized`, one cell at a time: the index of a cell that does not
     open is known."""
-    from cryptography.exceptions import InvalidTag
 
-    out: list[bytes | None] = []
-    append = out.append
-    try:
-        for cell in cells:
-            if cell is None:
-                append(None)
-            else:
-                data = cell if type(cell) is bytes else _as_bytes(cell)
-                cell_version(data, _MIN_RANDOMIZED)
-                append(batch_of(data)(data[_BATCH_HEAD:_BODY], data[_BODY:], ad))
-    except InvalidTag:
-        raise CellError(len(out), NOT_AUTHENTIC) from None
-    except NotACellError as exc:
-        raise CellError(len(out), str(exc)) from None
-    except UnknownKeyError as exc:
-        raise CellError(len(out), exc.reason) from exc.__cause__
-    return out
+    def open_one(data: bytes) -> bytes:
+        cell_version(data, _MIN_RANDOMIZED)
+        opened: bytes = batch_of(data)(data[_BATCH_HEAD:_BODY], data[_BODY:], ad)
+        return opened
+
+    return _open_checked(cells, open_one)
 
 
 # -- tokenize ---------------------------------------------------------------------------
