@@ -292,3 +292,21 @@ def test_require_commitment_refuses_format_1(store: Counting) -> None:
         strict.decrypt(old)  # ...and the hot path refuses format 1 all the same
     moved = km.reencrypt(old)
     assert strict.decrypt(moved) == b"v1"
+
+
+def test_a_cached_absent_label_refuses_and_never_crashes(store: Counting) -> None:
+    """A junk header caches "no such secret" for a name; a key of that name made
+    elsewhere, whose version this manager then caches, must meet a refusal until the
+    label is read again, never a TypeError from comparing the cached absence."""
+    km = KeyManager(backend=store, use_env_fallback=False)
+    junk = envelope.encrypt_bytes(bytes(32), envelope.Header(1, "k", 1), b"x", b"")
+    with pytest.raises(InvalidCiphertextError):
+        km.decrypt(junk)
+    other = KeyManager(backend=store, use_env_fallback=False)
+    other.generate_key("k")
+    km.get_encryption_key("k", version=1)  # the version is cached, the label is not
+    blob = other.encrypt(b"hi", "k")
+    with pytest.raises(InvalidCiphertextError, match="not a managed key"):
+        km.decrypt(blob)
+    km.invalidate("k")
+    assert km.decrypt(blob) == b"hi"

@@ -39,7 +39,15 @@ from .errors import (
     VaultUnavailableError,
 )
 
-__all__ = ["MANAGED_KEY_LABEL", "Core", "HasCore", "core_of", "first_key_version", "is_managed"]
+__all__ = [
+    "MANAGED_KEY_LABEL",
+    "Core",
+    "HasCore",
+    "core_of",
+    "first_key_version",
+    "is_managed",
+    "label_covers",
+]
 
 _T = TypeVar("_T")
 
@@ -292,7 +300,7 @@ class Core:
         """Whether a fresh cache entry says version ``version`` of ``name`` is a managed
         key's (no I/O)."""
         entry = self.cache.fresh((name, _MARK))
-        return entry is not None and 0 < entry.value <= version
+        return entry is not None and label_covers(entry.value, version)
 
     def read_unversioned(self, name: str) -> Served | None:
         """The latest value of ``name`` in the primary source alone (no fallback), through
@@ -387,6 +395,12 @@ class Core:
 def is_managed(metadata: SecretMetadata) -> bool:
     """Whether a secret's metadata carries the managed-key label."""
     return metadata.custom_metadata.get(MANAGED_KEY_LABEL) is not None
+
+
+def label_covers(since: object, version: int) -> bool:
+    """Whether a managed-key label (its first key version, as :meth:`Core.key_mark`
+    gives or caches it: ``0``/``None``/``ABSENT`` for none) covers ``version``."""
+    return type(since) is int and 0 < since <= version
 
 
 def first_key_version(metadata: SecretMetadata) -> int:

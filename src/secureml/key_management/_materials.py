@@ -33,7 +33,7 @@ import secrets
 from typing import Any, NamedTuple
 
 from . import _envelope as envelope
-from ._core import Core
+from ._core import Core, label_covers
 from ._counters import HITS
 from ._encoding import MIN_KEY_BYTES, encryption_key
 from ._observe import Served
@@ -351,8 +351,7 @@ class KeyMaterials:
         a declared name opens version 0)."""
         if not header.key_version:
             return False
-        since = self._core.key_mark(header.key_name) or 0
-        return 0 < since <= header.key_version
+        return label_covers(self._core.key_mark(header.key_name), header.key_version)
 
     def _require_openable(self, header: envelope.Header) -> None:
         """Refuse, before any value is read, a header naming what this manager may not
