@@ -78,6 +78,21 @@ def test_deterministic_cells_are_tink_daead_cells_of_the_derived_key(km: KeyMana
         assert cell == b"\x01\x00\x00\x00\x01" + AESSIV(k64).encrypt(plain, [b"email"])
 
 
+def test_tink_and_cryptography_engines_make_the_same_deterministic_cells(
+    km: KeyManager, store: MemoryVersions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("tink")
+    with_tink = km.column_cipher("pii", column="email")
+    assert _cells.SivKey(bytes(64), 3).seal is not None  # tink is in the dev extra
+    monkeypatch.setattr(_cells, "_tink_sealer", lambda key, version: None)
+    assert _cells.SivKey(bytes(64), 3).seal is None
+    without = KeyManager(backend=store, use_env_fallback=False).column_cipher("pii", column="email")
+    for values in (TEXT, BINARY, [b"x", bytearray(b"y"), None]):
+        cells = with_tink.encrypt(values)
+        assert cells == without.encrypt(values)
+        assert without.decrypt(cells) == with_tink.decrypt(cells)
+
+
 def test_randomized_cells_open_with_the_batch_subkey(km: KeyManager) -> None:
     key = km.get_encryption_key("pii", version=1)
     k_rand = _hkdf(key, b"secureml/columns/v1/randomized", 32)

@@ -152,10 +152,54 @@ def siv_takes_empty_values() -> bool:
     return True
 
 
-class SivKey:
-    """A deterministic key version: AES-SIV-512 made once, and its cells' prefix."""
+@functools.cache
+def _tink_daead() -> Any | None:
+    """Tink's deterministic AEAD module and keyset protos, registered; ``None`` without
+    tink (the ``tink`` extra) or when it does not load."""
+    try:
+        from tink import cleartext_keyset_handle, daead
+        from tink.proto import aes_siv_pb2, tink_pb2
 
-    __slots__ = ("decrypt", "encrypt", "prefix", "version")
+        daead.register()
+    except Exception:  # any failure to load means: use cryptography
+        return None
+    return cleartext_keyset_handle, daead, aes_siv_pb2, tink_pb2
+
+
+def _tink_sealer(key: bytes, version: int) -> Callable[[bytes, bytes], bytes] | None:
+    """Tink's ``encrypt_deterministically`` for ``key`` as key id ``version`` with the
+    TINK output prefix: whole cells, ~1.4x faster than cryptography's AESSIV per cell
+    (its C++ call is leaner). ``None`` without tink."""
+    tink = _tink_daead()
+    if tink is None:
+        return None
+    handles, daead, aes_siv_pb2, tink_pb2 = tink
+    keyset = tink_pb2.Keyset(primary_key_id=version)
+    entry = keyset.key.add()
+    entry.key_data.type_url = "type.googleapis.com/google.crypto.tink.AesSivKey"
+    entry.key_data.value = aes_siv_pb2.AesSivKey(version=0, key_value=key).SerializeToString()
+    entry.key_data.key_material_type = tink_pb2.KeyData.SYMMETRIC
+    entry.status = tink_pb2.ENABLED
+    entry.key_id = version
+    entry.output_prefix_type = tink_pb2.TINK
+    try:
+        primitive = handles.from_keyset(keyset).primitive(daead.DeterministicAead)
+    except Exception:  # a tink that will not take the key: cryptography will
+        return None
+    finally:
+        keyset.Clear()
+    seal: Callable[[bytes, bytes], bytes] = primitive.encrypt_deterministically
+    return seal
+
+
+class SivKey:
+    """A deterministic key version: AES-SIV-512 made once, and its cells' prefix.
+
+    ``seal(plaintext, ad)`` makes a whole cell: with Tink's deterministic AEAD when
+    tink is installed (the same bytes, faster), else with cryptography's AESSIV. Cells
+    are always opened with cryptography, which is as fast as Tink at that."""
+
+    __slots__ = ("decrypt", "encrypt", "prefix", "seal", "version")
 
     def __init__(self, key: bytes, version: int) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESSIV
@@ -165,6 +209,7 @@ class SivKey:
         self.decrypt = siv.decrypt
         self.prefix = prefix_of(version)
         self.version = version
+        self.seal = _tink_sealer(key, version)
 
     def __repr__(self) -> str:
         return f"SivKey(version={self.version})"
@@ -232,6 +277,8 @@ def seal_deterministic(
     """Deterministic cells of ``plaintexts``: bytes, or str encoded here as UTF-8 with
     ``text`` (``nulls``: some may be ``None``). A value of another type raises what
     encoding or encrypting it raises (the caller then looks for it)."""
+    if key.seal is not None:
+        return _seal_whole(key.seal, plaintexts, ad, nulls=nulls, text=text)
     head, encrypt, ads = key.prefix, key.encrypt, [ad]
     if text:
         if nulls:
@@ -240,6 +287,24 @@ def seal_deterministic(
     if nulls:
         return [None if p is None else head + encrypt(p, ads) for p in plaintexts]
     return [head + encrypt(p, ads) for p in plaintexts]
+
+
+def _seal_whole(
+    seal: Callable[[bytes, bytes], bytes],
+    plaintexts: Sequence[Any],
+    ad: bytes,
+    *,
+    nulls: bool,
+    text: bool,
+) -> list[bytes | None]:
+    """:func:`seal_deterministic` with a ``seal`` that makes whole cells (Tink's)."""
+    if text:
+        if nulls:
+            return [None if p is None else seal(p.encode(), ad) for p in plaintexts]
+        return [seal(p.encode(), ad) for p in plaintexts]
+    if nulls:
+        return [None if p is None else seal(p, ad) for p in plaintexts]
+    return [seal(p, ad) for p in plaintexts]
 
 
 def open_deterministic(

@@ -42,10 +42,11 @@ def _frames(tb: TracebackType | None) -> list[FrameType]:
 
 
 #: Where the frames whose locals are cleared come from: this library and what it calls
-#: with secrets (hvac, requests, urllib3, cryptography, the standard library: json,
-#: http.client, ssl...). The caller's own code, callbacks included, keeps its locals.
+#: with secrets (hvac, requests, urllib3, cryptography, tink and its protobuf, the
+#: standard library: json, http.client, ssl...). The caller's own code, callbacks
+#: included, keeps its locals.
 _LIBRARIES = frozenset(
-    {"secureml", "hvac", "requests", "urllib3", "cryptography", "certifi", "idna"}
+    {"secureml", "hvac", "requests", "urllib3", "cryptography", "certifi", "idna", "tink", "google"}
 ) | frozenset(getattr(sys, "stdlib_module_names", ()))
 #: A frame of a generator or coroutine may belong to one still suspended: clearing it
 #: would close it under its owner (Python 3.11 does).

@@ -126,6 +126,8 @@ class KeyManager:
         require_commitment: Refuse messages of format 1, which is not key-committing
             (as the AWS Encryption SDK's ``REQUIRE_ENCRYPT_REQUIRE_DECRYPT`` policy
             does): turn it on once old data is re-encrypted. New data is always format 2.
+            Column cells (Tink's formats, never key-committing) are not messages and
+            are not refused by it.
 
     Raises:
         ConfigurationError: Contradictory or unsafe settings (e.g. a Vault URL but no
