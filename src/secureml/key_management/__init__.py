@@ -22,10 +22,12 @@ from ._auth import (
     UserpassAuth,
     VaultAuth,
 )
+from ._credentials import AuthSpec
 from ._default import configure_default_key_manager, get_default_key_manager, get_encryption_key
 from ._encoding import Encoding, encode_key
 from ._files import atomic_output
 from ._manager import KeyManager
+from ._spec import KeyManagerSpec
 from ._status import AccessEvent, KeyManagerStats, KeyManagerStatus
 from ._transit import TransitKeyInfo, TransitKeys
 from .backends.base import KeyVersion
@@ -50,6 +52,7 @@ from .errors import (
 __all__ = [
     "AccessEvent",
     "AppRoleAuth",
+    "AuthSpec",
     "AuthenticationError",
     "ConfigurationError",
     "Encoding",
@@ -58,6 +61,7 @@ __all__ = [
     "KeyFormatError",
     "KeyManagementError",
     "KeyManager",
+    "KeyManagerSpec",
     "KeyManagerStats",
     "KeyManagerStatus",
     "KeyVersion",

@@ -17,13 +17,11 @@ from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from ._auth import AppRoleAuth, TokenAuth, VaultAuth, header_safe
+from ._credentials import ROLE_ID_VAR, SECRET_ID_VAR, TOKEN_VARS, AuthSpec
 from ._warnings import Once, warn_caller
 from .errors import ConfigurationError, SecurityWarning
 
 URL_VARS = ("SECUREML_VAULT_URL", "BAO_ADDR", "VAULT_ADDR")
-TOKEN_VARS = ("SECUREML_VAULT_TOKEN", "BAO_TOKEN", "VAULT_TOKEN")
-ROLE_ID_VAR = "SECUREML_VAULT_ROLE_ID"
-SECRET_ID_VAR = "SECUREML_VAULT_SECRET_ID"  # noqa: S105 - a variable name
 NAMESPACE_VARS = ("SECUREML_VAULT_NAMESPACE", "BAO_NAMESPACE", "VAULT_NAMESPACE")
 # Vault's CLI: VAULT_CACERT wins over VAULT_CAPATH.
 CACERT_VARS = (
@@ -67,6 +65,7 @@ class VaultSettings:
         timeout: Seconds to connect, and to wait for each answer.
         retries: Extra rounds after a failure worth retrying (0 disables).
         urls: Every node's address, ``url`` first (a cluster without a load balancer).
+        login_jitter: Most seconds to wait, at random, before this process's first login.
     """
 
     url: str
@@ -79,6 +78,7 @@ class VaultSettings:
     timeout: float = DEFAULT_TIMEOUT
     retries: int = DEFAULT_RETRIES
     urls: tuple[str, ...] = ()
+    login_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -89,12 +89,18 @@ class VaultSettings:
         raise TypeError("VaultSettings cannot be pickled (they hold Vault credentials)")
 
 
-def _from_env(environ: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+def env_setting(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
+    """The first of ``names`` set (not blank) in ``environ``, and its value, stripped."""
     for name in names:
         value = environ.get(name, "").strip()
         if value:
-            return value
+            return name, value
     return None
+
+
+def _from_env(environ: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+    found = env_setting(environ, names)
+    return None if found is None else found[1]
 
 
 def _check_url(url: object) -> str:
@@ -122,7 +128,7 @@ def _check_url(url: object) -> str:
     return url.strip().rstrip("/")
 
 
-def _check_urls(value: object) -> tuple[str, ...]:
+def check_urls(value: object) -> tuple[str, ...]:
     """One address, or several (a list, or a comma-separated string) for a cluster."""
     if isinstance(value, str):
         parts: list[object] = [p for p in value.split(",") if p.strip()]
@@ -152,7 +158,7 @@ def check_token(token: object) -> str:
     return token
 
 
-def _parse_duration(text: object, source: str) -> float:
+def parse_duration(text: object, source: str) -> float:
     """Seconds from a variable such as ``VAULT_CLIENT_TIMEOUT`` (``5``, ``5s``, ``500ms``)."""
     match = _DURATION.match(str(text))
     if match is None:
@@ -171,7 +177,7 @@ def _check_timeout(timeout: object, source: str) -> float:
     return float(timeout)
 
 
-def _parse_count(text: object, source: str) -> int:
+def parse_count(text: object, source: str) -> int:
     """A whole number from a variable such as ``VAULT_MAX_RETRIES``."""
     if not str(text).strip().isdigit():
         raise ConfigurationError(f"{source}={text!r} is not a whole number")
@@ -256,9 +262,17 @@ def _resolve_auth(
             raise ConfigurationError(
                 f"AppRole needs both {ROLE_ID_VAR} and {SECRET_ID_VAR}; only one is set"
             )
-        return AppRoleAuth(role_id, secret_id)
-    env_token = _from_env(env, TOKEN_VARS)
-    return None if env_token is None else TokenAuth(check_token(env_token))
+        approle = AppRoleAuth(role_id, secret_id)
+        # Where a worker finds the same credentials (KeyManager.spec()).
+        approle._reference = AuthSpec.approle(role_id_env=ROLE_ID_VAR, secret_id_env=SECRET_ID_VAR)
+        return approle
+    for name in TOKEN_VARS:
+        env_token = env.get(name, "").strip()
+        if env_token:
+            token_auth = TokenAuth(check_token(env_token))
+            token_auth._reference = AuthSpec.token(env=name)
+            return token_auth
+    return None
 
 
 def resolve_vault_settings(
@@ -273,6 +287,7 @@ def resolve_vault_settings(
     verify: bool = True,
     timeout: float | None = None,
     retries: int | None = None,
+    login_jitter: float = 0.0,
     environ: Mapping[str, str] | None = None,
 ) -> VaultSettings | None:
     """Work out the Vault settings, or ``None`` when no Vault is configured.
@@ -294,12 +309,12 @@ def resolve_vault_settings(
     checked_timeout = (
         _check_timeout(timeout, "timeout")
         if timeout is not None
-        else _env_value(env, TIMEOUT_VARS, _parse_duration, DEFAULT_TIMEOUT)
+        else _env_value(env, TIMEOUT_VARS, parse_duration, DEFAULT_TIMEOUT)
     )
     checked_retries = (
         _check_retries(retries, "retries")
         if retries is not None
-        else _env_value(env, RETRIES_VARS, _parse_count, DEFAULT_RETRIES)
+        else _env_value(env, RETRIES_VARS, parse_count, DEFAULT_RETRIES)
     )
     if not isinstance(verify, bool):
         raise TypeError(f"verify must be True or False, not {type(verify).__name__}")
@@ -311,7 +326,7 @@ def resolve_vault_settings(
                 "SECUREML_VAULT_URL (or VAULT_ADDR)"
             )
         return None
-    urls = _check_urls(resolved_url)
+    urls = check_urls(resolved_url)
     checked_url = urls[0]
     resolved_auth = _resolve_auth(token, auth, env)
     if resolved_auth is None:
@@ -353,6 +368,7 @@ def resolve_vault_settings(
         timeout=checked_timeout,
         retries=checked_retries,
         urls=urls,
+        login_jitter=login_jitter,
     )
 
 

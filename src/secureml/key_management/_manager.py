@@ -30,6 +30,8 @@ from .backends.base import KeyVersion, SecretBackend, SecretValue
 if TYPE_CHECKING:
     from secureml.columns import ColumnCipher, ColumnMode
 
+    from ._spec import KeyManagerSpec
+
 __all__ = ["KeyManager"]
 
 _T = TypeVar("_T")
@@ -128,6 +130,9 @@ class KeyManager:
             does): turn it on once old data is re-encrypted. New data is always format 2.
             Column cells (Tink's formats, never key-committing) are not messages and
             are not refused by it.
+        login_jitter: Before this manager's first Vault login, wait a random time up to
+            this many seconds (never past the call's deadline), so that many workers
+            started at once spread their logins. Specs default to 0.5 s; 0 disables.
 
     Raises:
         ConfigurationError: Contradictory or unsafe settings (e.g. a Vault URL but no
@@ -168,6 +173,7 @@ class KeyManager:
         declared_keys: Iterable[str] = (),
         declared_transit_keys: Iterable[str] = (),
         require_commitment: bool = False,
+        login_jitter: float = 0.0,
     ) -> None:
         settings = ManagerSettings.resolve(
             vault_url=vault_url,
@@ -193,6 +199,7 @@ class KeyManager:
             declared_keys=declared_keys,
             declared_transit_keys=declared_transit_keys,
             require_commitment=require_commitment,
+            login_jitter=login_jitter,
         )
         self._core = core = Core(settings)
         self._secrets = Secrets(core)
@@ -838,6 +845,34 @@ class KeyManager:
         """
         return self._secrets.invalidate(name)
 
+    # -- workers ---------------------------------------------------------------------
+
+    def spec(
+        self, *, credential_env: str | None = None, credential_file: str | None = None
+    ) -> KeyManagerSpec:
+        """This manager's settings as a :class:`KeyManagerSpec`, to send to worker
+        processes (Spark, Dask, Ray, DataLoader, multiprocessing): every setting, with
+        the credential only by reference, never a token, secret id or password.
+
+        The reference is where this manager's credential came from (an environment
+        variable, a JWT or Kubernetes token file), else one of the variables secureml
+        reads (``VAULT_TOKEN`` ...) that holds the same credential. A credential passed
+        as a value needs ``credential_env=`` (the variable each worker reads it from)
+        or ``credential_file=``; when set here, it must hold the same credential.
+
+        Raises:
+            ConfigurationError: The credential cannot be referred to (the message names
+                the fix), or the manager has a custom ``backend=``.
+            TypeError: A custom auth method.
+
+        Example:
+            >>> spec = km.spec()                              # doctest: +SKIP
+            >>> pool.map(functools.partial(work, spec), items)  # worker: spec.manager()
+        """
+        from ._spec import spec_of
+
+        return spec_of(self, credential_env=credential_env, credential_file=credential_file)
+
     # -- hygiene ---------------------------------------------------------------------
 
     def __repr__(self) -> str:
@@ -852,6 +887,6 @@ class KeyManager:
     def __reduce_ex__(self, protocol: object) -> NoReturn:
         # Pickling would write the Vault token into the pickle.
         raise TypeError(
-            "KeyManager cannot be pickled (it holds a Vault token); create one in each "
-            "process instead"
+            "KeyManager cannot be pickled (it holds a Vault token); send km.spec() "
+            "instead and call spec.manager() in the worker"
         )

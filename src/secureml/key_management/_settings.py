@@ -99,6 +99,7 @@ class ManagerSettings:
         declared_keys: Iterable[str] = (),
         declared_transit_keys: Iterable[str] = (),
         require_commitment: bool = False,
+        login_jitter: float = 0.0,
     ) -> ManagerSettings:
         """Check every argument and fill in the environment's Vault settings.
 
@@ -141,6 +142,7 @@ class ManagerSettings:
                 verify=verify,
                 timeout=timeout,
                 retries=retries,
+                login_jitter=check_seconds(login_jitter, "login_jitter"),
             )
         ttl = check_seconds(cache_ttl, "cache_ttl")
         size = check_size(cache_size, "cache_size")

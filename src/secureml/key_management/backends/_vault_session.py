@@ -63,6 +63,9 @@ class TokenSession:
         namespace: The namespace logins go to, for error messages.
         clock: Monotonic seconds; injectable for tests.
         jitter: Returns a fraction within ``JITTER``; injectable for tests.
+        first_login_delay: Wait a random time up to this many seconds before this
+            process's first login (never past the call's deadline), so that many
+            workers started at once do not all log in in the same instant.
 
     Attributes:
         logins: Logins performed by a method that can log in again (not plain tokens).
@@ -77,8 +80,10 @@ class TokenSession:
         namespace: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = _jitter,
+        first_login_delay: float = 0.0,
     ) -> None:
         self.auth = auth
+        self._first_login_delay = first_login_delay
         self._url = url
         self._where = f"namespace {namespace!r}" if namespace else "the root namespace"
         self._clock = clock
@@ -160,6 +165,8 @@ class TokenSession:
                 "as AppRoleAuth that can"
             )
         client.token = ""  # a stale token must not ride along on a login request
+        if old is None and self._generation == 0 and self._first_login_delay > 0:
+            self._spread_first_login(client)
         login = translated(
             lambda: self._login(client),
             url=self._url,
@@ -173,6 +180,13 @@ class TokenSession:
         self._state = state
         logger.debug("vault %s login: token generation %d", self.auth.method, state.generation)
         return state
+
+    def _spread_first_login(self, client: hvac.Client) -> None:
+        delay = random.uniform(0.0, self._first_login_delay)  # noqa: S311 - load spreading
+        deadline = getattr(client.adapter, "call_deadline", None)
+        if deadline is not None:
+            delay = min(delay, max(0.0, (deadline - time.monotonic()) / 2))
+        time.sleep(delay)
 
     def _refresh(self, client: hvac.Client, state: _State) -> _State:
         if state.relogin:

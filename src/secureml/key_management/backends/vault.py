@@ -223,7 +223,12 @@ class VaultBackend:
         self._mount_config_read = False
         self._detect_lock = threading.Lock()
         self._local = threading.local()
-        self._session = TokenSession(settings.auth, url=settings.url, namespace=settings.namespace)
+        self._session = TokenSession(
+            settings.auth,
+            url=settings.url,
+            namespace=settings.namespace,
+            first_login_delay=settings.login_jitter,
+        )
         # Shared by every thread's client: which node answers, what we wrote last.
         self._addresses = AddressBook(settings.urls)
         self._consistency = Consistency()

@@ -1,0 +1,336 @@
+"""KeyManagerSpec: a manager's settings as a value that pickles, for worker processes.
+
+A :class:`~secureml.key_management.KeyManager` refuses to be pickled: it holds a
+token, connections and locks bound to its process. What crosses to a Spark executor,
+a Dask or Ray worker, a DataLoader worker or a spawned process is its spec: every
+setting, with credentials only by reference (:class:`~._credentials.AuthSpec`).
+:meth:`KeyManagerSpec.manager` then gives each process one manager per spec, built on
+first use and built again in a forked child, so the thousand tasks of one executor
+share one cache and one login.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from ._boundary import guarded_class
+from ._config import (
+    CACERT_VARS,
+    CLIENT_CERT_VARS,
+    CLIENT_KEY_VARS,
+    NAMESPACE_VARS,
+    RETRIES_VARS,
+    TIMEOUT_VARS,
+    URL_VARS,
+    check_urls,
+    env_setting,
+    parse_count,
+    parse_duration,
+)
+from ._credentials import ROLE_ID_VAR, SECRET_ID_VAR, TOKEN_VARS, AuthSpec, reference_of
+from ._status import AccessEvent
+from ._validate import (
+    check_flag,
+    check_names,
+    check_seconds,
+    check_size,
+    validate_name,
+    validate_path,
+)
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._manager import KeyManager
+
+__all__ = ["KeyManagerSpec"]
+
+#: Seconds a worker built from a spec waits at most, at random, before its first login.
+DEFAULT_LOGIN_JITTER = 0.5
+
+
+@guarded_class
+@dataclass(frozen=True, kw_only=True)
+class KeyManagerSpec:
+    """Every setting of a :class:`~secureml.key_management.KeyManager`, with
+    credentials only by reference: safe to pickle and send to worker processes.
+
+    Get one from a manager (:meth:`KeyManager.spec`), from the environment
+    (:meth:`from_env`), or by keywords (the manager's, with ``auth=`` an
+    :class:`AuthSpec` instead of a token). In the worker, :meth:`manager` returns this
+    process's manager for the spec.
+
+    Attributes:
+        vault_url: The Vault nodes' addresses (``None``: the worker's environment says).
+        auth: How the worker logs in (``None``: as the worker's environment says).
+        login_jitter: Most seconds a worker waits, at random, before its first login,
+            so that many workers started at once spread their logins (0: no wait).
+
+    The other attributes are :class:`KeyManager`'s arguments of the same names; a
+    ``None`` means: as the worker's environment says.
+
+    Example:
+        >>> spec = km.spec()                          # doctest: +SKIP
+        >>> def encrypt_partition(batches):           # runs on an executor
+        ...     km = spec.manager()                   # one per process, one login
+        ...     for batch in batches:
+        ...         yield km.encrypt(batch, key_name="datasets/key")
+    """
+
+    vault_url: tuple[str, ...] | None = None
+    auth: AuthSpec | None = None
+    vault_path: str = "secureml"
+    use_env_fallback: bool = True
+    use_default_fallback: bool = False
+    vault_mount: str = "secret"
+    vault_namespace: str | None = None
+    vault_ca_cert: str | None = None
+    vault_client_cert: str | None = None
+    vault_client_key: str | None = None
+    vault_kv_version: int | None = None
+    verify: bool = True
+    timeout: float | None = None
+    retries: int | None = None
+    cache_ttl: float = 60.0
+    cache_size: int = 1024
+    max_stale: float = 3600.0
+    audit_hook: Callable[[AccessEvent], object] | None = field(default=None, repr=False)
+    declared_keys: frozenset[str] = frozenset()
+    declared_transit_keys: frozenset[str] = frozenset()
+    require_commitment: bool = False
+    login_jitter: float = DEFAULT_LOGIN_JITTER
+
+    def __post_init__(self) -> None:
+        # Checked here, where the spec is made, rather than in a worker far away.
+        checked: dict[str, Any] = {
+            "vault_path": validate_path(self.vault_path, what="vault_path"),
+            "vault_mount": validate_name(self.vault_mount, what="vault_mount"),
+            "use_env_fallback": check_flag(self.use_env_fallback, "use_env_fallback"),
+            "use_default_fallback": check_flag(self.use_default_fallback, "use_default_fallback"),
+            "verify": check_flag(self.verify, "verify"),
+            "require_commitment": check_flag(self.require_commitment, "require_commitment"),
+            "cache_ttl": check_seconds(self.cache_ttl, "cache_ttl"),
+            "cache_size": check_size(self.cache_size, "cache_size"),
+            "max_stale": check_seconds(self.max_stale, "max_stale"),
+            "login_jitter": check_seconds(self.login_jitter, "login_jitter"),
+            "declared_keys": check_names(self.declared_keys, "declared_keys"),
+            "declared_transit_keys": check_names(
+                self.declared_transit_keys, "declared_transit_keys"
+            ),
+        }
+        if self.vault_url is not None:
+            checked["vault_url"] = check_urls(self.vault_url)
+        if self.auth is not None and not isinstance(self.auth, AuthSpec):
+            raise TypeError(
+                "auth must be an AuthSpec (credentials by reference), such as "
+                "AuthSpec.token(env='VAULT_TOKEN'); a spec never carries a credential"
+            )
+        if self.vault_kv_version not in (None, 1, 2):
+            raise ValueError("vault_kv_version must be 1, 2 or None")
+        if self.audit_hook is not None and not callable(self.audit_hook):
+            raise TypeError("audit_hook must be callable with one AccessEvent")
+        for name in ("vault_namespace", "vault_ca_cert", "vault_client_cert", "vault_client_key"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a str or None")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    # -- making one --------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **settings: Any) -> KeyManagerSpec:
+        """The spec of the manager ``KeyManager()`` would build from this environment:
+        the Vault address, namespace, TLS files, timeout and retries it sets, and a
+        reference to the variables that hold the credential (AppRole's
+        ``SECUREML_VAULT_ROLE_ID``/``SECUREML_VAULT_SECRET_ID``, else the first of
+        ``SECUREML_VAULT_TOKEN``, ``BAO_TOKEN``, ``VAULT_TOKEN`` that is set).
+
+        ``settings`` override any attribute (``vault_path="ml"`` ...).
+
+        Raises:
+            ConfigurationError: A Vault address is set but no credential variable is.
+        """
+        env = os.environ if environ is None else environ
+        found: dict[str, Any] = {}
+        url = env_setting(env, URL_VARS)
+        if url is not None:
+            found["vault_url"] = url[1]
+            found["auth"] = _auth_from_env(env, url[1])
+        for name, names in (
+            ("vault_namespace", NAMESPACE_VARS),
+            ("vault_ca_cert", CACERT_VARS),
+            ("vault_client_cert", CLIENT_CERT_VARS),
+            ("vault_client_key", CLIENT_KEY_VARS),
+        ):
+            value = env_setting(env, names)
+            if value is not None:
+                found[name] = value[1]
+        for name, names, parse in (
+            ("timeout", TIMEOUT_VARS, parse_duration),
+            ("retries", RETRIES_VARS, parse_count),
+        ):
+            text = env_setting(env, names)
+            if text is not None:
+                found[name] = parse(text[1], text[0])
+        unknown = set(settings) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"KeyManagerSpec has no setting {sorted(unknown)[0]!r}")
+        return cls(**{**found, **settings})
+
+    def replace(self, **changes: Any) -> KeyManagerSpec:
+        """A copy with ``changes`` (e.g. ``cache_ttl=300``), checked as a new spec is."""
+        return replace(self, **changes)
+
+    # -- in the worker -----------------------------------------------------------------
+
+    def manager(self) -> KeyManager:
+        """This process's manager for this spec: built on first use (its credential
+        read here, from the variable or file the spec names), the same one for every
+        later call in this process, and built again in a child this process forks.
+
+        Thread-safe: threads asking at once get the same manager.
+
+        Raises:
+            ConfigurationError: This process lacks the credential the spec refers to
+                (the message names the variable or file), or the settings are refused
+                here (e.g. dev defaults outside development).
+        """
+        return _managers.get(self)
+
+    def new_manager(self) -> KeyManager:
+        """A manager of its own for this spec, not shared with :meth:`manager`'s."""
+        from ._manager import KeyManager
+
+        auth = None if self.auth is None else self.auth.build()
+        return KeyManager(
+            vault_url=None if self.vault_url is None else list(self.vault_url),
+            vault_auth=auth,
+            vault_path=self.vault_path,
+            use_env_fallback=self.use_env_fallback,
+            use_default_fallback=self.use_default_fallback,
+            vault_mount=self.vault_mount,
+            vault_namespace=self.vault_namespace,
+            vault_ca_cert=self.vault_ca_cert,
+            vault_client_cert=self.vault_client_cert,
+            vault_client_key=self.vault_client_key,
+            vault_kv_version=self.vault_kv_version,
+            verify=self.verify,
+            timeout=self.timeout,
+            retries=self.retries,
+            cache_ttl=self.cache_ttl,
+            cache_size=self.cache_size,
+            max_stale=self.max_stale,
+            audit_hook=self.audit_hook,
+            declared_keys=self.declared_keys,
+            declared_transit_keys=self.declared_transit_keys,
+            require_commitment=self.require_commitment,
+            login_jitter=self.login_jitter,
+        )
+
+
+def _auth_from_env(env: Mapping[str, str], url: str) -> AuthSpec:
+    """The reference to the credential variables set in ``env`` (as ``_config`` reads
+    them: AppRole first, then a token)."""
+    role_id, secret_id = env.get(ROLE_ID_VAR, "").strip(), env.get(SECRET_ID_VAR, "").strip()
+    if role_id or secret_id:
+        if not (role_id and secret_id):
+            raise ConfigurationError(
+                f"AppRole needs both {ROLE_ID_VAR} and {SECRET_ID_VAR}; only one is set"
+            )
+        return AuthSpec.approle(role_id_env=ROLE_ID_VAR, secret_id_env=SECRET_ID_VAR)
+    for name in TOKEN_VARS:
+        if env.get(name, "").strip():
+            return AuthSpec.token(env=name)
+    raise ConfigurationError(
+        f"Vault URL {url} is set but no credential variable: set SECUREML_VAULT_TOKEN (or "
+        f"VAULT_TOKEN), or {ROLE_ID_VAR} and {SECRET_ID_VAR}, or pass auth=AuthSpec..."
+    )
+
+
+def spec_of(
+    manager: KeyManager,
+    *,
+    credential_env: str | None = None,
+    credential_file: str | None = None,
+) -> KeyManagerSpec:
+    """:meth:`KeyManager.spec`: the settings of ``manager``, credentials by reference."""
+    settings = manager._core.settings
+    if settings.backend is not None:
+        raise ConfigurationError(
+            "a manager over a custom backend= has no spec (the backend may hold anything): "
+            "build the manager in each worker instead"
+        )
+    vault = settings.vault
+    common: dict[str, Any] = {
+        "vault_path": settings.vault_path,
+        "use_env_fallback": settings.use_env_fallback,
+        "use_default_fallback": settings.use_default_fallback,
+        "vault_mount": settings.vault_mount,
+        "vault_kv_version": settings.vault_kv_version,
+        "cache_ttl": settings.cache_ttl,
+        "cache_size": settings.cache_size,
+        "max_stale": settings.max_stale,
+        "audit_hook": settings.audit_hook,
+        "declared_keys": settings.declared_keys,
+        "declared_transit_keys": settings.declared_transit_keys,
+        "require_commitment": settings.require_commitment,
+    }
+    if vault is None:
+        if credential_env is not None or credential_file is not None:
+            raise ConfigurationError("this manager has no Vault, so no credential to refer to")
+        return KeyManagerSpec(**common, vault_url=None, auth=None)
+    return KeyManagerSpec(
+        **common,
+        vault_url=vault.urls,
+        auth=reference_of(
+            vault.auth, credential_env=credential_env, credential_file=credential_file
+        ),
+        vault_namespace=vault.namespace,
+        vault_ca_cert=vault.ca_cert,
+        vault_client_cert=vault.client_cert,
+        vault_client_key=vault.client_key,
+        verify=vault.verify,
+        timeout=vault.timeout,
+        retries=vault.retries,
+        login_jitter=vault.login_jitter or DEFAULT_LOGIN_JITTER,
+    )
+
+
+class _PerProcess:
+    """One manager per spec in this process; emptied in a forked child (whose managers
+    must be its own), checked by pid as well for forks that bypass Python's hooks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._managers: dict[KeyManagerSpec, KeyManager] = {}
+        self._pid = os.getpid()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._managers = {}
+        self._pid = os.getpid()
+
+    def get(self, spec: KeyManagerSpec) -> KeyManager:
+        if self._pid != os.getpid():
+            self._forget()
+        found = self._managers.get(spec)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._managers.get(spec)
+            if found is None:
+                found = self._managers[spec] = spec.new_manager()
+            return found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._managers = {}
+
+
+_managers = _PerProcess()
