@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.raft import RaftCluster
+from tests.support.workers import AuditedServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,3 +35,14 @@ def raft() -> Iterator[RaftCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def audited_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditedServer]:
+    """An OpenBao dev server with a file audit device, for counting workers' logins;
+    one for the session, stopped by PID."""
+    server = AuditedServer(tmp_path_factory.mktemp("audited-bao")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
