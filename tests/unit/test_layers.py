@@ -26,6 +26,21 @@ BELOW_BACKENDS = {
 }
 
 
+#: Type-only imports allowed to point up a layer, each with its reason. The spec's methods
+#: are typed with the manager class they build; at run time the facade registers that
+#: class with the spec (``register_manager_class``), so nothing imports upward.
+TYPE_ONLY_UPWARD = {("_spec", "_manager")}
+
+
+def _type_only(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:``."""
+    found: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            found.update(id(inner) for stmt in node.body for inner in ast.walk(stmt))
+    return found
+
+
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE).with_suffix("").parts
     return ".".join(p for p in parts if p != "__init__") or "__init__"
@@ -36,8 +51,16 @@ def _imports(path: Path) -> set[str]:
     here = _module_name(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    type_only = _type_only(tree)
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
+            target = ".".join([*package, node.module or ""])
+            if (
+                id(node) in type_only
+                and (".".join(here), target.rpartition(".")[2]) in TYPE_ONLY_UPWARD
+            ):
+                continue
             base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
             if node.module:
                 found.add(".".join([*base, node.module]).removeprefix("__init__."))

@@ -20,8 +20,6 @@ from .errors import AuthenticationError, ConfigurationError
 if TYPE_CHECKING:
     import hvac
 
-    from ._credentials import AuthSpec
-
 __all__ = [
     "AppRoleAuth",
     "JWTAuth",
@@ -130,8 +128,9 @@ class TokenAuth:
         >>> KeyManager(vault_url=url, vault_auth=TokenAuth(os.environ["VAULT_TOKEN"]))
     """
 
-    #: Where a worker finds this token (set when it came from the environment or a spec).
-    _reference: AuthSpec | None = None
+    #: Where a worker finds this token: an ``AuthSpec``, set when it came from the
+    #: environment or a spec (``_credentials`` reads it; it imports this module).
+    _reference: object = None
 
     def __init__(self, token: str) -> None:
         token = _require_text(token, "vault token")
@@ -165,9 +164,9 @@ class _LoginMethod:
     """An auth method that logs in with credentials, so it can always log in again."""
 
     _method = ""
-    #: Where a worker finds these credentials (set when they came from the environment
-    #: or a spec).
-    _reference: AuthSpec | None = None
+    #: Where a worker finds these credentials: an ``AuthSpec``, set when they came from
+    #: the environment or a spec.
+    _reference: object = None
 
     def __init__(self, mount: str) -> None:
         self._mount = validate_name(mount, what="auth mount")

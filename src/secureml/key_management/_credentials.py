@@ -31,6 +31,7 @@ from ._auth import (
     UserpassAuth,
     VaultAuth,
 )
+from ._boundary import guarded_class
 from ._validate import validate_name
 from .errors import ConfigurationError
 
@@ -49,8 +50,10 @@ def _env_name(name: object, what: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"{what} must be the name of an environment variable (a str)")
     if not _ENV_NAME.fullmatch(name):
+        # Not quoted: a credential passed here by mistake must not reach the message.
         raise ValueError(
-            f"{what} {name[:64]!r} is not an environment variable name (letters, digits, _)"
+            f"{what} is not an environment variable name (letters, digits, _): give the "
+            "name of the variable, never the credential itself"
         )
     return name
 
@@ -70,6 +73,7 @@ def _text(value: object, what: str) -> str:
     return value.strip()
 
 
+@guarded_class
 @dataclass(frozen=True)
 class AuthSpec:
     """How a worker logs in to Vault, with its credential only by reference.
@@ -112,6 +116,20 @@ class AuthSpec:
             _file_path(self.file, "file")
         if self.mount is not None:
             validate_name(self.mount, what="auth mount")
+        # What build() needs, checked here rather than built as the text "None".
+        if self.method in ("jwt", "kubernetes") and not isinstance(self.role, str):
+            raise TypeError(f"a {self.method} AuthSpec needs role= (a str)")
+        if self.method == "kubernetes" and self.file is None:
+            raise ConfigurationError("a kubernetes AuthSpec reads its token from file=")
+        if self.method == "userpass" and not isinstance(self.username, str):
+            raise TypeError("a userpass AuthSpec needs username= (a str)")
+        if self.method == "approle":
+            if (self.role_id is None) == (self.role_id_env is None):
+                raise ConfigurationError(
+                    "an approle AuthSpec needs exactly one of role_id or role_id_env"
+                )
+            if self.role_id_env is not None:
+                _env_name(self.role_id_env, "role_id_env")
 
     # -- one constructor per method ----------------------------------------------------
 
@@ -339,6 +357,15 @@ def _named(
     """The reference the caller named, checked against the credential where it can be."""
     if credential_env is None and credential_file is None:
         return None
+    if secret is not None and any(
+        isinstance(given, str) and _same(given, secret)
+        for given in (credential_env, credential_file)
+    ):
+        # The credential itself, passed by mistake: it would travel in the spec.
+        raise ConfigurationError(
+            "credential_env=/credential_file= take the name of the variable or the path "
+            "of the file that holds the credential, never the credential itself"
+        )
     if isinstance(auth, KubernetesAuth) or (isinstance(auth, JWTAuth) and auth._jwt is None):
         raise ConfigurationError(
             f"this manager's {auth.method} login already reads its token from a file; "

@@ -22,6 +22,7 @@ from ._lifecycle import KeyLifecycle
 from ._materials import DEFAULT_KEY, KeyMaterials
 from ._secrets import Secrets
 from ._settings import ManagerSettings
+from ._spec import KeyManagerSpec, register_manager_class, spec_of
 from ._status import AccessEvent, KeyManagerStats, KeyManagerStatus
 from ._transit import TransitKeys
 from ._validate import Progress
@@ -29,8 +30,6 @@ from .backends.base import KeyVersion, SecretBackend, SecretValue
 
 if TYPE_CHECKING:
     from secureml.columns import ColumnCipher, ColumnMode
-
-    from ._spec import KeyManagerSpec
 
 __all__ = ["KeyManager"]
 
@@ -869,8 +868,6 @@ class KeyManager:
             >>> spec = km.spec()                              # doctest: +SKIP
             >>> pool.map(functools.partial(work, spec), items)  # worker: spec.manager()
         """
-        from ._spec import spec_of
-
         return spec_of(self, credential_env=credential_env, credential_file=credential_file)
 
     # -- hygiene ---------------------------------------------------------------------
@@ -890,3 +887,6 @@ class KeyManager:
             "KeyManager cannot be pickled (it holds a Vault token); send km.spec() "
             "instead and call spec.manager() in the worker"
         )
+
+
+register_manager_class(KeyManager)

@@ -11,6 +11,7 @@ share one cache and one login.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -26,6 +27,8 @@ from ._config import (
     RETRIES_VARS,
     TIMEOUT_VARS,
     URL_VARS,
+    _check_retries,
+    _check_timeout,
     check_urls,
     env_setting,
     parse_count,
@@ -121,8 +124,14 @@ class KeyManagerSpec:
                 self.declared_transit_keys, "declared_transit_keys"
             ),
         }
+        if not math.isfinite(checked["login_jitter"]):
+            raise ValueError("login_jitter must be a finite number of seconds")
         if self.vault_url is not None:
             checked["vault_url"] = check_urls(self.vault_url)
+        if self.timeout is not None:
+            checked["timeout"] = _check_timeout(self.timeout, "timeout")
+        if self.retries is not None:
+            checked["retries"] = _check_retries(self.retries, "retries")
         if self.auth is not None and not isinstance(self.auth, AuthSpec):
             raise TypeError(
                 "auth must be an AuthSpec (credentials by reference), such as "
@@ -159,7 +168,8 @@ class KeyManagerSpec:
         url = env_setting(env, URL_VARS)
         if url is not None:
             found["vault_url"] = url[1]
-            found["auth"] = _auth_from_env(env, url[1])
+            if "auth" not in settings:  # an auth= given wins over the environment's
+                found["auth"] = _auth_from_env(env, url[1])
         for name, names in (
             ("vault_namespace", NAMESPACE_VARS),
             ("vault_ca_cert", CACERT_VARS),
@@ -203,10 +213,8 @@ class KeyManagerSpec:
 
     def new_manager(self) -> KeyManager:
         """A manager of its own for this spec, not shared with :meth:`manager`'s."""
-        from ._manager import KeyManager
-
         auth = None if self.auth is None else self.auth.build()
-        return KeyManager(
+        return _facade()(
             vault_url=None if self.vault_url is None else list(self.vault_url),
             vault_auth=auth,
             vault_path=self.vault_path,
@@ -230,6 +238,23 @@ class KeyManagerSpec:
             require_commitment=self.require_commitment,
             login_jitter=self.login_jitter,
         )
+
+
+#: The facade's class. It registers itself when imported (importing this module imports
+#: the package, so it is always there), as this module sits below it.
+_manager_class: type[KeyManager] | None = None
+
+
+def register_manager_class(cls: type[KeyManager]) -> None:
+    """Called once by the facade: the class :meth:`KeyManagerSpec.new_manager` builds."""
+    global _manager_class  # noqa: PLW0603 - set once, at import
+    _manager_class = cls
+
+
+def _facade() -> type[KeyManager]:
+    if _manager_class is None:  # pragma: no cover - the package imports the facade
+        raise RuntimeError("import secureml.key_management before building managers")
+    return _manager_class
 
 
 def _auth_from_env(env: Mapping[str, str], url: str) -> AuthSpec:
