@@ -65,7 +65,8 @@ class VaultSettings:
         timeout: Seconds to connect, and to wait for each answer.
         retries: Extra rounds after a failure worth retrying (0 disables).
         urls: Every node's address, ``url`` first (a cluster without a load balancer).
-        login_jitter: Most seconds to wait, at random, before this process's first login.
+        login_jitter: Most seconds to wait, at random, before this process's first login
+            (``None``: not set, no wait).
     """
 
     url: str
@@ -78,7 +79,7 @@ class VaultSettings:
     timeout: float = DEFAULT_TIMEOUT
     retries: int = DEFAULT_RETRIES
     urls: tuple[str, ...] = ()
-    login_jitter: float = 0.0
+    login_jitter: float | None = None
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -287,7 +288,7 @@ def resolve_vault_settings(
     verify: bool = True,
     timeout: float | None = None,
     retries: int | None = None,
-    login_jitter: float = 0.0,
+    login_jitter: float | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> VaultSettings | None:
     """Work out the Vault settings, or ``None`` when no Vault is configured.

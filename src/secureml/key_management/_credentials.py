@@ -17,16 +17,17 @@ from __future__ import annotations
 import hmac
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from ._auth import (
     KUBERNETES_JWT_PATH,
     AppRoleAuth,
     JWTAuth,
     KubernetesAuth,
+    Login,
     TokenAuth,
     UserpassAuth,
     VaultAuth,
@@ -34,6 +35,9 @@ from ._auth import (
 from ._boundary import guarded_class
 from ._validate import validate_name
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import hvac
 
 __all__ = ["AuthSpec", "reference_of"]
 
@@ -195,9 +199,27 @@ class AuthSpec:
                 the message names it (never a value).
         """
         env = os.environ if environ is None else environ
+        try:
+            auth = self._build(env)
+        except ConfigurationError as exc:
+            if str(exc).startswith("this process"):
+                raise
+            # A credential refused as malformed: say where it was read from.
+            raise ConfigurationError(f"{exc} (read from {self._source()})") from None
+        auth._reference = self  # type: ignore[attr-defined]
+        return auth
+
+    def _source(self) -> str:
+        if self.env is not None:
+            return f"the environment variable {self.env}"
+        return f"the file {self.file!r}"
+
+    def _build(self, env: Mapping[str, str]) -> VaultAuth:
         auth: VaultAuth
         mount = self.mount or self.method
-        if self.method == "token":
+        if self.method == "token" and self.file is not None:
+            auth = _TokenFileAuth(lambda: self._credential(env))
+        elif self.method == "token":
             auth = TokenAuth(self._credential(env))
         elif self.method == "approle":
             role_id = self.role_id
@@ -215,7 +237,6 @@ class AuthSpec:
         else:
             self._require_file()
             auth = KubernetesAuth(str(self.role), jwt_path=str(self.file), mount=mount)
-        auth._reference = self
         return auth
 
     def _credential(self, env: Mapping[str, str]) -> str:
@@ -265,6 +286,25 @@ class AuthSpec:
         if self.role_id is not None:
             shown.append("role_id=***")
         return f"AuthSpec({', '.join(shown)})"
+
+
+@guarded_class
+class _TokenFileAuth(TokenAuth):
+    """A token in a file another process keeps fresh (Vault Agent's sink), read again
+    at each login: a token rotated there is picked up once the old one is refused or
+    expires."""
+
+    def __init__(self, read: Callable[[], str]) -> None:
+        super().__init__(read())
+        self._read = read
+
+    @property
+    def can_login_again(self) -> bool:
+        return True
+
+    def login(self, client: hvac.Client) -> Login:
+        self._token = TokenAuth(self._read())._token
+        return Login(token=self._token, ttl=None, renewable=False)
 
 
 def reference_of(

@@ -131,7 +131,8 @@ class KeyManager:
             are not refused by it.
         login_jitter: Before this manager's first Vault login, wait a random time up to
             this many seconds (never past the call's deadline), so that many workers
-            started at once spread their logins. Specs default to 0.5 s; 0 disables.
+            started at once spread their logins. ``None``: no wait here, and 0.5 s in
+            the managers its :meth:`spec` builds; 0 disables both.
 
     Raises:
         ConfigurationError: Contradictory or unsafe settings (e.g. a Vault URL but no
@@ -172,7 +173,7 @@ class KeyManager:
         declared_keys: Iterable[str] = (),
         declared_transit_keys: Iterable[str] = (),
         require_commitment: bool = False,
-        login_jitter: float = 0.0,
+        login_jitter: float | None = None,
     ) -> None:
         settings = ManagerSettings.resolve(
             vault_url=vault_url,

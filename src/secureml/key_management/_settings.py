@@ -18,6 +18,7 @@ from ._devdefaults import DEVELOPMENT_VALUES, PRODUCTION_ENV_VAR, development_en
 from ._status import AccessEvent
 from ._validate import (
     check_flag,
+    check_jitter,
     check_names,
     check_seconds,
     check_size,
@@ -99,7 +100,7 @@ class ManagerSettings:
         declared_keys: Iterable[str] = (),
         declared_transit_keys: Iterable[str] = (),
         require_commitment: bool = False,
-        login_jitter: float = 0.0,
+        login_jitter: float | None = None,
     ) -> ManagerSettings:
         """Check every argument and fill in the environment's Vault settings.
 
@@ -142,7 +143,7 @@ class ManagerSettings:
                 verify=verify,
                 timeout=timeout,
                 retries=retries,
-                login_jitter=check_seconds(login_jitter, "login_jitter"),
+                login_jitter=None if login_jitter is None else check_jitter(login_jitter),
             )
         ttl = check_seconds(cache_ttl, "cache_ttl")
         size = check_size(cache_size, "cache_size")

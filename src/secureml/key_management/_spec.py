@@ -11,7 +11,6 @@ share one cache and one login.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -38,6 +37,7 @@ from ._credentials import ROLE_ID_VAR, SECRET_ID_VAR, TOKEN_VARS, AuthSpec, refe
 from ._status import AccessEvent
 from ._validate import (
     check_flag,
+    check_jitter,
     check_names,
     check_seconds,
     check_size,
@@ -100,7 +100,11 @@ class KeyManagerSpec:
     cache_ttl: float = 60.0
     cache_size: int = 1024
     max_stale: float = 3600.0
-    audit_hook: Callable[[AccessEvent], object] | None = field(default=None, repr=False)
+    # Compared by what the hook is (module, name, code), not by identity: a hook
+    # cloudpickled by value is a new object in each unpickled copy of the spec.
+    audit_hook: Callable[[AccessEvent], object] | None = field(
+        default=None, repr=False, compare=False
+    )
     declared_keys: frozenset[str] = frozenset()
     declared_transit_keys: frozenset[str] = frozenset()
     require_commitment: bool = False
@@ -118,14 +122,12 @@ class KeyManagerSpec:
             "cache_ttl": check_seconds(self.cache_ttl, "cache_ttl"),
             "cache_size": check_size(self.cache_size, "cache_size"),
             "max_stale": check_seconds(self.max_stale, "max_stale"),
-            "login_jitter": check_seconds(self.login_jitter, "login_jitter"),
+            "login_jitter": check_jitter(self.login_jitter),
             "declared_keys": check_names(self.declared_keys, "declared_keys"),
             "declared_transit_keys": check_names(
                 self.declared_transit_keys, "declared_transit_keys"
             ),
         }
-        if not math.isfinite(checked["login_jitter"]):
-            raise ValueError("login_jitter must be a finite number of seconds")
         if self.vault_url is not None:
             checked["vault_url"] = check_urls(self.vault_url)
         if self.timeout is not None:
@@ -321,7 +323,7 @@ def spec_of(
         verify=vault.verify,
         timeout=vault.timeout,
         retries=vault.retries,
-        login_jitter=vault.login_jitter or DEFAULT_LOGIN_JITTER,
+        login_jitter=DEFAULT_LOGIN_JITTER if vault.login_jitter is None else vault.login_jitter,
     )
 
 
@@ -331,7 +333,7 @@ class _PerProcess:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._managers: dict[KeyManagerSpec, KeyManager] = {}
+        self._managers: dict[tuple[KeyManagerSpec, object], KeyManager] = {}
         self._pid = os.getpid()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._forget)
@@ -344,18 +346,42 @@ class _PerProcess:
     def get(self, spec: KeyManagerSpec) -> KeyManager:
         if self._pid != os.getpid():
             self._forget()
-        found = self._managers.get(spec)
+        key = (spec, _hook_identity(spec.audit_hook))
+        found = self._managers.get(key)
         if found is not None:
             return found
         with self._lock:
-            found = self._managers.get(spec)
+            found = self._managers.get(key)
             if found is None:
-                found = self._managers[spec] = spec.new_manager()
+                found = self._managers[key] = spec.new_manager()
             return found
 
     def clear(self) -> None:
         with self._lock:
             self._managers = {}
+
+
+def _hook_identity(hook: object) -> object:
+    """What makes two audit hooks the same hook: a function's module, name and code (a
+    bound method's: with its class), so copies unpickled by value match; a callable
+    object itself, or its class if it cannot be a dict key."""
+    if hook is None:
+        return None
+    function = getattr(hook, "__func__", hook)
+    owner = getattr(hook, "__self__", None)
+    code = getattr(function, "__code__", None)
+    if code is None:  # a callable object: itself if it can be a key, else its class
+        try:
+            hash(hook)
+        except TypeError:
+            return (type(hook).__module__, type(hook).__qualname__)
+        return hook
+    return (
+        getattr(function, "__module__", None),
+        getattr(function, "__qualname__", None),
+        None if code is None else (code.co_code, repr(code.co_consts)),
+        None if owner is None else type(owner).__qualname__,
+    )
 
 
 _managers = _PerProcess()

@@ -23,6 +23,7 @@ __all__ = [
     "check_data",
     "check_encoding",
     "check_flag",
+    "check_jitter",
     "check_labels",
     "check_length",
     "check_now",
@@ -128,6 +129,14 @@ def check_seconds(value: object, what: str) -> float:
     if not value >= 0:
         raise ValueError(f"{what} must be 0 or more seconds; got {value}")
     return float(value)
+
+
+def check_jitter(value: object, what: str = "login_jitter") -> float:
+    """A finite number of seconds, 0 or more (``time.sleep`` refuses infinity)."""
+    seconds = check_seconds(value, what)
+    if seconds == float("inf"):
+        raise ValueError(f"{what} must be a finite number of seconds")
+    return seconds
 
 
 def check_size(value: object, what: str) -> int:

@@ -227,7 +227,7 @@ class VaultBackend:
             settings.auth,
             url=settings.url,
             namespace=settings.namespace,
-            first_login_delay=settings.login_jitter,
+            first_login_delay=settings.login_jitter or 0.0,
         )
         # Shared by every thread's client: which node answers, what we wrote last.
         self._addresses = AddressBook(settings.urls)
