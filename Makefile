@@ -40,6 +40,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/parquet.py
 	$(BIN)/python bench/columns.py
+	$(BIN)/python bench/workers.py
 
 # 100,000 random mutations of ciphertexts, all of which must be rejected (minutes).
 fuzz: $(VENV)/.installed
