@@ -14,7 +14,6 @@ import base64
 import contextlib
 import functools
 import subprocess
-import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,8 +33,7 @@ from secureml.key_management import (
 from secureml.key_management._envelope import parse_header
 from secureml.key_management._materials import DATA_KEY_LABEL
 from tests.support.fault_proxy import Fault, FaultProxy
-
-TESTS = str(Path(__file__).resolve().parents[1])
+from tests.support.frames import rendered_locals
 
 
 def forms(secret: str | bytes) -> list[str]:
@@ -53,26 +51,6 @@ def forms(secret: str | bytes) -> list[str]:
         *encoded,
         *(e.rstrip("=") for e in encoded),
     ]
-
-
-def rendered_locals(error: BaseException) -> Iterator[tuple[str, str, str]]:
-    """(frame, name, repr) of every local of every library frame, chains included."""
-    summary = traceback.TracebackException(
-        type(error), error, error.__traceback__, capture_locals=True
-    )
-    seen: set[int] = set()
-    todo = [summary]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for frame in current.stack:
-            if frame.filename.startswith(TESTS):
-                continue  # the test's own frames hold what the test passed in
-            for name, value in (frame.locals or {}).items():
-                yield f"{frame.filename}:{frame.lineno} {frame.name}", name, value
-        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
 
 
 def assert_no_secret_in_locals(error: BaseException, *secrets: str | bytes) -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -22,8 +20,8 @@ pd = pytest.importorskip("pandas")
 cloudpickle = pytest.importorskip("cloudpickle")
 distributed = pytest.importorskip("distributed")
 
-from secureml.key_management import AppRoleAuth, KeyManager, KeyManagerSpec  # noqa: E402
-from tests.support.workers import AppRole, AuditedServer  # noqa: E402
+from secureml.key_management import KeyManager, KeyManagerSpec  # noqa: E402
+from tests.support.workers import AuditedServer, WorkerSetup, worker_setup  # noqa: E402
 
 PARTITIONS = 16
 PER_PARTITION = 500
@@ -36,32 +34,13 @@ EMAILS = [f"user{i:05d}@example.com" for i in range(ROWS)]
 Part = tuple[list[int], list[str]]
 
 
-@dataclass(frozen=True)
-class Setup:
-    role: AppRole
-    spec: KeyManagerSpec
-    root: KeyManager
+@pytest.fixture(scope="module")
+def setup(audited_bao: AuditedServer) -> WorkerSetup:
+    return worker_setup(audited_bao, key=KEY, credential_env=SECRET_VAR)
 
 
 @pytest.fixture(scope="module")
-def setup(audited_bao: AuditedServer) -> Setup:
-    vault_path = f"test-{uuid.uuid4().hex[:12]}"
-    role = audited_bao.approle(vault_path)
-    # The key is made with the root token, so every login on the role's mount is a worker's.
-    root = KeyManager(
-        vault_url=audited_bao.address, vault_token=audited_bao.root_token, vault_path=vault_path
-    )
-    root.generate_key(KEY)
-    parent = KeyManager(
-        vault_url=audited_bao.address,
-        vault_auth=AppRoleAuth(role.role_id, role.secret_id, mount=role.mount),
-        vault_path=vault_path,
-    )
-    return Setup(role, parent.spec(credential_env=SECRET_VAR), root)
-
-
-@pytest.fixture(scope="module")
-def client(setup: Setup) -> Iterator[Any]:
+def client(setup: WorkerSetup) -> Iterator[Any]:
     # Worker processes are spawned with this process's environment: set it first.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(SECRET_VAR, setup.role.secret_id)
@@ -133,7 +112,7 @@ def _check(ids: list[int], cells: list[bytes], root: KeyManager) -> None:
     assert root.column_cipher(KEY, column="email").decrypt(cells, text=True) == EMAILS
 
 
-def test_the_shipped_closure_carries_no_credential(setup: Setup) -> None:
+def test_the_shipped_closure_carries_no_credential(setup: WorkerSetup) -> None:
     for job in (partition_job(setup.spec), frame_job(setup.spec)):
         shipped = cloudpickle.dumps(job)
         assert setup.role.secret_id.encode() not in shipped
@@ -142,7 +121,7 @@ def test_the_shipped_closure_carries_no_credential(setup: Setup) -> None:
 
 
 def test_each_worker_process_logs_in_once(
-    client: Any, setup: Setup, audited_bao: AuditedServer
+    client: Any, setup: WorkerSetup, audited_bao: AuditedServer
 ) -> None:
     assert audited_bao.logins(setup.role.mount, settle=0) == 0
     worker_pids = set(client.run(os.getpid).values())
@@ -160,7 +139,7 @@ def test_each_worker_process_logs_in_once(
 
 
 def test_a_dataframe_job_reuses_the_workers_managers(
-    client: Any, setup: Setup, audited_bao: AuditedServer
+    client: Any, setup: WorkerSetup, audited_bao: AuditedServer
 ) -> None:
     import dask.dataframe as dd
 

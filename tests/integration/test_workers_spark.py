@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -25,8 +23,8 @@ cloudpickle = pytest.importorskip("cloudpickle")
 if shutil.which("java") is None:
     pytest.skip("Spark needs Java 17+", allow_module_level=True)
 
-from secureml.key_management import AppRoleAuth, KeyManager, KeyManagerSpec  # noqa: E402
-from tests.support.workers import AppRole, AuditedServer  # noqa: E402
+from secureml.key_management import KeyManager, KeyManagerSpec  # noqa: E402
+from tests.support.workers import AuditedServer, WorkerSetup, worker_setup  # noqa: E402
 
 PARTITIONS = 16
 ROWS = 8_000
@@ -41,34 +39,13 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-@dataclass(frozen=True)
-class Setup:
-    role: AppRole
-    vault_path: str
-    spec: KeyManagerSpec
-    root: KeyManager
+@pytest.fixture(scope="module")
+def setup(audited_bao: AuditedServer) -> WorkerSetup:
+    return worker_setup(audited_bao, key=KEY, credential_env=SECRET_VAR)
 
 
 @pytest.fixture(scope="module")
-def setup(audited_bao: AuditedServer) -> Setup:
-    vault_path = f"test-{uuid.uuid4().hex[:12]}"
-    role = audited_bao.approle(vault_path)
-    # The key is made with the root token, so every login on the role's mount is a worker's.
-    root = KeyManager(
-        vault_url=audited_bao.address, vault_token=audited_bao.root_token, vault_path=vault_path
-    )
-    root.generate_key(KEY)
-    parent = KeyManager(
-        vault_url=audited_bao.address,
-        vault_auth=AppRoleAuth(role.role_id, role.secret_id, mount=role.mount),
-        vault_path=vault_path,
-    )
-    spec = parent.spec(credential_env=SECRET_VAR)
-    return Setup(role, vault_path, spec, root)
-
-
-@pytest.fixture(scope="module")
-def spark(setup: Setup) -> Iterator[Any]:
+def spark(setup: WorkerSetup) -> Iterator[Any]:
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -145,7 +122,7 @@ def _check(rows: list[Any], root: KeyManager) -> set[int]:
     return {r.pid for r in rows}
 
 
-def test_the_shipped_closure_carries_no_credential(setup: Setup) -> None:
+def test_the_shipped_closure_carries_no_credential(setup: WorkerSetup) -> None:
     for job in (pandas_job(setup.spec), arrow_job(setup.spec)):
         shipped = cloudpickle.dumps(job)
         assert setup.role.secret_id.encode() not in shipped
@@ -157,7 +134,7 @@ def test_the_shipped_closure_carries_no_credential(setup: Setup) -> None:
 
 
 def test_each_python_worker_logs_in_once(
-    spark: Any, setup: Setup, audited_bao: AuditedServer
+    spark: Any, setup: WorkerSetup, audited_bao: AuditedServer
 ) -> None:
     assert audited_bao.logins(setup.role.mount, settle=0) == 0
     source = _source(spark)

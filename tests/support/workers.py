@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secureml._devserver import DevServer
+from secureml.key_management import AppRoleAuth, KeyManager, KeyManagerSpec
 
 
 @dataclass(frozen=True)
@@ -105,3 +106,32 @@ def _lines(path: Path) -> Iterator[str]:
     if not path.exists():
         return iter(())
     return iter([line for line in path.read_text().splitlines() if line.strip()])
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker test needs: the role whose logins it counts, the spec it ships
+    (the secret id by reference, in ``credential_env``) and a root manager for the
+    driver's own reads and writes, which log in on no counted mount."""
+
+    role: AppRole
+    vault_path: str
+    spec: KeyManagerSpec
+    root: KeyManager
+
+
+def worker_setup(server: AuditedServer, *, key: str, credential_env: str) -> WorkerSetup:
+    """A fresh folder and AppRole, managed key ``key`` made there with the root token,
+    and the spec of an AppRole manager with its secret id in ``credential_env``."""
+    vault_path = f"test-{uuid.uuid4().hex[:12]}"
+    role = server.approle(vault_path)
+    root = KeyManager(
+        vault_url=server.address, vault_token=server.root_token, vault_path=vault_path
+    )
+    root.generate_key(key)
+    parent = KeyManager(
+        vault_url=server.address,
+        vault_auth=AppRoleAuth(role.role_id, role.secret_id, mount=role.mount),
+        vault_path=vault_path,
+    )
+    return WorkerSetup(role, vault_path, parent.spec(credential_env=credential_env), root)

@@ -16,7 +16,6 @@ import pickle
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,10 +40,10 @@ from secureml.key_management import (
 from secureml.key_management._auth import Login
 from secureml.key_management.backends._vault_session import TokenSession
 from secureml.key_management.backends.vault import VaultBackend
+from tests.support.frames import rendered_locals
 from tests.support.memory_backend import MemoryVersions
 
 URL = "http://127.0.0.1:1"
-TESTS = str(Path(__file__).resolve().parents[1])
 ROLE_VAR, SECRET_VAR = "SECUREML_VAULT_ROLE_ID", "SECUREML_VAULT_SECRET_ID"
 
 
@@ -71,26 +70,6 @@ def assert_carries_none(spec: KeyManagerSpec, *secrets: str) -> None:
             assert each not in text
 
 
-def rendered_locals(error: BaseException) -> str:
-    """Every local of every library frame ``error`` carries (chains included), rendered
-    as an error tracker would (the test's own frames left out)."""
-    summary = traceback.TracebackException(
-        type(error), error, error.__traceback__, capture_locals=True
-    )
-    out, todo, seen = [], [summary], set()
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for frame in current.stack:
-            if frame.filename.startswith(TESTS):
-                continue
-            out += [f"{name}={value}" for name, value in (frame.locals or {}).items()]
-        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
-    return "\n".join(out)
-
-
 def assert_clean_error(error: BaseException, *secrets: str) -> None:
     """One line, no secret in text, repr or frame locals, no chained cause."""
     text = str(error)
@@ -98,7 +77,7 @@ def assert_clean_error(error: BaseException, *secrets: str) -> None:
     for each in secrets:
         assert each not in text
         assert each not in repr(error)
-        assert each not in rendered_locals(error)
+        assert all(each not in value for _, _, value in rendered_locals(error))
     assert error.__cause__ is None
 
 
