@@ -574,6 +574,8 @@ NO_EVENT: dict[str, Step] = {
     "KeyManager.stats": lambda c: c.km.stats(),
     "KeyManager.invalidate": lambda c: (c.km.invalidate("k"), c.km.invalidate()),
     "KeyManager.transit": lambda c: c.km.transit,  # a property
+    # Settings only: no secret is read (the token is referred to, never looked up).
+    "KeyManager.spec": lambda c: c.km.spec(credential_env="WORKER_VAULT_TOKEN"),
     "TransitKeys.mount": lambda c: c.km.transit.mount,  # a property
 }
 
