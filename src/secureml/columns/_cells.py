@@ -30,6 +30,7 @@ name in UTF-8):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -166,10 +167,14 @@ def _tink_daead() -> Any | None:
     return cleartext_keyset_handle, daead, aes_siv_pb2, tink_pb2
 
 
-def _tink_sealer(key: bytes, version: int) -> Callable[[bytes, bytes], bytes] | None:
-    """Tink's ``encrypt_deterministically`` for ``key`` as key id ``version`` with the
-    TINK output prefix: whole cells, ~1.4x faster than cryptography's AESSIV per cell
-    (its C++ call is leaner). ``None`` without tink."""
+_Whole = Callable[[bytes, bytes], bytes]
+
+
+def _tink_daead_of(key: bytes, version: int) -> tuple[_Whole, _Whole] | None:
+    """Tink's ``encrypt_deterministically`` and ``decrypt_deterministically`` for
+    ``key`` as key id ``version`` with the TINK output prefix: whole cells, sealed ~1.4x
+    faster than cryptography's AESSIV per cell (its C++ call is leaner). ``None``
+    without tink."""
     tink = _tink_daead()
     if tink is None:
         return None
@@ -188,18 +193,18 @@ def _tink_sealer(key: bytes, version: int) -> Callable[[bytes, bytes], bytes] | 
         return None
     finally:
         keyset.Clear()
-    seal: Callable[[bytes, bytes], bytes] = primitive.encrypt_deterministically
-    return seal
+    return primitive.encrypt_deterministically, primitive.decrypt_deterministically
 
 
 class SivKey:
     """A deterministic key version: AES-SIV-512 made once, and its cells' prefix.
 
-    ``seal(plaintext, ad)`` makes a whole cell: with Tink's deterministic AEAD when
-    tink is installed (the same bytes, faster), else with cryptography's AESSIV. Cells
-    are always opened with cryptography, which is as fast as Tink at that."""
+    ``seal(plaintext, ad)`` makes a whole cell and ``open(cell, ad)`` opens one of this
+    version, with Tink's deterministic AEAD when tink is installed (the same bytes,
+    faster); both are ``None`` without it, and cryptography's AESSIV does the work.
+    A cell Tink does not open goes to cryptography, which says why."""
 
-    __slots__ = ("decrypt", "encrypt", "prefix", "seal", "version")
+    __slots__ = ("decrypt", "encrypt", "open", "prefix", "seal", "version")
 
     def __init__(self, key: bytes, version: int) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESSIV
@@ -209,7 +214,9 @@ class SivKey:
         self.decrypt = siv.decrypt
         self.prefix = prefix_of(version)
         self.version = version
-        self.seal = _tink_sealer(key, version)
+        tink = _tink_daead_of(key, version)
+        self.seal: _Whole | None = None if tink is None else tink[0]
+        self.open: _Whole | None = None if tink is None else tink[1]
 
     def __repr__(self) -> str:
         return f"SivKey(version={self.version})"
@@ -329,6 +336,9 @@ def open_deterministic(
         return [None] * len(cells)
     try:
         hot = key_of(hot_cell)
+        if hot.open is not None:
+            with contextlib.suppress(Exception):  # a cell Tink refuses: see below
+                return _open_whole(hot.open, cells, ad)
         head, decrypt = hot.prefix, hot.decrypt
         return [
             None if c is None else decrypt(c[_HEAD:], ads) if c.startswith(head) else other(c)  # type: ignore[attr-defined,index]
@@ -337,6 +347,13 @@ def open_deterministic(
     except Exception:  # noqa: S110 - the checked loop says what it was
         pass
     return _open_deterministic_checked(key_of, cells, ads)
+
+
+def _open_whole(
+    open_cell: Callable[[bytes, bytes], bytes], cells: Sequence[Any], ad: bytes
+) -> list[bytes | None]:
+    """Every cell opened by ``open_cell``: one version's, as Tink opens them."""
+    return [None if c is None else open_cell(c, ad) for c in cells]
 
 
 def _open_deterministic_checked(
