@@ -28,12 +28,14 @@ import pytest
 import secureml.key_management._spec as spec_module
 from secureml.key_management import (
     AppRoleAuth,
+    AuthenticationError,
     AuthSpec,
     ConfigurationError,
     JWTAuth,
     KeyManager,
     KeyManagerSpec,
     KubernetesAuth,
+    SecurityWarning,
     TokenAuth,
     UserpassAuth,
 )
@@ -488,8 +490,36 @@ def test_build_names_the_missing_or_empty_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="is empty") as info:
         AuthSpec.token(file=str(empty)).build({})
     assert str(empty) in str(info.value)
-    with pytest.raises(ConfigurationError, match="cannot read"):
-        AuthSpec.token(file=str(tmp_path)).build({})  # a directory
+    with pytest.raises(ConfigurationError, match="credential file"):
+        AuthSpec.token(file=str(tmp_path)).build({})  # a directory is no file
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigurationError, match="credential file"):
+        AuthSpec.token(file=str(fifo)).build({})  # would block: never opened
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (70 * 1024))
+    with pytest.raises(ConfigurationError, match="larger than any credential"):
+        AuthSpec.token(file=str(big)).build({})
+    assert AuthSpec.token(file="relative/sink").file == os.path.abspath("relative/sink")
+
+
+def test_an_unreadable_token_file_at_a_later_login_is_an_authentication_error(
+    tmp_path: Path,
+) -> None:
+    sink = tmp_path / "sink"
+    sink.write_text("hvs.first\n")
+    auth = AuthSpec.token(file=str(sink)).build()
+    sink.write_text("")  # being rewritten: the session keeps its token while valid
+    with pytest.raises(AuthenticationError, match="cannot log in again"):
+        auth.login(SimpleNamespace())  # type: ignore[arg-type]
+
+
+def test_a_spec_of_a_manager_without_tls_verification_warns() -> None:
+    with pytest.warns(SecurityWarning):
+        km = KeyManager(vault_url="https://127.0.0.1:1", vault_token="hvs.t", verify=False)
+    with pytest.warns(SecurityWarning, match="verify=False to every worker"):
+        spec = km.spec(credential_env="WORKER_TOKEN")
+    assert spec.verify is False
 
 
 def test_build_error_frames_hold_no_credential(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -964,7 +994,8 @@ def test_different_hook_functions_get_different_managers(worker_spec: KeyManager
     one = worker_spec.replace(audit_hook=first_hook)
     two = worker_spec.replace(audit_hook=second_hook)
     assert one.manager() is not two.manager()
-    assert one.manager() is loads(cloudpickle.dumps(one)).manager()
+    blob = cloudpickle.dumps(one)  # what each task of a job unpickles
+    assert loads(blob).manager() is loads(blob).manager()
 
 
 def test_a_token_file_is_read_again_at_each_login(tmp_path: Path) -> None:
@@ -984,3 +1015,41 @@ def test_a_malformed_credential_names_where_it_was_read(monkeypatch: pytest.Monk
     with pytest.raises(ConfigurationError, match="WORKER_TOKEN") as caught:
         AuthSpec.token(env="WORKER_TOKEN").build()
     assert "with space" not in str(caught.value)
+
+
+def test_hooks_bound_to_different_objects_get_different_managers(
+    worker_spec: KeyManagerSpec,
+) -> None:
+    import logging
+
+    a = worker_spec.replace(audit_hook=logging.getLogger("tenant_a.audit").info)
+    b = worker_spec.replace(audit_hook=logging.getLogger("tenant_b.audit").info)
+    assert a.manager() is not b.manager()
+    assert a.manager() is loads(pickle.dumps(a)).manager()
+
+    def make(sink: list[object]) -> Any:
+        return lambda event: sink.append(event)  # noqa: PLW0108 - a closure, on purpose
+
+    one, two = worker_spec.replace(audit_hook=make([1])), worker_spec.replace(audit_hook=make([2]))
+    assert one.manager() is not two.manager()
+
+
+def test_copies_of_a_hook_with_nested_code_share_a_manager(worker_spec: KeyManagerSpec) -> None:
+    def hook(event: Any) -> None:
+        if any(k in event.name for k in ("pii",)):
+            print(event)
+
+    spec = worker_spec.replace(audit_hook=hook)
+    blob = cloudpickle.dumps(spec)
+    assert len({id(loads(blob).manager()) for _ in range(5)}) == 1
+
+
+def test_a_process_keeps_a_bounded_number_of_managers(
+    worker_spec: KeyManagerSpec, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = spec_module._PerProcess()
+    specs = [worker_spec.replace(cache_size=n + 1) for n in range(spec_module.MAX_MANAGERS + 3)]
+    for each in specs:
+        registry.get(each)
+    assert len(registry._managers) == spec_module.MAX_MANAGERS
+    assert any("managers in this process" in r.message for r in caplog.records)

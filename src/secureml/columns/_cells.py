@@ -304,7 +304,24 @@ def _seal_whole(
     nulls: bool,
     text: bool,
 ) -> list[bytes | None]:
-    """:func:`seal_deterministic` with a ``seal`` that makes whole cells (Tink's)."""
+    """:func:`seal_deterministic` with a ``seal`` that makes whole cells (Tink's).
+
+    Tink's own TypeError quotes its arguments, a plaintext among them: replaced here
+    by one that does not (the caller then looks for the value at fault)."""
+    try:
+        return _seal_whole_unchecked(seal, plaintexts, ad, nulls=nulls, text=text)
+    except TypeError:
+        raise TypeError("a value to encrypt is neither str nor bytes") from None
+
+
+def _seal_whole_unchecked(
+    seal: Callable[[bytes, bytes], bytes],
+    plaintexts: Sequence[Any],
+    ad: bytes,
+    *,
+    nulls: bool,
+    text: bool,
+) -> list[bytes | None]:
     if text:
         if nulls:
             return [None if p is None else seal(p.encode(), ad) for p in plaintexts]

@@ -34,7 +34,7 @@ from ._auth import (
 )
 from ._boundary import guarded_class
 from ._validate import validate_name
-from .errors import ConfigurationError
+from .errors import AuthenticationError, ConfigurationError
 
 if TYPE_CHECKING:
     import hvac
@@ -48,6 +48,8 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 TOKEN_VARS: Final = ("SECUREML_VAULT_TOKEN", "BAO_TOKEN", "VAULT_TOKEN")
 ROLE_ID_VAR: Final = "SECUREML_VAULT_ROLE_ID"
 SECRET_ID_VAR: Final = "SECUREML_VAULT_SECRET_ID"  # noqa: S105 - a variable name
+#: No token, secret id, password or JWT is longer; a bigger file is not a credential.
+MAX_CREDENTIAL_BYTES: Final = 64 * 1024
 
 
 def _env_name(name: object, what: str) -> str:
@@ -68,7 +70,8 @@ def _file_path(path: object, what: str) -> str:
     text = os.fspath(path)
     if not isinstance(text, str) or not text or "\x00" in text:
         raise ValueError(f"{what} must be a non-empty text path")
-    return text
+    # Absolute where the spec is made: a worker's working directory is not the driver's.
+    return os.path.abspath(text)
 
 
 def _text(value: object, what: str) -> str:
@@ -250,7 +253,14 @@ class AuthSpec:
             return self._variable(env, self.env, what)
         path = self._require_file()
         try:
-            text = Path(path).read_text().strip()
+            with Path(path).open("rb") as file:
+                data = file.read(MAX_CREDENTIAL_BYTES + 1)
+            if len(data) > MAX_CREDENTIAL_BYTES:
+                raise ConfigurationError(
+                    f"this process's {what} file {path!r} is larger than any credential "
+                    f"({MAX_CREDENTIAL_BYTES} bytes at most)"
+                )
+            text = data.decode("utf-8", "replace").strip()
         except OSError as exc:
             raise ConfigurationError(
                 f"this process cannot read its {what} file {path!r}: {exc.strerror}"
@@ -270,7 +280,7 @@ class AuthSpec:
 
     def _require_file(self) -> str:
         path = str(self.file)
-        if not os.path.exists(path):
+        if not os.path.isfile(path):  # not a FIFO or a device, which could hang or flood
             raise ConfigurationError(
                 f"this process has no {self.method} credential file {path!r} (the spec "
                 "it was built from names that file; mount or write it on every worker)"
@@ -303,7 +313,12 @@ class _TokenFileAuth(TokenAuth):
         return True
 
     def login(self, client: hvac.Client) -> Login:
-        self._token = TokenAuth(self._read())._token
+        try:
+            self._token = TokenAuth(self._read())._token
+        except ConfigurationError as exc:
+            # A sink being rewritten (or removed after reading): the session keeps the
+            # token it has while that one is still valid.
+            raise AuthenticationError(f"cannot log in again: {exc}") from None
         return Login(token=self._token, ttl=None, renewable=False)
 
 

@@ -860,6 +860,12 @@ class KeyManager:
         as a value needs ``credential_env=`` (the variable each worker reads it from)
         or ``credential_file=``; when set here, it must hold the same credential.
 
+        A manager without Vault gives a spec without Vault settings: a worker whose
+        environment configures Vault (``VAULT_ADDR`` ...) will use it.
+
+        Warns:
+            SecurityWarning: ``verify=False`` goes to every worker with the spec.
+
         Raises:
             ConfigurationError: The credential cannot be referred to (the message names
                 the fix), or the manager has a custom ``backend=``.

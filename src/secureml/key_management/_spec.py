@@ -11,6 +11,9 @@ share one cache and one login.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -44,12 +47,15 @@ from ._validate import (
     validate_name,
     validate_path,
 )
-from .errors import ConfigurationError
+from ._warnings import warn_caller
+from .errors import ConfigurationError, SecurityWarning
 
 if TYPE_CHECKING:
     from ._manager import KeyManager
 
 __all__ = ["KeyManagerSpec"]
+
+logger = logging.getLogger("secureml.key_management")
 
 #: Seconds a worker built from a spec waits at most, at random, before its first login.
 DEFAULT_LOGIN_JITTER = 0.5
@@ -193,6 +199,10 @@ class KeyManagerSpec:
             raise TypeError(f"KeyManagerSpec has no setting {sorted(unknown)[0]!r}")
         return cls(**{**found, **settings})
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The hook's identity is worked out again where the spec lands (_hook_identity).
+        return {k: v for k, v in self.__dict__.items() if k != "_hook_key"}
+
     def replace(self, **changes: Any) -> KeyManagerSpec:
         """A copy with ``changes`` (e.g. ``cache_ttl=300``), checked as a new spec is."""
         return replace(self, **changes)
@@ -292,6 +302,12 @@ def spec_of(
             "build the manager in each worker instead"
         )
     vault = settings.vault
+    if vault is not None and not vault.verify:
+        warn_caller(
+            "this spec carries verify=False to every worker: they will not check Vault's "
+            "TLS certificate either (and warn only on their own stderr)",
+            SecurityWarning,
+        )
     common: dict[str, Any] = {
         "vault_path": settings.vault_path,
         "use_env_fallback": settings.use_env_fallback,
@@ -317,14 +333,24 @@ def spec_of(
             vault.auth, credential_env=credential_env, credential_file=credential_file
         ),
         vault_namespace=vault.namespace,
-        vault_ca_cert=vault.ca_cert,
-        vault_client_cert=vault.client_cert,
-        vault_client_key=vault.client_key,
+        vault_ca_cert=_absolute(vault.ca_cert),
+        vault_client_cert=_absolute(vault.client_cert),
+        vault_client_key=_absolute(vault.client_key),
         verify=vault.verify,
         timeout=vault.timeout,
         retries=vault.retries,
         login_jitter=DEFAULT_LOGIN_JITTER if vault.login_jitter is None else vault.login_jitter,
     )
+
+
+def _absolute(path: str | None) -> str | None:
+    """A path as the worker must see it: absolute (its working directory is its own)."""
+    return None if path is None else os.path.abspath(path)
+
+
+#: Managers one process keeps for its specs; past this, the oldest goes (and a warning
+#: says that specs differ from task to task, which costs a login each).
+MAX_MANAGERS = 64
 
 
 class _PerProcess:
@@ -335,6 +361,7 @@ class _PerProcess:
         self._lock = threading.Lock()
         self._managers: dict[tuple[KeyManagerSpec, object], KeyManager] = {}
         self._pid = os.getpid()
+        self._warned = False
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._forget)
 
@@ -346,42 +373,57 @@ class _PerProcess:
     def get(self, spec: KeyManagerSpec) -> KeyManager:
         if self._pid != os.getpid():
             self._forget()
-        key = (spec, _hook_identity(spec.audit_hook))
+        key = (spec, _hook_identity(spec))
         found = self._managers.get(key)
         if found is not None:
             return found
         with self._lock:
             found = self._managers.get(key)
             if found is None:
+                if len(self._managers) >= MAX_MANAGERS:
+                    del self._managers[next(iter(self._managers))]
+                    self._warn_once()
                 found = self._managers[key] = spec.new_manager()
             return found
+
+    def _warn_once(self) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        logger.warning(
+            "spec.manager() has built %d managers in this process: its specs differ from "
+            "task to task (an audit_hook that pickles differently each time?), and each "
+            "new one logs in; make the hook an importable module-level function",
+            MAX_MANAGERS,
+        )
 
     def clear(self) -> None:
         with self._lock:
             self._managers = {}
 
 
-def _hook_identity(hook: object) -> object:
-    """What makes two audit hooks the same hook: a function's module, name and code (a
-    bound method's: with its class), so copies unpickled by value match; a callable
-    object itself, or its class if it cannot be a dict key."""
-    if hook is None:
-        return None
-    function = getattr(hook, "__func__", hook)
-    owner = getattr(hook, "__self__", None)
-    code = getattr(function, "__code__", None)
-    if code is None:  # a callable object: itself if it can be a key, else its class
-        try:
-            hash(hook)
-        except TypeError:
-            return (type(hook).__module__, type(hook).__qualname__)
-        return hook
-    return (
-        getattr(function, "__module__", None),
-        getattr(function, "__qualname__", None),
-        None if code is None else (code.co_code, repr(code.co_consts)),
-        None if owner is None else type(owner).__qualname__,
-    )
+def _hook_identity(spec: KeyManagerSpec) -> object:
+    """What makes two audit hooks the same hook: the digest of their pickle (a function
+    by its import path, a bound method with its object, a closure or lambda by value
+    through cloudpickle, which shipped it), so copies unpickled from one spec match and
+    different hooks never do; the hook object itself if it does not pickle. Worked out
+    once per spec object."""
+    known = spec.__dict__.get("_hook_key")
+    if known is not None:
+        return known
+    hook = spec.audit_hook
+    key: object = None
+    if hook is not None:
+        key = ("object", id(hook))  # the spec and its manager keep the hook: its id stays its own
+        for name in ("pickle", "cloudpickle"):
+            try:
+                dumps = importlib.import_module(name).dumps
+                key = (name, hashlib.sha256(dumps(hook, protocol=4)).digest())
+                break
+            except Exception:  # noqa: S112 - the next way, or the object itself
+                continue
+    object.__setattr__(spec, "_hook_key", key if key is not None else ())
+    return spec.__dict__["_hook_key"]
 
 
 _managers = _PerProcess()
