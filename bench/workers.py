@@ -179,6 +179,8 @@ def spark_jobs(
         SparkSession.builder.master(f"local[{SLOTS}]")
         .appName("secureml-bench-workers")
         .config("spark.ui.enabled", "false")
+        .config("spark.driver.bindAddress", "127.0.0.1")  # loopback only
+        .config("spark.driver.host", "127.0.0.1")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.shuffle.partitions", str(SLOTS))

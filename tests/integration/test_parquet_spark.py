@@ -71,6 +71,8 @@ def spark(bao_server: DevServer, keys: ParquetKeys, client_classes: Path) -> Ite
         SparkSession.builder.master("local[2]")
         .appName("secureml-parquet-interop")
         .config("spark.ui.enabled", "false")
+        .config("spark.driver.bindAddress", "127.0.0.1")  # loopback only
+        .config("spark.driver.host", "127.0.0.1")
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.driver.extraClassPath", str(client_classes))
         .config("spark.hadoop.parquet.encryption.key.access.token", bao_server.root_token)

@@ -57,6 +57,8 @@ def spark(setup: WorkerSetup) -> Iterator[Any]:
         SparkSession.builder.master(f"local[{SLOTS}]")
         .appName("secureml-workers")
         .config("spark.ui.enabled", "false")
+        .config("spark.driver.bindAddress", "127.0.0.1")  # loopback only
+        .config("spark.driver.host", "127.0.0.1")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", str(SLOTS))
         .config("spark.python.worker.reuse", "true")
