@@ -309,26 +309,15 @@ def _seal_whole(
     Tink's own TypeError quotes its arguments, a plaintext among them: replaced here
     by one that does not (the caller then looks for the value at fault)."""
     try:
-        return _seal_whole_unchecked(seal, plaintexts, ad, nulls=nulls, text=text)
+        if text:
+            if nulls:
+                return [None if p is None else seal(p.encode(), ad) for p in plaintexts]
+            return [seal(p.encode(), ad) for p in plaintexts]
+        if nulls:
+            return [None if p is None else seal(p, ad) for p in plaintexts]
+        return [seal(p, ad) for p in plaintexts]
     except TypeError:
         raise TypeError("a value to encrypt is neither str nor bytes") from None
-
-
-def _seal_whole_unchecked(
-    seal: Callable[[bytes, bytes], bytes],
-    plaintexts: Sequence[Any],
-    ad: bytes,
-    *,
-    nulls: bool,
-    text: bool,
-) -> list[bytes | None]:
-    if text:
-        if nulls:
-            return [None if p is None else seal(p.encode(), ad) for p in plaintexts]
-        return [seal(p.encode(), ad) for p in plaintexts]
-    if nulls:
-        return [None if p is None else seal(p, ad) for p in plaintexts]
-    return [seal(p, ad) for p in plaintexts]
 
 
 def open_deterministic(
