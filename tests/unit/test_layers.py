@@ -107,5 +107,5 @@ def test_backends_import_nothing_from_the_manager_layer() -> None:
 def test_the_facade_is_the_only_module_that_knows_every_service() -> None:
     """Services take the core; none of them imports the facade."""
     for name, imported in _graph().items():
-        if name not in ("_manager", "_default", "__init__"):
+        if name not in ("_manager", "_amanager", "_default", "__init__"):
             assert "_manager" not in imported, f"{name} imports the facade"

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from . import errors
+from ._amanager import AsyncKeyManager, AsyncTransitKeys
 from ._auth import (
     AppRoleAuth,
     JWTAuth,
@@ -52,6 +53,8 @@ from .errors import (
 __all__ = [
     "AccessEvent",
     "AppRoleAuth",
+    "AsyncKeyManager",
+    "AsyncTransitKeys",
     "AuthSpec",
     "AuthenticationError",
     "ConfigurationError",

@@ -1,0 +1,505 @@
+"""AsyncKeyManager: the asyncio facade over the same core as :class:`KeyManager`.
+
+Not a second client. An ``AsyncKeyManager`` wraps a ``KeyManager`` and shares its core:
+one cache, one token, one set of loads in flight, one audit trail. So a coroutine and a
+thread that want the same cold name cause one Vault read.
+
+- A fresh cache hit of ``get_secret`` is served on the event loop, with no thread hop.
+- Everything else runs the sync call on a small bounded thread pool. That includes Vault
+  I/O and CPU-bound encryption. The retry, fail-over, deadline and redirect rules are the
+  sync ones, in one place. Threads measured faster than an async HTTP client here
+  (3,000-3,600 uncached reads/s at 50 concurrent, against 1,600-2,900 for aiohttp and
+  170-217 for httpx).
+- Coroutines that miss on the same name share one pool job: 1,000 of them take one
+  thread, not 1,000.
+- A cancelled caller stops waiting. The shared job goes on for the others, and its result
+  is cached as usual, so a cancellation never poisons the cache or orphans a load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import functools
+import inspect
+import os
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+
+from ._boundary import scrub
+from ._encoding import Encoding
+from ._manager import KeyManager
+from ._materials import DEFAULT_KEY
+from ._status import KeyManagerStats
+from ._transit import TransitKeys
+from .backends.base import SecretValue
+
+if TYPE_CHECKING:
+    from ._spec import KeyManagerSpec
+
+__all__ = ["AsyncKeyManager", "AsyncTransitKeys"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_T = TypeVar("_T")
+
+#: Threads an AsyncKeyManager runs sync calls on at most (Vault reads, encryption).
+DEFAULT_THREADS = 32
+#: A cache entry this close to expiring is read through the pool instead: serving it
+#: on the loop could turn into a blocking read a microsecond later.
+_HIT_MARGIN = 0.25
+#: Bytes a stream adapter asks the coroutine side for at a time.
+_CHUNK = 1 << 20
+
+
+class _Offload:
+    """The thread pool one async facade runs sync calls on: made on first use, made
+    again in a forked child (whose pool threads stayed in the parent)."""
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
+
+    def pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        pool = self._pool
+        if pool is not None and self._pid == os.getpid():
+            return pool
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the threads are the parent's
+                self._lock = threading.Lock()
+                self._pool, self._pid = None, os.getpid()
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self._threads, thread_name_prefix="secureml-async"
+                )
+            return self._pool
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _run(offload: _Offload, call: Callable[[], _T]) -> _T:
+    """``call()`` on the pool, awaited; a cancelled caller stops waiting, the call goes on.
+
+    The call (which holds its arguments: plaintexts, values) is dropped from this frame
+    once submitted, and an exception leaving it is scrubbed (``_boundary``): coroutine
+    frames stay in a traceback with their locals, and error trackers read them."""
+    job = asyncio.get_running_loop().run_in_executor(offload.pool(), call)
+    del call
+    try:
+        return await job
+    except BaseException as exc:
+        scrub(exc)
+        raise
+
+
+def _scrubbed(
+    method: Callable[_P, Coroutine[Any, Any, _R]],
+) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """An async facade method whose arguments leave no trace in an exception: they are
+    deleted from its frame before the exception goes on (as ``guarded`` does for sync
+    calls, which cannot wrap a coroutine)."""
+
+    @functools.wraps(method)
+    async def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except BaseException as exc:
+            del args, kwargs
+            scrub(exc)
+            raise
+
+    return call
+
+
+def _awaitable(
+    method: Callable[Concatenate[Any, _P], _R],
+) -> Callable[Concatenate[Any, _P], Coroutine[Any, Any, _R]]:
+    """The async form of a sync facade method: the same arguments, run on the pool.
+
+    One wrapper for every method that has nothing to gain on the loop, so the async face
+    cannot drift from the sync one: names, arguments, defaults, errors and audit events
+    are the sync method's own."""
+    name = method.__name__
+
+    async def call(self: Any, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        bound: Callable[[], _R] = functools.partial(getattr(self._sync, name), *args, **kwargs)
+        del args, kwargs  # the plaintexts and values live on in ``bound`` only
+        return await _run(self._offload, bound)
+
+    call.__name__ = name
+    call.__qualname__ = f"Async.{name}"
+    call.__doc__ = (
+        f"Awaitable :meth:`{method.__qualname__}`, run off the event loop.\n\n"
+        + inspect.cleandoc(method.__doc__ or "")
+    )
+    call.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
+    return call
+
+
+class AsyncKeyManager:
+    """:class:`KeyManager` for asyncio: the same calls, awaitable, over the same core.
+
+    ``AsyncKeyManager(km)`` shares ``km``'s cache, token and loads in flight.
+    ``AsyncKeyManager(**kwargs)`` builds its own manager from ``KeyManager``'s
+    arguments, and :meth:`from_spec` uses a worker's manager for a spec.
+    :meth:`derive_key`, :meth:`stats` and :meth:`invalidate` stay synchronous: they
+    do no I/O.
+
+    Args:
+        manager: The manager to share (positional only). Leave it out to pass
+            ``KeyManager``'s arguments instead.
+        threads: The most sync calls (Vault I/O, encryption) run at once for this
+            facade. Coroutines waiting on the same cold name share one.
+        **settings: ``KeyManager``'s arguments, when no ``manager`` is given.
+
+    Example:
+        >>> akm = AsyncKeyManager(km)                          # doctest: +SKIP
+        >>> token = await akm.get_secret("api_token")          # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        manager: KeyManager | None = None,
+        /,
+        *,
+        threads: int = DEFAULT_THREADS,
+        **settings: Any,
+    ) -> None:
+        if manager is not None and settings:
+            raise TypeError(
+                "AsyncKeyManager takes a KeyManager or KeyManager's arguments, not both"
+            )
+        if manager is not None and not isinstance(manager, KeyManager):
+            raise TypeError(
+                f"AsyncKeyManager(manager) takes a KeyManager, not {type(manager).__name__}"
+            )
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError("threads must be a whole number of at least 1")
+        self._sync = manager if manager is not None else KeyManager(**settings)
+        self._core = self._sync._core
+        self._fresh = self._core.cache.fresh
+        self._offload = _Offload(threads)
+        # Coroutines of one loop waiting on the same cold read share its pool job.
+        self._flights: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, int | None], asyncio.Future[Any]]
+        ] = weakref.WeakKeyDictionary()
+        self._transit: AsyncTransitKeys | None = None
+
+    @classmethod
+    def from_spec(cls, spec: KeyManagerSpec, *, threads: int = DEFAULT_THREADS) -> AsyncKeyManager:
+        """The async face of this process's manager for ``spec`` (``spec.manager()``)."""
+        return cls(spec.manager(), threads=threads)
+
+    @property
+    def manager(self) -> KeyManager:
+        """The sync manager this facade shares its core with."""
+        return self._sync
+
+    # -- secrets -----------------------------------------------------------------------
+
+    @overload
+    async def get_secret(self, secret_name: str, *, version: int | None = ...) -> SecretValue: ...
+    @overload
+    async def get_secret(
+        self, secret_name: str, default: _T, *, version: int | None = ...
+    ) -> SecretValue | _T: ...
+
+    async def get_secret(
+        self, secret_name: str, default: Any = None, *, version: int | None = None
+    ) -> Any:
+        """Awaitable :meth:`KeyManager.get_secret`: the same lookup chain, errors and
+        audit events. A fresh cache hit is answered on the event loop; a miss joins the
+        read in flight for that name, whether a coroutine or a thread started it."""
+        try:
+            entry = self._fresh((secret_name, version))
+        except TypeError:  # unhashable: the sync call says what is wrong with it
+            entry = None
+        if entry is not None and entry.expires_at - time.monotonic() > _HIT_MARGIN:
+            entry = None  # no value in this frame's locals, should the call raise
+            return self._sync.get_secret(secret_name, default, version=version)
+        return await self._get_secret_off_loop(secret_name, default, version)
+
+    @_scrubbed
+    async def _get_secret_off_loop(self, name: str, default: Any, version: int | None) -> Any:
+        if default is not None:  # a default of its own: a read of its own
+            read = functools.partial(self._sync.get_secret, name, default, version=version)
+            del default
+            return await _run(self._offload, read)
+        return await self._shared_read(name, version)
+
+    async def _shared_read(self, name: str, version: int | None) -> Any:
+        loop = asyncio.get_running_loop()
+        flights = self._flights.setdefault(loop, {})
+        key = (name, version)
+        flight = flights.get(key)
+        if flight is None:
+            flight = loop.run_in_executor(
+                self._offload.pool(),
+                functools.partial(self._sync.get_secret, name, None, version=version),
+            )
+            flights[key] = flight
+
+            def done(finished: asyncio.Future[Any]) -> None:
+                if flights.get(key) is finished:
+                    del flights[key]
+                if not finished.cancelled():
+                    finished.exception()  # retrieved: a job nobody awaits any more is no error
+
+            flight.add_done_callback(done)
+        try:
+            value = await asyncio.shield(flight)
+        except Exception as exc:
+            # Each waiter its own copy: one exception raised in many tasks would grow
+            # one traceback across all of them.
+            scrub(exc)
+            raise copy.copy(exc) from None
+        return copy.deepcopy(value) if type(value) is dict else value
+
+    set_secret = _awaitable(KeyManager.set_secret)
+    list_secrets = _awaitable(KeyManager.list_secrets)
+    delete_secret = _awaitable(KeyManager.delete_secret)
+
+    # -- keys --------------------------------------------------------------------------
+
+    @overload
+    async def get_encryption_key(
+        self,
+        key_name: str = ...,
+        key_bytes: int = ...,
+        encoding: Literal["bytes"] = ...,
+        *,
+        version: int | None = ...,
+    ) -> bytes: ...
+    @overload
+    async def get_encryption_key(
+        self,
+        key_name: str = ...,
+        key_bytes: int = ...,
+        *,
+        encoding: Literal["hex", "base64", "base64url"],
+        version: int | None = ...,
+    ) -> str: ...
+    @overload
+    async def get_encryption_key(
+        self,
+        key_name: str = ...,
+        key_bytes: int = ...,
+        encoding: Encoding = ...,
+        *,
+        version: int | None = ...,
+    ) -> bytes | str: ...
+
+    @_scrubbed
+    async def get_encryption_key(
+        self,
+        key_name: str = "master_key",
+        key_bytes: int = 32,
+        encoding: Encoding = "bytes",
+        *,
+        version: int | None = None,
+    ) -> bytes | str:
+        """Awaitable :meth:`KeyManager.get_encryption_key`, run off the event loop."""
+        return await _run(
+            self._offload,
+            functools.partial(
+                self._sync.get_encryption_key, key_name, key_bytes, encoding, version=version
+            ),
+        )
+
+    def derive_key(
+        self,
+        base_key: bytes,
+        purpose: str,
+        key_bytes: int = 32,
+        *,
+        salt: bytes | None = None,
+    ) -> bytes:
+        """:meth:`KeyManager.derive_key`, synchronous: microseconds of CPU, no I/O."""
+        return self._sync.derive_key(base_key, purpose, key_bytes, salt=salt)
+
+    generate_key = _awaitable(KeyManager.generate_key)
+    rotate_key = _awaitable(KeyManager.rotate_key)
+    rotate_if_older_than = _awaitable(KeyManager.rotate_if_older_than)
+    key_versions = _awaitable(KeyManager.key_versions)
+    get_key_ring = _awaitable(KeyManager.get_key_ring)
+
+    # -- encryption (CPU-bound: off the loop) ------------------------------------------
+
+    encrypt = _awaitable(KeyManager.encrypt)
+    decrypt = _awaitable(KeyManager.decrypt)
+    reencrypt = _awaitable(KeyManager.reencrypt)
+    encrypt_file = _awaitable(KeyManager.encrypt_file)
+    decrypt_file = _awaitable(KeyManager.decrypt_file)
+    reencrypt_file = _awaitable(KeyManager.reencrypt_file)
+
+    @_scrubbed
+    async def encrypt_stream(
+        self,
+        reader: Any,
+        writer: Any,
+        key_name: str = DEFAULT_KEY,
+        *,
+        aad: bytes = b"",
+        transit_key: str | None = None,
+    ) -> int:
+        """:meth:`KeyManager.encrypt_stream` between asyncio streams: ``reader`` has
+        ``async read(n)`` (``asyncio.StreamReader``, aiofiles) and ``writer`` has
+        ``write(b)`` with ``async drain()`` (``asyncio.StreamWriter``) or an ``async
+        write(b)``. The format work runs off the loop, in bounded memory.
+
+        Returns:
+            The plaintext bytes encrypted.
+        """
+        return await self._bridged(
+            lambda r, w: self._sync.encrypt_stream(
+                r, w, key_name, aad=aad, transit_key=transit_key
+            ),
+            reader,
+            writer,
+        )
+
+    @_scrubbed
+    async def decrypt_stream(self, reader: Any, writer: Any, *, aad: bytes = b"") -> int:
+        """:meth:`KeyManager.decrypt_stream` between asyncio streams (as
+        :meth:`encrypt_stream` takes them). Plaintext is written as each segment
+        authenticates, so decrypt into a temporary place for all-or-nothing."""
+        return await self._bridged(
+            lambda r, w: self._sync.decrypt_stream(r, w, aad=aad), reader, writer
+        )
+
+    async def _bridged(self, work: Callable[[Any, Any], int], reader: Any, writer: Any) -> int:
+        loop = asyncio.get_running_loop()
+        bridge = _StreamBridge(loop, reader, writer)
+        job = loop.run_in_executor(self._offload.pool(), work, bridge, bridge)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            bridge.cancel()  # the pool thread stops at its next read or write
+            raise
+
+    # -- Transit, status ---------------------------------------------------------------
+
+    @property
+    def transit(self) -> AsyncTransitKeys:
+        """Awaitable :attr:`KeyManager.transit` (Vault's Transit engine)."""
+        if self._transit is None:
+            self._transit = AsyncTransitKeys(self._sync.transit, self._offload)
+        return self._transit
+
+    status = _awaitable(KeyManager.status)
+
+    def stats(self) -> KeyManagerStats:
+        """:meth:`KeyManager.stats` (shared with the sync manager), synchronous."""
+        return self._sync.stats()
+
+    def invalidate(self, name: str | None = None) -> int:
+        """:meth:`KeyManager.invalidate`, synchronous: it only drops cache entries."""
+        return self._sync.invalidate(name)
+
+    async def aclose(self) -> None:
+        """Stop this facade's threads (the sync manager stays usable)."""
+        self._offload.shutdown()
+
+    async def __aenter__(self) -> AsyncKeyManager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"Async{self._sync!r}"
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        raise TypeError(
+            "AsyncKeyManager cannot be pickled (its manager holds a Vault token); send "
+            "km.spec() and call AsyncKeyManager.from_spec(spec) in the worker"
+        )
+
+
+class AsyncTransitKeys:
+    """Awaitable :class:`TransitKeys`: each call runs the sync one off the event loop."""
+
+    def __init__(self, transit: TransitKeys, offload: _Offload) -> None:
+        self._sync = transit
+        self._offload = offload
+
+    @property
+    def mount(self) -> str:
+        """The Transit engine's mount path."""
+        return self._sync.mount
+
+    ensure_key = _awaitable(TransitKeys.ensure_key)
+    key_info = _awaitable(TransitKeys.key_info)
+    rotate = _awaitable(TransitKeys.rotate)
+    set_min_decryption_version = _awaitable(TransitKeys.set_min_decryption_version)
+    encrypt = _awaitable(TransitKeys.encrypt)
+    decrypt = _awaitable(TransitKeys.decrypt)
+    rewrap = _awaitable(TransitKeys.rewrap)
+    generate_data_key = _awaitable(TransitKeys.generate_data_key)
+    encrypt_batch = _awaitable(TransitKeys.encrypt_batch)
+    decrypt_batch = _awaitable(TransitKeys.decrypt_batch)
+
+    def __repr__(self) -> str:
+        return f"AsyncTransitKeys(mount={self.mount!r})"
+
+
+class _StreamBridge:
+    """A blocking ``read(n)``/``write(b)`` for a pool thread, over an asyncio reader and
+    writer on ``loop``: each call hands the coroutine side its work and waits."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reader: Any, writer: Any) -> None:
+        self._loop = loop
+        self._reader = reader
+        self._writer = writer
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def _on_loop(self, work: Awaitable[_T]) -> _T:
+        if self._cancelled.is_set():
+            raise asyncio.CancelledError("the awaiting task was cancelled")
+        future = asyncio.run_coroutine_threadsafe(_awaited(work), self._loop)
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if self._cancelled.is_set():
+                    future.cancel()
+                    raise asyncio.CancelledError("the awaiting task was cancelled") from None
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = _CHUNK if size is None or size < 0 else size
+        data = self._on_loop(self._reader_read(wanted))
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError("the async reader's read(n) must return bytes")
+        return bytes(data)
+
+    async def _reader_read(self, size: int) -> Any:
+        return await self._reader.read(size)
+
+    def write(self, data: bytes) -> int:
+        self._on_loop(self._writer_write(bytes(data)))
+        return len(data)
+
+    async def _writer_write(self, data: bytes) -> None:
+        written = self._writer.write(data)
+        if inspect.isawaitable(written):
+            await written
+        drain = getattr(self._writer, "drain", None)
+        if drain is not None:
+            await drain()
+
+
+async def _awaited(work: Awaitable[_T]) -> _T:
+    return await work
