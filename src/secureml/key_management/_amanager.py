@@ -27,7 +27,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from ._boundary import scrub
@@ -88,7 +88,9 @@ class _Offload:
 
 
 async def _run(offload: _Offload, call: Callable[[], _T]) -> _T:
-    """``call()`` on the pool, awaited; a cancelled caller stops waiting, the call goes on.
+    """``call()`` on the pool, awaited. A cancelled caller stops waiting: a call already
+    running goes on (its result is dropped), one still queued behind a busy pool never
+    starts.
 
     The call (which holds its arguments: plaintexts, values) is dropped from this frame
     once submitted, and an exception leaving it is scrubbed (``_boundary``): coroutine
@@ -134,7 +136,11 @@ def _awaitable(
     async def call(self: Any, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         bound: Callable[[], _R] = functools.partial(getattr(self._sync, name), *args, **kwargs)
         del args, kwargs  # the plaintexts and values live on in ``bound`` only
-        return await _run(self._offload, bound)
+        running = _run(self._offload, bound)
+        # Nor in this frame: a coroutine's frame is never cleared (scrub), and it stays
+        # in the traceback of whatever the call raises, locals and all.
+        del bound
+        return await running
 
     call.__name__ = name
     call.__qualname__ = f"Async.{name}"
@@ -381,6 +387,8 @@ class AsyncKeyManager:
         loop = asyncio.get_running_loop()
         bridge = _StreamBridge(loop, reader, writer)
         job = loop.run_in_executor(self._offload.pool(), work, bridge, bridge)
+        # Retrieved: a job whose caller was cancelled ends in an error nobody awaits.
+        job.add_done_callback(_retrieved)
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -466,10 +474,17 @@ class _StreamBridge:
     def cancel(self) -> None:
         self._cancelled.set()
 
-    def _on_loop(self, work: Awaitable[_T]) -> _T:
+    def _on_loop(self, work: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+        # The coroutine is made only once it will run: one made and dropped (the caller
+        # cancelled, the loop closed) would be "never awaited".
         if self._cancelled.is_set():
             raise asyncio.CancelledError("the awaiting task was cancelled")
-        future = asyncio.run_coroutine_threadsafe(_awaited(work), self._loop)
+        coroutine = work()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except BaseException:
+            coroutine.close()
+            raise
         while True:
             try:
                 return future.result(timeout=0.5)
@@ -480,7 +495,7 @@ class _StreamBridge:
 
     def read(self, size: int = -1) -> bytes:
         wanted = _CHUNK if size is None or size < 0 else size
-        data = self._on_loop(self._reader_read(wanted))
+        data = self._on_loop(functools.partial(self._reader_read, wanted))
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("the async reader's read(n) must return bytes")
         return bytes(data)
@@ -489,7 +504,7 @@ class _StreamBridge:
         return await self._reader.read(size)
 
     def write(self, data: bytes) -> int:
-        self._on_loop(self._writer_write(bytes(data)))
+        self._on_loop(functools.partial(self._writer_write, bytes(data)))
         return len(data)
 
     async def _writer_write(self, data: bytes) -> None:
@@ -501,5 +516,6 @@ class _StreamBridge:
             await drain()
 
 
-async def _awaited(work: Awaitable[_T]) -> _T:
-    return await work
+def _retrieved(job: asyncio.Future[Any]) -> None:
+    if not job.cancelled():
+        job.exception()
