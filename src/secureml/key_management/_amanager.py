@@ -7,9 +7,10 @@ thread that want the same cold name cause one Vault read.
 - A fresh cache hit of ``get_secret`` is served on the event loop, with no thread hop.
 - Everything else runs the sync call on a small bounded thread pool. That includes Vault
   I/O and CPU-bound encryption. The retry, fail-over, deadline and redirect rules are the
-  sync ones, in one place. Threads measured faster than an async HTTP client here
-  (3,000-3,600 uncached reads/s at 50 concurrent, against 1,600-2,900 for aiohttp and
-  170-217 for httpx).
+  sync ones, in one place. The price is CPU: a read costs what a sync read costs, plus a
+  thread hop (~0.1 ms). So distinct cold names at 50 concurrent reach about the sync
+  rate, below a raw aiohttp loop (``bench/async_reads.py``). Reads of one name share one
+  job and beat it by far.
 - Coroutines that miss on the same name share one pool job: 1,000 of them take one
   thread, not 1,000.
 - A cancelled caller stops waiting. The shared job goes on for the others, and its result
@@ -194,6 +195,7 @@ class AsyncKeyManager:
         self._sync = manager if manager is not None else KeyManager(**settings)
         self._core = self._sync._core
         self._fresh = self._core.cache.fresh
+        self._secrets_get = self._sync._secrets.get_secret
         self._offload = _Offload(threads)
         # Coroutines of one loop waiting on the same cold read share its pool job.
         self._flights: weakref.WeakKeyDictionary[
@@ -232,7 +234,12 @@ class AsyncKeyManager:
             entry = None
         if entry is not None and entry.expires_at - time.monotonic() > _HIT_MARGIN:
             entry = None  # no value in this frame's locals, should the call raise
-            return self._sync.get_secret(secret_name, default, version=version)
+            # The sync call's own service, as KeyManager.get_secret calls it: a hit.
+            try:
+                return self._secrets_get(secret_name, default, version)
+            except BaseException as exc:  # as the sync facade does: scrubbed inline
+                scrub(exc)
+                raise
         return await self._get_secret_off_loop(secret_name, default, version)
 
     @_scrubbed
