@@ -130,25 +130,44 @@ class Cut(Exception):  # noqa: N818 - a signal between two functions, never rais
     """The watchdog cut this thread's request at its deadline."""
 
 
-@contextlib.contextmanager
-def deadline_for_this_thread(deadline: float) -> Any:
+class deadline_for_this_thread:  # noqa: N801 - used as the function it was
     """Requests made by this thread inside the block are cut off at ``deadline``.
+
+    A class rather than a ``@contextmanager``: it runs on every request.
 
     Raises:
         Cut: The watchdog cut a request of the block (whatever it seemed to return).
     """
-    _local.deadline = deadline
-    _local.tickets = []
-    cut = False
-    try:
-        yield
-    finally:
-        for ticket in _local.tickets:
-            cut = WATCHDOG.release(ticket) or cut
+
+    __slots__ = ("_deadline",)
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    def __enter__(self) -> None:
+        _local.deadline = self._deadline
+        _local.tickets = []
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        tickets = _local.tickets
         _local.deadline = None
         _local.tickets = []
-    if cut:
-        raise Cut
+        cut = False
+        for ticket in tickets:
+            cut = WATCHDOG.release(ticket) or cut
+        if cut and kind is None:  # an exception from the block goes on as it is
+            raise Cut
+
+
+def watch(conn: Any) -> None:
+    """A request of this thread starts on ``conn``: note whether the connection is new
+    (see :func:`on_new_connection`), and have the watchdog cut it at the deadline of
+    the thread's :func:`deadline_for_this_thread` block, if any, until ``conn`` goes
+    back to its pool."""
+    _local.new_connection = getattr(conn, "sock", None) is None
+    deadline = getattr(_local, "deadline", None)
+    if deadline is not None:
+        _local.tickets.append(WATCHDOG.watch(deadline, conn))
 
 
 class _Watched:
@@ -156,10 +175,7 @@ class _Watched:
     connection goes back to the pool (or the thread's block ends)."""
 
     def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
-        _local.new_connection = getattr(conn, "sock", None) is None
-        deadline = getattr(_local, "deadline", None)
-        if deadline is not None:
-            _local.tickets.append(WATCHDOG.watch(deadline, conn))
+        watch(conn)
         return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
 
     def _put_conn(self, conn: Any) -> None:

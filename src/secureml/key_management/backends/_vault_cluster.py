@@ -38,6 +38,7 @@ class AddressBook:
         if not addresses:
             raise ValueError("at least one Vault address is needed")
         self._addresses = tuple(addresses)
+        self._origins = tuple(origin(a) for a in self._addresses)  # asked on every request
         self._preferred = 0
         self._lock = threading.Lock()
         self.failovers = 0
@@ -59,8 +60,8 @@ class AddressBook:
 
     def answered(self, node: str) -> None:
         """The node at origin ``node`` served a request: ask it first next time."""
-        for index, address in enumerate(self._addresses):
-            if origin(address) == node:
+        for index, known in enumerate(self._origins):
+            if known == node:
                 self._preferred = index
                 return
 

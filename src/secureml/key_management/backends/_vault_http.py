@@ -3,9 +3,17 @@
 hvac speaks through ``requests``, whose per-request machinery (environment merging,
 cookie jars, hooks, redirect resolution) costs about as much as the network round trip
 to a local Vault. secureml needs none of it: it sends JSON, never follows redirects on
-its own, and reads every answer whole under a deadline. So requests are sent with
+its own, and reads every answer whole under a deadline. So requests are sent on
 urllib3's connection pool (thread-safe, keep-alive), and the answer is handed back as
 a ``requests.Response`` so hvac's API code works unchanged.
+
+urllib3's per-request layer costs much of what an uncached read spends in Python too
+(a ``Retry`` and ``Timeout`` per request, header normalisation, its own response
+object and decoders). So on a direct route the request is written and the answer read
+with ``http.client``'s own methods on a connection of urllib3's pool: urllib3 still
+opens it (TLS and its verification included), notices a dropped one, and keeps it
+alive; failures are raised as the urllib3 exceptions ``urlopen`` would raise, so the
+transport judges them alike. Through a proxy, ``urlopen`` does the whole exchange.
 
 Proxies from the environment (``HTTPS_PROXY``, ``NO_PROXY``...) are honoured as
 requests would, except that loopback is never proxied (as Go's client, and so the
@@ -19,8 +27,11 @@ certifi).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
+import ssl
 import time
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
@@ -32,7 +43,7 @@ from requests.utils import get_environ_proxies, select_proxy
 from .._config import is_loopback
 from .._warnings import Once, warn_caller
 from ..errors import ConfigurationError, SecurityWarning
-from ._deadline import POOL_CLASSES, Cut, deadline_for_this_thread
+from ._deadline import POOL_CLASSES, Cut, deadline_for_this_thread, watch
 
 READ_CHUNK_BYTES = 64 * 1024
 
@@ -206,47 +217,140 @@ def send(
         url = f"{url}?{urlencode(params, doseq=True)}"
     parts = urlsplit(url)
     route = pools.for_origin(f"{parts.scheme}://{parts.netloc}")
-    common: dict[str, Any] = {
-        "body": body,
-        "headers": headers,
-        # total: connecting and waiting for the answer together, not each in full.
-        "timeout": urllib3.Timeout(total=timeout, connect=timeout, read=timeout),
-        "redirect": False,
-        "retries": False,
-        "preload_content": False,
-    }
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
     # The watchdog bounds what socket timeouts cannot: an answer dripped byte by byte.
     try:
-        content, raw = _exchange(route, method, url, parts, common, deadline=deadline)
+        with deadline_for_this_thread(deadline):
+            if isinstance(route, _Proxied):
+                status, found, content, reason = _through_proxy(
+                    route, method, url, headers, body, timeout=timeout, deadline=deadline
+                )
+            else:
+                status, found, content, reason = _exchange(
+                    route, method, target, headers, body, timeout=timeout, deadline=deadline
+                )
     except Cut:
         # Whatever came back (a cut can look like an empty 200) is not an answer.
         raise DeadlinePassedError("the call's deadline passed while the answer arrived") from None
-    return Answer(raw.status, raw.headers, content, url, raw.reason or "")
+    return Answer(status, found, content, url, reason)
+
+
+#: http.client's own request and response methods, called on urllib3's pooled
+#: connections: urllib3's overrides of them (header normalisation, its response object
+#: and decoders, a Retry and Timeout per request) cost as much again as the exchange.
+_WIRE = http.client.HTTPConnection
+_EXPECTING_BODY = frozenset({"PATCH", "POST", "PUT"})  # an empty one is said, as urllib3 does
 
 
 def _exchange(
-    route: Any,
+    pool: Any,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    *,
+    timeout: float,
+    deadline: float,
+) -> tuple[int, Any, bytes, str]:
+    """One request on a connection of ``pool`` (a direct route): status, headers,
+    body and reason of the answer. urllib3 still owns the connections: it opens them
+    (TLS and its verification included), finds dropped ones, and keeps them alive.
+
+    Raises what :func:`send` does, urllib3's exception types as ``urlopen`` would.
+    """
+    conn = pool._get_conn()  # a dropped keep-alive connection comes back closed
+    reusable = False
+    try:
+        watch(conn)
+        conn.timeout = timeout
+        try:
+            if conn.sock is None:
+                pool._validate_conn(conn)  # HTTPS: connects, TLS checked as urllib3 does
+                if conn.sock is None:
+                    conn.connect()
+            else:
+                conn.sock.settimeout(timeout)
+            method = method.upper()
+            _WIRE.putrequest(conn, method, _encoded(target))  # Host, identity
+            for name, value in headers.items():
+                _WIRE.putheader(conn, name, value)
+            if body is not None or method in _EXPECTING_BODY:
+                _WIRE.putheader(conn, "Content-Length", str(len(body or b"")))
+            _WIRE.endheaders(conn, body)
+            answer = _WIRE.getresponse(conn)
+            try:
+                content = _read_whole(answer, deadline)
+                if answer.length:  # http.client's read1 takes an early end for the end
+                    raise urllib3.exceptions.IncompleteRead(len(content), answer.length)
+            finally:
+                answer.close()
+        except (urllib3.exceptions.HTTPError, DeadlinePassedError, UnicodeEncodeError):
+            raise  # urllib3's own (connecting), or already ours
+        except Exception as exc:
+            raise _as_urllib3(exc, pool, target) from None
+        reusable = not answer.will_close  # else http.client already dropped the socket
+    finally:
+        if not reusable:
+            conn.close()  # half-used: it must not be reused
+        pool._put_conn(conn)
+    return answer.status, answer.msg, content, answer.reason or ""
+
+
+def _as_urllib3(exc: Exception, pool: Any, target: str) -> Exception:
+    """What urllib3's ``urlopen`` raises for ``exc`` (so the transport judges every
+    route's failures alike); anything else as it is."""
+    if isinstance(exc, TimeoutError):
+        return urllib3.exceptions.ReadTimeoutError(pool, target, "Read timed out.")
+    if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
+        return urllib3.exceptions.SSLError(exc)
+    if isinstance(exc, (OSError, http.client.HTTPException)):
+        return urllib3.exceptions.ProtocolError("Connection aborted.", exc)
+    return exc
+
+
+#: What a request target may hold unescaped (RFC 3986); anything else is escaped as
+#: urllib3 would.
+_TARGET_SAFE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+
+
+def _encoded(target: str) -> str:
+    if _TARGET_SAFE.fullmatch(target):
+        return target
+    from urllib3.util.url import _encode_target
+
+    return _encode_target(target)
+
+
+def _through_proxy(
+    route: _Proxied,
     method: str,
     url: str,
-    parts: Any,
-    common: dict[str, Any],
+    headers: dict[str, str],
+    body: bytes | None,
     *,
+    timeout: float,
     deadline: float,
-) -> tuple[bytes, Any]:
-    with deadline_for_this_thread(deadline):
-        if isinstance(route, _Proxied):
-            raw = route.manager.urlopen(method.upper(), url, **common)
-        else:
-            path = parts.path + (f"?{parts.query}" if parts.query else "")
-            raw = route.urlopen(method.upper(), path, assert_same_host=False, **common)
-        try:
-            content = _read_whole(raw, deadline)
-        except BaseException:
-            raw.close()  # half-read: the connection must not be reused
-            raise
-        finally:
-            raw.release_conn()
-    return content, raw
+) -> tuple[int, Any, bytes, str]:
+    """One request through the proxy manager (which speaks the proxy's protocol)."""
+    raw = route.manager.urlopen(
+        method.upper(),
+        url,
+        body=body,
+        headers=headers,
+        # total: connecting and waiting for the answer together, not each in full.
+        timeout=urllib3.Timeout(total=timeout, connect=timeout, read=timeout),
+        redirect=False,
+        retries=False,
+        preload_content=False,
+    )
+    try:
+        content = _read_whole(raw, deadline)
+    except BaseException:
+        raw.close()  # half-read: the connection must not be reused
+        raise
+    finally:
+        raw.release_conn()
+    return raw.status, raw.headers, content, raw.reason or ""
 
 
 class Answer(requests.Response):
@@ -257,7 +361,7 @@ class Answer(requests.Response):
         self, status: int, headers: Any, content: bytes, url: str, reason: str
     ) -> None:  # deliberately not calling super().__init__()
         self.status_code = status
-        self.headers = headers  # urllib3's HTTPHeaderDict: already case-insensitive
+        self.headers = headers  # http.client's or urllib3's: both case-insensitive
         self._content = content
         self._content_consumed = True
         self._next = None
@@ -269,8 +373,21 @@ class Answer(requests.Response):
         self.request = None  # type: ignore[assignment]
         self.connection = None  # type: ignore[assignment]
 
+    @property
+    def ok(self) -> bool:
+        return self.status_code < 400  # what requests says, without raising to say it
 
-def _read_whole(raw: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+    def json(self, **kwargs: Any) -> Any:
+        """The body as JSON (Vault's answers are UTF-8), failing as requests does."""
+        try:
+            return json.loads(self._content or b"", **kwargs)
+        except ValueError as exc:
+            why, where = getattr(exc, "msg", "not JSON"), getattr(exc, "pos", 0)
+        # Outside the handler, without the document: the decode error holds the body.
+        raise requests.exceptions.JSONDecodeError(why, "", where)
+
+
+def _read_whole(raw: urllib3.BaseHTTPResponse | http.client.HTTPResponse, deadline: float) -> bytes:
     """The answer's body, read in pieces with the deadline checked between them, so a
     server that drips bytes cannot hold a call past its deadline."""
     read = getattr(raw, "read1", None) or raw.read

@@ -169,6 +169,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         self.consistency = consistency or Consistency()
         self.allowed_origins = frozenset(_origin(a) for a in self.addresses.addresses)
         self._sleep = sleep
+        self._budgets: dict[int, float] = {}
         timeout = self._kwargs.get("timeout") or 30
         self._timeout = float(max(timeout) if isinstance(timeout, tuple) else timeout)
         self._pool = pool or http.make_pool(
@@ -437,11 +438,15 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
 
     def _budget(self, retries: int) -> float:
         """The most a request may take: every attempt's timeout (each node, each round),
-        and the backoff between rounds."""
-        timeout = self._kwargs.get("timeout") or 0
-        per_attempt = sum(timeout) if isinstance(timeout, tuple) else float(timeout)
-        attempts = (retries + 1) * len(self.addresses)
-        return per_attempt * attempts + BACKOFF_CAP_SECONDS * retries
+        and the backoff between rounds (worked out once per ``retries``: it runs on
+        every request, and the timeout and the nodes are fixed)."""
+        budget = self._budgets.get(retries)
+        if budget is None:
+            timeout = self._kwargs.get("timeout") or 0
+            per_attempt = sum(timeout) if isinstance(timeout, tuple) else float(timeout)
+            attempts = (retries + 1) * len(self.addresses)
+            budget = self._budgets[retries] = per_attempt * attempts + BACKOFF_CAP_SECONDS * retries
+        return budget
 
     def _backoff(self, attempt: int) -> float:
         cap = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)

@@ -5,7 +5,9 @@ Layout: secret ``name`` lives at ``<mount>/<path>/<name>`` in the field ``value`
 reads. Bytes are stored as base64 text with a sibling field ``encoding=base64``. A
 secret with several fields and no ``value`` is returned whole, as a dict.
 
-Every request goes through :meth:`VaultBackend._call`: it takes a token from the
+KV reads (the hot path) are built by :mod:`._vault_kv` and handed to the adapter
+directly; everything else is hvac's API. Every request goes through
+:meth:`VaultBackend._call`: it takes a token from the
 :class:`~._vault_session.TokenSession` (which logs in and renews), logs in again and
 retries once when Vault rejects the token, and translates hvac and requests exceptions
 into our hierarchy (``from None``: hvac keeps the server's response body on its
@@ -21,8 +23,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,6 +44,7 @@ from ..errors import (
 )
 from ._vault_cluster import AddressBook, Consistency
 from ._vault_errors import translated, vault_errors
+from ._vault_kv import Engine
 from ._vault_session import TokenSession
 from .base import KeyVersion, SecretMetadata, SecretValue
 
@@ -183,6 +185,28 @@ def unpack_fields(fields: Mapping[str, Any], where: str) -> SecretValue:
         raise KeyFormatError(f"secret at {where} is marked base64 but does not decode") from None
 
 
+class _CallDeadline:
+    """:meth:`VaultBackend._deadline`'s context (a class: it runs twice per read)."""
+
+    __slots__ = ("_adapter", "_outermost")
+
+    def __init__(self, adapter: Any) -> None:
+        self._adapter = adapter
+        self._outermost = False
+
+    def __enter__(self) -> float:
+        adapter = self._adapter
+        if adapter.call_deadline is None:
+            self._outermost = True
+            adapter.call_deadline = time.monotonic() + adapter.budget()
+        deadline: float = adapter.call_deadline
+        return deadline
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._outermost:
+            self._adapter.call_deadline = None
+
+
 @guarded_class  # public: a denied call must not carry the token or a value in a frame
 class VaultBackend:
     """A Vault / OpenBao KV engine as a :class:`~.base.SecretBackend`.
@@ -219,6 +243,7 @@ class VaultBackend:
         self._mount = mount
         self._path = path
         self._kv_version = kv_version
+        self._kv_engine: Engine | None = None
         self._max_versions: int | None = None
         self._mount_config_read = False
         self._detect_lock = threading.Lock()
@@ -280,28 +305,17 @@ class VaultBackend:
             return self._get(name, version)
 
     def _get(self, name: str, version: int | None) -> SecretValue | None:
-        where = self.locate(name)
-        kv = self.kv_version()
-        if kv == 1 and version is not None:
+        where = f"vault:{self._mount}/{self._secret_path(name)}"  # locate(), unguarded
+        engine = self._engine()
+        if engine.version == 1 and version is not None:
             raise UnsupportedOperationError(f"{where} is on a KV v1 mount, which keeps no versions")
+        path = self._secret_path(name)
 
         def read(client: hvac.Client) -> Any:
-            import hvac.exceptions
-
-            try:
-                if kv == 2:
-                    response = client.secrets.kv.v2.read_secret_version(
-                        path=self._secret_path(name),
-                        version=version,
-                        mount_point=self._mount,
-                        raise_on_deleted_version=True,
-                    )
-                    return response["data"]["data"]
-                return client.secrets.kv.v1.read_secret(
-                    path=self._secret_path(name), mount_point=self._mount
-                )["data"]
-            except hvac.exceptions.InvalidPath:
-                return None
+            data = engine.read(client.adapter, path, version)
+            if data is None or engine.version == 1:
+                return data
+            return data["data"]
 
         fields = self._call("read", where, read)
         if fields is None:
@@ -347,19 +361,9 @@ class VaultBackend:
         with self._deadline():
             self._require_versions("read the latest version of", where)
 
-            def read(client: hvac.Client) -> Any:
-                import hvac.exceptions as hx
-
-                try:
-                    return client.secrets.kv.v2.read_secret_version(
-                        path=self._secret_path(name),
-                        mount_point=self._mount,
-                        raise_on_deleted_version=True,
-                    )["data"]
-                except hx.InvalidPath:
-                    return None
-
-            data = self._call("read", where, read)
+            engine = self._engine()
+            path = self._secret_path(name)
+            data = self._call("read", where, lambda client: engine.read(client.adapter, path))
         if data is None:
             return None
         return unpack_fields(data["data"], where), int(data["metadata"]["version"])
@@ -405,17 +409,13 @@ class VaultBackend:
         with self._deadline():
             self._require_versions("read the versions of", where)
 
-            def read(client: hvac.Client) -> Any:
-                import hvac.exceptions as hx
-
-                try:
-                    return client.secrets.kv.v2.read_secret_metadata(
-                        path=self._secret_path(name), mount_point=self._mount
-                    )["data"]
-                except hx.InvalidPath:
-                    return None
-
-            data = self._call("read the metadata of", where, read)
+            engine = self._engine()
+            path = self._secret_path(name)
+            data = self._call(
+                "read the metadata of",
+                where,
+                lambda client: engine.read_metadata(client.adapter, path),
+            )
             if data is None:
                 return None
             metadata, own_max = parse_metadata(data)
@@ -589,6 +589,13 @@ class VaultBackend:
             self._mount_config_read = True
         return self._max_versions
 
+    def _engine(self) -> Engine:
+        """The KV engine the reads address (:mod:`._vault_kv`), once its version is known."""
+        engine = self._kv_engine
+        if engine is None:
+            engine = self._kv_engine = Engine(self._mount, self.kv_version())
+        return engine
+
     def kv_version(self) -> int:
         """The mount's KV version (1 or 2), detected once and remembered."""
         if self._kv_version is None:
@@ -725,21 +732,13 @@ class VaultBackend:
         with self._deadline():
             return self._translated(action, where, attempt)
 
-    @contextmanager
-    def _deadline(self) -> Iterator[float]:
+    def _deadline(self) -> _CallDeadline:
         """One deadline for a whole public call: KV detection, login, retry and all.
 
-        Nested uses keep the outer deadline. Yields it (``time.monotonic()`` seconds).
+        Nested uses keep the outer deadline. ``with`` gives it (``time.monotonic()``
+        seconds).
         """
-        adapter = self._client().adapter
-        outermost = adapter.call_deadline is None
-        if outermost:
-            adapter.call_deadline = time.monotonic() + adapter.budget()
-        try:
-            yield adapter.call_deadline
-        finally:
-            if outermost:
-                adapter.call_deadline = None
+        return _CallDeadline(self._client().adapter)
 
     def _translated(self, action: str, where: str, op: Callable[[], _T]) -> _T:
         return translated(op, url=self._settings.url, action=action, where=where)
