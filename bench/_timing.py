@@ -22,6 +22,15 @@ ROUNDS = 7
 THROUGHPUT_ROUNDS = 5
 
 
+def fmt_us(us: float) -> str:
+    """Microseconds for a table cell, with the precision the size deserves."""
+    if us < 10:
+        return f"{us:.2f} µs"
+    if us < 1000:
+        return f"{us:.1f} µs"
+    return f"{us:,.0f} µs"
+
+
 def per_op_us(func: Call, n: int) -> float:
     """Mean µs per call of ``func`` over ``n`` back-to-back calls."""
     start = time.perf_counter_ns()

@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 from _raw import FOLDER, MOUNT, http_client_read, hvac_kv, hvac_read
-from _timing import interleaved, new_connections
+from _timing import fmt_us, interleaved, new_connections
 
 from secureml._devserver import DevServer
 from secureml.key_management import AsyncKeyManager, KeyManager
@@ -88,14 +88,6 @@ class RateRow:
     target: float | None  # the least ours / base may be
     reads_per_call: str
     connections: str
-
-
-def fmt_us(us: float) -> str:
-    if us < 10:
-        return f"{us:.2f} µs"
-    if us < 1000:
-        return f"{us:.1f} µs"
-    return f"{us:,.0f} µs"
 
 
 def met(ok: bool) -> str:

@@ -40,6 +40,7 @@ from _timing import (
     Call,
     Workers,
     cold_import_ms,
+    fmt_us,
     interleaved,
     interleaved_throughput,
     new_connections,
@@ -77,14 +78,6 @@ class RateRow:
     baseline_is: str
     reads_per_call: str = ""
     connections: str = ""
-
-
-def fmt_us(us: float) -> str:
-    if us < 10:
-        return f"{us:.2f} µs"
-    if us < 1000:
-        return f"{us:.1f} µs"
-    return f"{us:,.0f} µs"
 
 
 def fmt_ratio(ratio: float) -> str:
