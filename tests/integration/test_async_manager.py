@@ -156,7 +156,7 @@ def test_the_loop_stays_free_while_a_slow_server_drips_its_answers(
                 await asyncio.sleep(0.001)
             values = await slow
         print(f"loop lag {lag}, idle {idle}")
-        assert_loop_free(lag, idle)
+        await assert_loop_free(lag, idle)
         return values, hits, lag
 
     started = time.monotonic()
@@ -313,7 +313,7 @@ def test_tokens_renew_and_log_in_again_under_asyncio(
             await asyncio.to_thread(bao_server.bao, "token", "revoke", state.login.token)
             assert await akm.get_secret("x") == "v"
         print(f"loop lag {lag}, idle {idle}")
-        assert_loop_free(lag, idle)
+        await assert_loop_free(lag, idle)
         return sum(reads), errors, lag
 
     logins_before = km.stats().logins
@@ -416,7 +416,7 @@ def test_the_loop_stays_free_while_the_raft_leader_is_killed(raft: RaftCluster) 
             stop.set()
             reads = sum(await asyncio.gather(*readers))
         print(f"loop lag {lag}, idle {idle}")
-        assert_loop_free(lag, idle)
+        await assert_loop_free(lag, idle)
         return reads, failovers, errors, lag
 
     reads, failovers, errors, _ = asyncio.run(main())

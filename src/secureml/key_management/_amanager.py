@@ -26,7 +26,6 @@ import functools
 import inspect
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
@@ -35,6 +34,7 @@ from ._boundary import scrub
 from ._encoding import Encoding
 from ._manager import KeyManager
 from ._materials import DEFAULT_KEY
+from ._secrets import MISS
 from ._status import KeyManagerStats
 from ._transit import TransitKeys
 from .backends.base import SecretValue
@@ -194,8 +194,7 @@ class AsyncKeyManager:
             raise ValueError("threads must be a whole number of at least 1")
         self._sync = manager if manager is not None else KeyManager(**settings)
         self._core = self._sync._core
-        self._fresh = self._core.cache.fresh
-        self._secrets_get = self._sync._secrets.get_secret
+        self._cached = self._sync._secrets.cached
         self._offload = _Offload(threads)
         # Coroutines of one loop waiting on the same cold read share its pool job.
         self._flights: weakref.WeakKeyDictionary[
@@ -226,29 +225,21 @@ class AsyncKeyManager:
         self, secret_name: str, default: Any = None, *, version: int | None = None
     ) -> Any:
         """Awaitable :meth:`KeyManager.get_secret`: the same lookup chain, errors and
-        audit events. A fresh cache hit is answered on the event loop; a miss joins the
-        read in flight for that name, whether a coroutine or a thread started it."""
-        try:
-            entry = self._fresh((secret_name, version))
-        except TypeError:  # unhashable: the sync call says what is wrong with it
-            entry = None
-        if entry is not None and entry.expires_at - time.monotonic() > _HIT_MARGIN:
-            entry = None  # no value in this frame's locals, should the call raise
-            # The sync call's own service, as KeyManager.get_secret calls it: a hit.
-            try:
-                return self._secrets_get(secret_name, default, version)
-            except BaseException as exc:  # as the sync facade does: scrubbed inline
-                scrub(exc)
-                raise
-        return await self._get_secret_off_loop(secret_name, default, version)
-
-    @_scrubbed
-    async def _get_secret_off_loop(self, name: str, default: Any, version: int | None) -> Any:
+        audit events. A fresh cache hit that needs nothing else is answered on the event
+        loop; anything more (a miss, a fallback, an audit hook to call) runs off it, and
+        a miss joins the read in flight for that name, whether a coroutine or a thread
+        started it."""
+        value = self._cached(secret_name, default, version, _HIT_MARGIN)
+        if value is not MISS:
+            return value
         if default is not None:  # a default of its own: a read of its own
-            read = functools.partial(self._sync.get_secret, name, default, version=version)
-            del default
-            return await _run(self._offload, read)
-        return await self._shared_read(name, version)
+            read: Callable[[], Any] = functools.partial(
+                self._sync.get_secret, secret_name, default, version=version
+            )
+            running = _run(self._offload, read)
+            del default, read  # it may be a secret: only the pool job holds it now
+            return await running
+        return await self._shared_read(secret_name, version)
 
     async def _shared_read(self, name: str, version: int | None) -> Any:
         loop = asyncio.get_running_loop()
