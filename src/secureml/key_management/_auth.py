@@ -73,6 +73,11 @@ def _login_result(response: Any, method: str) -> Login:
     auth = response.get("auth") if isinstance(response, dict) else None
     if not auth or not auth.get("client_token"):
         raise AuthenticationError(f"Vault answered the {method} login without a token")
+    if not header_safe(str(auth["client_token"])):
+        # It would go into every request's header: a newline there forges headers.
+        raise AuthenticationError(
+            f"Vault answered the {method} login with a token that is not header-safe text"
+        )
     return Login(
         token=str(auth["client_token"]),
         ttl=float(auth.get("lease_duration") or 0) or None,

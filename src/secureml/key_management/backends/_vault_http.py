@@ -27,6 +27,7 @@ certifi).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -46,6 +47,7 @@ from ..errors import ConfigurationError, SecurityWarning
 from ._deadline import POOL_CLASSES, Cut, deadline_for_this_thread, watch
 
 READ_CHUNK_BYTES = 64 * 1024
+USER_AGENT = "secureml"
 
 #: Failures while connecting: the request cannot have reached Vault.
 NOT_SENT = (
@@ -205,6 +207,9 @@ def send(
         One of ``NOT_SENT``: it never left.
         One of ``BROKEN``, or DeadlinePassedError: it may have been processed.
     """
+    # Some firewalls in front of Vault refuse requests without one (AWS WAF's
+    # NoUserAgent rule); both routes send the same.
+    headers = {"User-Agent": USER_AGENT, **headers}
     body: bytes | None = None
     if kwargs.get("json") is not None:
         body = json.dumps(kwargs["json"]).encode()
@@ -276,7 +281,10 @@ def _exchange(
                 _WIRE.putheader(conn, name, value)
             if body is not None or method in _EXPECTING_BODY:
                 _WIRE.putheader(conn, "Content-Length", str(len(body or b"")))
-            _WIRE.endheaders(conn, body)
+            # Vault may answer (413: too large) and close before reading all of a big
+            # body: its answer is what the caller needs, as urllib3 gives it.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                _WIRE.endheaders(conn, body)
             answer = _WIRE.getresponse(conn)
             try:
                 content = _read_whole(answer, deadline)
