@@ -604,3 +604,30 @@ def test_with_an_audit_hook_even_hits_run_off_the_loop() -> None:
     akm._offload.shutdown()
     assert threads
     assert all(name.startswith("secureml-async") for name in threads)
+
+
+class _Slow(MemoryVersions):
+    """A source whose reads take a while."""
+
+    def get(self, name: str, version: int | None = None) -> SecretValue | None:
+        time.sleep(0.3)
+        return super().get(name, version)
+
+
+def test_a_read_outliving_its_event_loop_keeps_neither_flight_nor_loop() -> None:
+    store = _Slow()
+    store.put("a", "b")
+    akm = AsyncKeyManager(KeyManager(backend=store, use_env_fallback=False))
+
+    async def main() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(akm.get_secret("a"), 0.05)
+
+    asyncio.run(main())  # the loop closes with the read still running
+    deadline = time.monotonic() + 5
+    while any(akm._flights.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(akm._flights.values())
+    gc.collect()
+    assert len(akm._flights) == 0  # the closed loop is not kept alive
+    akm._offload.shutdown()

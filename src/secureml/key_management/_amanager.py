@@ -247,19 +247,23 @@ class AsyncKeyManager:
         key = (name, version)
         flight = flights.get(key)
         if flight is None:
-            flight = loop.run_in_executor(
-                self._offload.pool(),
-                functools.partial(self._sync.get_secret, name, None, version=version),
-            )
+            job = self._offload.pool().submit(self._sync.get_secret, name, None, version=version)
+            flight = asyncio.wrap_future(job, loop=loop)
             flights[key] = flight
+            shared = flight
 
-            def done(finished: asyncio.Future[Any]) -> None:
-                if flights.get(key) is finished:
-                    del flights[key]
+            def done(_: concurrent.futures.Future[Any]) -> None:
+                # In the pool thread, so the flight goes even if its loop has closed
+                # (a loop's callbacks never run then, and the flight would keep it).
+                if flights.get(key) is shared:
+                    flights.pop(key, None)
+
+            def retrieved(finished: asyncio.Future[Any]) -> None:
                 if not finished.cancelled():
-                    finished.exception()  # retrieved: a job nobody awaits any more is no error
+                    finished.exception()  # a job nobody awaits any more is no error
 
-            flight.add_done_callback(done)
+            job.add_done_callback(done)
+            flight.add_done_callback(retrieved)
         try:
             value = await asyncio.shield(flight)
         except Exception as exc:
