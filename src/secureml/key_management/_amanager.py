@@ -246,7 +246,9 @@ class AsyncKeyManager:
         flights = self._flights.setdefault(loop, {})
         key = (name, version)
         flight = flights.get(key)
-        if flight is None:
+        # A finished flight is one the pool thread has not dropped yet: never joined
+        # (its answer is the past; a call now is a read, or a hit, of its own).
+        if flight is None or flight.done():
             job = self._offload.pool().submit(self._sync.get_secret, name, None, version=version)
             flight = asyncio.wrap_future(job, loop=loop)
             flights[key] = flight
