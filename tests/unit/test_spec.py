@@ -1057,3 +1057,16 @@ def test_a_process_keeps_a_bounded_number_of_managers(
     assert len(registry._managers) == spec_module.MAX_MANAGERS
     assert len(warned) == 1
     assert "managers in this process" in warned[0]
+
+
+def test_a_jwt_login_file_is_bounded_as_a_spec_credential_is(tmp_path: Path) -> None:
+    from secureml.key_management._auth import _read_jwt
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigurationError, match="is not a regular file"):
+        _read_jwt(str(fifo), "kubernetes")  # never blocks waiting for a writer
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (70 * 1024))
+    with pytest.raises(ConfigurationError, match="larger than any credential"):
+        _read_jwt(str(big), "jwt")

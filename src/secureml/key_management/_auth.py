@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 
 from ._boundary import guarded_class
@@ -109,14 +109,40 @@ def _refuse_pickling(kind: str) -> NoReturn:
     )
 
 
+#: No token, secret id, password or JWT is longer; a bigger file is not a credential.
+MAX_CREDENTIAL_BYTES = 64 * 1024
+
+
+def read_credential_file(path: str) -> str:
+    """The text of a credential file, stripped: a regular file of at most
+    :data:`MAX_CREDENTIAL_BYTES` (a FIFO would block the reader, a device flood it; the
+    path may come from a spec).
+
+    Raises:
+        OSError: It cannot be opened or read.
+        ValueError: It is no regular file, or too big (the message ends a sentence
+            that starts with the file's name).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    with os.fdopen(os.open(path, flags), "rb") as file:  # non-blocking: a FIFO opens now
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise ValueError("is not a regular file")
+        data = file.read(MAX_CREDENTIAL_BYTES + 1)
+    if len(data) > MAX_CREDENTIAL_BYTES:
+        raise ValueError(f"is larger than any credential ({MAX_CREDENTIAL_BYTES} bytes at most)")
+    return data.decode("utf-8", "replace").strip()
+
+
 def _read_jwt(path: str, method: str) -> str:
     # Re-read at every login: Kubernetes rotates projected service-account tokens.
     try:
-        jwt = Path(path).read_text().strip()
+        jwt = read_credential_file(path)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot read the {method} JWT file {path!r}: {exc.strerror}"
         ) from None
+    except ValueError as exc:
+        raise ConfigurationError(f"the {method} JWT file {path!r} {exc}") from None
     if not jwt:
         raise ConfigurationError(f"the {method} JWT file {path!r} is empty")
     return jwt

@@ -17,7 +17,7 @@ from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from ._auth import AppRoleAuth, TokenAuth, VaultAuth, header_safe
-from ._credentials import ROLE_ID_VAR, SECRET_ID_VAR, TOKEN_VARS, AuthSpec
+from ._credentials import ROLE_ID_VAR, SECRET_ID_VAR, env_reference
 from ._warnings import Once, warn_caller
 from .errors import ConfigurationError, SecurityWarning
 
@@ -257,23 +257,17 @@ def _resolve_auth(
         return auth
     if token is not None:
         return TokenAuth(check_token(token))
-    role_id, secret_id = env.get(ROLE_ID_VAR, "").strip(), env.get(SECRET_ID_VAR, "").strip()
-    if role_id or secret_id:
-        if not (role_id and secret_id):
-            raise ConfigurationError(
-                f"AppRole needs both {ROLE_ID_VAR} and {SECRET_ID_VAR}; only one is set"
-            )
-        approle = AppRoleAuth(role_id, secret_id)
-        # Where a worker finds the same credentials (KeyManager.spec()).
-        approle._reference = AuthSpec.approle(role_id_env=ROLE_ID_VAR, secret_id_env=SECRET_ID_VAR)
-        return approle
-    for name in TOKEN_VARS:
-        env_token = env.get(name, "").strip()
-        if env_token:
-            token_auth = TokenAuth(check_token(env_token))
-            token_auth._reference = AuthSpec.token(env=name)
-            return token_auth
-    return None
+    reference = env_reference(env)
+    if reference is None:
+        return None
+    found: VaultAuth
+    if reference.method == "approle":
+        found = AppRoleAuth(env[ROLE_ID_VAR].strip(), env[SECRET_ID_VAR].strip())
+    else:
+        found = TokenAuth(check_token(env[str(reference.env)]))
+    # Where a worker finds the same credentials (KeyManager.spec()).
+    found._reference = reference
+    return found
 
 
 def resolve_vault_settings(

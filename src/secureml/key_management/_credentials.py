@@ -31,6 +31,7 @@ from ._auth import (
     TokenAuth,
     UserpassAuth,
     VaultAuth,
+    read_credential_file,
 )
 from ._boundary import guarded_class
 from ._validate import validate_name
@@ -39,7 +40,7 @@ from .errors import AuthenticationError, ConfigurationError
 if TYPE_CHECKING:
     import hvac
 
-__all__ = ["AuthSpec", "reference_of"]
+__all__ = ["AuthSpec", "env_reference", "reference_of"]
 
 AuthMethod = Literal["token", "approle", "userpass", "jwt", "kubernetes"]
 _METHODS: Final = ("token", "approle", "userpass", "jwt", "kubernetes")
@@ -48,8 +49,6 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 TOKEN_VARS: Final = ("SECUREML_VAULT_TOKEN", "BAO_TOKEN", "VAULT_TOKEN")
 ROLE_ID_VAR: Final = "SECUREML_VAULT_ROLE_ID"
 SECRET_ID_VAR: Final = "SECUREML_VAULT_SECRET_ID"  # noqa: S105 - a variable name
-#: No token, secret id, password or JWT is longer; a bigger file is not a credential.
-MAX_CREDENTIAL_BYTES: Final = 64 * 1024
 
 
 def _env_name(name: object, what: str) -> str:
@@ -253,18 +252,13 @@ class AuthSpec:
             return self._variable(env, self.env, what)
         path = self._require_file()
         try:
-            with Path(path).open("rb") as file:
-                data = file.read(MAX_CREDENTIAL_BYTES + 1)
-            if len(data) > MAX_CREDENTIAL_BYTES:
-                raise ConfigurationError(
-                    f"this process's {what} file {path!r} is larger than any credential "
-                    f"({MAX_CREDENTIAL_BYTES} bytes at most)"
-                )
-            text = data.decode("utf-8", "replace").strip()
+            text = read_credential_file(path)
         except OSError as exc:
             raise ConfigurationError(
                 f"this process cannot read its {what} file {path!r}: {exc.strerror}"
             ) from None
+        except ValueError as exc:
+            raise ConfigurationError(f"this process's {what} file {path!r} {exc}") from None
         if not text:
             raise ConfigurationError(f"this process's {what} file {path!r} is empty")
         return text
@@ -320,6 +314,28 @@ class _TokenFileAuth(TokenAuth):
             # token it has while that one is still valid.
             raise AuthenticationError(f"cannot log in again: {exc}") from None
         return Login(token=self._token, ttl=None, renewable=False)
+
+
+def env_reference(env: Mapping[str, str]) -> AuthSpec | None:
+    """Which credential ``env`` sets, as secureml reads it: AppRole
+    (``SECUREML_VAULT_ROLE_ID`` and ``SECUREML_VAULT_SECRET_ID``) first, then the first
+    of ``SECUREML_VAULT_TOKEN``, ``BAO_TOKEN``, ``VAULT_TOKEN``; ``None`` if none is.
+    The one precedence both ``KeyManager()`` and ``KeyManagerSpec.from_env()`` follow.
+
+    Raises:
+        ConfigurationError: Only one of the two AppRole variables is set.
+    """
+    role_id, secret_id = env.get(ROLE_ID_VAR, "").strip(), env.get(SECRET_ID_VAR, "").strip()
+    if role_id or secret_id:
+        if not (role_id and secret_id):
+            raise ConfigurationError(
+                f"AppRole needs both {ROLE_ID_VAR} and {SECRET_ID_VAR}; only one is set"
+            )
+        return AuthSpec.approle(role_id_env=ROLE_ID_VAR, secret_id_env=SECRET_ID_VAR)
+    for name in TOKEN_VARS:
+        if env.get(name, "").strip():
+            return AuthSpec.token(env=name)
+    return None
 
 
 def reference_of(

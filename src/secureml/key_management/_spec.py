@@ -36,7 +36,8 @@ from ._config import (
     parse_count,
     parse_duration,
 )
-from ._credentials import ROLE_ID_VAR, SECRET_ID_VAR, TOKEN_VARS, AuthSpec, reference_of
+from ._credentials import ROLE_ID_VAR, SECRET_ID_VAR, AuthSpec, env_reference, reference_of
+from ._process import reset_after_fork
 from ._status import AccessEvent
 from ._validate import (
     check_flag,
@@ -106,8 +107,8 @@ class KeyManagerSpec:
     cache_ttl: float = 60.0
     cache_size: int = 1024
     max_stale: float = 3600.0
-    # Compared by what the hook is (module, name, code), not by identity: a hook
-    # cloudpickled by value is a new object in each unpickled copy of the spec.
+    # Not compared with the rest: a hook cloudpickled by value is a new object in each
+    # unpickled copy of the spec; its manager is found by its pickle (_hook_identity).
     audit_hook: Callable[[AccessEvent], object] | None = field(
         default=None, repr=False, compare=False
     )
@@ -270,18 +271,11 @@ def _facade() -> type[KeyManager]:
 
 
 def _auth_from_env(env: Mapping[str, str], url: str) -> AuthSpec:
-    """The reference to the credential variables set in ``env`` (as ``_config`` reads
-    them: AppRole first, then a token)."""
-    role_id, secret_id = env.get(ROLE_ID_VAR, "").strip(), env.get(SECRET_ID_VAR, "").strip()
-    if role_id or secret_id:
-        if not (role_id and secret_id):
-            raise ConfigurationError(
-                f"AppRole needs both {ROLE_ID_VAR} and {SECRET_ID_VAR}; only one is set"
-            )
-        return AuthSpec.approle(role_id_env=ROLE_ID_VAR, secret_id_env=SECRET_ID_VAR)
-    for name in TOKEN_VARS:
-        if env.get(name, "").strip():
-            return AuthSpec.token(env=name)
+    """The reference to the credential variables set in ``env`` (as ``KeyManager()``
+    reads them: :func:`~._credentials.env_reference`)."""
+    reference = env_reference(env)
+    if reference is not None:
+        return reference
     raise ConfigurationError(
         f"Vault URL {url} is set but no credential variable: set SECUREML_VAULT_TOKEN (or "
         f"VAULT_TOKEN), or {ROLE_ID_VAR} and {SECRET_ID_VAR}, or pass auth=AuthSpec..."
@@ -362,17 +356,17 @@ class _PerProcess:
         self._managers: dict[tuple[KeyManagerSpec, object], KeyManager] = {}
         self._pid = os.getpid()
         self._warned = False
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._forget)
+        reset_after_fork(self)
 
-    def _forget(self) -> None:
+    def after_fork(self) -> None:
+        """In a forked child: none of the parent's managers (the child builds its own)."""
         self._lock = threading.Lock()
         self._managers = {}
         self._pid = os.getpid()
 
     def get(self, spec: KeyManagerSpec) -> KeyManager:
-        if self._pid != os.getpid():
-            self._forget()
+        if self._pid != os.getpid():  # forked behind the hooks' back
+            self.after_fork()
         key = (spec, _hook_identity(spec))
         found = self._managers.get(key)
         if found is not None:
