@@ -4,7 +4,8 @@ Not a second client. An ``AsyncKeyManager`` wraps a ``KeyManager`` and shares it
 one cache, one token, one set of loads in flight, one audit trail. So a coroutine and a
 thread that want the same cold name cause one Vault read.
 
-- A fresh cache hit of ``get_secret`` is served on the event loop, with no thread hop.
+- A fresh cache hit of ``get_secret`` that the cache alone can answer is served on the
+  event loop, with no thread hop (an audit hook to call or a fallback to walk is not).
 - Everything else runs the sync call on a small bounded thread pool. That includes Vault
   I/O and CPU-bound encryption. The retry, fail-over, deadline and redirect rules are the
   sync ones, in one place. The price is CPU: a read costs what a sync read costs, plus a
@@ -34,6 +35,7 @@ from ._boundary import scrub
 from ._encoding import Encoding
 from ._manager import KeyManager
 from ._materials import DEFAULT_KEY
+from ._process import reset_after_fork
 from ._secrets import MISS
 from ._status import KeyManagerStats
 from ._transit import TransitKeys
@@ -66,15 +68,20 @@ class _Offload:
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pid = os.getpid()
+        reset_after_fork(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: no pool (its threads are the parent's), a fresh lock."""
+        self._lock = threading.Lock()
+        self._pool, self._pid = None, os.getpid()
 
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
         pool = self._pool
         if pool is not None and self._pid == os.getpid():
             return pool
+        if self._pid != os.getpid():  # forked behind the hooks' back
+            self.after_fork()
         with self._lock:
-            if self._pid != os.getpid():  # forked: the threads are the parent's
-                self._lock = threading.Lock()
-                self._pool, self._pid = None, os.getpid()
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     self._threads, thread_name_prefix="secureml-async"
@@ -88,16 +95,20 @@ class _Offload:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def _run(offload: _Offload, call: Callable[[], _T]) -> _T:
-    """``call()`` on the pool, awaited. A cancelled caller stops waiting: a call already
-    running goes on (its result is dropped), one still queued behind a busy pool never
-    starts.
+async def _run(
+    offload: _Offload, call: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """``call(*args, **kwargs)`` on the pool, awaited. A cancelled caller stops waiting:
+    a call already running goes on (its result is dropped), one still queued behind a
+    busy pool never starts.
 
-    The call (which holds its arguments: plaintexts, values) is dropped from this frame
-    once submitted, and an exception leaving it is scrubbed (``_boundary``): coroutine
-    frames stay in a traceback with their locals, and error trackers read them."""
-    job = asyncio.get_running_loop().run_in_executor(offload.pool(), call)
-    del call
+    The arguments (plaintexts, values) are dropped from this frame once submitted, and
+    an exception leaving it is scrubbed (``_boundary``): coroutine frames stay in a
+    traceback with their locals, and error trackers read them. Callers drop theirs the
+    same way: make the coroutine, delete the arguments, then await it."""
+    bound = functools.partial(call, *args, **kwargs)
+    job = asyncio.get_running_loop().run_in_executor(offload.pool(), bound)
+    del call, args, kwargs, bound
     try:
         return await job
     except BaseException as exc:
@@ -135,12 +146,12 @@ def _awaitable(
     name = method.__name__
 
     async def call(self: Any, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        bound: Callable[[], _R] = functools.partial(getattr(self._sync, name), *args, **kwargs)
-        del args, kwargs  # the plaintexts and values live on in ``bound`` only
-        running = _run(self._offload, bound)
-        # Nor in this frame: a coroutine's frame is never cleared (scrub), and it stays
-        # in the traceback of whatever the call raises, locals and all.
-        del bound
+        sync: Callable[_P, _R] = getattr(self._sync, name)
+        running = _run(self._offload, sync, *args, **kwargs)
+        # The plaintexts and values are the pool job's alone now: a coroutine's frame is
+        # never cleared (scrub), and it stays in the traceback of whatever the call
+        # raises, locals and all.
+        del args, kwargs
         return await running
 
     call.__name__ = name
@@ -233,11 +244,10 @@ class AsyncKeyManager:
         if value is not MISS:
             return value
         if default is not None:  # a default of its own: a read of its own
-            read: Callable[[], Any] = functools.partial(
-                self._sync.get_secret, secret_name, default, version=version
+            running = _run(
+                self._offload, self._sync.get_secret, secret_name, default, version=version
             )
-            running = _run(self._offload, read)
-            del default, read  # it may be a secret: only the pool job holds it now
+            del default  # it may be a secret: only the pool job holds it now
             return await running
         return await self._shared_read(secret_name, version)
 
@@ -260,12 +270,8 @@ class AsyncKeyManager:
                 if flights.get(key) is shared:
                     flights.pop(key, None)
 
-            def retrieved(finished: asyncio.Future[Any]) -> None:
-                if not finished.cancelled():
-                    finished.exception()  # a job nobody awaits any more is no error
-
             job.add_done_callback(done)
-            flight.add_done_callback(retrieved)
+            flight.add_done_callback(_retrieved)
         try:
             value = await asyncio.shield(flight)
         except Exception as exc:
@@ -321,9 +327,11 @@ class AsyncKeyManager:
         """Awaitable :meth:`KeyManager.get_encryption_key`, run off the event loop."""
         return await _run(
             self._offload,
-            functools.partial(
-                self._sync.get_encryption_key, key_name, key_bytes, encoding, version=version
-            ),
+            self._sync.get_encryption_key,
+            key_name,
+            key_bytes,
+            encoding,
+            version=version,
         )
 
     def derive_key(
@@ -521,5 +529,6 @@ class _StreamBridge:
 
 
 def _retrieved(job: asyncio.Future[Any]) -> None:
+    """Take a finished job's exception: one nobody awaits any more is then no error."""
     if not job.cancelled():
         job.exception()
