@@ -293,7 +293,11 @@ class VaultBackend:
         return self._session
 
     def locate(self, name: str) -> str:
-        return f"vault:{self._mount}/{self._secret_path(name)}"
+        return self._located(self._secret_path(name))
+
+    def _located(self, path: str) -> str:
+        """:meth:`locate` of a path under the mount (unguarded: reads use it)."""
+        return f"vault:{self._mount}/{path}"
 
     def _secret_path(self, name: str) -> str:
         return f"{self._path}/{name}" if self._path else name
@@ -305,11 +309,11 @@ class VaultBackend:
             return self._get(name, version)
 
     def _get(self, name: str, version: int | None) -> SecretValue | None:
-        where = f"vault:{self._mount}/{self._secret_path(name)}"  # locate(), unguarded
+        path = self._secret_path(name)
+        where = self._located(path)
         engine = self._engine()
         if engine.version == 1 and version is not None:
             raise UnsupportedOperationError(f"{where} is on a KV v1 mount, which keeps no versions")
-        path = self._secret_path(name)
 
         def read(client: hvac.Client) -> Any:
             data = engine.read(client.adapter, path, version)
@@ -425,13 +429,13 @@ class VaultBackend:
         where = self.locate(name)
         with self._deadline():
             self._require_versions("label", where)
+            target = self._engine().metadata_path(self._secret_path(name))
             # Only custom_metadata is sent: Vault leaves the fields it is not given alone.
             self._call(
                 "write the metadata of",
                 where,
                 lambda client: client.adapter.post(
-                    f"/v1/{self._mount}/metadata/{self._secret_path(name)}",
-                    json={"custom_metadata": dict(metadata)},
+                    target, json={"custom_metadata": dict(metadata)}
                 ),
             )
 
@@ -490,7 +494,7 @@ class VaultBackend:
         return sorted(names)
 
     def _list_folder(self, folder: str) -> list[str]:
-        where = f"vault:{self._mount}/{self._secret_path(folder)}"
+        where = self._located(self._secret_path(folder))
         with self._deadline():
             kv = self.kv_version()
 
