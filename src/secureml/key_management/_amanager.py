@@ -260,17 +260,21 @@ class AsyncKeyManager:
         # (its answer is the past; a call now is a read, or a hit, of its own).
         if flight is None or flight.done():
             job = self._offload.pool().submit(self._sync.get_secret, name, None, version=version)
-            flight = asyncio.wrap_future(job, loop=loop)
-            flights[key] = flight
-            shared = flight
+            flight = None
 
             def done(_: concurrent.futures.Future[Any]) -> None:
                 # In the pool thread, so the flight goes even if its loop has closed
                 # (a loop's callbacks never run then, and the flight would keep it).
-                if flights.get(key) is shared:
+                if flight is not None and flights.get(key) is flight:
                     flights.pop(key, None)
 
+            # Added before wrap_future's own callback, so it runs first: the flight is
+            # gone before any waiter wakes to its answer.
             job.add_done_callback(done)
+            flight = asyncio.wrap_future(job, loop=loop)
+            flights[key] = flight
+            if job.done():  # it ended before the flight existed: drop it here
+                done(job)
             flight.add_done_callback(_retrieved)
         try:
             value = await asyncio.shield(flight)
