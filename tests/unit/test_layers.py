@@ -16,6 +16,7 @@ PACKAGE = Path(km.__file__).parent
 BELOW_BACKENDS = {
     "errors",
     "_boundary",
+    "_bridge",
     "_auth",
     "_config",
     "_encoding",

@@ -31,6 +31,7 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
+from . import _bridge
 from ._boundary import scrub
 from ._encoding import Encoding
 from ._manager import KeyManager
@@ -212,6 +213,15 @@ class AsyncKeyManager:
             asyncio.AbstractEventLoop, dict[tuple[str, int | None], asyncio.Future[Any]]
         ] = weakref.WeakKeyDictionary()
         self._transit: AsyncTransitKeys | None = None
+        # Vault's reads run on the loop itself (its wire is asyncio's); another primary
+        # may block, and an audit hook is the user's code: those run on the pool.
+        core = self._core
+        self._on_loop = (
+            _bridge.AVAILABLE
+            and core.vault is not None
+            and core.primary is core.vault
+            and core.observer.audit_hook is None
+        )
 
     @classmethod
     def from_spec(cls, spec: KeyManagerSpec, *, threads: int = DEFAULT_THREADS) -> AsyncKeyManager:
@@ -259,22 +269,10 @@ class AsyncKeyManager:
         # A finished flight is one the pool thread has not dropped yet: never joined
         # (its answer is the past; a call now is a read, or a hit, of its own).
         if flight is None or flight.done():
-            job = self._offload.pool().submit(self._sync.get_secret, name, None, version=version)
-            flight = None
-
-            def done(_: concurrent.futures.Future[Any]) -> None:
-                # In the pool thread, so the flight goes even if its loop has closed
-                # (a loop's callbacks never run then, and the flight would keep it).
-                if flight is not None and flights.get(key) is flight:
-                    flights.pop(key, None)
-
-            # Added before wrap_future's own callback, so it runs first: the flight is
-            # gone before any waiter wakes to its answer.
-            job.add_done_callback(done)
-            flight = asyncio.wrap_future(job, loop=loop)
-            flights[key] = flight
-            if job.done():  # it ended before the flight existed: drop it here
-                done(job)
+            if self._on_loop:
+                flight = self._read_on_loop(loop, flights, key)
+            else:
+                flight = self._read_on_pool(loop, flights, key)
             flight.add_done_callback(_retrieved)
         try:
             value = await asyncio.shield(flight)
@@ -284,6 +282,54 @@ class AsyncKeyManager:
             scrub(exc)
             raise copy.copy(exc) from None
         return copy.deepcopy(value) if type(value) is dict else value
+
+    def _read_on_loop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        flights: dict[tuple[str, int | None], asyncio.Future[Any]],
+        key: tuple[str, int | None],
+    ) -> asyncio.Future[Any]:
+        """The sync read, bridged onto the loop (:mod:`._bridge`), as a task of its own
+        (so a cancelled waiter never cancels it)."""
+        name, version = key
+        flight = loop.create_task(
+            _bridge.run(self._offload.pool(), self._sync.get_secret, name, None, version=version)
+        )
+        flights[key] = flight
+
+        def done(_: asyncio.Future[Any]) -> None:
+            if flights.get(key) is flight:
+                flights.pop(key, None)
+
+        # Added before any waiter's: the flight is gone before one wakes to its answer.
+        flight.add_done_callback(done)
+        return flight
+
+    def _read_on_pool(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        flights: dict[tuple[str, int | None], asyncio.Future[Any]],
+        key: tuple[str, int | None],
+    ) -> asyncio.Future[Any]:
+        """The sync read as a pool job (a backend that may block: not Vault's)."""
+        name, version = key
+        job = self._offload.pool().submit(self._sync.get_secret, name, None, version=version)
+        flight: asyncio.Future[Any] | None = None
+
+        def done(_: concurrent.futures.Future[Any]) -> None:
+            # In the pool thread, so the flight goes even if its loop has closed
+            # (a loop's callbacks never run then, and the flight would keep it).
+            if flight is not None and flights.get(key) is flight:
+                flights.pop(key, None)
+
+        # Added before wrap_future's own callback, so it runs first: the flight is
+        # gone before any waiter wakes to its answer.
+        job.add_done_callback(done)
+        flight = asyncio.wrap_future(job, loop=loop)
+        flights[key] = flight
+        if job.done():  # it ended before the flight existed: drop it here
+            done(job)
+        return flight
 
     set_secret = _awaitable(KeyManager.set_secret)
     list_secrets = _awaitable(KeyManager.list_secrets)
@@ -431,8 +477,11 @@ class AsyncKeyManager:
         return self._sync.invalidate(name)
 
     async def aclose(self) -> None:
-        """Stop this facade's threads (the sync manager stays usable)."""
+        """Stop this facade's threads and close this event loop's idle connections to
+        Vault (the sync manager stays usable)."""
         self._offload.shutdown()
+        if self._core.vault is not None:
+            self._core.vault.close_loop_connections()
 
     async def __aenter__(self) -> AsyncKeyManager:
         return self

@@ -12,7 +12,6 @@ their threads stayed in the parent (:meth:`SecretCache.after_fork`).
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
 import os
 import threading
@@ -22,6 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._bridge import done_within
 from ._process import reset_after_fork
 
 __all__ = ["ABSENT", "CacheEntry", "CacheKey", "SecretCache", "WaitExpiredError"]
@@ -140,8 +140,7 @@ class SecretCache:
             if flight is None:
                 flight = self._loading[key] = Future()
         if not leader:
-            done, _ = concurrent.futures.wait([flight], timeout=wait)
-            if not done:
+            if not done_within(flight, wait):  # on an event loop, awaited: never blocked
                 raise WaitExpiredError(f"another caller's load ran past {wait} s")
             failure = flight.exception()
             if failure is None:

@@ -126,6 +126,10 @@ WATCHDOG = _Watchdog()
 reset_after_fork(WATCHDOG)
 
 
+class DeadlinePassedError(Exception):
+    """The call's deadline passed while the answer was still arriving."""
+
+
 class Cut(Exception):  # noqa: N818 - a signal between two functions, never raised to users
     """The watchdog cut this thread's request at its deadline."""
 
@@ -181,6 +185,12 @@ class _Watched:
     def _put_conn(self, conn: Any) -> None:
         WATCHDOG.release_conn(conn)
         super()._put_conn(conn)  # type: ignore[misc]
+
+
+def note_new_connection(new: bool) -> None:
+    """Record, for :func:`on_new_connection`, whether this thread's request (the async
+    wire's, on the event loop's thread) opened its connection."""
+    _local.new_connection = new
 
 
 def on_new_connection() -> bool:

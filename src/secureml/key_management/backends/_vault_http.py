@@ -27,13 +27,16 @@ certifi).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import http.client
 import json
 import os
 import re
 import ssl
 import time
+import weakref
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
 
@@ -41,10 +44,13 @@ import requests
 import urllib3
 from requests.utils import get_environ_proxies, select_proxy
 
+from .. import _bridge
 from .._config import is_loopback
 from .._warnings import Once, warn_caller
 from ..errors import ConfigurationError, SecurityWarning
-from ._deadline import POOL_CLASSES, Cut, deadline_for_this_thread, watch
+from ._deadline import POOL_CLASSES, Cut, DeadlinePassedError, deadline_for_this_thread, watch
+from ._vault_aio import Wire
+from ._vault_aio import exchange as exchange_async
 
 READ_CHUNK_BYTES = 64 * 1024
 USER_AGENT = "secureml"
@@ -66,10 +72,6 @@ BROKEN = (
 )
 
 
-class DeadlinePassedError(Exception):
-    """The call's deadline passed while the answer was still arriving."""
-
-
 class Pools:
     """Connections to a cluster's nodes: one urllib3 pool per node, kept at hand (a
     lookup through the pool manager parses the URL on every request), direct or through
@@ -80,6 +82,18 @@ class Pools:
         self._direct = _watched(urllib3.PoolManager(**options))
         self._proxies: dict[str, urllib3.ProxyManager] = {}
         self._by_origin: dict[str, Any] = {}
+        self._wires: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wire] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def wire(self) -> Wire:
+        """The running event loop's connections to the cluster (asyncio connections
+        belong to the loop that opened them), with the same TLS options."""
+        loop = asyncio.get_running_loop()
+        wire = self._wires.get(loop)
+        if wire is None:
+            wire = self._wires[loop] = Wire(self._options)
+        return wire
 
     def for_origin(self, origin: str) -> Any:
         """What to call ``urlopen`` on for ``origin`` (see :func:`send`)."""
@@ -87,6 +101,12 @@ class Pools:
         if found is None:  # a race only builds the same thing twice
             found = self._by_origin[origin] = self._route(origin)
         return found
+
+    def close_wire(self) -> None:
+        """Close the running event loop's idle connections, if it has any."""
+        wire = self._wires.pop(asyncio.get_running_loop(), None)
+        if wire is not None:
+            wire.close()
 
     def _route(self, origin: str) -> Any:
         target = urlsplit(origin)
@@ -221,8 +241,26 @@ def send(
     if params:
         url = f"{url}?{urlencode(params, doseq=True)}"
     parts = urlsplit(url)
-    route = pools.for_origin(f"{parts.scheme}://{parts.netloc}")
+    origin = f"{parts.scheme}://{parts.netloc}"
+    route = pools.for_origin(origin)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
+    if _bridge.active():  # on an event loop: its own wire, or a thread through a proxy
+        if isinstance(route, _Proxied):
+            proxied = functools.partial(_answer_through_proxy, timeout=timeout, deadline=deadline)
+            return _bridge.blocking(proxied, route, method, url, headers, body)
+        request = _request_bytes(method, parts, target, headers, body)
+        status, found, content, reason = _bridge.wait(
+            exchange_async(
+                pools.wire(),
+                parts,
+                origin,
+                request,
+                head_only=method.upper() == "HEAD",
+                timeout=timeout,
+                deadline=deadline,
+            )
+        )
+        return Answer(status, found, content, url, reason)
     # The watchdog bounds what socket timeouts cannot: an answer dripped byte by byte.
     try:
         with deadline_for_this_thread(deadline):
@@ -238,6 +276,71 @@ def send(
         # Whatever came back (a cut can look like an empty 200) is not an answer.
         raise DeadlinePassedError("the call's deadline passed while the answer arrived") from None
     return Answer(status, found, content, url, reason)
+
+
+def _answer_through_proxy(
+    route: _Proxied,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    *,
+    timeout: float,
+    deadline: float,
+) -> requests.Response:
+    """:func:`send`'s proxied route, whole (on a pool thread, for a bridged caller)."""
+    try:
+        with deadline_for_this_thread(deadline):
+            status, found, content, reason = _through_proxy(
+                route, method, url, headers, body, timeout=timeout, deadline=deadline
+            )
+    except Cut:
+        raise DeadlinePassedError("the call's deadline passed while the answer arrived") from None
+    return Answer(status, found, content, url, reason)
+
+
+#: Header values http.client would refuse (a line break would end the header).
+_LINE_BREAK = re.compile(r"[\r\n]")
+
+
+@functools.lru_cache(maxsize=64)
+def _host_header(scheme: str, netloc: str) -> str:
+    """The ``Host`` header http.client sends for a URL's origin (the port only when it
+    is not the scheme's own)."""
+    parts = urlsplit(f"{scheme}://{netloc}")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != (443 if scheme == "https" else 80):
+        host = f"{host}:{parts.port}"
+    return host
+
+
+def _request_bytes(
+    method: str, parts: Any, target: str, headers: dict[str, str], body: bytes | None
+) -> bytes:
+    """The request as http.client writes it on the sync wire: the same request line,
+    ``Host``, ``Accept-Encoding: identity``, headers and ``Content-Length``.
+
+    Raises:
+        UnicodeEncodeError: A header value outside Latin-1 (as http.client).
+        ValueError: A header value with a line break (its value is not quoted).
+    """
+    method = method.upper()
+    host = _host_header(parts.scheme, parts.netloc)
+    lines = [f"{method} {_encoded(target)} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity"]
+    for name, value in headers.items():
+        if _LINE_BREAK.search(value) or _LINE_BREAK.search(name):
+            raise ValueError(f"the {name.splitlines()[0]!r} header holds a line break")
+        lines.append(f"{name}: {value}")
+    if body is not None or method in _EXPECTING_BODY:
+        lines.append(f"Content-Length: {len(body or b'')}")
+    try:
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        # A fresh one: the codec's own holds the whole text, token and all.
+        raise UnicodeEncodeError("latin-1", "", 0, 1, "a header outside Latin-1") from None
+    return head + body if body else head
 
 
 #: http.client's own request and response methods, called on urllib3's pooled

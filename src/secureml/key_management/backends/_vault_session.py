@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .._auth import Login, VaultAuth
+from .._bridge import acquire, blocking, pause
 from .._process import reset_after_fork
 from ..errors import AuthenticationError, PermissionDeniedError, VaultUnavailableError
 from ._vault_errors import translated
@@ -117,20 +118,27 @@ class TokenSession:
         # Another thread may be logging in; wait for it, but not past this call's deadline.
         deadline = getattr(client.adapter, "call_deadline", None)
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self._lock.acquire(timeout=wait):
+        if not acquire(self._lock, wait):
             raise VaultUnavailableError(
                 f"gave up waiting for another thread's login to Vault at {self._url} "
                 "within this call's deadline"
             )
         try:
-            state = self._state
-            if state is None or self._expired(state):
-                state = self._fresh(client, state)
-            elif self._due(state):
-                state = self._refresh(client, state)
+            # On an event loop, on a thread: an auth method may block (files, a cloud
+            # SDK), and logins are rare.
+            state = blocking(self._renewed, client)
             return state.login.token, state.generation
         finally:
             self._lock.release()
+
+    def _renewed(self, client: hvac.Client) -> _State:
+        """The state after logging in or renewing as due (the lock held)."""
+        state = self._state
+        if state is None or self._expired(state):
+            return self._fresh(client, state)
+        if self._due(state):
+            return self._refresh(client, state)
+        return state
 
     def rejected(self, generation: int) -> bool:
         """Vault rejected the token of ``generation``; return whether to log in and retry.
@@ -140,9 +148,12 @@ class TokenSession:
         """
         if not self.auth.can_login_again:
             return False
-        with self._lock:
+        acquire(self._lock)
+        try:
             if self._state is not None and self._state.generation == generation:
                 self._state = None
+        finally:
+            self._lock.release()
         return True
 
     # -- lifecycle -------------------------------------------------------------------
@@ -186,7 +197,7 @@ class TokenSession:
         deadline = getattr(client.adapter, "call_deadline", None)
         if deadline is not None:
             delay = min(delay, max(0.0, (deadline - time.monotonic()) / 2))
-        time.sleep(delay)
+        pause(delay)
 
     def _refresh(self, client: hvac.Client, state: _State) -> _State:
         if state.relogin:

@@ -35,9 +35,10 @@ import urllib3
 from hvac.adapters import JSONAdapter
 from urllib3.exceptions import InsecureRequestWarning
 
+from .._bridge import pause
 from ..errors import VaultError, VaultUnavailableError, WriteOutcomeUnknownError
 from . import _vault_http as http
-from ._deadline import on_new_connection
+from ._deadline import DeadlinePassedError, on_new_connection
 from ._vault_cluster import INDEX_HEADER, AddressBook, Consistency
 from ._vault_cluster import origin as _origin
 from ._vault_errors import format_errors
@@ -149,7 +150,8 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         consistency: The backend's read-your-writes state (shared too).
         pool: urllib3's connection pool (thread-safe; shared, so short-lived threads
             reuse connections rather than open their own).
-        sleep: Injectable for tests.
+        sleep: Injectable for tests (by default ``time.sleep``, or ``asyncio.sleep``
+            for a bridged read: :mod:`.._bridge`).
         **kwargs: hvac's adapter arguments.
     """
 
@@ -160,7 +162,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         addresses: AddressBook | None = None,
         consistency: Consistency | None = None,
         pool: http.Pools | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = pause,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -326,7 +328,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             ) from None
         except http.NOT_SENT as exc:
             return _Broken(type(exc).__name__, replayable=True)
-        except http.DeadlinePassedError:
+        except DeadlinePassedError:
             return _Broken("the call's deadline passed mid-answer", replayable=False)
         except http.BROKEN as exc:
             return _Broken(type(exc).__name__, replayable=False)

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._boundary import guarded_class
+from .._bridge import acquire, active, greenlet_local
 from .._config import INSTALL_HINT, VaultSettings
 from .._process import reset_after_fork
 from .._validate import VALUE_FIELD
@@ -259,6 +260,7 @@ class VaultBackend:
         self._consistency = Consistency()
         self._pool: Pools | None = None
         self._pool_lock = threading.Lock()
+        self._spare: list[hvac.Client] = []  # bridged reads' clients, between reads
         self._pid = os.getpid()
         reset_after_fork(self)
 
@@ -270,6 +272,7 @@ class VaultBackend:
         self._local = threading.local()
         self._pool = None
         self._pool_lock = threading.Lock()
+        self._spare = []
         self._detect_lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -605,7 +608,7 @@ class VaultBackend:
         if self._kv_version is None:
             with self._deadline() as deadline:
                 # Threads queue here while one detects; none waits past its deadline.
-                if not self._detect_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                if not acquire(self._detect_lock, max(0.0, deadline - time.monotonic())):
                     raise VaultUnavailableError(
                         f"gave up waiting for another thread to detect the KV version of "
                         f"vault:{self._mount}/ at {self._settings.url} within this call's "
@@ -770,11 +773,25 @@ class VaultBackend:
     def _client(self) -> hvac.Client:
         if self._pid != os.getpid():  # forked behind the fork hooks' back
             self.after_fork()
+        if active():  # greenlets share the loop's thread: each needs its own client
+            return greenlet_local(self, self._spare_client, self._spare.append)
         client: hvac.Client | None = getattr(self._local, "client", None)
         if client is None:
             client = self._new_client()
             self._local.client = client
         return client
+
+    def close_loop_connections(self) -> None:
+        """Close the running event loop's idle connections (async reads')."""
+        if self._pool is not None:
+            self._pool.close_wire()
+
+    def _spare_client(self) -> hvac.Client:
+        """A client for one bridged read: one a finished read gave back, or a new one."""
+        try:
+            return self._spare.pop()
+        except IndexError:
+            return self._new_client()
 
     def _new_client(self) -> hvac.Client:
         try:

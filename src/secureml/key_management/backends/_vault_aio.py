@@ -1,0 +1,493 @@
+"""One HTTP/1.1 exchange with a Vault node on asyncio: the async manager's wire.
+
+:func:`._vault_http.send` hands a request here when it runs in a bridged greenlet
+(:mod:`.._bridge`), so an async read costs no thread. Everything above the wire is the
+sync path's: the request is built there, the answer judged there, and the failures
+raised here are the urllib3 exceptions the sync wire raises for the same events, so the
+transport's retry, fail-over and deadline rules see no difference.
+
+Why not aiohttp: the async face must cost less than a raw aiohttp read, and aiohttp's
+client spends more Python per request than the whole of a secureml read. Vault speaks
+plain HTTP/1.1 JSON with ``Content-Length``; the parser below reads that (and chunked
+bodies, in case a proxy re-frames them) and refuses anything else. A malformed or
+oversized head is a broken connection, never a crash.
+
+Connections are kept alive per event loop and origin, at most
+:data:`CONNECTIONS_PER_ORIGIN` open; TLS uses a context built from the same options
+urllib3 gets (CA bundle, client certificate, verification on unless the user turned
+it off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import re
+import socket
+import ssl
+import time
+from typing import Any
+from urllib.parse import SplitResult
+
+import urllib3
+from urllib3.util.ssl_ import create_urllib3_context
+
+from ._deadline import DeadlinePassedError, note_new_connection
+
+__all__ = ["Wire", "exchange"]
+
+#: Connections open at most per origin and event loop (aiohttp's default too);
+#: callers beyond wait for one to come free rather than open and drop their own.
+CONNECTIONS_PER_ORIGIN = 100
+#: The most a status line and headers may take; Vault's are a few hundred bytes.
+MAX_HEAD_BYTES = 64 * 1024
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-9][0-9]{2})(?: ([^\r\n]*))?")
+_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?")
+
+
+class _MalformedAnswerError(Exception):
+    """The answer is not HTTP/1.1 we can read (a broken or hostile peer)."""
+
+
+class _Headers(dict[str, str]):
+    """An answer's headers, by lower-cased name: looked up as in any case."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict.get(self, name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return dict.__getitem__(self, name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and dict.__contains__(self, name.lower())
+
+
+class _Answer:
+    """A parsed answer: status, headers, body, and whether the connection may be reused."""
+
+    __slots__ = ("body", "headers", "reason", "reusable", "status")
+
+    def __init__(self, status: int, reason: str, headers: _Headers) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = b""
+        self.reusable = True
+
+
+def _fields(lines: list[bytes]) -> _Headers:
+    """Header lines as :class:`_Headers` (repeated names joined with ``", "``)."""
+    headers = _Headers()
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or _HEADER_NAME.fullmatch(name) is None:
+            raise _MalformedAnswerError("a malformed header line")
+        text = value.strip(b" \t").decode("latin-1")
+        key = name.decode("ascii").lower()
+        found = dict.get(headers, key)
+        dict.__setitem__(headers, key, text if found is None else f"{found}, {text}")
+    return headers
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection, one exchange at a time, parsed as bytes arrive."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[_Answer] | None = None
+        self._answer: _Answer | None = None
+        self._length: int | None = None  # body bytes expected; None: chunked or to close
+        self._chunked = False
+        self._eof = False
+        self._lost: BaseException | None = None
+        self._no_body = False
+
+    # -- asyncio's side ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a stream transport
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._advance()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._advance()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._lost = exc
+        self._advance()
+
+    # -- the exchange --------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """Idle and still open: neither end has closed it, and nothing unasked arrived."""
+        transport = self.transport
+        return (
+            transport is not None
+            and not transport.is_closing()
+            and not self._eof
+            and not self._buffer
+        )
+
+    def send(
+        self, request: bytes, loop: asyncio.AbstractEventLoop, *, head_only: bool
+    ) -> asyncio.Future[_Answer]:
+        """Write ``request``; the future is the whole answer (``head_only``: a HEAD)."""
+        assert self.transport is not None  # noqa: S101 - connected before use
+        self._answer, self._length, self._chunked = None, None, False
+        self._no_body = head_only
+        waiter = self._waiter = loop.create_future()
+        self.transport.write(request)
+        self._advance()
+        return waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()  # half-used or unwanted: never reused, no lingering
+
+    @property
+    def head_done(self) -> bool:
+        return self._answer is not None
+
+    def _advance(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        try:
+            answer = self._parse()
+        except _MalformedAnswerError as exc:
+            waiter.set_exception(urllib3.exceptions.ProtocolError("Connection aborted.", exc))
+            return
+        if answer is not None:
+            self._waiter = None
+            waiter.set_result(answer)
+        elif self._eof:
+            lost = self._lost
+            if isinstance(lost, ssl.SSLError):
+                waiter.set_exception(urllib3.exceptions.SSLError(lost))
+            else:
+                why = lost or ConnectionResetError("the connection closed before the answer ended")
+                waiter.set_exception(urllib3.exceptions.ProtocolError("Connection aborted.", why))
+
+    def _parse(self) -> _Answer | None:
+        """The answer, once whole; None while more bytes are due."""
+        if self._answer is None and not self._parse_head():
+            return None
+        answer = self._answer
+        assert answer is not None  # noqa: S101 - set by _parse_head
+        if self._chunked:
+            return self._parse_chunks(answer)
+        if self._length is None:  # framed by the close (HTTP/1.0 style)
+            if not self._eof:
+                return None
+            answer.body, answer.reusable = bytes(self._buffer), False
+            self._buffer.clear()
+            return answer
+        if len(self._buffer) < self._length:
+            return None
+        if len(self._buffer) > self._length:
+            raise _MalformedAnswerError("more bytes than the answer's Content-Length")
+        answer.body = bytes(self._buffer)
+        self._buffer.clear()
+        return answer
+
+    def _parse_head(self) -> bool:
+        """Whether the head is in (parsed into ``_answer``); 1xx heads are skipped."""
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0 or end > MAX_HEAD_BYTES:
+                if len(buffer) > MAX_HEAD_BYTES:
+                    raise _MalformedAnswerError("an answer's head larger than 64 KiB")
+                return False
+            lines = bytes(buffer[:end]).split(b"\r\n")
+            del buffer[: end + 4]
+            status_line = _STATUS_LINE.fullmatch(lines[0])
+            if status_line is None:
+                raise _MalformedAnswerError("not an HTTP/1.x status line")
+            status = int(status_line[1])
+            if status >= 200:  # 100 Continue and the like: the real answer follows
+                break
+        headers = _fields(lines[1:])
+        answer = _Answer(status, (status_line[2] or b"").decode("latin-1"), headers)
+        field = functools.partial(dict.get, headers)  # by lower-cased name
+        if (field("connection") or "").lower() == "close" or lines[0].startswith(b"HTTP/1.0"):
+            answer.reusable = False
+        self._answer = answer
+        if self._no_body or status in (204, 304):
+            self._length = 0
+        elif (coding := field("transfer-encoding")) is not None:
+            if coding.lower() != "chunked":
+                raise _MalformedAnswerError("a transfer coding other than chunked")
+            self._chunked = True
+        elif (length := field("content-length")) is not None:
+            if not length.isdigit() or len(length) > 15:  # "10, 10" too: never guessed
+                raise _MalformedAnswerError("a malformed Content-Length")
+            self._length = int(length)
+        else:
+            answer.reusable = False
+        return True
+
+    def _parse_chunks(self, answer: _Answer) -> _Answer | None:
+        """The chunked body, once its last chunk and trailers are in (parsed from the
+        start each time: Vault's answers are small, and a proxy rarely re-frames)."""
+        buffer = self._buffer
+        body = bytearray()
+        at = 0
+        while True:
+            line_end = buffer.find(b"\r\n", at)
+            if line_end < 0:
+                if len(buffer) - at > 1024:
+                    raise _MalformedAnswerError("a malformed chunk size line")
+                return None
+            size_line = _CHUNK_SIZE.fullmatch(bytes(buffer[at:line_end]))
+            if size_line is None:
+                raise _MalformedAnswerError("a malformed chunk size line")
+            size = int(size_line[1], 16)
+            at = line_end + 2
+            if size == 0:
+                trailers_end = buffer.find(b"\r\n\r\n", at - 2)
+                if trailers_end < 0:
+                    return None
+                del buffer[: trailers_end + 4]
+                if buffer:
+                    raise _MalformedAnswerError("bytes after the answer's last chunk")
+                answer.body = bytes(body)
+                return answer
+            if len(buffer) < at + size + 2:
+                return None
+            if buffer[at + size : at + size + 2] != b"\r\n":
+                raise _MalformedAnswerError("a chunk without its line end")
+            body += buffer[at : at + size]
+            at += size + 2
+
+
+class _Origin:
+    """One origin's connections on one loop: the idle ones, how many are out, and the
+    callers waiting for one (at most :data:`CONNECTIONS_PER_ORIGIN` are open)."""
+
+    __slots__ = ("host", "idle", "out", "port", "waiting")
+
+    def __init__(self, parts: SplitResult) -> None:
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.idle: list[_Connection] = []
+        self.out = 0
+        self.waiting: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+
+
+class Wire:
+    """Kept-alive connections for one event loop, per origin, with the pool's TLS options."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._origins: dict[str, _Origin] = {}
+        self._closed = False
+        self._tls = _tls_context(options) if "cert_reqs" in options else None
+
+    async def connection(
+        self, parts: SplitResult, origin: str, timeout: float
+    ) -> tuple[_Connection, bool]:
+        """A connection to ``origin`` and whether it is new: an idle one that is still
+        good, else a new one, else (all out) the first one handed back.
+
+        Raises:
+            urllib3.exceptions.ConnectTimeoutError: None could be had within ``timeout``.
+        """
+        place = self._origins.get(origin)
+        if place is None:
+            place = self._origins[origin] = _Origin(parts)
+        idle = place.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable:
+                place.out += 1
+                return conn, False
+            conn.close()
+        if place.out >= CONNECTIONS_PER_ORIGIN:
+            handed = asyncio.get_running_loop().create_future()
+            place.waiting.append(handed)
+            try:
+                found = await asyncio.wait_for(handed, timeout)
+            except asyncio.TimeoutError:
+                raise urllib3.exceptions.ConnectTimeoutError(
+                    None, f"no connection to {place.host} came free within {timeout} s"
+                ) from None
+            except BaseException:
+                if handed.done() and not handed.cancelled():  # handed over as it gave up
+                    given = handed.result()
+                    if given is None:
+                        self._freed(place)
+                    else:
+                        place.out -= 1
+                        self.put(origin, given)
+                raise
+            if found is not None:
+                return found, False  # counted out by the hand-over
+            place.out -= 1  # a slot came free, not a connection: open one below
+        place.out += 1
+        try:
+            return await self._open(place, parts, timeout), True
+        except BaseException:
+            self._freed(place)
+            raise
+
+    async def _open(self, place: _Origin, parts: SplitResult, timeout: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        tls = self._tls if parts.scheme == "https" else None
+        note_new_connection(True)  # a failure here is before anything was sent
+        host = place.host
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    _Connection, host, place.port, ssl=tls, server_hostname=host if tls else None
+                ),
+                timeout,
+            )
+        except asyncio.TimeoutError:
+            raise urllib3.exceptions.ConnectTimeoutError(
+                None, f"Connection to {host} timed out. (connect timeout={timeout})"
+            ) from None
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise urllib3.exceptions.SSLError(exc) from None
+        except socket.gaierror as exc:
+            raise urllib3.exceptions.NameResolutionError(host, None, exc) from None  # type: ignore[arg-type]
+        except OSError as exc:
+            raise urllib3.exceptions.NewConnectionError(
+                None,  # type: ignore[arg-type]
+                f"Failed to establish a new connection: {exc.strerror or type(exc).__name__}",
+            ) from None
+        return conn  # asyncio sets TCP_NODELAY on it
+
+    def put(self, origin: str, conn: _Connection) -> None:
+        """Hand ``conn`` back after a whole exchange: to a waiting caller, or idle."""
+        place = self._origins[origin]
+        if not conn.usable or self._closed:
+            conn.close()
+            self._freed(place)
+            return
+        while place.waiting:
+            handed = place.waiting.popleft()
+            if not handed.done():
+                handed.set_result(conn)
+                return
+        place.out -= 1
+        place.idle.append(conn)
+
+    def discard(self, origin: str, conn: _Connection) -> None:
+        """Close ``conn`` (half-used, or not reusable) and free its slot."""
+        conn.close()
+        self._freed(self._origins[origin])
+
+    def close(self) -> None:
+        """Close every idle connection (those out close when their exchange ends)."""
+        self._closed = True
+        for place in self._origins.values():
+            idle, place.idle = place.idle, []
+            for conn in idle:
+                conn.close()
+
+    @staticmethod
+    def _freed(place: _Origin) -> None:
+        place.out -= 1
+        while place.waiting:  # a slot, not a connection: the waiter opens its own
+            handed = place.waiting.popleft()
+            if not handed.done():
+                place.out += 1
+                handed.set_result(None)
+                return
+
+
+async def exchange(
+    wire: Wire,
+    parts: SplitResult,
+    origin: str,
+    request: bytes,
+    *,
+    head_only: bool,
+    timeout: float,
+    deadline: float,
+) -> tuple[int, Any, bytes, str]:
+    """Send ``request`` (a whole HTTP/1.1 request) to ``origin``; the answer's status,
+    headers, body and reason. ``timeout`` bounds connecting and the wait for the head;
+    ``deadline`` (``time.monotonic()`` seconds) the whole answer.
+
+    Raises what :func:`._vault_http.send` does, the urllib3 exception types the sync
+    wire raises for the same failures.
+    """
+    loop = asyncio.get_running_loop()
+    conn, new = await wire.connection(parts, origin, timeout)
+    ok = False
+    waiter = conn.send(request, loop, head_only=head_only)
+    # One timer: the head within ``timeout``, then the rest within the deadline.
+    head_by = loop.time() + min(timeout, max(0.0, deadline - time.monotonic()))
+    timer = loop.call_at(head_by, _expire, conn, waiter, deadline)
+    try:
+        answer = await waiter
+        ok = answer.reusable
+    except BaseException as exc:
+        note_new_connection(new)  # read by the transport as the failure reaches it
+        if not isinstance(exc, _ExpiredError):
+            raise
+        if exc.mid_answer:
+            raise DeadlinePassedError(
+                "the call's deadline passed while the answer arrived"
+            ) from None
+        raise urllib3.exceptions.ReadTimeoutError(
+            None,  # type: ignore[arg-type]
+            origin,
+            f"Read timed out. (read timeout={timeout})",
+        ) from None
+    finally:
+        timer.cancel()
+        if ok:
+            wire.put(origin, conn)
+        else:
+            wire.discard(origin, conn)
+    return answer.status, answer.headers, answer.body, answer.reason
+
+
+class _ExpiredError(Exception):
+    def __init__(self, mid_answer: bool) -> None:
+        super().__init__("expired")
+        self.mid_answer = mid_answer
+
+
+def _expire(conn: _Connection, waiter: asyncio.Future[_Answer], deadline: float) -> None:
+    """The head is late (a read timeout), or the body outlived the deadline."""
+    if waiter.done():
+        return
+    if conn.head_done:
+        left = deadline - time.monotonic()
+        if left > 0:  # the head came in time: the body has until the deadline
+            loop = asyncio.get_running_loop()
+            loop.call_at(loop.time() + left, _expire, conn, waiter, deadline)
+            return
+        waiter.set_exception(_ExpiredError(mid_answer=True))
+    else:
+        waiter.set_exception(_ExpiredError(mid_answer=False))
+
+
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """A client TLS context from the options urllib3's pools get (the same checks)."""
+    verify = options["cert_reqs"] != "CERT_NONE"
+    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE)
+    if verify:
+        context.check_hostname = True
+        context.load_verify_locations(
+            cafile=options.get("ca_certs"), capath=options.get("ca_cert_dir")
+        )
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if options.get("cert_file"):
+        context.load_cert_chain(options["cert_file"], options.get("key_file"))
+    return context
