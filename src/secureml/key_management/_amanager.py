@@ -273,7 +273,7 @@ class AsyncKeyManager:
                 flight = self._read_on_loop(loop, flights, key)
             else:
                 flight = self._read_on_pool(loop, flights, key)
-            flight.add_done_callback(_retrieved)
+                flight.add_done_callback(_retrieved)
         try:
             value = await asyncio.shield(flight)
         except Exception as exc:
@@ -289,17 +289,21 @@ class AsyncKeyManager:
         flights: dict[tuple[str, int | None], asyncio.Future[Any]],
         key: tuple[str, int | None],
     ) -> asyncio.Future[Any]:
-        """The sync read, bridged onto the loop (:mod:`._bridge`), as a task of its own
-        (so a cancelled waiter never cancels it)."""
+        """The sync read, bridged onto the loop (:mod:`._bridge`), started now: its
+        waiters shield it, so a cancelled one never cancels it."""
         name, version = key
-        flight = loop.create_task(
-            _bridge.run(self._offload.pool(), self._sync.get_secret, name, None, version=version)
+        flight = _bridge.start(
+            self._offload.pool(), self._sync.get_secret, name, None, version=version
         )
+        if flight.done():  # served without waiting (a fallback, or an error)
+            _retrieved(flight)
+            return flight
         flights[key] = flight
 
         def done(_: asyncio.Future[Any]) -> None:
             if flights.get(key) is flight:
                 flights.pop(key, None)
+            _retrieved(flight)
 
         # Added before any waiter's: the flight is gone before one wakes to its answer.
         flight.add_done_callback(done)

@@ -4,8 +4,8 @@ The async manager's Vault reads are the sync manager's reads (cache, single-flig
 token, retries, fail-over, deadlines, audit events and errors), run in a greenlet on
 the event loop's thread. Where the sync code would block, it asks this module instead:
 
-- :func:`wait` hands a coroutine (the async wire's exchange, a sleep) to the event
-  loop and resumes with its result, so the loop serves others meanwhile;
+- :func:`wait` hands a future or coroutine (the async wire's answer, a sleep) to the
+  event loop and resumes with its result, so the loop serves others meanwhile;
 - :func:`blocking` runs a call that may block (a proxied request, a user's backend)
   on a pool thread and resumes with its result;
 - :func:`acquire` takes a lock without blocking the loop: uncontended it is taken at
@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 try:
-    from greenlet import getcurrent, greenlet
+    from greenlet import GreenletExit, getcurrent, greenlet
 except ImportError:  # the vault extra brings it; without it, nothing is ever bridged
     AVAILABLE = False
 
@@ -38,6 +38,7 @@ except ImportError:  # the vault extra brings it; without it, nothing is ever br
         return None
 
     greenlet = object
+    GreenletExit = BaseException
 else:
     AVAILABLE = True
 
@@ -48,21 +49,47 @@ __all__ = [
     "blocking",
     "done_within",
     "greenlet_local",
+    "lent",
     "pause",
-    "run",
+    "start",
     "wait",
 ]
 
 _T = TypeVar("_T")
 
 
-class _Bridged(greenlet):  # type: ignore[misc]
-    """A greenlet that runs sync code for a coroutine (:func:`run`)."""
+#: What a worker greenlet says when it switches back to the loop.
+_WAITING, _RETURNED, _RAISED = 0, 1, 2
+#: Idle worker greenlets kept per thread: ending a greenlet costs more than a read's
+#: Python (its stack is torn down), so they serve one call after another.
+_IDLE_WORKERS = 256
 
-    def __init__(self, call: Callable[..., Any], executor: concurrent.futures.Executor) -> None:
-        super().__init__(call)
-        self.executor = executor
+
+class _Bridged(greenlet):  # type: ignore[misc]
+    """A worker greenlet that runs sync calls for the event loop, one after another
+    (:func:`start`); between calls it holds nothing of the last one."""
+
+    def __init__(self) -> None:
+        super().__init__(self._serve)
+        self.executor: concurrent.futures.Executor | None = None
         self.locals: dict[object, tuple[Any, Callable[[Any], None]]] = {}
+        self.outcome: Any = None
+
+    def _serve(self, job: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> None:
+        while True:
+            call, args, kwargs = job
+            del job
+            try:
+                self.outcome = call(*args, **kwargs)
+                said = _RETURNED
+            except GreenletExit:
+                raise  # the greenlet itself is being ended (its thread is gone)
+            except BaseException as exc:  # the call's outcome, handed to the loop
+                self.outcome = exc
+                said = _RAISED
+            del call, args, kwargs  # an idle worker keeps no argument alive
+            self.give_back()
+            job = self.parent.switch((said, None))
 
     def give_back(self) -> None:
         """Return what :func:`greenlet_local` lent this greenlet."""
@@ -70,33 +97,96 @@ class _Bridged(greenlet):  # type: ignore[misc]
         for value, give_back in lent.values():
             give_back(value)
 
+    @property
+    def pool(self) -> concurrent.futures.Executor:
+        """The executor of the call being run (for what it must do on a thread)."""
+        if self.executor is None:
+            raise RuntimeError("secureml: a bridged worker ran without its call")
+        return self.executor
+
+    def taken(self) -> Any:
+        """The call's outcome, no longer held here."""
+        outcome, self.outcome = self.outcome, None
+        return outcome
+
+
+class _Workers(threading.local):
+    """Each thread's idle worker greenlets (a greenlet belongs to its thread)."""
+
+    def __init__(self) -> None:
+        self.idle: list[_Bridged] = []
+
+    def take(self) -> _Bridged:
+        idle = self.idle
+        return idle.pop() if idle else _Bridged()
+
+    def put(self, worker: _Bridged) -> None:
+        if len(self.idle) < _IDLE_WORKERS:
+            self.idle.append(worker)
+
+
+_workers = _Workers()
+
 
 def active() -> bool:
     """Whether the caller runs in a bridged greenlet (so must not block)."""
     return isinstance(getcurrent(), _Bridged)
 
 
-async def run(
+def start(
     executor: concurrent.futures.Executor, call: Callable[..., _T], *args: Any, **kwargs: Any
-) -> _T:
-    """``call(*args, **kwargs)`` in a greenlet on this event loop, awaiting what it
-    hands to :func:`wait`; ``executor`` runs what it hands to :func:`blocking`."""
-    runner = _Bridged(call, executor)
-    try:
-        asked = runner.switch(*args, **kwargs)
-        while not runner.dead:
-            try:
-                answer = await asked
-            except BaseException as exc:  # every outcome goes back in
-                asked = runner.throw(exc)
-            else:
-                asked = runner.switch(answer)
-        result: _T = asked
-        return result
-    finally:
-        if not runner.dead:  # this coroutine was closed mid-wait: end the greenlet too
-            runner.throw(GeneratorExit)
-        runner.give_back()
+) -> asyncio.Future[_T]:
+    """``call(*args, **kwargs)`` in a worker greenlet on the running event loop,
+    started now; the future is its outcome. What it hands to :func:`wait` is awaited
+    by callbacks, not a task (a read costs a few loop turns, not a task's);
+    ``executor`` runs what it hands to :func:`blocking`.
+
+    Nobody should await the future itself: a cancelled awaiter would cancel it, and the
+    outcome is others' too. Await ``asyncio.shield`` of it. If the future is cancelled
+    anyway, the call gets ``CancelledError`` where it waits next.
+    """
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[_T] = loop.create_future()
+    runner = _workers.take()
+    runner.executor = executor
+
+    def went(said: tuple[int, Any]) -> None:
+        """Where the worker stands after a switch: waiting on something, or done."""
+        kind, asked = said
+        if kind == _WAITING:
+            asyncio.ensure_future(asked, loop=loop).add_done_callback(resumed)
+            return
+        result = runner.taken()
+        runner.executor = None
+        _workers.put(runner)
+        if kind == _RETURNED:
+            if not outcome.done():
+                outcome.set_result(result)
+        else:
+            _settle(outcome, result)
+
+    def resumed(done: asyncio.Future[Any]) -> None:
+        if done.cancelled() or outcome.cancelled():
+            went(runner.throw(asyncio.CancelledError()))
+        elif (failure := done.exception()) is not None:
+            went(runner.throw(failure))
+        else:
+            went(runner.switch(done.result()))
+
+    went(runner.switch((call, args, kwargs)))
+    del call, args, kwargs
+    return outcome
+
+
+def _settle(outcome: asyncio.Future[Any], failure: BaseException) -> None:
+    """End ``outcome`` with ``failure``; KeyboardInterrupt and SystemExit go on up."""
+    if not outcome.done():
+        if isinstance(failure, asyncio.CancelledError):
+            outcome.cancel()
+        else:
+            outcome.set_exception(failure)
+    if isinstance(failure, (KeyboardInterrupt, SystemExit)):
+        raise failure
 
 
 def wait(awaitable: Awaitable[_T]) -> _T:
@@ -108,7 +198,7 @@ def wait(awaitable: Awaitable[_T]) -> _T:
     current = getcurrent()
     if not isinstance(current, _Bridged):
         raise RuntimeError("secureml: wait() outside an async manager's read")
-    result: _T = current.parent.switch(awaitable)
+    result: _T = current.parent.switch((_WAITING, awaitable))
     return result
 
 
@@ -118,7 +208,7 @@ def blocking(call: Callable[..., _T], *args: Any) -> _T:
     if not isinstance(current, _Bridged):
         return call(*args)
     loop = asyncio.get_running_loop()
-    return wait(loop.run_in_executor(current.executor, call, *args))
+    return wait(loop.run_in_executor(current.pool, call, *args))
 
 
 def pause(seconds: float) -> None:
@@ -142,12 +232,13 @@ def acquire(lock: threading.Lock, timeout: float = -1) -> bool:
     if not isinstance(current, _Bridged):
         return lock.acquire(timeout=timeout)
     loop = asyncio.get_running_loop()
-    job = current.executor.submit(lock.acquire, True, timeout)
+    job = current.pool.submit(lock.acquire, True, timeout)
     try:
-        return wait(asyncio.wrap_future(job, loop=loop))
+        taken: bool = wait(asyncio.wrap_future(job, loop=loop))
     except BaseException:
         job.add_done_callback(_release_if_taken(lock))
         raise
+    return taken
 
 
 def _release_if_taken(lock: threading.Lock) -> Callable[[concurrent.futures.Future[bool]], None]:
@@ -168,6 +259,13 @@ def done_within(future: concurrent.futures.Future[Any], timeout: float | None) -
     waiter = asyncio.wrap_future(future, loop=asyncio.get_running_loop())
     done, _ = wait(asyncio.wait([waiter], timeout=timeout))
     return bool(done)
+
+
+def lent() -> dict[object, tuple[Any, Callable[[Any], None]]] | None:
+    """The bridged greenlet's own values (:func:`greenlet_local`'s store), or None when
+    not bridged: one call for a hot path to tell both apart."""
+    current = getcurrent()
+    return current.locals if type(current) is _Bridged else None
 
 
 def greenlet_local(owner: object, make: Callable[[], _T], give_back: Callable[[_T], None]) -> _T:

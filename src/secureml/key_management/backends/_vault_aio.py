@@ -33,6 +33,7 @@ from urllib.parse import SplitResult
 import urllib3
 from urllib3.util.ssl_ import create_urllib3_context
 
+from .._bridge import wait
 from ._deadline import DeadlinePassedError, note_new_connection
 
 __all__ = ["Wire", "exchange"]
@@ -293,11 +294,23 @@ class Wire:
         self._closed = False
         self._tls = _tls_context(options) if "cert_reqs" in options else None
 
-    async def connection(
-        self, parts: SplitResult, origin: str, timeout: float
-    ) -> tuple[_Connection, bool]:
-        """A connection to ``origin`` and whether it is new: an idle one that is still
-        good, else a new one, else (all out) the first one handed back.
+    def idle(self, origin: str) -> _Connection | None:
+        """An idle connection to ``origin`` that is still good, taken out; or None."""
+        place = self._origins.get(origin)
+        if place is None:
+            return None
+        idle = place.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable:
+                place.out += 1
+                return conn
+            conn.close()
+        return None
+
+    def connection(self, parts: SplitResult, origin: str, timeout: float) -> _Connection:
+        """A connection to ``origin`` when none is idle: a new one, or (all are out)
+        the first one handed back. In a bridged greenlet (it waits on the loop).
 
         Raises:
             urllib3.exceptions.ConnectTimeoutError: None could be had within ``timeout``.
@@ -305,40 +318,43 @@ class Wire:
         place = self._origins.get(origin)
         if place is None:
             place = self._origins[origin] = _Origin(parts)
-        idle = place.idle
-        while idle:
-            conn = idle.pop()
-            if conn.usable:
-                place.out += 1
-                return conn, False
-            conn.close()
         if place.out >= CONNECTIONS_PER_ORIGIN:
-            handed = asyncio.get_running_loop().create_future()
-            place.waiting.append(handed)
-            try:
-                found = await asyncio.wait_for(handed, timeout)
-            except asyncio.TimeoutError:
-                raise urllib3.exceptions.ConnectTimeoutError(
-                    None, f"no connection to {place.host} came free within {timeout} s"
-                ) from None
-            except BaseException:
-                if handed.done() and not handed.cancelled():  # handed over as it gave up
-                    given = handed.result()
-                    if given is None:
-                        self._freed(place)
-                    else:
-                        place.out -= 1
-                        self.put(origin, given)
-                raise
+            found = self._handed(place, origin, timeout)
             if found is not None:
-                return found, False  # counted out by the hand-over
+                return found  # counted out by the hand-over
             place.out -= 1  # a slot came free, not a connection: open one below
         place.out += 1
         try:
-            return await self._open(place, parts, timeout), True
+            conn: _Connection = wait(self._open(place, parts, timeout))
         except BaseException:
             self._freed(place)
             raise
+        return conn
+
+    def _handed(self, place: _Origin, origin: str, timeout: float) -> _Connection | None:
+        """Wait (on the loop) for a connection, or a free slot (None), to be handed over."""
+        loop = asyncio.get_running_loop()
+        handed: asyncio.Future[_Connection | None] = loop.create_future()
+        place.waiting.append(handed)
+        timer = loop.call_later(timeout, _give_up, handed)
+        try:
+            return wait(handed)
+        except _NoConnectionError:
+            raise urllib3.exceptions.ConnectTimeoutError(
+                None, f"no connection to {place.host} came free within {timeout} s"
+            ) from None
+        except BaseException:
+            # Ended while waiting (the read was cancelled): what was handed goes on.
+            if handed.done() and not handed.cancelled() and handed.exception() is None:
+                given = handed.result()
+                if given is None:
+                    self._freed(place)
+                else:
+                    place.out -= 1
+                    self.put(origin, given)
+            raise
+        finally:
+            timer.cancel()
 
     async def _open(self, place: _Origin, parts: SplitResult, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -406,7 +422,7 @@ class Wire:
                 return
 
 
-async def exchange(
+def exchange(
     wire: Wire,
     parts: SplitResult,
     origin: str,
@@ -417,21 +433,29 @@ async def exchange(
     deadline: float,
 ) -> tuple[int, Any, bytes, str]:
     """Send ``request`` (a whole HTTP/1.1 request) to ``origin``; the answer's status,
-    headers, body and reason. ``timeout`` bounds connecting and the wait for the head;
+    headers, body and reason. Called in a bridged greenlet: it waits on the event loop
+    (:func:`.._bridge.wait`). ``timeout`` bounds connecting and the wait for the head;
     ``deadline`` (``time.monotonic()`` seconds) the whole answer.
 
     Raises what :func:`._vault_http.send` does, the urllib3 exception types the sync
     wire raises for the same failures.
     """
     loop = asyncio.get_running_loop()
-    conn, new = await wire.connection(parts, origin, timeout)
+    conn = wire.idle(origin)
+    new = conn is None
+    if conn is None:
+        try:
+            conn = wire.connection(parts, origin, timeout)
+        except BaseException:
+            note_new_connection(True)  # other reads ran meanwhile: say it again
+            raise
     ok = False
     waiter = conn.send(request, loop, head_only=head_only)
     # One timer: the head within ``timeout``, then the rest within the deadline.
     head_by = loop.time() + min(timeout, max(0.0, deadline - time.monotonic()))
     timer = loop.call_at(head_by, _expire, conn, waiter, deadline)
     try:
-        answer = await waiter
+        answer = wait(waiter)
         ok = answer.reusable
     except BaseException as exc:
         note_new_connection(new)  # read by the transport as the failure reaches it
@@ -453,6 +477,15 @@ async def exchange(
         else:
             wire.discard(origin, conn)
     return answer.status, answer.headers, answer.body, answer.reason
+
+
+class _NoConnectionError(Exception):
+    """No connection came free within the timeout (a signal within this module)."""
+
+
+def _give_up(handed: asyncio.Future[_Connection | None]) -> None:
+    if not handed.done():
+        handed.set_exception(_NoConnectionError())
 
 
 class _ExpiredError(Exception):

@@ -50,7 +50,7 @@ from .._warnings import Once, warn_caller
 from ..errors import ConfigurationError, SecurityWarning
 from ._deadline import POOL_CLASSES, Cut, DeadlinePassedError, deadline_for_this_thread, watch
 from ._vault_aio import Wire
-from ._vault_aio import exchange as exchange_async
+from ._vault_aio import exchange as exchange_on_loop
 
 READ_CHUNK_BYTES = 64 * 1024
 USER_AGENT = "secureml"
@@ -249,16 +249,14 @@ def send(
             proxied = functools.partial(_answer_through_proxy, timeout=timeout, deadline=deadline)
             return _bridge.blocking(proxied, route, method, url, headers, body)
         request = _request_bytes(method, parts, target, headers, body)
-        status, found, content, reason = _bridge.wait(
-            exchange_async(
-                pools.wire(),
-                parts,
-                origin,
-                request,
-                head_only=method.upper() == "HEAD",
-                timeout=timeout,
-                deadline=deadline,
-            )
+        status, found, content, reason = exchange_on_loop(
+            pools.wire(),
+            parts,
+            origin,
+            request,
+            head_only=method.upper() == "HEAD",
+            timeout=timeout,
+            deadline=deadline,
         )
         return Answer(status, found, content, url, reason)
     # The watchdog bounds what socket timeouts cannot: an answer dripped byte by byte.

@@ -62,6 +62,12 @@ def _path(url: str) -> str:
     return urlsplit(url).path or "/"
 
 
+def _joined(node: str, url: str) -> str:
+    """``url`` on ``node``, exactly as hvac's ``urljoin`` joins them (each stripped of
+    its slashes at both ends), without its per-call cost."""
+    return node.strip("/") + "/" + url.strip("/")
+
+
 def _is_login(path: str) -> bool:
     return path.startswith("/v1/auth/") and "/login" in path
 
@@ -204,7 +210,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         sent_headers = {**(headers or {}), **({} if bare else self.consistency.headers())}
         tries = _Tries(self.addresses.order(), retries, self._deadline(retries))
         while True:
-            target = tries.target or self.urljoin(tries.node, url)
+            target = tries.target or _joined(tries.node, url)
             outcome = self._attempt(
                 method, target, sent_headers, kwargs, deadline=tries.deadline, bare=bare
             )
@@ -232,7 +238,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             if status in MAYBE_PROCESSED_STATUSES and not replayable and not _leaderless(response):
                 raise self._unknown_outcome(method, target, f"it answered {status}")
             if not try_elsewhere:
-                self.addresses.answered(_origin(target))
+                self.addresses.answered(tries.node if tries.target is None else _origin(target))
             if method.upper() not in IDEMPOTENT_METHODS:
                 self.consistency.saw(response.headers.get(INDEX_HEADER))
             return self._result(method, target, response, raise_exception)

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._boundary import guarded_class
-from .._bridge import acquire, active, greenlet_local
+from .._bridge import acquire, greenlet_local, lent
 from .._config import INSTALL_HINT, VaultSettings
 from .._process import reset_after_fork
 from .._validate import VALUE_FIELD
@@ -261,6 +261,7 @@ class VaultBackend:
         self._pool: Pools | None = None
         self._pool_lock = threading.Lock()
         self._spare: list[hvac.Client] = []  # bridged reads' clients, between reads
+        self._budget: float | None = None
         self._pid = os.getpid()
         reset_after_fork(self)
 
@@ -648,7 +649,9 @@ class VaultBackend:
     def call_budget(self) -> float:
         """The most seconds one call may take: every attempt, on every node, and the
         backoff between them (what a caller waiting for another's read may wait)."""
-        budget: float = self._client().adapter.budget()
+        budget = self._budget
+        if budget is None:  # fixed by the settings: worked out once
+            budget = self._budget = float(self._client().adapter.budget())
         return budget
 
     def health(self) -> VaultHealth:
@@ -773,7 +776,11 @@ class VaultBackend:
     def _client(self) -> hvac.Client:
         if self._pid != os.getpid():  # forked behind the fork hooks' back
             self.after_fork()
-        if active():  # greenlets share the loop's thread: each needs its own client
+        own = lent()
+        if own is not None:  # greenlets share the loop's thread: each needs its own client
+            found = own.get(self)
+            if found is not None:
+                return found[0]
             return greenlet_local(self, self._spare_client, self._spare.append)
         client: hvac.Client | None = getattr(self._local, "client", None)
         if client is None:
