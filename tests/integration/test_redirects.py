@@ -13,6 +13,7 @@ happily answer with a valid KV v2 secret. Every test asserts the trap saw nothin
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from secureml.key_management import KeyManager, VaultError
+from secureml.key_management import AsyncKeyManager, KeyManager, VaultError
 from tests.support.http_stub import Reply, Seen, StubServer, json_response
 from tests.support.pki import Pki, make_pki
 
@@ -126,17 +127,29 @@ def assert_clean(exc: BaseException) -> None:
 
 
 def run(manager: KeyManager, operation: str) -> object:
-    """A read (GET) or a write (POST) of the probe secret."""
+    """A read (GET: sync, or ``async-read``: over AsyncKeyManager's own wire) or a write
+    (POST) of the probe secret."""
     if operation == "read":
         return manager.get_secret(SECRET)
+    if operation == "async-read":
+
+        async def read() -> object:
+            async with AsyncKeyManager(manager) as akm:
+                return await akm.get_secret(SECRET)
+
+        return asyncio.run(read())
     return manager.set_secret(SECRET, "never-leaves")
+
+
+#: The reads whose redirects are judged: the sync wire's and the async face's.
+READS = pytest.mark.parametrize("operation", ["read", "async-read"])
 
 
 # -- another origin ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-@pytest.mark.parametrize("operation", ["read", "write"])
+@pytest.mark.parametrize("operation", ["read", "async-read", "write"])
 def test_redirect_to_another_origin_is_refused(
     trap: StubServer, status: int, operation: str
 ) -> None:
@@ -173,13 +186,14 @@ def test_redirected_kv_version_detection_is_refused(trap: StubServer) -> None:
     assert_token_stayed_home(vault, trap)
 
 
-def test_scheme_relative_location_never_reaches_its_host(trap: StubServer) -> None:
+@READS
+def test_scheme_relative_location_never_reaches_its_host(trap: StubServer, operation: str) -> None:
     """``//host:port/path`` names another host without a scheme: it must not be used."""
     handler = redirecting(lambda seen: f"//127.0.0.1:{trap.port}{seen.path}")
     with StubServer(handler) as vault:
         manager = manager_for(vault.origin)
         with pytest.raises(VaultError, match="redirect") as caught:
-            manager.get_secret(SECRET)
+            run(manager, operation)
     assert_clean(caught.value)
     assert_token_stayed_home(vault, trap)
 
@@ -187,8 +201,9 @@ def test_scheme_relative_location_never_reaches_its_host(trap: StubServer) -> No
 # -- https -> http -----------------------------------------------------------------------
 
 
+@READS
 @pytest.mark.parametrize("port", ["same", "trap"])
-def test_https_to_http_is_refused(pki: Pki, trap: StubServer, port: str) -> None:
+def test_https_to_http_is_refused(pki: Pki, trap: StubServer, port: str, operation: str) -> None:
     def handler(seen: Seen) -> Reply:
         if seen.path == LOOKUP_SELF:
             return lookup_self()
@@ -199,19 +214,22 @@ def test_https_to_http_is_refused(pki: Pki, trap: StubServer, port: str) -> None
     with vault:
         manager = manager_for(vault.origin, ca_cert=pki.ca_cert)
         with pytest.raises(VaultError, match="https to http") as caught:
-            manager.get_secret(SECRET)
+            run(manager, operation)
     assert_clean(caught.value)
     assert_token_stayed_home(vault, trap)
     # Exactly one read reached the TLS stub: nothing was re-sent in clear text to it.
     assert [r.path for r in vault.requests if r.path == KV_PATH] == [KV_PATH]
 
 
-def test_https_to_another_https_origin_is_refused(pki: Pki, tls_trap: StubServer) -> None:
+@READS
+def test_https_to_another_https_origin_is_refused(
+    pki: Pki, tls_trap: StubServer, operation: str
+) -> None:
     handler = redirecting(lambda seen: tls_trap.url(seen.path))
     with StubServer(handler, tls=pki.server) as vault:
         manager = manager_for(vault.origin, ca_cert=pki.ca_cert)
         with pytest.raises(VaultError, match="not a configured address") as caught:
-            manager.get_secret(SECRET)
+            run(manager, operation)
     assert_clean(caught.value)
     assert_token_stayed_home(vault, tls_trap)
 
@@ -219,8 +237,11 @@ def test_https_to_another_https_origin_is_refused(pki: Pki, tls_trap: StubServer
 # -- the configured origin ----------------------------------------------------------------
 
 
+@READS
 @pytest.mark.parametrize("form", ["absolute", "relative"])
-def test_redirect_loop_is_followed_at_most_once(trap: StubServer, form: str) -> None:
+def test_redirect_loop_is_followed_at_most_once(
+    trap: StubServer, form: str, operation: str
+) -> None:
     def handler(seen: Seen) -> Reply:
         if seen.path == LOOKUP_SELF:
             return lookup_self()
@@ -231,14 +252,15 @@ def test_redirect_loop_is_followed_at_most_once(trap: StubServer, form: str) -> 
     with vault:
         manager = manager_for(vault.origin)
         with pytest.raises(VaultError, match="more than once") as caught:
-            manager.get_secret(SECRET)
+            run(manager, operation)
     reads = [r for r in vault.requests if r.path.startswith("/v1/secret/")]
     assert 1 <= len(reads) <= 2
     assert_clean(caught.value)
     assert_token_stayed_home(vault, trap)
 
 
-def test_one_hop_within_the_configured_origin_is_followed(trap: StubServer) -> None:
+@READS
+def test_one_hop_within_the_configured_origin_is_followed(trap: StubServer, operation: str) -> None:
     """Vault's standby -> active redirect, in miniature: one hop to a configured address."""
     counter = itertools.count()
     lock = threading.Lock()
@@ -255,7 +277,7 @@ def test_one_hop_within_the_configured_origin_is_followed(trap: StubServer) -> N
     vault = StubServer(handler)
     with vault:
         manager = manager_for(vault.origin)
-        assert manager.get_secret(SECRET) == "after-one-hop"
+        assert run(manager, operation) == "after-one-hop"
     reads = [r for r in vault.requests if r.path.startswith("/v1/secret/")]
     assert len(reads) == 2
     assert_token_stayed_home(vault, trap)

@@ -293,7 +293,7 @@ class AsyncKeyManager:
         waiters shield it, so a cancelled one never cancels it."""
         name, version = key
         flight = _bridge.start(
-            self._offload.pool(), self._sync.get_secret, name, None, version=version
+            self._offload.pool, self._sync.get_secret, name, None, version=version
         )
         if flight.done():  # served without waiting (a fallback, or an error)
             _retrieved(flight)

@@ -71,7 +71,7 @@ class _Bridged(greenlet):  # type: ignore[misc]
 
     def __init__(self) -> None:
         super().__init__(self._serve)
-        self.executor: concurrent.futures.Executor | None = None
+        self.executor: Callable[[], concurrent.futures.Executor] | None = None
         self.locals: dict[object, tuple[Any, Callable[[Any], None]]] = {}
         self.outcome: Any = None
 
@@ -102,7 +102,7 @@ class _Bridged(greenlet):  # type: ignore[misc]
         """The executor of the call being run (for what it must do on a thread)."""
         if self.executor is None:
             raise RuntimeError("secureml: a bridged worker ran without its call")
-        return self.executor
+        return self.executor()
 
     def taken(self) -> Any:
         """The call's outcome, no longer held here."""
@@ -134,12 +134,15 @@ def active() -> bool:
 
 
 def start(
-    executor: concurrent.futures.Executor, call: Callable[..., _T], *args: Any, **kwargs: Any
+    executor: Callable[[], concurrent.futures.Executor],
+    call: Callable[..., _T],
+    *args: Any,
+    **kwargs: Any,
 ) -> asyncio.Future[_T]:
     """``call(*args, **kwargs)`` in a worker greenlet on the running event loop,
     started now; the future is its outcome. What it hands to :func:`wait` is awaited
     by callbacks, not a task (a read costs a few loop turns, not a task's);
-    ``executor`` runs what it hands to :func:`blocking`.
+    ``executor()`` (called only then) runs what it hands to :func:`blocking`.
 
     Nobody should await the future itself: a cancelled awaiter would cancel it, and the
     outcome is others' too. Await ``asyncio.shield`` of it. If the future is cancelled
@@ -149,13 +152,31 @@ def start(
     outcome: asyncio.Future[_T] = loop.create_future()
     runner = _workers.take()
     runner.executor = executor
+    _Drive(loop, runner, outcome).went(runner.switch((call, args, kwargs)))
+    del call, args, kwargs
+    return outcome
 
-    def went(said: tuple[int, Any]) -> None:
+
+class _Drive:
+    """Resumes one call's worker as what it waits on finishes (an object, not
+    closures: two closures naming each other make a cycle per read for the collector)."""
+
+    __slots__ = ("loop", "outcome", "runner")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, runner: _Bridged, outcome: asyncio.Future[Any]
+    ) -> None:
+        self.loop = loop
+        self.runner = runner
+        self.outcome = outcome
+
+    def went(self, said: tuple[int, Any]) -> None:
         """Where the worker stands after a switch: waiting on something, or done."""
         kind, asked = said
         if kind == _WAITING:
-            asyncio.ensure_future(asked, loop=loop).add_done_callback(resumed)
+            asyncio.ensure_future(asked, loop=self.loop).add_done_callback(self.resumed)
             return
+        runner, outcome = self.runner, self.outcome
         result = runner.taken()
         runner.executor = None
         _workers.put(runner)
@@ -165,17 +186,14 @@ def start(
         else:
             _settle(outcome, result)
 
-    def resumed(done: asyncio.Future[Any]) -> None:
-        if done.cancelled() or outcome.cancelled():
-            went(runner.throw(asyncio.CancelledError()))
+    def resumed(self, done: asyncio.Future[Any]) -> None:
+        runner = self.runner
+        if done.cancelled() or self.outcome.cancelled():
+            self.went(runner.throw(asyncio.CancelledError()))
         elif (failure := done.exception()) is not None:
-            went(runner.throw(failure))
+            self.went(runner.throw(failure))
         else:
-            went(runner.switch(done.result()))
-
-    went(runner.switch((call, args, kwargs)))
-    del call, args, kwargs
-    return outcome
+            self.went(runner.switch(done.result()))
 
 
 def _settle(outcome: asyncio.Future[Any], failure: BaseException) -> None:

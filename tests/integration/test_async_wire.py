@@ -1,0 +1,420 @@
+"""The async face's own wire (backends/_vault_aio.py), under the sync path's rules.
+
+``AsyncKeyManager`` runs the sync read path on the event loop and sends its requests over
+asyncio (``_bridge``). These are the read scenarios of test_retries, test_tls and
+test_redirects again, through ``await akm.get_secret``, against the real server behind the
+fault proxy, and answers no Vault would give from a hostile peer. Each read asserts that
+it used no thread: it ran on the loop, over the async wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from secureml._devserver import DevServer
+from secureml.key_management import (
+    AsyncKeyManager,
+    KeyManager,
+    SecretNotFoundError,
+    SecurityWarning,
+    VaultError,
+    VaultUnavailableError,
+    _bridge,
+)
+from secureml.key_management._auth import Login
+from secureml.key_management.backends import _vault_aio
+from secureml.key_management.backends._vault_session import _State
+from secureml.key_management.backends._vault_transport import BACKOFF_CAP_SECONDS
+from tests.support.fault_proxy import Fault, FaultProxy
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def proxy(bao_server: DevServer) -> Iterator[FaultProxy]:
+    with FaultProxy(bao_server.address) as running:
+        yield running
+
+
+def manager_via(origin: str, token: str, vault_path: str = "secureml", **kwargs: Any) -> KeyManager:
+    """A manager already holding its token (so no login, which runs on a thread, comes
+    before the read under test)."""
+    options: dict[str, Any] = {"timeout": 2, "vault_kv_version": 2, "cache_ttl": 0}
+    options.update(kwargs)
+    manager = KeyManager(
+        vault_url=origin,
+        vault_token=token,
+        vault_path=vault_path,
+        use_env_fallback=options.pop("use_env_fallback", False),
+        **options,
+    )
+    vault = manager._core.vault
+    assert vault is not None
+    vault.session._state = _State(Login(token, None, False, "service"), 1, None, None, False)
+    return manager
+
+
+def on_the_loop(km: KeyManager, *names: str) -> list[Any]:
+    """``await akm.get_secret(name)`` for each name, concurrently; every outcome (value or
+    exception). Asserts the reads used no thread: the facade's pool was never made."""
+
+    async def main() -> list[Any]:
+        akm = AsyncKeyManager(km)
+        assert akm._on_loop
+        try:
+            return await asyncio.gather(*(akm.get_secret(n) for n in names), return_exceptions=True)
+        finally:
+            assert akm._offload._pool is None, "a read went to a thread"
+            await akm.aclose()
+
+    return asyncio.run(main())
+
+
+def read_one(km: KeyManager, name: str = "x") -> Any:
+    (outcome,) = on_the_loop(km, name)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+@pytest.fixture
+def warm(proxy: FaultProxy, bao_server: DevServer, vault_path: str) -> KeyManager:
+    """Logged in, holding secret ``x``: faults hit only the reads."""
+    manager = manager_via(proxy.origin, bao_server.root_token, vault_path)
+    manager.set_secret("x", "1")
+    assert manager.get_secret("x") == "1"
+    proxy.hits.clear()
+    return manager
+
+
+# -- the transport's rules, on the async wire ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("faults", "hits"),
+    [
+        ([Fault.status(503), Fault.status(502)], 3),
+        ([Fault.status(412)], 2),
+        ([Fault.drop()], 2),
+        ([Fault.cut()], 2),
+    ],
+    ids=["5xx-retried", "412-retried", "dropped-read-retried", "cut-read-retried"],
+)
+def test_what_the_sync_path_retries_the_async_path_retries(
+    warm: KeyManager, proxy: FaultProxy, faults: list[Fault], hits: int
+) -> None:
+    proxy.inject(*faults)
+    assert read_one(warm) == "1"
+    assert len(proxy.hits) == hits
+
+
+def test_429_honours_retry_after(warm: KeyManager, proxy: FaultProxy) -> None:
+    proxy.inject(Fault.status(429, retry_after=1))
+    started = time.monotonic()
+    assert read_one(warm) == "1"
+    assert time.monotonic() - started >= 1.0
+    assert len(proxy.hits) == 2
+
+
+@pytest.mark.parametrize("status", [400, 404, 405, 501])
+def test_other_4xx_and_501_are_not_retried(
+    warm: KeyManager, proxy: FaultProxy, status: int
+) -> None:
+    proxy.inject(Fault.status(status))
+    expected = SecretNotFoundError if status == 404 else VaultError
+    with pytest.raises(expected):
+        read_one(warm)
+    assert len(proxy.hits) == 1
+
+
+def test_gives_up_after_retries(warm: KeyManager, proxy: FaultProxy) -> None:
+    proxy.inject(*[Fault.status(503)] * 5)
+    with pytest.raises(VaultUnavailableError, match="503"):
+        read_one(warm)
+    assert len(proxy.hits) == 3
+
+
+def test_an_answer_that_is_not_json_is_an_error_not_a_success(
+    warm: KeyManager, proxy: FaultProxy
+) -> None:
+    proxy.inject(Fault.replace(200, b"<html>Please log in to the corporate proxy</html>"))
+    with pytest.raises(VaultError, match="not Vault's JSON") as caught:
+        read_one(warm)
+    assert "corporate proxy" not in str(caught.value)
+    assert not isinstance(caught.value, VaultUnavailableError)
+
+
+def test_a_dripping_answer_is_cut_off_at_the_deadline(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str
+) -> None:
+    manager = manager_via(proxy.origin, bao_server.root_token, vault_path, timeout=0.5, retries=0)
+    manager.set_secret("x", "1")
+    proxy.inject(Fault.drip(0.1))
+    started = time.monotonic()
+    with pytest.raises(VaultUnavailableError):
+        read_one(manager)
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_silent_server_costs_at_most_timeout_times_attempts_plus_backoff(
+    black_hole: str,
+) -> None:
+    timeout, retries = 0.5, 2
+    manager = manager_via(black_hole, "s.t0ken", timeout=timeout)
+    started = time.monotonic()
+    with pytest.raises(VaultUnavailableError, match="unreachable"):
+        read_one(manager)
+    elapsed = time.monotonic() - started
+    assert timeout * (retries + 1) <= elapsed < timeout * (retries + 1) + BACKOFF_CAP_SECONDS * 2
+
+
+def test_nothing_listening_fails_fast_and_says_where() -> None:
+    with DevServer() as server:
+        address, token = server.address, server.root_token
+    manager = manager_via(address, token)
+    started = time.monotonic()
+    with pytest.raises(VaultUnavailableError, match="unreachable"):
+        read_one(manager)
+    assert time.monotonic() - started < BACKOFF_CAP_SECONDS * 2 + 0.5
+
+
+def test_the_env_fallback_answers_through_an_outage(
+    black_hole: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECUREML_X", "from-env")
+    manager = manager_via(black_hole, "s.t0ken", timeout=0.3, retries=0, use_env_fallback=True)
+    assert read_one(manager) == "from-env"
+
+
+# -- TLS -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[DevServer]:
+    server = DevServer(tls=True).start()
+    try:
+        server.bao("kv", "put", "-mount=secret", "secureml/tls_probe", "value=over-tls")
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_ca_bundle_verifies_the_server(tls_server: DevServer) -> None:
+    manager = manager_via(
+        tls_server.address, tls_server.root_token, vault_ca_cert=str(tls_server.ca_cert)
+    )
+    assert on_the_loop(manager, "tls_probe", "tls_probe", "nope")[:2] == ["over-tls"] * 2
+
+
+def test_an_unverified_certificate_is_an_error_not_a_fallback(
+    tls_server: DevServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECUREML_TLS_PROBE", "from-env")
+    manager = manager_via(tls_server.address, tls_server.root_token, use_env_fallback=True)
+    with pytest.raises(VaultError, match="TLS verification") as caught:
+        read_one(manager, "tls_probe")
+    assert not isinstance(caught.value, VaultUnavailableError)
+    assert tls_server.root_token not in str(caught.value)
+
+
+def test_verification_turned_off_is_honoured(tls_server: DevServer) -> None:
+    with pytest.warns(SecurityWarning):
+        manager = manager_via(tls_server.address, tls_server.root_token, verify=False)
+    assert read_one(manager, "tls_probe") == "over-tls"
+
+
+# -- answers no Vault gives ------------------------------------------------------------
+
+OK_BODY = b'{"data": {"data": {"value": "v"}, "metadata": {"version": 1}}}'
+
+
+def _ok(body: bytes = OK_BODY) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+HOSTILE: dict[str, bytes] = {
+    "not-http": b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+    "bad-status": b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+    "header-without-colon": b"HTTP/1.1 200 OK\r\nContent-Length 2\r\n\r\n{}",
+    "header-name-with-space": b"HTTP/1.1 200 OK\r\nContent Length: 2\r\n\r\n{}",
+    "two-content-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    "listed-content-length": b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n{}",
+    "negative-content-length": b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\n{}",
+    "huge-content-length": b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+    "gzip-coding": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+    "bad-chunk-size": CHUNKED + b"zz\r\n{}\r\n0\r\n\r\n",
+    "chunk-without-crlf": CHUNKED + b"2\r\n{}XX0\r\n\r\n",
+    "head-over-64k": b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * (70 * 1024) + b"\r\n\r\n",
+    "endless-100-continue": b"HTTP/1.1 100 Continue\r\n\r\n" * 20000,
+    "bytes-after-the-body": _ok() + b"HTTP/1.1 200 OK\r\n",
+    "closed-mid-body": b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"data"',
+    "closed-before-answer": b"",
+}
+
+
+class RawServer:
+    """A loopback server that answers every request with the same bytes, then closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.requests = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self.origin = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def __enter__(self) -> RawServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                    self.requests += 1
+                    conn.sendall(self.answer)
+                except OSError:
+                    pass
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_answer_is_a_clean_error(case: str, caplog: pytest.LogCaptureFixture) -> None:
+    """One line naming the problem; nothing else logged by asyncio; the loop never stalls;
+    the connection is never reused."""
+    with RawServer(HOSTILE[case]) as server:
+        manager = manager_via(server.origin, "s.hostile-token", retries=1, timeout=1)
+        with caplog.at_level(logging.DEBUG, logger="asyncio"):
+            started = time.monotonic()
+            with pytest.raises((VaultUnavailableError, VaultError, SecretNotFoundError)) as caught:
+                read_one(manager)
+            assert time.monotonic() - started < 1 * 2 + BACKOFF_CAP_SECONDS + 0.5
+        assert server.requests == 2, "a retried read on a fresh connection"
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "s.hostile-token" not in message + repr(caught.value)
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+
+
+def test_chunked_and_close_framed_answers_are_read() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (OK_BODY[:10], OK_BODY[10:]))
+        + b"0\r\nX-Trailer: t\r\n\r\n"
+    )
+    for answer in (chunked, b"HTTP/1.0 200 OK\r\n\r\n" + OK_BODY):
+        with RawServer(answer) as server:
+            assert read_one(manager_via(server.origin, "s.t", retries=0)) == "v"
+
+
+# -- connections ---------------------------------------------------------------------
+
+
+def test_reads_past_the_connection_limit_wait_for_one_and_all_succeed(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_vault_aio, "CONNECTIONS_PER_ORIGIN", 3)
+    opened: list[object] = []
+    real_open = _vault_aio.Wire._open
+
+    async def counted(self: _vault_aio.Wire, *args: Any) -> Any:
+        conn = await real_open(self, *args)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(_vault_aio.Wire, "_open", counted)
+    manager = manager_via(proxy.origin, bao_server.root_token, vault_path)
+    for i in range(60):
+        manager.set_secret(f"n{i}", f"v{i}")
+    names = [f"n{i}" for i in range(60)]  # distinct: every call is a read of its own
+    assert on_the_loop(manager, *names) == [f"v{i}" for i in range(60)]
+    assert len(opened) == 3
+
+
+def test_cancelled_reads_give_their_connection_slots_back(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_vault_aio, "CONNECTIONS_PER_ORIGIN", 2)
+    manager = manager_via(proxy.origin, bao_server.root_token, vault_path)
+    manager.set_secret("slow", "s")
+    manager.set_secret("fast", "f")
+    proxy.inject(*[Fault.drip(0.01, path_prefix=f"/v1/secret/data/{vault_path}/slow")] * 2)
+
+    async def main() -> None:
+        async with AsyncKeyManager(manager) as akm:
+            slow = [asyncio.create_task(akm.get_secret("slow")) for _ in range(1)]
+            await asyncio.sleep(0.05)
+            for task in slow:
+                task.cancel()
+            # The shared read of "slow" goes on; "fast" must still find slots.
+            values = await asyncio.wait_for(
+                asyncio.gather(*(akm.get_secret("fast") for _ in range(20))), 10
+            )
+            assert values == ["f"] * 20
+
+    asyncio.run(main())
+
+
+def test_an_idle_worker_holds_nothing_of_its_last_read(
+    bao_server: DevServer, vault_path: str
+) -> None:
+    km = manager_via(bao_server.address, bao_server.root_token, vault_path)
+    km.set_secret("held", "the-value-nobody-keeps")
+    assert read_one(km, "held") == "the-value-nobody-keeps"
+    gc.collect()
+    for worker in _bridge._workers.idle:
+        frame = worker.gr_frame
+        while frame is not None:
+            assert "the-value-nobody-keeps" not in repr(frame.f_locals)
+            frame = frame.f_back
+        assert worker.outcome is None
+        assert worker.locals == {}
+
+
+def test_threads_and_coroutines_on_one_cold_name_cause_one_read(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str
+) -> None:
+    manager = manager_via(proxy.origin, bao_server.root_token, vault_path, cache_ttl=60)
+    manager.set_secret("cold", "c")
+    proxy.hits.clear()
+    proxy.inject(Fault.drip(0.002, path_prefix=f"/v1/secret/data/{vault_path}/cold"))
+    results: list[Any] = []
+
+    def thread_read() -> None:
+        results.append(manager.get_secret("cold"))
+
+    async def main() -> list[Any]:
+        async with AsyncKeyManager(manager) as akm:
+            first = asyncio.gather(*(akm.get_secret("cold") for _ in range(50)))
+            await asyncio.sleep(0.01)
+            threads = [threading.Thread(target=thread_read) for _ in range(8)]
+            for t in threads:
+                t.start()
+            values = await first
+            await asyncio.to_thread(lambda: [t.join(10) for t in threads])
+            return values
+
+    assert asyncio.run(main()) == ["c"] * 50
+    assert results == ["c"] * 8
+    assert len(proxy.hits_for(f"/{vault_path}/cold")) == 1
