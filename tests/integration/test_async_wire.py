@@ -418,3 +418,131 @@ def test_threads_and_coroutines_on_one_cold_name_cause_one_read(
     assert asyncio.run(main()) == ["c"] * 50
     assert results == ["c"] * 8
     assert len(proxy.hits_for(f"/{vault_path}/cold")) == 1
+
+
+# -- the loop's end, and hostile peers' harder cases (found by review) ---------------------
+
+
+def test_a_loop_that_ends_mid_read_wedges_nothing(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str
+) -> None:
+    """asyncio.run ends while a read waits: the read unwinds as an outage, so a thread
+    that shared it gets an outage (never CancelledError) and later reads go on."""
+    manager = manager_via(proxy.origin, bao_server.root_token, vault_path, retries=0)
+    manager.set_secret("w", "wv")
+    proxy.inject(Fault.drip(0.05, path_prefix=f"/v1/secret/data/{vault_path}/w"))
+    outcomes: list[object] = []
+
+    def shared_from_a_thread() -> None:
+        try:
+            outcomes.append(manager.get_secret("w"))
+        except BaseException as exc:  # the type is what is tested
+            outcomes.append(exc)
+
+    async def leave_early() -> None:
+        akm = AsyncKeyManager(manager)
+        asyncio.ensure_future(akm.get_secret("w"))  # noqa: RUF006 - left running on purpose
+        await asyncio.sleep(0.1)
+        thread.start()
+        await asyncio.sleep(0.1)
+
+    thread = threading.Thread(target=shared_from_a_thread)
+    asyncio.run(leave_early())
+    thread.join(10)
+    assert len(outcomes) == 1
+    assert outcomes[0] == "wv" or isinstance(outcomes[0], VaultUnavailableError), outcomes
+    started = time.monotonic()
+    assert manager.get_secret("w") == "wv"
+    assert read_one(manager, "w") == "wv"
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_loop_closed_without_asyncio_run_holds_a_read_one_budget_at_most(
+    proxy: FaultProxy, bao_server: DevServer, vault_path: str
+) -> None:
+    manager = manager_via(proxy.origin, bao_server.root_token, vault_path, timeout=0.5, retries=0)
+    manager.set_secret("k", "kv")
+    proxy.inject(Fault.drip(0.05, path_prefix=f"/v1/secret/data/{vault_path}/k"))
+    loop = asyncio.new_event_loop()
+    akm = AsyncKeyManager(manager)
+    loop.run_until_complete(asyncio.wait([loop.create_task(akm.get_secret("k"))], timeout=0.1))
+    loop.close()  # its read never resumes
+    started = time.monotonic()
+    with pytest.raises(VaultUnavailableError, match="gave up waiting"):
+        manager.get_secret("k")  # waits one budget for the read that will never end...
+    assert time.monotonic() - started < 0.5 + 1.0
+    assert manager.get_secret("k") == "kv"  # ...which it then drops: this one leads
+
+
+def _open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_many_event_loops_keep_neither_loops_nor_sockets(
+    bao_server: DevServer, vault_path: str
+) -> None:
+    manager = manager_via(bao_server.address, bao_server.root_token, vault_path)
+    manager.set_secret("l", "lv")
+    read_one(manager, "l")
+    gc.collect()
+    before = _open_fds()
+    for _ in range(40):
+
+        async def once() -> object:
+            return await AsyncKeyManager(manager).get_secret("l")  # no aclose: asyncio.run ends
+
+        assert asyncio.run(once()) == "lv"
+    gc.collect()
+    assert _open_fds() - before < 5
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        _ok(b"{}"),
+        _ok(b"[1]"),
+        _ok(b'{"data": "x"}'),
+        _ok(b'{"data": {"data": "x"}}'),
+        _ok(b"[" * 100_000),
+    ],
+    ids=["204", "empty-object", "list", "data-not-object", "fields-not-object", "deep"],
+)
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_an_answer_that_is_not_a_kv_answer_is_a_clean_vault_error(answer: bytes, face: str) -> None:
+    read = (lambda m: m.get_secret("x")) if face == "sync" else read_one
+    with RawServer(answer) as server:
+        manager = manager_via(server.origin, "s.t", retries=0)
+        with pytest.raises(VaultError) as caught:
+            read(manager)
+    assert "\n" not in str(caught.value)
+    assert not isinstance(caught.value, VaultUnavailableError)
+
+
+def test_a_length_in_other_digits_or_past_the_cap_is_refused() -> None:
+    for head in (b"Content-Length: \xb2", b"Content-Length: %d" % (40 * 1024 * 1024)):
+        answer = b"HTTP/1.1 200 OK\r\n" + head + b"\r\n\r\n" + OK_BODY
+        with RawServer(answer) as server, pytest.raises(VaultUnavailableError):
+            read_one(manager_via(server.origin, "s.t", retries=0))
+
+
+def test_a_body_of_tiny_chunks_costs_its_length_not_its_square() -> None:
+    body = OK_BODY[:-2] + b', "pad": "' + b"p" * 200_000 + b'"}}'
+    chunked = CHUNKED + b"".join(b"1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
+    with RawServer(chunked + b"0\r\n\r\n") as server:
+        started = time.monotonic()
+        assert read_one(manager_via(server.origin, "s.t", retries=0, timeout=5)) == "v"
+    assert time.monotonic() - started < 3.0
+
+
+def test_waiting_for_a_connection_counts_against_the_deadline(
+    black_hole: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_vault_aio, "CONNECTIONS_PER_ORIGIN", 1)
+    manager = manager_via(black_hole, "s.t", timeout=0.5, retries=0)
+    started = time.monotonic()
+    outcomes = on_the_loop(manager, "a", "b", "c")
+    assert all(isinstance(o, VaultUnavailableError) for o in outcomes), outcomes
+    assert time.monotonic() - started < 0.5 + 0.4  # each read within its own budget

@@ -93,7 +93,7 @@ class _Offload:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=False)  # calls queued still run: reads in flight finish
 
 
 async def _run(

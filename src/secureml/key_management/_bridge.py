@@ -8,12 +8,19 @@ the event loop's thread. Where the sync code would block, it asks this module in
   event loop and resumes with its result, so the loop serves others meanwhile;
 - :func:`blocking` runs a call that may block (a proxied request, a user's backend)
   on a pool thread and resumes with its result;
-- :func:`acquire` takes a lock without blocking the loop: uncontended it is taken at
-  once; contended, a pool thread waits for it (so a greenlet that holds it across a
-  request, suspended, never deadlocks the loop, whose thread never waits on it).
+- a section that holds a lock across a request (a login, the KV version's detection)
+  runs whole on a pool thread through :func:`blocking`: a greenlet never holds a lock
+  while it waits, so a read that never resumes (its loop closed) cannot hold one for
+  ever, and the loop's thread never waits on one that a suspended greenlet holds.
 
 Outside a bridged greenlet each of these is the plain blocking call, so the same code
 serves threads unchanged. SQLAlchemy's asyncio layer runs its sync core the same way.
+
+A call never outlives its event loop: when the loop shuts down (``asyncio.run``
+cancelling what is left), every call still waiting is resumed with
+:class:`~.errors.VaultUnavailableError`, so it unwinds as an outage (a load in flight
+fails for its waiters, who may read again) instead of hanging for ever. What
+:func:`loop_local` made for the loop is closed then too.
 
 Per-thread state is per greenlet here (:func:`greenlet_local`): greenlets on one thread
 interleave at every :func:`wait`, so anything a request keeps in a ``threading.local``
@@ -26,8 +33,11 @@ import asyncio
 import concurrent.futures
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+from .errors import VaultUnavailableError
 
 try:
     from greenlet import GreenletExit, getcurrent, greenlet
@@ -44,12 +54,13 @@ else:
 
 __all__ = [
     "AVAILABLE",
-    "acquire",
     "active",
     "blocking",
     "done_within",
+    "forget_loop_local",
     "greenlet_local",
     "lent",
+    "loop_local",
     "pause",
     "start",
     "wait",
@@ -152,8 +163,11 @@ def start(
     outcome: asyncio.Future[_T] = loop.create_future()
     runner = _workers.take()
     runner.executor = executor
-    _Drive(loop, runner, outcome).went(runner.switch((call, args, kwargs)))
+    drive = _Drive(loop, runner, outcome)
+    drive.went(runner.switch((call, args, kwargs)))
     del call, args, kwargs
+    if not outcome.done():
+        _state_of(loop).drives.add(drive)  # ended with the loop, if it ends first
     return outcome
 
 
@@ -161,7 +175,7 @@ class _Drive:
     """Resumes one call's worker as what it waits on finishes (an object, not
     closures: two closures naming each other make a cycle per read for the collector)."""
 
-    __slots__ = ("loop", "outcome", "runner")
+    __slots__ = ("__weakref__", "ended", "finished", "loop", "outcome", "runner")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, runner: _Bridged, outcome: asyncio.Future[Any]
@@ -169,17 +183,26 @@ class _Drive:
         self.loop = loop
         self.runner = runner
         self.outcome = outcome
+        self.ended: BaseException | None = None  # set when the loop shuts down
+        self.finished = False  # its worker went back to the pool: never touch it again
 
     def went(self, said: tuple[int, Any]) -> None:
         """Where the worker stands after a switch: waiting on something, or done."""
         kind, asked = said
+        while kind == _WAITING and self.ended is not None:
+            # Its loop is going: whatever it waits for next fails at once.
+            if hasattr(asked, "close"):
+                asked.close()  # a coroutine never to be run
+            kind, asked = self.runner.throw(type(self.ended)(*self.ended.args))
         if kind == _WAITING:
             asyncio.ensure_future(asked, loop=self.loop).add_done_callback(self.resumed)
             return
         runner, outcome = self.runner, self.outcome
         result = runner.taken()
         runner.executor = None
+        self.finished = True
         _workers.put(runner)
+        _state_of(self.loop).drives.discard(self)
         if kind == _RETURNED:
             if not outcome.done():
                 outcome.set_result(result)
@@ -187,13 +210,95 @@ class _Drive:
             _settle(outcome, result)
 
     def resumed(self, done: asyncio.Future[Any]) -> None:
+        if self.ended is not None:  # already resumed by end(): nobody wants this
+            if not done.cancelled():
+                done.exception()  # taken, so asyncio does not log it as lost
+            return
         runner = self.runner
         if done.cancelled() or self.outcome.cancelled():
-            self.went(runner.throw(asyncio.CancelledError()))
+            # Not the caller's cancellation (waiters shield the outcome): the thing
+            # it waited on was (a pool job of a closed facade). An outage, not a cancel.
+            self.went(runner.throw(_ended("was cut off while it waited")))
         elif (failure := done.exception()) is not None:
             self.went(runner.throw(failure))
         else:
             self.went(runner.switch(done.result()))
+
+    def end(self) -> None:
+        """The loop is shutting down: resume the call with an outage, now."""
+        if self.ended is None and not self.finished:
+            self.ended = _ended("was ended: its event loop shut down")
+            self.went(self.runner.throw(type(self.ended)(*self.ended.args)))
+
+
+def _ended(what: str) -> VaultUnavailableError:
+    return VaultUnavailableError(f"a Vault call made on an event loop {what}; call again")
+
+
+class _LoopState:
+    """What the bridge keeps for one event loop, for as long as the loop lives (held
+    by the loop itself: kept anywhere else, it would keep the loop alive)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.drives: weakref.WeakSet[_Drive] = weakref.WeakSet()
+        self.values: weakref.WeakKeyDictionary[object, tuple[Any, Callable[[Any], None]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        # Cancelled when asyncio.run (or anyone) cancels what is left at shutdown.
+        self.watch = loop.create_task(self._until_shutdown())
+        self.watch._log_destroy_pending = False  # type: ignore[attr-defined]  # closed loops
+
+    async def _until_shutdown(self) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            self.shut_down()
+
+    def shut_down(self) -> None:
+        for drive in list(self.drives):
+            drive.end()
+        values, self.values = dict(self.values), weakref.WeakKeyDictionary()
+        for value, close in values.values():
+            close(value)
+
+
+_ATTRIBUTE = "_secureml_bridge"
+_fallback: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _state_of(loop: asyncio.AbstractEventLoop) -> _LoopState:
+    state: _LoopState | None = getattr(loop, _ATTRIBUTE, None) or _fallback.get(loop)
+    if state is not None and state.watch.done() and not loop.is_closed():
+        state.watch = loop.create_task(state._until_shutdown())  # someone cancelled it
+        state.watch._log_destroy_pending = False  # type: ignore[attr-defined]
+    if state is None:
+        state = _LoopState(loop)
+        try:
+            setattr(loop, _ATTRIBUTE, state)
+        except AttributeError:  # a loop class without attributes (uvloop's)
+            _fallback[loop] = state
+    return state
+
+
+def loop_local(owner: object, make: Callable[[], _T], close: Callable[[_T], None]) -> _T:
+    """The running loop's own ``make()`` for ``owner``: made on first use, handed to
+    ``close`` when the loop shuts down (or :func:`forget_loop_local`), and gone with
+    the loop (or ``owner``)."""
+    values = _state_of(asyncio.get_running_loop()).values
+    found = values.get(owner)
+    if found is None:
+        found = values[owner] = (make(), close)
+    value: _T = found[0]
+    return value
+
+
+def forget_loop_local(owner: object) -> None:
+    """Close and drop the running loop's value for ``owner``, if it has one."""
+    found = _state_of(asyncio.get_running_loop()).values.pop(owner, None)
+    if found is not None:
+        found[1](found[0])
 
 
 def _settle(outcome: asyncio.Future[Any], failure: BaseException) -> None:
@@ -235,36 +340,6 @@ def pause(seconds: float) -> None:
         wait(asyncio.sleep(seconds))
     else:
         time.sleep(seconds)
-
-
-def acquire(lock: threading.Lock, timeout: float = -1) -> bool:
-    """``lock.acquire(timeout=timeout)``, without ever blocking an event loop's thread.
-
-    Contended and bridged, a pool thread waits for the lock (a ``Lock`` may be
-    released by any thread); if the greenlet is ended meanwhile, a lock the thread
-    then gets is released again, never left held by nobody.
-    """
-    if lock.acquire(blocking=False):
-        return True
-    current = getcurrent()
-    if not isinstance(current, _Bridged):
-        return lock.acquire(timeout=timeout)
-    loop = asyncio.get_running_loop()
-    job = current.pool.submit(lock.acquire, True, timeout)
-    try:
-        taken: bool = wait(asyncio.wrap_future(job, loop=loop))
-    except BaseException:
-        job.add_done_callback(_release_if_taken(lock))
-        raise
-    return taken
-
-
-def _release_if_taken(lock: threading.Lock) -> Callable[[concurrent.futures.Future[bool]], None]:
-    def release(job: concurrent.futures.Future[bool]) -> None:
-        if not job.cancelled() and job.exception() is None and job.result():
-            lock.release()
-
-    return release
 
 
 def done_within(future: concurrent.futures.Future[Any], timeout: float | None) -> bool:

@@ -46,6 +46,7 @@ class _Absent:
 
 
 ABSENT: Any = _Absent()
+_AGAIN: Any = object()  # a shared load that gave no answer
 
 
 @dataclass
@@ -131,23 +132,20 @@ class SecretCache:
         """
         if self._pid != os.getpid():  # forked behind the hooks' back
             self.after_fork()
-        with self._lock:
-            entry = self.fresh(key)
-            if entry is not None:
-                return entry.value, False
-            flight = self._loading.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._loading[key] = Future()
-        if not leader:
-            if not done_within(flight, wait):  # on an event loop, awaited: never blocked
-                raise WaitExpiredError(f"another caller's load ran past {wait} s")
-            failure = flight.exception()
-            if failure is None:
-                return flight.result(), False
-            # Never the loader's own exception: raised here, it would grow this thread's
-            # frames into the traceback the loader's caller sees. A copy chains nothing.
-            raise copy.copy(failure)
+        while True:
+            with self._lock:
+                entry = self.fresh(key)
+                if entry is not None:
+                    return entry.value, False
+                flight = self._loading.get(key)
+                leader = flight is None
+                if flight is None:
+                    flight = self._loading[key] = Future()
+            if leader:
+                break
+            shared = self._shared(key, flight, wait)
+            if shared is not _AGAIN:
+                return shared, False
         try:
             value = loader()
         except BaseException as exc:
@@ -161,6 +159,24 @@ class SecretCache:
             with self._lock:
                 if self._loading.get(key) is flight:
                     del self._loading[key]
+
+    def _shared(self, key: CacheKey, flight: Future[Any], wait: float | None) -> Any:
+        """What another caller's load of ``key`` gave, or :data:`_AGAIN` when it was
+        interrupted (KeyboardInterrupt, its greenlet ended): no answer for the others,
+        who load it again, one of them leading."""
+        if not done_within(flight, wait):  # on an event loop, awaited: never blocked
+            with self._lock:  # a leader past every deadline is presumed gone
+                if self._loading.get(key) is flight:
+                    del self._loading[key]
+            raise WaitExpiredError(f"another caller's load ran past {wait} s")
+        failure = flight.exception()
+        if failure is None:
+            return flight.result()
+        if not isinstance(failure, Exception):
+            return _AGAIN
+        # Never the loader's own exception: raised here, it would grow this thread's
+        # frames into the traceback the loader's caller sees. A copy chains nothing.
+        raise copy.copy(failure)
 
     def _put(self, key: CacheKey, value: Any, flight: Future[Any]) -> None:
         """Remember what ``flight`` loaded (if caching is on), evicting the least

@@ -27,6 +27,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import SplitResult
 
@@ -45,7 +46,11 @@ CONNECTIONS_PER_ORIGIN = 100
 MAX_HEAD_BYTES = 64 * 1024
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-9][0-9]{2})(?: ([^\r\n]*))?")
 _HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,8})(?:;[^\r\n]*)?")
+_DIGITS = re.compile(r"[0-9]{1,15}")
+#: The most an answer's body may be: Vault's KV answers are kilobytes; a peer that
+#: sends without end must not fill memory (the sync wire keeps the same bound).
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
 
 
 class _MalformedAnswerError(Exception):
@@ -102,6 +107,8 @@ class _Connection(asyncio.Protocol):
         self._answer: _Answer | None = None
         self._length: int | None = None  # body bytes expected; None: chunked or to close
         self._chunked = False
+        self._body = bytearray()  # a chunked body so far
+        self._trailers = False  # the last chunk is in: its trailers are due
         self._eof = False
         self._lost: BaseException | None = None
         self._no_body = False
@@ -145,6 +152,7 @@ class _Connection(asyncio.Protocol):
         """Write ``request``; the future is the whole answer (``head_only``: a HEAD)."""
         assert self.transport is not None  # noqa: S101 - connected before use
         self._answer, self._length, self._chunked = None, None, False
+        self._body, self._trailers = bytearray(), False
         self._no_body = head_only
         waiter = self._waiter = loop.create_future()
         self.transport.write(request)
@@ -165,8 +173,15 @@ class _Connection(asyncio.Protocol):
             return
         try:
             answer = self._parse()
-        except _MalformedAnswerError as exc:
-            waiter.set_exception(urllib3.exceptions.ProtocolError("Connection aborted.", exc))
+        except Exception as exc:  # any parse failure is a broken answer
+            # Never out of data_received: asyncio would log it, buffers and all.
+            why = (
+                exc
+                if isinstance(exc, _MalformedAnswerError)
+                else _MalformedAnswerError("an answer that could not be parsed")
+            )
+            self._buffer.clear()
+            waiter.set_exception(urllib3.exceptions.ProtocolError("Connection aborted.", why))
             return
         if answer is not None:
             self._waiter = None
@@ -176,8 +191,8 @@ class _Connection(asyncio.Protocol):
             if isinstance(lost, ssl.SSLError):
                 waiter.set_exception(urllib3.exceptions.SSLError(lost))
             else:
-                why = lost or ConnectionResetError("the connection closed before the answer ended")
-                waiter.set_exception(urllib3.exceptions.ProtocolError("Connection aborted.", why))
+                ended = lost or ConnectionResetError("the connection closed before the answer")
+                waiter.set_exception(urllib3.exceptions.ProtocolError("Connection aborted.", ended))
 
     def _parse(self) -> _Answer | None:
         """The answer, once whole; None while more bytes are due."""
@@ -188,6 +203,8 @@ class _Connection(asyncio.Protocol):
         if self._chunked:
             return self._parse_chunks(answer)
         if self._length is None:  # framed by the close (HTTP/1.0 style)
+            if len(self._buffer) > MAX_ANSWER_BYTES:
+                raise _MalformedAnswerError("an answer larger than secureml reads")
             if not self._eof:
                 return None
             answer.body, answer.reusable = bytes(self._buffer), False
@@ -224,52 +241,74 @@ class _Connection(asyncio.Protocol):
         if (field("connection") or "").lower() == "close" or lines[0].startswith(b"HTTP/1.0"):
             answer.reusable = False
         self._answer = answer
-        if self._no_body or status in (204, 304):
+        self._frame(answer, field)
+        return True
+
+    def _frame(self, answer: _Answer, field: Callable[[str], str | None]) -> None:
+        """How the body ends: no body, chunks, a length, or the connection's close."""
+        if self._no_body or answer.status in (204, 304):
             self._length = 0
         elif (coding := field("transfer-encoding")) is not None:
             if coding.lower() != "chunked":
                 raise _MalformedAnswerError("a transfer coding other than chunked")
             self._chunked = True
         elif (length := field("content-length")) is not None:
-            if not length.isdigit() or len(length) > 15:  # "10, 10" too: never guessed
+            # ASCII digits only ("10, 10" and "²" too are refused: never guessed).
+            if _DIGITS.fullmatch(length) is None:
                 raise _MalformedAnswerError("a malformed Content-Length")
             self._length = int(length)
+            if self._length > MAX_ANSWER_BYTES:
+                raise _MalformedAnswerError("an answer larger than secureml reads")
         else:
             answer.reusable = False
-        return True
 
     def _parse_chunks(self, answer: _Answer) -> _Answer | None:
-        """The chunked body, once its last chunk and trailers are in (parsed from the
-        start each time: Vault's answers are small, and a proxy rarely re-frames)."""
+        """The chunked body, once its last chunk and trailers are in; each chunk is
+        taken out of the buffer as it completes (so a body of tiny chunks costs its
+        length, not its square)."""
         buffer = self._buffer
-        body = bytearray()
-        at = 0
         while True:
-            line_end = buffer.find(b"\r\n", at)
+            if self._trailers:
+                return self._after_trailers(answer)
+            line_end = buffer.find(b"\r\n")
             if line_end < 0:
-                if len(buffer) - at > 1024:
+                if len(buffer) > 1024:
                     raise _MalformedAnswerError("a malformed chunk size line")
                 return None
-            size_line = _CHUNK_SIZE.fullmatch(bytes(buffer[at:line_end]))
+            size_line = _CHUNK_SIZE.fullmatch(bytes(buffer[:line_end]))
             if size_line is None:
                 raise _MalformedAnswerError("a malformed chunk size line")
             size = int(size_line[1], 16)
-            at = line_end + 2
             if size == 0:
-                trailers_end = buffer.find(b"\r\n\r\n", at - 2)
-                if trailers_end < 0:
-                    return None
-                del buffer[: trailers_end + 4]
-                if buffer:
-                    raise _MalformedAnswerError("bytes after the answer's last chunk")
-                answer.body = bytes(body)
-                return answer
-            if len(buffer) < at + size + 2:
+                del buffer[: line_end + 2]
+                self._trailers = True
+                continue
+            if len(self._body) + size > MAX_ANSWER_BYTES:
+                raise _MalformedAnswerError("an answer larger than secureml reads")
+            start = line_end + 2
+            if len(buffer) < start + size + 2:
                 return None
-            if buffer[at + size : at + size + 2] != b"\r\n":
+            if buffer[start + size : start + size + 2] != b"\r\n":
                 raise _MalformedAnswerError("a chunk without its line end")
-            body += buffer[at : at + size]
-            at += size + 2
+            self._body += buffer[start : start + size]
+            del buffer[: start + size + 2]
+
+    def _after_trailers(self, answer: _Answer) -> _Answer | None:
+        """The answer once the trailers after the last chunk are in (if any)."""
+        buffer = self._buffer
+        if buffer[:2] == b"\r\n":  # no trailers
+            taken = 2
+        else:
+            taken = buffer.find(b"\r\n\r\n") + 4
+            if taken < 4:
+                if len(buffer) > MAX_HEAD_BYTES:
+                    raise _MalformedAnswerError("trailers larger than 64 KiB")
+                return None
+        del buffer[:taken]
+        if buffer:
+            raise _MalformedAnswerError("bytes after the answer's last chunk")
+        answer.body, self._body = bytes(self._body), bytearray()
+        return answer
 
 
 class _Origin:
@@ -308,7 +347,9 @@ class Wire:
             conn.close()
         return None
 
-    def connection(self, parts: SplitResult, origin: str, timeout: float) -> _Connection:
+    def connection(
+        self, parts: SplitResult, origin: str, timeout: float, deadline: float
+    ) -> _Connection:
         """A connection to ``origin`` when none is idle: a new one, or (all are out)
         the first one handed back. In a bridged greenlet (it waits on the loop).
 
@@ -319,13 +360,13 @@ class Wire:
         if place is None:
             place = self._origins[origin] = _Origin(parts)
         if place.out >= CONNECTIONS_PER_ORIGIN:
-            found = self._handed(place, origin, timeout)
+            found = self._handed(place, origin, _within(timeout, deadline))
             if found is not None:
                 return found  # counted out by the hand-over
             place.out -= 1  # a slot came free, not a connection: open one below
         place.out += 1
         try:
-            conn: _Connection = wait(self._open(place, parts, timeout))
+            conn: _Connection = wait(self._open(place, parts, _within(timeout, deadline)))
         except BaseException:
             self._freed(place)
             raise
@@ -445,14 +486,14 @@ def exchange(
     new = conn is None
     if conn is None:
         try:
-            conn = wire.connection(parts, origin, timeout)
+            conn = wire.connection(parts, origin, timeout, deadline)
         except BaseException:
             note_new_connection(True)  # other reads ran meanwhile: say it again
             raise
     ok = False
     waiter = conn.send(request, loop, head_only=head_only)
     # One timer: the head within ``timeout``, then the rest within the deadline.
-    head_by = loop.time() + min(timeout, max(0.0, deadline - time.monotonic()))
+    head_by = loop.time() + _within(timeout, deadline)
     timer = loop.call_at(head_by, _expire, conn, waiter, deadline)
     try:
         answer = wait(waiter)
@@ -477,6 +518,12 @@ def exchange(
         else:
             wire.discard(origin, conn)
     return answer.status, answer.headers, answer.body, answer.reason
+
+
+def _within(timeout: float, deadline: float) -> float:
+    """``timeout``, or what is left until ``deadline`` if that is less: each stage
+    (a free connection, connecting, the head) waits at most this."""
+    return max(0.001, min(timeout, deadline - time.monotonic()))
 
 
 class _NoConnectionError(Exception):

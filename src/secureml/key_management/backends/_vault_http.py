@@ -27,7 +27,6 @@ certifi).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import http.client
@@ -36,7 +35,6 @@ import os
 import re
 import ssl
 import time
-import weakref
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
 
@@ -49,7 +47,7 @@ from .._config import is_loopback
 from .._warnings import Once, warn_caller
 from ..errors import ConfigurationError, SecurityWarning
 from ._deadline import POOL_CLASSES, Cut, DeadlinePassedError, deadline_for_this_thread, watch
-from ._vault_aio import Wire
+from ._vault_aio import MAX_ANSWER_BYTES, Wire
 from ._vault_aio import exchange as exchange_on_loop
 
 READ_CHUNK_BYTES = 64 * 1024
@@ -82,18 +80,15 @@ class Pools:
         self._direct = _watched(urllib3.PoolManager(**options))
         self._proxies: dict[str, urllib3.ProxyManager] = {}
         self._by_origin: dict[str, Any] = {}
-        self._wires: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wire] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def wire(self) -> Wire:
         """The running event loop's connections to the cluster (asyncio connections
-        belong to the loop that opened them), with the same TLS options."""
-        loop = asyncio.get_running_loop()
-        wire = self._wires.get(loop)
-        if wire is None:
-            wire = self._wires[loop] = Wire(self._options)
-        return wire
+        belong to the loop that opened them, and close when it shuts down), with the
+        same TLS options."""
+        return _bridge.loop_local(self, self._new_wire, Wire.close)
+
+    def _new_wire(self) -> Wire:
+        return Wire(self._options)
 
     def for_origin(self, origin: str) -> Any:
         """What to call ``urlopen`` on for ``origin`` (see :func:`send`)."""
@@ -104,9 +99,7 @@ class Pools:
 
     def close_wire(self) -> None:
         """Close the running event loop's idle connections, if it has any."""
-        wire = self._wires.pop(asyncio.get_running_loop(), None)
-        if wire is not None:
-            wire.close()
+        _bridge.forget_loop_local(self)
 
     def _route(self, origin: str) -> Any:
         target = urlsplit(origin)
@@ -490,6 +483,8 @@ class Answer(requests.Response):
         """The body as JSON (Vault's answers are UTF-8), failing as requests does."""
         try:
             return json.loads(self._content or b"", **kwargs)
+        except RecursionError:  # "[[[[..." nested past the interpreter's limit
+            why, where = "nested too deeply", 0
         except ValueError as exc:
             why, where = getattr(exc, "msg", "not JSON"), getattr(exc, "pos", 0)
         # Outside the handler, without the document: the decode error holds the body.
@@ -506,5 +501,7 @@ def _read_whole(raw: urllib3.BaseHTTPResponse | http.client.HTTPResponse, deadli
         if not chunk:
             return bytes(body)
         body += chunk
+        if len(body) > MAX_ANSWER_BYTES:  # a peer sending without end: not an answer
+            raise urllib3.exceptions.ProtocolError("an answer larger than secureml reads")
         if time.monotonic() > deadline:
             raise DeadlinePassedError("the call's deadline passed while the answer arrived")

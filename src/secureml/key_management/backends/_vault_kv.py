@@ -68,18 +68,41 @@ class Engine:
         import hvac.exceptions as hx
 
         params = None if version is None else {"version": version}
+        target = self.data_path(path)
         try:
-            answer = through.request("GET", self.data_path(path), params=params)
+            answer = through.request("GET", target, params=params)
         except hx.InvalidPath:
             return None
-        return answer["data"]
+        data = _data_of(answer, target)
+        if self.version == 2 and not isinstance(data.get("data"), (dict, type(None))):
+            raise _not_kv(target)
+        return data
 
     def read_metadata(self, through: Requester, path: str) -> Any:
         """The ``data`` of a KV v2 secret's metadata answer; ``None`` for a 404."""
         import hvac.exceptions as hx
 
+        target = self.metadata_path(path)
         try:
-            answer = through.request("GET", self.metadata_path(path))
+            answer = through.request("GET", target)
         except hx.InvalidPath:
             return None
-        return answer["data"]
+        return _data_of(answer, target)
+
+
+def _data_of(answer: Any, target: str) -> dict[str, Any]:
+    """The ``data`` object of a Vault answer; a 204, a list, or a ``data`` that is not
+    an object is no KV answer (a proxy in the way, or a hostile peer)."""
+    data = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(data, dict):
+        raise _not_kv(target)
+    return data
+
+
+def _not_kv(target: str) -> Exception:
+    from ..errors import VaultError
+
+    return VaultError(
+        f"Vault answered GET {target} with something that is not a KV answer (a proxy "
+        "in the way, or not Vault?)"
+    )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .._auth import Login, VaultAuth
-from .._bridge import acquire, blocking, pause
+from .._bridge import blocking, pause
 from .._process import reset_after_fork
 from ..errors import AuthenticationError, PermissionDeniedError, VaultUnavailableError
 from ._vault_errors import translated
@@ -115,18 +115,22 @@ class TokenSession:
         state = self._state
         if state is not None and not self._due(state) and not self._expired(state):
             return state.login.token, state.generation
+        # On an event loop, on a thread: an auth method may block (files, a cloud SDK),
+        # and the lock is held across requests, which a greenlet must never do.
+        return blocking(self._token_locked, client)
+
+    def _token_locked(self, client: hvac.Client) -> tuple[str, int]:
+        """:meth:`token` when it is due: under the lock, logging in or renewing."""
         # Another thread may be logging in; wait for it, but not past this call's deadline.
         deadline = getattr(client.adapter, "call_deadline", None)
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        if not acquire(self._lock, wait):
+        if not self._lock.acquire(timeout=wait):
             raise VaultUnavailableError(
                 f"gave up waiting for another thread's login to Vault at {self._url} "
                 "within this call's deadline"
             )
         try:
-            # On an event loop, on a thread: an auth method may block (files, a cloud
-            # SDK), and logins are rare.
-            state = blocking(self._renewed, client)
+            state = self._renewed(client)
             return state.login.token, state.generation
         finally:
             self._lock.release()
@@ -148,13 +152,13 @@ class TokenSession:
         """
         if not self.auth.can_login_again:
             return False
-        acquire(self._lock)
-        try:
+        blocking(self._drop, generation)  # the lock may be a login's: wait on a thread
+        return True
+
+    def _drop(self, generation: int) -> None:
+        with self._lock:
             if self._state is not None and self._state.generation == generation:
                 self._state = None
-        finally:
-            self._lock.release()
-        return True
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._boundary import guarded_class
-from .._bridge import acquire, greenlet_local, lent
+from .._bridge import blocking, greenlet_local, lent
 from .._config import INSTALL_HINT, VaultSettings
 from .._process import reset_after_fork
 from .._validate import VALUE_FIELD
@@ -40,6 +40,7 @@ from ..errors import (
     KeyManagementError,
     PermissionDeniedError,
     UnsupportedOperationError,
+    VaultError,
     VaultUnavailableError,
     VersionConflictError,
 )
@@ -372,9 +373,13 @@ class VaultBackend:
             engine = self._engine()
             path = self._secret_path(name)
             data = self._call("read", where, lambda client: engine.read(client.adapter, path))
-        if data is None:
+        if data is None or data.get("data") is None:
             return None
-        return unpack_fields(data["data"], where), int(data["metadata"]["version"])
+        metadata = data.get("metadata")
+        version = metadata.get("version") if isinstance(metadata, dict) else None
+        if type(version) is not int or version < 1:
+            raise VaultError(f"Vault's answer for {where} names no version (not Vault's KV v2?)")
+        return unpack_fields(data["data"], where), version
 
     def put_version(self, name: str, value: SecretValue, *, cas: int | None = None) -> int:
         fields = pack_fields(value)
@@ -608,19 +613,28 @@ class VaultBackend:
         """The mount's KV version (1 or 2), detected once and remembered."""
         if self._kv_version is None:
             with self._deadline() as deadline:
-                # Threads queue here while one detects; none waits past its deadline.
-                if not acquire(self._detect_lock, max(0.0, deadline - time.monotonic())):
-                    raise VaultUnavailableError(
-                        f"gave up waiting for another thread to detect the KV version of "
-                        f"vault:{self._mount}/ at {self._settings.url} within this call's "
-                        "deadline"
-                    )
-                try:
-                    if self._kv_version is None:
-                        self._kv_version = self._detect_kv_version()
-                finally:
-                    self._detect_lock.release()
+                # On an event loop, on a thread: the lock is held across a request.
+                blocking(self._detect_once, deadline)
+        assert self._kv_version is not None  # noqa: S101 - set by _detect_once
         return self._kv_version
+
+    def _detect_once(self, deadline: float) -> None:
+        """Detect the KV version under the lock, unless another thread just did."""
+        # Threads queue here while one detects; none waits past its deadline.
+        if not self._detect_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise VaultUnavailableError(
+                f"gave up waiting for another thread to detect the KV version of "
+                f"vault:{self._mount}/ at {self._settings.url} within this call's deadline"
+            )
+        adapter = self._client().adapter  # on a pool thread: that thread's client
+        outer = adapter.call_deadline
+        adapter.call_deadline = deadline  # the caller's, wherever this runs
+        try:
+            if self._kv_version is None:
+                self._kv_version = self._detect_kv_version()
+        finally:
+            adapter.call_deadline = outer
+            self._detect_lock.release()
 
     def _detect_kv_version(self) -> int:
         probe = f"{self._mount}/{self._path}".rstrip("/")
