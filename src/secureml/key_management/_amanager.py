@@ -263,7 +263,9 @@ class AsyncKeyManager:
 
     async def _shared_read(self, name: str, version: int | None) -> Any:
         loop = asyncio.get_running_loop()
-        flights = self._flights.setdefault(loop, {})
+        flights = self._flights.get(loop)
+        if flights is None:
+            flights = self._flights.setdefault(loop, {})
         key = (name, version)
         flight = flights.get(key)
         # A finished flight is one the pool thread has not dropped yet: never joined

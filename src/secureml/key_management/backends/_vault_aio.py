@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import re
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import SplitResult
 
@@ -57,17 +56,42 @@ class _MalformedAnswerError(Exception):
     """The answer is not HTTP/1.1 we can read (a broken or hostile peer)."""
 
 
-class _Headers(dict[str, str]):
-    """An answer's headers, by lower-cased name: looked up as in any case."""
+class _Headers(Mapping[str, str]):
+    """An answer's headers, looked up by name in any case; parsed on first use (most
+    answers are read for their body alone). Repeated names are joined with ``", "``."""
+
+    __slots__ = ("_fields", "_lines")
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self._lines = lines  # checked already: each is ``name: value``
+        self._fields: dict[str, str] | None = None
+
+    def _parsed(self) -> dict[str, str]:
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = {}
+            for line in self._lines:
+                name, _, value = line.partition(b":")
+                key = name.decode("ascii").lower()
+                text = value.strip(b" \t").decode("latin-1")
+                found = fields.get(key)
+                fields[key] = text if found is None else f"{found}, {text}"
+        return fields
 
     def get(self, name: str, default: Any = None) -> Any:
-        return dict.get(self, name.lower(), default)
+        return self._parsed().get(name.lower(), default)
 
     def __getitem__(self, name: str) -> str:
-        return dict.__getitem__(self, name.lower())
+        return self._parsed()[name.lower()]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and dict.__contains__(self, name.lower())
+        return isinstance(name, str) and name.lower() in self._parsed()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
 
 
 class _Answer:
@@ -83,18 +107,31 @@ class _Answer:
         self.reusable = True
 
 
-def _fields(lines: list[bytes]) -> _Headers:
-    """Header lines as :class:`_Headers` (repeated names joined with ``", "``)."""
-    headers = _Headers()
+def _fields(lines: list[bytes]) -> tuple[_Headers, dict[str, str]]:
+    """Header lines as :class:`_Headers`, and the ones that frame the body
+    (``content-length``, ``transfer-encoding``, ``connection``), by lower-cased name.
+
+    Raises:
+        _MalformedAnswerError: A line that is not ``name: value``.
+    """
+    framing: dict[str, str] = {}
     for line in lines:
         name, colon, value = line.partition(b":")
         if not colon or _HEADER_NAME.fullmatch(name) is None:
             raise _MalformedAnswerError("a malformed header line")
-        text = value.strip(b" \t").decode("latin-1")
-        key = name.decode("ascii").lower()
-        found = dict.get(headers, key)
-        dict.__setitem__(headers, key, text if found is None else f"{found}, {text}")
-    return headers
+        if len(name) in _FRAMING_LENGTHS and (key := name.lower()) in _FRAMING:
+            text = value.strip(b" \t").decode("latin-1")
+            found = framing.get(_FRAMING[key])
+            framing[_FRAMING[key]] = text if found is None else f"{found}, {text}"
+    return _Headers(lines), framing
+
+
+_FRAMING = {
+    b"content-length": "content-length",
+    b"transfer-encoding": "transfer-encoding",
+    b"connection": "connection",
+}
+_FRAMING_LENGTHS = frozenset(len(name) for name in _FRAMING)
 
 
 class _Connection(asyncio.Protocol):
@@ -235,9 +272,9 @@ class _Connection(asyncio.Protocol):
             status = int(status_line[1])
             if status >= 200:  # 100 Continue and the like: the real answer follows
                 break
-        headers = _fields(lines[1:])
+        headers, framing = _fields(lines[1:])
         answer = _Answer(status, (status_line[2] or b"").decode("latin-1"), headers)
-        field = functools.partial(dict.get, headers)  # by lower-cased name
+        field = framing.get  # by lower-cased name
         if (field("connection") or "").lower() == "close" or lines[0].startswith(b"HTTP/1.0"):
             answer.reusable = False
         self._answer = answer

@@ -233,7 +233,7 @@ def send(
     params = kwargs.get("params")
     if params:
         url = f"{url}?{urlencode(params, doseq=True)}"
-    parts = urlsplit(url)
+    parts = _split(url)
     origin = f"{parts.scheme}://{parts.netloc}"
     route = pools.for_origin(origin)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -292,6 +292,10 @@ def _answer_through_proxy(
 
 #: Header values http.client would refuse (a line break would end the header).
 _LINE_BREAK = re.compile(r"[\r\n]")
+
+
+#: A URL's parts, remembered: a service reads the same few names again and again.
+_split = functools.lru_cache(maxsize=4096)(urlsplit)
 
 
 @functools.lru_cache(maxsize=64)

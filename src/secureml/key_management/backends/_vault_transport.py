@@ -122,7 +122,7 @@ class _Broken:
     tls: str | None = None  # the TLS failure, if that is what it was
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tries:
     """Where one request stands: which node, which round of retries, which redirect."""
 
