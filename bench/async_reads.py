@@ -422,8 +422,9 @@ def main(argv: Sequence[str]) -> int:
         "came back); speed ratio = secureml "
         "reads/s / baseline reads/s. With one name, concurrent misses share one Vault "
         "read (single flight), hence fewer Vault reads than calls; with a name per "
-        "coroutine every call reads Vault. secureml runs the sync read on its pool of "
-        f"{DEFAULT_THREADS} threads. {note}."
+        "coroutine every call reads Vault. secureml runs the sync read on the event loop "
+        "(in a greenlet, over its own asyncio HTTP/1.1 wire); its pool of "
+        f"{DEFAULT_THREADS} threads serves only logins here. {note}."
     )
     return 0
 

@@ -6,16 +6,17 @@ thread that want the same cold name cause one Vault read.
 
 - A fresh cache hit of ``get_secret`` that the cache alone can answer is served on the
   event loop, with no thread hop (an audit hook to call or a fallback to walk is not).
-- Everything else runs the sync call on a small bounded thread pool. That includes Vault
-  I/O and CPU-bound encryption. The retry, fail-over, deadline and redirect rules are the
-  sync ones, in one place. The price is CPU: a read costs what a sync read costs, plus a
-  thread hop (~0.1 ms). So distinct cold names at 50 concurrent reach about the sync
-  rate, below a raw aiohttp loop (``bench/async_reads.py``). Reads of one name share one
-  job and beat it by far.
-- Coroutines that miss on the same name share one pool job: 1,000 of them take one
-  thread, not 1,000.
-- A cancelled caller stops waiting. The shared job goes on for the others, and its result
-  is cached as usual, so a cancellation never poisons the cache or orphans a load.
+- An uncached Vault read runs on the event loop too: the sync read path itself, in a
+  greenlet (:mod:`._bridge`), over an asyncio HTTP/1.1 wire (``backends/_vault_aio``).
+  So the retry, fail-over, deadline and redirect rules are the sync ones, in one place,
+  and a read costs no thread. What would block goes to a small bounded thread pool:
+  logins and renewals, proxied requests, other backends, reads with an audit hook
+  (the user's code), and the CPU-bound calls (encryption).
+- Coroutines that miss on the same name share one read: 1,000 of them cause one
+  request.
+- A cancelled caller stops waiting. The shared read goes on for the others, and its
+  result is cached as usual, so a cancellation never poisons the cache or orphans a
+  load. A read still waiting when its loop shuts down ends as an outage.
 """
 
 from __future__ import annotations
@@ -177,8 +178,9 @@ class AsyncKeyManager:
     Args:
         manager: The manager to share (positional only). Leave it out to pass
             ``KeyManager``'s arguments instead.
-        threads: The most sync calls (Vault I/O, encryption) run at once for this
-            facade. Coroutines waiting on the same cold name share one.
+        threads: The most sync calls run at once on this facade's thread pool
+            (encryption, logins, proxied Vault requests, reads with an audit hook;
+            plain Vault reads run on the event loop and need none).
         **settings: ``KeyManager``'s arguments, when no ``manager`` is given.
 
     Example:
@@ -247,9 +249,9 @@ class AsyncKeyManager:
     ) -> Any:
         """Awaitable :meth:`KeyManager.get_secret`: the same lookup chain, errors and
         audit events. A fresh cache hit that needs nothing else is answered on the event
-        loop; anything more (a miss, a fallback, an audit hook to call) runs off it, and
-        a miss joins the read in flight for that name, whether a coroutine or a thread
-        started it."""
+        loop, and so is a Vault read (module docstring); what may block (a login, a
+        proxy, an audit hook to call) runs off it. A miss joins the read in flight for
+        that name, whether a coroutine or a thread started it."""
         value = self._cached(secret_name, default, version, _HIT_MARGIN)
         if value is not MISS:
             return value
