@@ -546,3 +546,26 @@ def test_waiting_for_a_connection_counts_against_the_deadline(
     outcomes = on_the_loop(manager, "a", "b", "c")
     assert all(isinstance(o, VaultUnavailableError) for o in outcomes), outcomes
     assert time.monotonic() - started < 0.5 + 0.4  # each read within its own budget
+
+
+def test_a_proxied_vault_is_read_on_a_thread_through_the_proxy(
+    bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The async wire speaks to Vault directly only: through HTTP_PROXY a read takes the
+    sync wire on a pool thread (the proxy's protocol is urllib3's to speak)."""
+    bao_server.bao("kv", "put", "-mount=secret", f"{vault_path}/p", "value=proxied")
+    with FaultProxy(bao_server.address) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.origin)
+        monkeypatch.setenv("NO_PROXY", "")
+        with pytest.warns(SecurityWarning, match="plain http"):
+            manager = manager_via("http://vault.invalid:8200", bao_server.root_token, vault_path)
+
+        async def main() -> object:
+            async with AsyncKeyManager(manager) as akm:
+                value = await akm.get_secret("p")
+                assert akm._offload._pool is not None  # it did take a thread
+                return value
+
+        with pytest.warns(SecurityWarning, match="through the proxy"):
+            assert asyncio.run(main()) == "proxied"
+        assert len(proxy.hits_for(f"/{vault_path}/p")) == 1

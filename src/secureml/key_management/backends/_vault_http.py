@@ -239,8 +239,10 @@ def send(
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     if _bridge.active():  # on an event loop: its own wire, or a thread through a proxy
         if isinstance(route, _Proxied):
-            proxied = functools.partial(_answer_through_proxy, timeout=timeout, deadline=deadline)
-            return _bridge.blocking(proxied, route, method, url, headers, body)
+            on_thread = functools.partial(
+                _sent_here, headers=headers, body=body, timeout=timeout, deadline=deadline
+            )
+            return _bridge.blocking(on_thread, route, method, url, target)
         request = _request_bytes(method, parts, target, headers, body)
         status, found, content, reason = exchange_on_loop(
             pools.wire(),
@@ -252,6 +254,23 @@ def send(
             deadline=deadline,
         )
         return Answer(status, found, content, url, reason)
+    return _sent_here(
+        route, method, url, target, headers=headers, body=body, timeout=timeout, deadline=deadline
+    )
+
+
+def _sent_here(
+    route: Any,
+    method: str,
+    url: str,
+    target: str,
+    *,
+    headers: dict[str, str],
+    body: bytes | None,
+    timeout: float,
+    deadline: float,
+) -> requests.Response:
+    """:func:`send` on this thread's blocking sockets (directly, or through a proxy)."""
     # The watchdog bounds what socket timeouts cannot: an answer dripped byte by byte.
     try:
         with deadline_for_this_thread(deadline):
@@ -265,27 +284,6 @@ def send(
                 )
     except Cut:
         # Whatever came back (a cut can look like an empty 200) is not an answer.
-        raise DeadlinePassedError("the call's deadline passed while the answer arrived") from None
-    return Answer(status, found, content, url, reason)
-
-
-def _answer_through_proxy(
-    route: _Proxied,
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    body: bytes | None,
-    *,
-    timeout: float,
-    deadline: float,
-) -> requests.Response:
-    """:func:`send`'s proxied route, whole (on a pool thread, for a bridged caller)."""
-    try:
-        with deadline_for_this_thread(deadline):
-            status, found, content, reason = _through_proxy(
-                route, method, url, headers, body, timeout=timeout, deadline=deadline
-            )
-    except Cut:
         raise DeadlinePassedError("the call's deadline passed while the answer arrived") from None
     return Answer(status, found, content, url, reason)
 
