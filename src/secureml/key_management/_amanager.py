@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 
 from . import _bridge
 from ._boundary import scrub
+from ._bridge import Outcome
 from ._encoding import Encoding
 from ._manager import KeyManager
 from ._materials import DEFAULT_KEY
@@ -51,6 +52,9 @@ __all__ = ["AsyncKeyManager", "AsyncTransitKeys"]
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
+
+#: Each loop's reads in flight, by (name, version): a bridged read's outcome, or a pool job.
+_Flights = dict[tuple[str, "int | None"], "asyncio.Future[Any] | Outcome"]
 
 #: Threads an AsyncKeyManager runs sync calls on at most (Vault reads, encryption).
 DEFAULT_THREADS = 32
@@ -211,9 +215,9 @@ class AsyncKeyManager:
         self._cached = self._sync._secrets.cached
         self._offload = _Offload(threads)
         # Coroutines of one loop waiting on the same cold read share its pool job.
-        self._flights: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[tuple[str, int | None], asyncio.Future[Any]]
-        ] = weakref.WeakKeyDictionary()
+        self._flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flights] = (
+            weakref.WeakKeyDictionary()
+        )
         self._transit: AsyncTransitKeys | None = None
         # Vault's reads run on the loop itself (its wire is asyncio's); another primary
         # may block, and an audit hook is the user's code: those run on the pool.
@@ -278,8 +282,10 @@ class AsyncKeyManager:
             else:
                 flight = self._read_on_pool(loop, flights, key)
                 flight.add_done_callback(_retrieved)
+        # Each waiter on a future of its own: a cancelled one cancels nothing else.
+        waiting = flight.waiter() if isinstance(flight, Outcome) else asyncio.shield(flight)
         try:
-            value = await asyncio.shield(flight)
+            value = await waiting
         except Exception as exc:
             # Each waiter its own copy: one exception raised in many tasks would grow
             # one traceback across all of them.
@@ -288,36 +294,25 @@ class AsyncKeyManager:
         return copy.deepcopy(value) if type(value) is dict else value
 
     def _read_on_loop(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        flights: dict[tuple[str, int | None], asyncio.Future[Any]],
-        key: tuple[str, int | None],
-    ) -> asyncio.Future[Any]:
-        """The sync read, bridged onto the loop (:mod:`._bridge`), started now: its
-        waiters shield it, so a cancelled one never cancels it."""
+        self, loop: asyncio.AbstractEventLoop, flights: _Flights, key: tuple[str, int | None]
+    ) -> Outcome:
+        """The sync read, bridged onto the loop (:mod:`._bridge`), started now."""
         name, version = key
         flight = _bridge.start(
             self._offload.pool, self._sync.get_secret, name, None, version=version
         )
-        if flight.done():  # served without waiting (a fallback, or an error)
-            _retrieved(flight)
-            return flight
-        flights[key] = flight
+        if not flight.done():  # else served without waiting (a fallback, or an error)
+            flights[key] = flight
 
-        def done(_: asyncio.Future[Any]) -> None:
-            if flights.get(key) is flight:
-                flights.pop(key, None)
-            _retrieved(flight)
+            def dropped() -> None:
+                if flights.get(key) is flight:
+                    flights.pop(key, None)
 
-        # Added before any waiter's: the flight is gone before one wakes to its answer.
-        flight.add_done_callback(done)
+            flight.on_done = dropped  # before any waiter hears: a later call reads anew
         return flight
 
     def _read_on_pool(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        flights: dict[tuple[str, int | None], asyncio.Future[Any]],
-        key: tuple[str, int | None],
+        self, loop: asyncio.AbstractEventLoop, flights: _Flights, key: tuple[str, int | None]
     ) -> asyncio.Future[Any]:
         """The sync read as a pool job (a backend that may block: not Vault's)."""
         name, version = key

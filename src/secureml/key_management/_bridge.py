@@ -35,7 +35,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from .errors import VaultUnavailableError
 
@@ -54,6 +54,8 @@ else:
 
 __all__ = [
     "AVAILABLE",
+    "Outcome",
+    "Signal",
     "active",
     "blocking",
     "done_within",
@@ -144,23 +146,118 @@ def active() -> bool:
     return isinstance(getcurrent(), _Bridged)
 
 
+class Signal:
+    """A one-shot answer a bridged call can :func:`wait` on without a future: whoever
+    has the answer (a protocol's ``data_received``, a timer) resumes the call right
+    there, a loop turn sooner than a future's callbacks would."""
+
+    __slots__ = ("_failure", "_fired", "_listener", "_value")
+
+    def __init__(self) -> None:
+        self._listener: Callable[[Any, BaseException | None], None] | None = None
+        self._fired = False
+        self._value: Any = None
+        self._failure: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._fired
+
+    def set_result(self, value: Any) -> None:
+        self._fire(value, None)
+
+    def set_exception(self, failure: BaseException) -> None:
+        self._fire(None, failure)
+
+    def _fire(self, value: Any, failure: BaseException | None) -> None:
+        if self._fired:
+            return
+        if type(getcurrent()) is _Bridged:  # a call may only be resumed from the loop
+            asyncio.get_running_loop().call_soon(self._fire, value, failure)
+            return
+        self._fired = True
+        listener, self._listener = self._listener, None
+        if listener is None:
+            self._value, self._failure = value, failure  # for the listener to come
+        else:
+            listener(value, failure)
+
+    def listen(self, listener: Callable[[Any, BaseException | None], None]) -> None:
+        """Call ``listener(value, failure)`` once the answer is in (now, if it is)."""
+        if self._fired:
+            value, failure, self._value, self._failure = self._value, self._failure, None, None
+            listener(value, failure)
+        else:
+            self._listener = listener
+
+
+class Outcome:
+    """A bridged call's outcome, awaited by any number of coroutines, each on a future
+    of its own: a cancelled waiter cancels only itself, never the call or the others
+    (which ``asyncio.shield`` would give too, a loop turn and a future later)."""
+
+    __slots__ = ("_failure", "_fired", "_loop", "_value", "_waiters", "on_done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiters: list[asyncio.Future[Any]] = []
+        self._fired = False
+        self._value: Any = None
+        self._failure: BaseException | None = None
+        #: Called once, when the outcome is in, before any waiter hears of it.
+        self.on_done: Callable[[], None] | None = None
+
+    def done(self) -> bool:
+        return self._fired
+
+    def waiter(self) -> asyncio.Future[Any]:
+        """A future of the caller's own, resolved with the outcome."""
+        future = self._loop.create_future()
+        if self._fired:
+            self._resolve(future)
+        else:
+            self._waiters.append(future)
+        return future
+
+    def set_result(self, value: Any) -> None:
+        self._fire(value, None)
+
+    def set_exception(self, failure: BaseException) -> None:
+        self._fire(None, failure)
+
+    def _fire(self, value: Any, failure: BaseException | None) -> None:
+        if self._fired:
+            return
+        self._fired, self._value, self._failure = True, value, failure
+        on_done, self.on_done = self.on_done, None
+        if on_done is not None:
+            on_done()
+        waiters, self._waiters = self._waiters, []
+        for future in waiters:
+            self._resolve(future)
+        self._value = self._failure = None  # held by the waiters now, not here
+
+    def _resolve(self, future: asyncio.Future[Any]) -> None:
+        if future.done():  # its caller was cancelled
+            return
+        if self._failure is not None:
+            future.set_exception(self._failure)
+        else:
+            future.set_result(self._value)
+
+
 def start(
     executor: Callable[[], concurrent.futures.Executor],
-    call: Callable[..., _T],
+    call: Callable[..., Any],
     *args: Any,
     **kwargs: Any,
-) -> asyncio.Future[_T]:
+) -> Outcome:
     """``call(*args, **kwargs)`` in a worker greenlet on the running event loop,
-    started now; the future is its outcome. What it hands to :func:`wait` is awaited
-    by callbacks, not a task (a read costs a few loop turns, not a task's);
-    ``executor()`` (called only then) runs what it hands to :func:`blocking`.
-
-    Nobody should await the future itself: a cancelled awaiter would cancel it, and the
-    outcome is others' too. Await ``asyncio.shield`` of it. If the future is cancelled
-    anyway, the call gets ``CancelledError`` where it waits next.
+    started now. What it hands to :func:`wait` is awaited by callbacks, not a task (a
+    read costs a few loop turns, not a task's); ``executor()`` (called only then) runs
+    what it hands to :func:`blocking`. Await ``outcome.waiter()`` for its result.
     """
     loop = asyncio.get_running_loop()
-    outcome: asyncio.Future[_T] = loop.create_future()
+    outcome = Outcome(loop)
     runner = _workers.take()
     runner.executor = executor
     drive = _Drive(loop, runner, outcome)
@@ -177,9 +274,7 @@ class _Drive:
 
     __slots__ = ("__weakref__", "ended", "finished", "loop", "outcome", "runner")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, runner: _Bridged, outcome: asyncio.Future[Any]
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, runner: _Bridged, outcome: Outcome) -> None:
         self.loop = loop
         self.runner = runner
         self.outcome = outcome
@@ -195,7 +290,10 @@ class _Drive:
                 asked.close()  # a coroutine never to be run
             kind, asked = self.runner.throw(type(self.ended)(*self.ended.args))
         if kind == _WAITING:
-            asyncio.ensure_future(asked, loop=self.loop).add_done_callback(self.resumed)
+            if type(asked) is Signal:
+                asked.listen(self.answered)
+            else:
+                asyncio.ensure_future(asked, loop=self.loop).add_done_callback(self.resumed)
             return
         runner, outcome = self.runner, self.outcome
         result = runner.taken()
@@ -204,25 +302,32 @@ class _Drive:
         _workers.put(runner)
         _state_of(self.loop).drives.discard(self)
         if kind == _RETURNED:
-            if not outcome.done():
-                outcome.set_result(result)
+            outcome.set_result(result)
         else:
             _settle(outcome, result)
 
+    def answered(self, value: Any, failure: BaseException | None) -> None:
+        """A :class:`Signal` it waited on fired."""
+        if self.ended is not None:
+            return  # already resumed by end(): nobody wants this
+        if failure is not None:
+            self.went(self.runner.throw(failure))
+        else:
+            self.went(self.runner.switch(value))
+
     def resumed(self, done: asyncio.Future[Any]) -> None:
+        """A future it waited on finished."""
         if self.ended is not None:  # already resumed by end(): nobody wants this
             if not done.cancelled():
                 done.exception()  # taken, so asyncio does not log it as lost
             return
-        runner = self.runner
-        if done.cancelled() or self.outcome.cancelled():
-            # Not the caller's cancellation (waiters shield the outcome): the thing
-            # it waited on was (a pool job of a closed facade). An outage, not a cancel.
-            self.went(runner.throw(_ended("was cut off while it waited")))
-        elif (failure := done.exception()) is not None:
-            self.went(runner.throw(failure))
+        if done.cancelled():
+            # Not a caller's cancellation (callers wait on futures of their own): the
+            # thing it waited on was (a pool job of a closed facade). An outage.
+            self.answered(None, _ended("was cut off while it waited"))
         else:
-            self.went(runner.switch(done.result()))
+            failure = done.exception()
+            self.answered(None if failure is not None else done.result(), failure)
 
     def end(self) -> None:
         """The loop is shutting down: resume the call with an outage, now."""
@@ -301,18 +406,22 @@ def forget_loop_local(owner: object) -> None:
         found[1](found[0])
 
 
-def _settle(outcome: asyncio.Future[Any], failure: BaseException) -> None:
+def _settle(outcome: Outcome, failure: BaseException) -> None:
     """End ``outcome`` with ``failure``; KeyboardInterrupt and SystemExit go on up."""
-    if not outcome.done():
-        if isinstance(failure, asyncio.CancelledError):
-            outcome.cancel()
-        else:
-            outcome.set_exception(failure)
+    if isinstance(failure, asyncio.CancelledError):  # never a waiter's own: an outage
+        failure = _ended("was cancelled")
+    outcome.set_exception(failure)
     if isinstance(failure, (KeyboardInterrupt, SystemExit)):
         raise failure
 
 
-def wait(awaitable: Awaitable[_T]) -> _T:
+@overload
+def wait(awaitable: Awaitable[_T]) -> _T: ...
+@overload
+def wait(awaitable: Signal) -> Any: ...
+
+
+def wait(awaitable: Awaitable[_T] | Signal) -> Any:
     """The result of ``awaitable``, awaited by the event loop this greenlet runs for.
 
     Raises:
@@ -321,8 +430,7 @@ def wait(awaitable: Awaitable[_T]) -> _T:
     current = getcurrent()
     if not isinstance(current, _Bridged):
         raise RuntimeError("secureml: wait() outside an async manager's read")
-    result: _T = current.parent.switch((_WAITING, awaitable))
-    return result
+    return current.parent.switch((_WAITING, awaitable))
 
 
 def blocking(call: Callable[..., _T], *args: Any) -> _T:

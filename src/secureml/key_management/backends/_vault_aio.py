@@ -33,20 +33,26 @@ from urllib.parse import SplitResult
 import urllib3
 from urllib3.util.ssl_ import create_urllib3_context
 
-from .._bridge import wait
+from .._bridge import Signal, wait
 from ._deadline import DeadlinePassedError, note_new_connection
 
 __all__ = ["Wire", "exchange"]
 
-#: Connections open at most per origin and event loop (aiohttp's default too);
-#: callers beyond wait for one to come free rather than open and drop their own.
-CONNECTIONS_PER_ORIGIN = 100
+#: Connections open at most per origin and event loop; callers beyond wait for one to
+#: come free rather than open and drop their own. Above aiohttp's 100 (Go's client,
+#: Vault's own, sets no limit at all): a service with a few hundred reads in flight
+#: should not queue behind its own pool. Idle ones stay until Vault closes them
+#: (its idle timeout) or the loop ends.
+CONNECTIONS_PER_ORIGIN = 256
 #: The most a status line and headers may take; Vault's are a few hundred bytes.
 MAX_HEAD_BYTES = 64 * 1024
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-9][0-9]{2})(?: ([^\r\n]*))?")
 _HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,8})(?:;[^\r\n]*)?")
 _DIGITS = re.compile(r"[0-9]{1,15}")
+#: How often exchanges in flight are checked against their timeouts: a timeout fires
+#: at most this much late.
+SWEEP_SECONDS = 0.02
 #: The most an answer's body may be: Vault's KV answers are kilobytes; a peer that
 #: sends without end must not fill memory (the sync wire keeps the same bound).
 MAX_ANSWER_BYTES = 32 * 1024 * 1024
@@ -140,7 +146,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._waiter: asyncio.Future[_Answer] | None = None
+        self._waiter: Signal | None = None
         self._answer: _Answer | None = None
         self._length: int | None = None  # body bytes expected; None: chunked or to close
         self._chunked = False
@@ -183,15 +189,14 @@ class _Connection(asyncio.Protocol):
             and not self._buffer
         )
 
-    def send(
-        self, request: bytes, loop: asyncio.AbstractEventLoop, *, head_only: bool
-    ) -> asyncio.Future[_Answer]:
-        """Write ``request``; the future is the whole answer (``head_only``: a HEAD)."""
+    def send(self, request: bytes, *, head_only: bool) -> Signal:
+        """Write ``request``; the signal fires with the whole answer (``head_only``: a
+        HEAD's), from ``data_received``: the read waiting on it resumes right there."""
         assert self.transport is not None  # noqa: S101 - connected before use
         self._answer, self._length, self._chunked = None, None, False
         self._body, self._trailers = bytearray(), False
         self._no_body = head_only
-        waiter = self._waiter = loop.create_future()
+        waiter = self._waiter = Signal()
         self.transport.write(request)
         self._advance()
         return waiter
@@ -368,6 +373,9 @@ class Wire:
     def __init__(self, options: dict[str, Any]) -> None:
         self._origins: dict[str, _Origin] = {}
         self._closed = False
+        # Exchanges in flight: when each one's head, and its whole answer, are due.
+        self._due: dict[_Connection, tuple[float, float, Signal]] = {}
+        self._sweeping = False
         self._tls = _tls_context(options) if "cert_reqs" in options else None
 
     def idle(self, origin: str) -> _Connection | None:
@@ -481,6 +489,32 @@ class Wire:
         conn.close()
         self._freed(self._origins[origin])
 
+    def watch(self, conn: _Connection, waiter: Signal, head_by: float, deadline: float) -> None:
+        """End ``conn``'s exchange with a timeout if its head is not in by ``head_by``,
+        or its answer by ``deadline`` (``time.monotonic()`` seconds; at most
+        :data:`SWEEP_SECONDS` late)."""
+        self._due[conn] = (head_by, deadline, waiter)
+        if not self._sweeping:
+            self._sweeping = True
+            asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
+
+    def unwatch(self, conn: _Connection) -> None:
+        self._due.pop(conn, None)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for conn, (head_by, deadline, waiter) in list(self._due.items()):
+            if waiter.done():
+                continue
+            if now >= deadline and conn.head_done:
+                waiter.set_exception(_ExpiredError(mid_answer=True))
+            elif now >= head_by and not conn.head_done:
+                waiter.set_exception(_ExpiredError(mid_answer=False))
+        if self._due:
+            asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
+        else:
+            self._sweeping = False
+
     def close(self) -> None:
         """Close every idle connection (those out close when their exchange ends)."""
         self._closed = True
@@ -518,7 +552,6 @@ def exchange(
     Raises what :func:`._vault_http.send` does, the urllib3 exception types the sync
     wire raises for the same failures.
     """
-    loop = asyncio.get_running_loop()
     conn = wire.idle(origin)
     new = conn is None
     if conn is None:
@@ -528,12 +561,12 @@ def exchange(
             note_new_connection(True)  # other reads ran meanwhile: say it again
             raise
     ok = False
-    waiter = conn.send(request, loop, head_only=head_only)
-    # One timer: the head within ``timeout``, then the rest within the deadline.
-    head_by = loop.time() + _within(timeout, deadline)
-    timer = loop.call_at(head_by, _expire, conn, waiter, deadline)
+    waiter = conn.send(request, head_only=head_only)
+    # The head within ``timeout``, then the rest within the deadline (swept, not timed:
+    # a timer per request costs as much as parsing its answer).
+    wire.watch(conn, waiter, time.monotonic() + _within(timeout, deadline), deadline)
     try:
-        answer = wait(waiter)
+        answer: _Answer = wait(waiter)
         ok = answer.reusable
     except BaseException as exc:
         note_new_connection(new)  # read by the transport as the failure reaches it
@@ -549,7 +582,7 @@ def exchange(
             f"Read timed out. (read timeout={timeout})",
         ) from None
     finally:
-        timer.cancel()
+        wire.unwatch(conn)
         if ok:
             wire.put(origin, conn)
         else:
@@ -576,21 +609,6 @@ class _ExpiredError(Exception):
     def __init__(self, mid_answer: bool) -> None:
         super().__init__("expired")
         self.mid_answer = mid_answer
-
-
-def _expire(conn: _Connection, waiter: asyncio.Future[_Answer], deadline: float) -> None:
-    """The head is late (a read timeout), or the body outlived the deadline."""
-    if waiter.done():
-        return
-    if conn.head_done:
-        left = deadline - time.monotonic()
-        if left > 0:  # the head came in time: the body has until the deadline
-            loop = asyncio.get_running_loop()
-            loop.call_at(loop.time() + left, _expire, conn, waiter, deadline)
-            return
-        waiter.set_exception(_ExpiredError(mid_answer=True))
-    else:
-        waiter.set_exception(_ExpiredError(mid_answer=False))
 
 
 def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:

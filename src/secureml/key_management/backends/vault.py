@@ -260,6 +260,7 @@ class VaultBackend:
         self._addresses = AddressBook(settings.urls)
         self._consistency = Consistency()
         self._pool: Pools | None = None
+        self._session_stub: Any = None  # made with the pool
         self._pool_lock = threading.Lock()
         self._spare: list[hvac.Client] = []  # bridged reads' clients, between reads
         self._budget: float | None = None
@@ -273,6 +274,7 @@ class VaultBackend:
         session and the detected KV version are kept: they are as true here."""
         self._local = threading.local()
         self._pool = None
+        self._session_stub = None
         self._pool_lock = threading.Lock()
         self._spare = []
         self._detect_lock = threading.Lock()
@@ -817,6 +819,7 @@ class VaultBackend:
     def _new_client(self) -> hvac.Client:
         try:
             import hvac
+            import requests
 
             from ._vault_transport import PolicyAdapter
         except ImportError:  # pragma: no cover - the manager checks this up front
@@ -831,7 +834,15 @@ class VaultBackend:
         with self._pool_lock:
             if self._pool is None:  # one connection pool for every thread's client
                 self._pool = make_pool(s.url, verify=verify, cert=cert)
+                # hvac gives each client a requests.Session of its own (some 80 objects
+                # for the collector to walk, per thread and per async read in flight)
+                # that secureml's adapter never sends through: they share one, set up
+                # as hvac would set up its own.
+                self._session_stub = requests.Session()
+                self._session_stub.verify, self._session_stub.cert = verify, cert
+                self._session_stub.proxies = {}
         return hvac.Client(
+            session=self._session_stub,
             url=s.url,
             token="",  # never hvac's own VAULT_TOKEN / ~/.vault-token lookup
             namespace=s.namespace,
