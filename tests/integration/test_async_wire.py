@@ -569,3 +569,118 @@ def test_a_proxied_vault_is_read_on_a_thread_through_the_proxy(
         with pytest.warns(SecurityWarning, match="through the proxy"):
             assert asyncio.run(main()) == "proxied"
         assert len(proxy.hits_for(f"/{vault_path}/p")) == 1
+
+
+# -- found by the second review ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "error"),
+    [("", None, ValueError), ("../x", None, ValueError), ("x", -1, ValueError)],
+)
+def test_a_read_that_fails_before_it_waits_raises_and_never_returns_none(
+    bao_server: DevServer, name: str, version: int | None, error: type[Exception]
+) -> None:
+    manager = manager_via(bao_server.address, bao_server.root_token)
+
+    async def main() -> None:
+        async with AsyncKeyManager(manager) as akm:
+            with pytest.raises(error):
+                await akm.get_secret(name, version=version)
+
+    asyncio.run(main())
+
+
+def test_a_read_served_before_it_waits_returns_its_value(
+    monkeypatch: pytest.MonkeyPatch, black_hole: str
+) -> None:
+    monkeypatch.setenv("SECUREML_LOCAL", "from-env")  # Vault's 404 is no wait: env answers
+    with RawServer(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}") as server:
+        manager = manager_via(server.origin, "s.t", retries=0, use_env_fallback=True)
+        assert on_the_loop(manager, *["local"] * 5) == ["from-env"] * 5
+
+
+class TwoAnswers(RawServer):
+    """Answers the first request, then sends a second, unasked answer a moment later
+    (a confused proxy, or a hostile peer), and answers later requests properly."""
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(3)
+            try:
+                while request := conn.recv(65536):
+                    self.requests += 1
+                    name = request.split(b" ")[1].rsplit(b"/", 1)[-1]
+                    conn.sendall(_ok(b'{"data": {"data": {"value": "%s"}}}' % name))
+                    if self.requests == 1:
+                        time.sleep(0.05)
+                        conn.sendall(_ok(b'{"data": {"data": {"value": "INJECTED"}}}'))
+            except OSError:
+                pass
+
+
+def test_bytes_sent_after_an_answer_are_never_the_next_answer() -> None:
+    with TwoAnswers(b"") as server:
+        manager = manager_via(server.origin, "s.t", retries=0)
+
+        async def main() -> list[object]:
+            async with AsyncKeyManager(manager) as akm:
+                first = await akm.get_secret("a")
+                time.sleep(0.2)  # the loop is busy while the stray answer arrives
+                return [first, await akm.get_secret("b"), await akm.get_secret("c")]
+
+        assert asyncio.run(main()) == ["a", "b", "c"]
+
+
+def test_user_code_that_cancels_or_drains_all_tasks_is_unaffected(
+    bao_server: DevServer, vault_path: str
+) -> None:
+    manager = manager_via(bao_server.address, bao_server.root_token, vault_path)
+    manager.set_secret("t", "tv")
+
+    async def main() -> None:
+        async with AsyncKeyManager(manager) as akm:
+            assert await akm.get_secret("t") == "tv"
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            assert not others  # the bridge runs no task of its own
+            for task in others:
+                task.cancel()
+            assert await akm.get_secret("t") == "tv"
+
+    asyncio.run(main())
+
+
+def test_reads_in_cleanup_code_at_shutdown_still_work(
+    bao_server: DevServer, vault_path: str
+) -> None:
+    """asyncio.run cancels what is left; the tasks' ``finally`` reads run before the
+    bridge ends anything (it ends at shutdown_asyncgens, after them)."""
+    manager = manager_via(bao_server.address, bao_server.root_token, vault_path)
+    manager.set_secret("c", "cv")
+    seen: list[object] = []
+    akm = AsyncKeyManager(manager)
+
+    async def worker() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            seen.append(await akm.get_secret("c"))
+
+    async def main() -> None:
+        for _ in range(10):
+            asyncio.ensure_future(worker())  # noqa: RUF006 - left for asyncio.run to cancel
+        await asyncio.sleep(0.05)
+
+    before = _open_fds()
+    asyncio.run(main())
+    assert seen == ["cv"] * 10
+    gc.collect()
+    assert _open_fds() - before < 3

@@ -29,7 +29,7 @@ import inspect
 import os
 import threading
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from . import _bridge
@@ -43,6 +43,7 @@ from ._secrets import MISS
 from ._status import KeyManagerStats
 from ._transit import TransitKeys
 from .backends.base import SecretValue
+from .errors import VaultUnavailableError
 
 if TYPE_CHECKING:
     from ._spec import KeyManagerSpec
@@ -222,6 +223,8 @@ class AsyncKeyManager:
         # Vault's reads run on the loop itself (its wire is asyncio's); another primary
         # may block, and an audit hook is the user's code: those run on the pool.
         core = self._core
+        if core.vault is not None:
+            core.vault.prepare()  # its imports, here rather than in a first read on the loop
         self._on_loop = (
             _bridge.AVAILABLE
             and core.vault is not None
@@ -274,6 +277,7 @@ class AsyncKeyManager:
             flights = self._flights.setdefault(loop, {})
         key = (name, version)
         flight = flights.get(key)
+        joined = flight is not None and not flight.done()
         # A finished flight is one the pool thread has not dropped yet: never joined
         # (its answer is the past; a call now is a read, or a hit, of its own).
         if flight is None or flight.done():
@@ -285,13 +289,36 @@ class AsyncKeyManager:
         # Each waiter on a future of its own: a cancelled one cancels nothing else.
         waiting = flight.waiter() if isinstance(flight, Outcome) else asyncio.shield(flight)
         try:
-            value = await waiting
+            if joined:  # another's read: waited for no longer than a call may take
+                value = await self._joined(waiting, flights, key, flight)
+            else:
+                value = await waiting
         except Exception as exc:
             # Each waiter its own copy: one exception raised in many tasks would grow
             # one traceback across all of them.
             scrub(exc)
             raise copy.copy(exc) from None
         return copy.deepcopy(value) if type(value) is dict else value
+
+    async def _joined(
+        self,
+        waiting: Awaitable[Any],
+        flights: _Flights,
+        key: tuple[str, int | None],
+        flight: asyncio.Future[Any] | Outcome,
+    ) -> Any:
+        """``waiting``'s value, within one call's budget. Past it, the read is presumed
+        lost (its loop was interrupted mid-step) and dropped: the next caller reads."""
+        budget = self._core.vault.call_budget() if self._core.vault is not None else None
+        try:
+            return await asyncio.wait_for(waiting, budget)
+        except asyncio.TimeoutError:
+            if flights.get(key) is flight:
+                flights.pop(key, None)
+            where = self._core.primary.locate(key[0]) if self._core.primary else key[0]
+        raise VaultUnavailableError(
+            f"gave up waiting for another caller's read of {where} within this call's deadline"
+        )
 
     def _read_on_loop(
         self, loop: asyncio.AbstractEventLoop, flights: _Flights, key: tuple[str, int | None]

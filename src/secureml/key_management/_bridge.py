@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar, overload
 
 from .errors import VaultUnavailableError
@@ -54,6 +56,7 @@ else:
 
 __all__ = [
     "AVAILABLE",
+    "LoopEndedError",
     "Outcome",
     "Signal",
     "active",
@@ -98,7 +101,11 @@ class _Bridged(greenlet):  # type: ignore[misc]
             except GreenletExit:
                 raise  # the greenlet itself is being ended (its thread is gone)
             except BaseException as exc:  # the call's outcome, handed to the loop
-                self.outcome = exc
+                # Without this frame: it lives on, serving later calls, and a traceback
+                # holding it would show (and keep) their locals, a token among them.
+                self.outcome = exc.with_traceback(
+                    exc.__traceback__.tb_next if exc.__traceback__ else None
+                )
                 said = _RAISED
             del call, args, kwargs  # an idle worker keeps no argument alive
             self.give_back()
@@ -234,7 +241,6 @@ class Outcome:
         waiters, self._waiters = self._waiters, []
         for future in waiters:
             self._resolve(future)
-        self._value = self._failure = None  # held by the waiters now, not here
 
     def _resolve(self, future: asyncio.Future[Any]) -> None:
         if future.done():  # its caller was cancelled
@@ -299,12 +305,14 @@ class _Drive:
         result = runner.taken()
         runner.executor = None
         self.finished = True
-        _workers.put(runner)
         _state_of(self.loop).drives.discard(self)
-        if kind == _RETURNED:
-            outcome.set_result(result)
-        else:
-            _settle(outcome, result)
+        try:  # settled first: an interrupt from here on cannot leave it pending
+            if kind == _RETURNED:
+                outcome.set_result(result)
+            else:
+                _settle(outcome, result)
+        finally:
+            _workers.put(runner)
 
     def answered(self, value: Any, failure: BaseException | None) -> None:
         """A :class:`Signal` it waited on fired."""
@@ -336,8 +344,13 @@ class _Drive:
             self.went(self.runner.throw(type(self.ended)(*self.ended.args)))
 
 
+class LoopEndedError(VaultUnavailableError):
+    """A call made on an event loop was ended with it: an outage to its caller; to a
+    thread that shared its read, a reason to read again itself."""
+
+
 def _ended(what: str) -> VaultUnavailableError:
-    return VaultUnavailableError(f"a Vault call made on an event loop {what}; call again")
+    return LoopEndedError(f"a Vault call made on an event loop {what}; call again")
 
 
 class _LoopState:
@@ -349,13 +362,16 @@ class _LoopState:
         self.values: weakref.WeakKeyDictionary[object, tuple[Any, Callable[[Any], None]]] = (
             weakref.WeakKeyDictionary()
         )
-        # Cancelled when asyncio.run (or anyone) cancels what is left at shutdown.
-        self.watch = loop.create_task(self._until_shutdown())
-        self.watch._log_destroy_pending = False  # type: ignore[attr-defined]  # closed loops
+        self.watch = self._until_shutdown()
+        _park(self.watch, loop)
 
-    async def _until_shutdown(self) -> None:
+    async def _until_shutdown(self) -> AsyncGenerator[None, None]:
+        """Parked at its ``yield`` for the loop's life; closed by the loop's
+        ``shutdown_asyncgens()``, the last step of ``asyncio.run`` (after the tasks it
+        cancelled have finished, their cleanup reads included). Not a task: code that
+        cancels or waits for "all tasks" never sees it."""
         try:
-            await asyncio.get_running_loop().create_future()
+            yield
         finally:
             self.shut_down()
 
@@ -367,6 +383,26 @@ class _LoopState:
             close(value)
 
 
+def _park(watch: AsyncGenerator[None, None], loop: asyncio.AbstractEventLoop) -> None:
+    """Run ``watch`` to its first ``yield``, registered with ``loop`` as its async
+    generators are, so ``shutdown_asyncgens`` closes it. Collected with a loop that was
+    closed without shutting down, it is left alone (the loop's own finalizer would
+    raise on the closed loop)."""
+    hooks = sys.get_asyncgen_hooks()
+    loop_finalizer = hooks.finalizer
+
+    def finalizer(generator: AsyncGenerator[Any, Any]) -> None:
+        if loop_finalizer is not None and not loop.is_closed():
+            loop_finalizer(generator)
+
+    sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=finalizer)
+    try:
+        with contextlib.suppress(StopIteration):  # what its first yield raises here
+            watch.__anext__().send(None)
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+
+
 _ATTRIBUTE = "_secureml_bridge"
 _fallback: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
     weakref.WeakKeyDictionary()
@@ -375,9 +411,6 @@ _fallback: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
 
 def _state_of(loop: asyncio.AbstractEventLoop) -> _LoopState:
     state: _LoopState | None = getattr(loop, _ATTRIBUTE, None) or _fallback.get(loop)
-    if state is not None and state.watch.done() and not loop.is_closed():
-        state.watch = loop.create_task(state._until_shutdown())  # someone cancelled it
-        state.watch._log_destroy_pending = False  # type: ignore[attr-defined]
     if state is None:
         state = _LoopState(loop)
         try:
@@ -458,8 +491,15 @@ def done_within(future: concurrent.futures.Future[Any], timeout: float | None) -
         done, _ = concurrent.futures.wait([future], timeout=timeout)
         return bool(done)
     waiter = asyncio.wrap_future(future, loop=asyncio.get_running_loop())
+    waiter.add_done_callback(_taken)  # the caller reads the original future's outcome
     done, _ = wait(asyncio.wait([waiter], timeout=timeout))
     return bool(done)
+
+
+def _taken(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen (its outcome is read elsewhere)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def lent() -> dict[object, tuple[Any, Callable[[Any], None]]] | None:

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._bridge import done_within
+from ._bridge import LoopEndedError, done_within
 from ._process import reset_after_fork
 
 __all__ = ["ABSENT", "CacheEntry", "CacheKey", "SecretCache", "WaitExpiredError"]
@@ -162,7 +162,7 @@ class SecretCache:
 
     def _shared(self, key: CacheKey, flight: Future[Any], wait: float | None) -> Any:
         """What another caller's load of ``key`` gave, or :data:`_AGAIN` when it was
-        interrupted (KeyboardInterrupt, its greenlet ended): no answer for the others,
+        interrupted (KeyboardInterrupt, its event loop ended): no answer for the others,
         who load it again, one of them leading."""
         if not done_within(flight, wait):  # on an event loop, awaited: never blocked
             with self._lock:  # a leader past every deadline is presumed gone
@@ -172,7 +172,7 @@ class SecretCache:
         failure = flight.exception()
         if failure is None:
             return flight.result()
-        if not isinstance(failure, Exception):
+        if not isinstance(failure, Exception) or isinstance(failure, LoopEndedError):
             return _AGAIN
         # Never the loader's own exception: raised here, it would grow this thread's
         # frames into the traceback the loader's caller sees. A copy chains nothing.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+import select
 import socket
 import ssl
 import time
@@ -189,6 +190,20 @@ class _Connection(asyncio.Protocol):
             and not self._buffer
         )
 
+    @property
+    def reusable_now(self) -> bool:
+        """:attr:`usable`, and nothing is waiting unread on its socket either: bytes a
+        peer sent after an answer, while the loop was busy, would otherwise be taken
+        for the next request's answer (the check urllib3 makes before a reuse)."""
+        if not self.usable:
+            return False
+        assert self.transport is not None  # noqa: S101 - usable says so
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        return not readable
+
     def send(self, request: bytes, *, head_only: bool) -> Signal:
         """Write ``request``; the signal fires with the whole answer (``head_only``: a
         HEAD's), from ``data_received``: the read waiting on it resumes right there."""
@@ -294,6 +309,8 @@ class _Connection(asyncio.Protocol):
             if coding.lower() != "chunked":
                 raise _MalformedAnswerError("a transfer coding other than chunked")
             self._chunked = True
+            if field("content-length") is not None:
+                answer.reusable = False  # both framings: read as chunked, then closed
         elif (length := field("content-length")) is not None:
             # ASCII digits only ("10, 10" and "²" too are refused: never guessed).
             if _DIGITS.fullmatch(length) is None:
@@ -386,7 +403,7 @@ class Wire:
         idle = place.idle
         while idle:
             conn = idle.pop()
-            if conn.usable:
+            if conn.reusable_now:
                 place.out += 1
                 return conn
             conn.close()
@@ -475,6 +492,10 @@ class Wire:
         if not conn.usable or self._closed:
             conn.close()
             self._freed(place)
+            return
+        if place.waiting and not conn.reusable_now:
+            conn.close()
+            self._freed(place)  # a waiter opens a connection of its own instead
             return
         while place.waiting:
             handed = place.waiting.popleft()

@@ -804,6 +804,13 @@ class VaultBackend:
             self._local.client = client
         return client
 
+    def prepare(self) -> None:
+        """Import what requests need (hvac takes ~0.1 s), so no read pays for it on an
+        event loop."""
+        import hvac  # noqa: F401
+
+        from . import _vault_transport  # noqa: F401
+
     def close_loop_connections(self) -> None:
         """Close the running event loop's idle connections (async reads')."""
         if self._pool is not None:
