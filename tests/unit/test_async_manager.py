@@ -251,7 +251,9 @@ def test_an_error_reaches_1000_waiters_as_1000_distinct_unchained_exceptions(
         assert "During handling" not in rendered
     # No waiter's traceback carries another waiter's frames.
     depths = {len(traceback.extract_tb(e.__traceback__)) for e in errors}
-    assert len(depths) == 1, depths  # the same for the first waiter and the thousandth
+    # The first waiter's and a joiner's differ by the joiner's bounded wait (two frames);
+    # the thousandth carries no more than the second.
+    assert max(depths) - min(depths) <= 2, depths
     assert max(depths) < 40, depths  # the read's own frames, not 1,000 waiters' worth
 
 

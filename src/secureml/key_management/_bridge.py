@@ -153,15 +153,12 @@ def active() -> bool:
     return isinstance(getcurrent(), _Bridged)
 
 
-class Signal:
-    """A one-shot answer a bridged call can :func:`wait` on without a future: whoever
-    has the answer (a protocol's ``data_received``, a timer) resumes the call right
-    there, a loop turn sooner than a future's callbacks would."""
+class _OneShot:
+    """An answer given once: a value or a failure (``_fire`` says what happens then)."""
 
-    __slots__ = ("_failure", "_fired", "_listener", "_value")
+    __slots__ = ("_failure", "_fired", "_value")
 
     def __init__(self) -> None:
-        self._listener: Callable[[Any, BaseException | None], None] | None = None
         self._fired = False
         self._value: Any = None
         self._failure: BaseException | None = None
@@ -174,6 +171,21 @@ class Signal:
 
     def set_exception(self, failure: BaseException) -> None:
         self._fire(None, failure)
+
+    def _fire(self, value: Any, failure: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class Signal(_OneShot):
+    """A one-shot answer a bridged call can :func:`wait` on without a future: whoever
+    has the answer (a protocol's ``data_received``, a timer) resumes the call right
+    there, a loop turn sooner than a future's callbacks would."""
+
+    __slots__ = ("_listener",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listener: Callable[[Any, BaseException | None], None] | None = None
 
     def _fire(self, value: Any, failure: BaseException | None) -> None:
         if self._fired:
@@ -197,24 +209,19 @@ class Signal:
             self._listener = listener
 
 
-class Outcome:
+class Outcome(_OneShot):
     """A bridged call's outcome, awaited by any number of coroutines, each on a future
     of its own: a cancelled waiter cancels only itself, never the call or the others
     (which ``asyncio.shield`` would give too, a loop turn and a future later)."""
 
-    __slots__ = ("_failure", "_fired", "_loop", "_value", "_waiters", "on_done")
+    __slots__ = ("_loop", "_waiters", "on_done")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self._loop = loop
         self._waiters: list[asyncio.Future[Any]] = []
-        self._fired = False
-        self._value: Any = None
-        self._failure: BaseException | None = None
         #: Called once, when the outcome is in, before any waiter hears of it.
         self.on_done: Callable[[], None] | None = None
-
-    def done(self) -> bool:
-        return self._fired
 
     def waiter(self) -> asyncio.Future[Any]:
         """A future of the caller's own, resolved with the outcome."""
@@ -224,12 +231,6 @@ class Outcome:
         else:
             self._waiters.append(future)
         return future
-
-    def set_result(self, value: Any) -> None:
-        self._fire(value, None)
-
-    def set_exception(self, failure: BaseException) -> None:
-        self._fire(None, failure)
 
     def _fire(self, value: Any, failure: BaseException | None) -> None:
         if self._fired:
