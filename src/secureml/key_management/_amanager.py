@@ -309,13 +309,12 @@ class AsyncKeyManager:
     ) -> Any:
         """``waiting``'s value, within one call's budget. Past it, the read is presumed
         lost (its loop was interrupted mid-step) and dropped: the next caller reads."""
-        budget = self._core.vault.call_budget() if self._core.vault is not None else None
         try:
-            return await asyncio.wait_for(waiting, budget)
+            return await asyncio.wait_for(waiting, self._core._wait())  # the core's own bound
         except asyncio.TimeoutError:
             if flights.get(key) is flight:
                 flights.pop(key, None)
-            where = self._core.primary.locate(key[0]) if self._core.primary else key[0]
+            where = self._core._locate(key[0])
         raise VaultUnavailableError(
             f"gave up waiting for another caller's read of {where} within this call's deadline"
         )

@@ -64,7 +64,6 @@ __all__ = [
     "done_within",
     "forget_loop_local",
     "greenlet_local",
-    "lent",
     "loop_local",
     "pause",
     "start",
@@ -503,23 +502,15 @@ def _taken(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def lent() -> dict[object, tuple[Any, Callable[[Any], None]]] | None:
-    """The bridged greenlet's own values (:func:`greenlet_local`'s store), or None when
-    not bridged: one call for a hot path to tell both apart."""
-    current = getcurrent()
-    return current.locals if type(current) is _Bridged else None
-
-
-def greenlet_local(owner: object, make: Callable[[], _T], give_back: Callable[[_T], None]) -> _T:
+def greenlet_local(
+    owner: object, make: Callable[[], _T], give_back: Callable[[_T], None]
+) -> _T | None:
     """The bridged greenlet's own ``make()`` for ``owner`` (made on first use, handed
-    to ``give_back`` when the greenlet ends).
-
-    Raises:
-        RuntimeError: Not in a bridged greenlet.
-    """
+    to ``give_back`` when the greenlet's call ends); None when not bridged (one call
+    for a hot path to tell both apart and find the value)."""
     current = getcurrent()
-    if not isinstance(current, _Bridged):
-        raise RuntimeError("secureml: greenlet_local() outside an async manager's read")
+    if type(current) is not _Bridged:
+        return None
     found = current.locals.get(owner)
     if found is None:
         found = current.locals[owner] = (make(), give_back)

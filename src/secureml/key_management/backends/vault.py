@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._boundary import guarded_class
-from .._bridge import blocking, greenlet_local, lent
+from .._bridge import blocking, greenlet_local
 from .._config import INSTALL_HINT, VaultSettings
 from .._process import reset_after_fork
 from .._validate import VALUE_FIELD
@@ -792,12 +792,10 @@ class VaultBackend:
     def _client(self) -> hvac.Client:
         if self._pid != os.getpid():  # forked behind the fork hooks' back
             self.after_fork()
-        own = lent()
-        if own is not None:  # greenlets share the loop's thread: each needs its own client
-            found = own.get(self)
-            if found is not None:
-                return found[0]
-            return greenlet_local(self, self._spare_client, self._spare.append)
+        # Greenlets share the loop's thread: each bridged read needs a client of its own.
+        own = greenlet_local(self, self._spare_client, self._spare.append)
+        if own is not None:
+            return own
         client: hvac.Client | None = getattr(self._local, "client", None)
         if client is None:
             client = self._new_client()
