@@ -7,8 +7,20 @@ from collections.abc import Iterator
 
 import pytest
 
+from secureml._devserver import DevServer
 from tests.support.raft import RaftCluster
 from tests.support.workers import AuditedServer
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[DevServer]:
+    """An OpenBao dev server on TLS (its own CA), holding ``secureml/tls_probe``."""
+    server = DevServer(tls=True).start()
+    try:
+        server.bao("kv", "put", "-mount=secret", "secureml/tls_probe", "value=over-tls")
+        yield server
+    finally:
+        server.stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

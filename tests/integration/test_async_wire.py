@@ -198,16 +198,6 @@ def test_the_env_fallback_answers_through_an_outage(
 # -- TLS -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tls_server() -> Iterator[DevServer]:
-    server = DevServer(tls=True).start()
-    try:
-        server.bao("kv", "put", "-mount=secret", "secureml/tls_probe", "value=over-tls")
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_ca_bundle_verifies_the_server(tls_server: DevServer) -> None:
     manager = manager_via(
         tls_server.address, tls_server.root_token, vault_ca_cert=str(tls_server.ca_cert)
@@ -289,14 +279,17 @@ class RawServer:
                 conn, _ = self._listener.accept()
             except OSError:
                 continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    conn.recv(65536)
-                    self.requests += 1
-                    conn.sendall(self.answer)
-                except OSError:
-                    pass
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2)
+            try:
+                conn.recv(65536)
+                self.requests += 1
+                conn.sendall(self.answer)
+            except OSError:
+                pass
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
@@ -604,13 +597,8 @@ class TwoAnswers(RawServer):
     """Answers the first request, then sends a second, unasked answer a moment later
     (a confused proxy, or a hostile peer), and answers later requests properly."""
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+    def _handle(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
 
     def _talk(self, conn: socket.socket) -> None:
         with conn:

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from secureml._devserver import DevServer
 from secureml.key_management import KeyManager, VaultError, VaultUnavailableError
-
-
-@pytest.fixture(scope="module")
-def tls_server() -> Iterator[DevServer]:
-    server = DevServer(tls=True).start()
-    try:
-        server.bao("kv", "put", "-mount=secret", "secureml/tls_probe", "value=over-tls")
-        yield server
-    finally:
-        server.stop()
 
 
 def test_ca_bundle_verifies_the_server(tls_server: DevServer) -> None:
