@@ -12,7 +12,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from secureml.key_management import (
     SecretNotFoundError,
     VaultUnavailableError,
 )
+from secureml.key_management._bridge import Latch
 from secureml.key_management._cache import ABSENT
 from secureml.key_management._core import Core
 from secureml.key_management._observe import Served
@@ -278,7 +278,7 @@ def test_a_wait_for_another_load_is_bounded() -> None:
     from secureml.key_management._cache import SecretCache, WaitExpiredError
 
     cache = SecretCache(ttl=60, size=8, max_stale=0)
-    cache._loading[("k", None)] = Future()  # a load whose owner will never finish it
+    cache._loading[("k", None)] = Latch()  # a load whose owner will never finish it
     started = time.monotonic()
     with pytest.raises(WaitExpiredError):
         cache.load(("k", None), lambda: "v", wait=0.2)

@@ -56,6 +56,7 @@ else:
 
 __all__ = [
     "AVAILABLE",
+    "Latch",
     "LoopEndedError",
     "Outcome",
     "Signal",
@@ -87,7 +88,12 @@ class _Bridged(greenlet):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__(self._serve)
         self.executor: Callable[[], concurrent.futures.Executor] | None = None
-        self.locals: dict[object, tuple[Any, Callable[[Any], None]]] = {}
+        # What greenlet_local lent the call being run: the first owner's in slots of
+        # its own (a read has one: its backend's client), any other's in a dict.
+        self._owner: object = None
+        self._lent: Any = None
+        self._give_back: Callable[[Any], None] | None = None
+        self._more: dict[object, tuple[Any, Callable[[Any], None]]] | None = None
         self.outcome: Any = None
 
     def _serve(self, job: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> None:
@@ -112,9 +118,37 @@ class _Bridged(greenlet):  # type: ignore[misc]
 
     def give_back(self) -> None:
         """Return what :func:`greenlet_local` lent this greenlet."""
-        lent, self.locals = self.locals, {}
-        for value, give_back in lent.values():
+        if self._give_back is not None:
+            value, give_back = self._lent, self._give_back
+            self._owner = self._lent = self._give_back = None
             give_back(value)
+        if self._more is not None:
+            more, self._more = self._more, None
+            for value, give_back in more.values():
+                give_back(value)
+
+    @property
+    def lending(self) -> bool:
+        """Whether it holds anything :func:`greenlet_local` lent (never between calls)."""
+        return self._give_back is not None or self._more is not None
+
+    def local(self, owner: object, make: Callable[[], _T], give_back: Callable[[_T], None]) -> _T:
+        """:func:`greenlet_local`'s value, in this greenlet."""
+        if self._owner is owner:
+            value: _T = self._lent
+            return value
+        if self._give_back is None:
+            self._lent = made = make()
+            self._owner, self._give_back = owner, give_back
+            return made
+        more = self._more
+        if more is None:
+            more = self._more = {}
+        found = more.get(owner)
+        if found is None:
+            found = more[owner] = (make(), give_back)
+        value = found[0]
+        return value
 
     @property
     def pool(self) -> concurrent.futures.Executor:
@@ -180,11 +214,12 @@ class Signal(_OneShot):
     has the answer (a protocol's ``data_received``, a timer) resumes the call right
     there, a loop turn sooner than a future's callbacks would."""
 
-    __slots__ = ("_listener",)
+    __slots__ = ("_drive",)
 
     def __init__(self) -> None:
         super().__init__()
-        self._listener: Callable[[Any, BaseException | None], None] | None = None
+        self._drive: _Drive | None = None  # the call to resume (not a bound method:
+        # that would be one more object per read for the collector to walk)
 
     def _fire(self, value: Any, failure: BaseException | None) -> None:
         if self._fired:
@@ -193,19 +228,19 @@ class Signal(_OneShot):
             asyncio.get_running_loop().call_soon(self._fire, value, failure)
             return
         self._fired = True
-        listener, self._listener = self._listener, None
-        if listener is None:
-            self._value, self._failure = value, failure  # for the listener to come
+        drive, self._drive = self._drive, None
+        if drive is None:
+            self._value, self._failure = value, failure  # for the drive to come
         else:
-            listener(value, failure)
+            drive.answered(value, failure)
 
-    def listen(self, listener: Callable[[Any, BaseException | None], None]) -> None:
-        """Call ``listener(value, failure)`` once the answer is in (now, if it is)."""
+    def resume(self, drive: _Drive) -> None:
+        """Resume ``drive``'s call with the answer once it is in (now, if it is)."""
         if self._fired:
             value, failure, self._value, self._failure = self._value, self._failure, None, None
-            listener(value, failure)
+            drive.answered(value, failure)
         else:
-            self._listener = listener
+            self._drive = drive
 
 
 class Outcome(_OneShot):
@@ -297,7 +332,7 @@ class _Drive:
             kind, asked = self.runner.throw(type(self.ended)(*self.ended.args))
         if kind == _WAITING:
             if type(asked) is Signal:
-                asked.listen(self.answered)
+                asked.resume(self)
             else:
                 asyncio.ensure_future(asked, loop=self.loop).add_done_callback(self.resumed)
             return
@@ -483,23 +518,95 @@ def pause(seconds: float) -> None:
         time.sleep(seconds)
 
 
-def done_within(future: concurrent.futures.Future[Any], timeout: float | None) -> bool:
-    """Whether ``future`` is done within ``timeout`` seconds (``None``: however long)."""
-    if future.done():
+class Latch:
+    """A result given once, waited for by threads and by bridged calls alike: a load in
+    flight. Leaner than a ``concurrent.futures.Future`` (whose condition, deque, lists
+    and bound methods are ten objects more): a read holds it across its wait, where the
+    collector walks whatever a read holds, once per few dozen reads."""
+
+    __slots__ = ("_failure", "_fired", "_gate", "_value", "_wakers")
+
+    def __init__(self) -> None:
+        self._gate = threading.Lock()
+        self._gate.acquire()  # released once, when the result is in
+        self._fired = False
+        self._value: Any = None
+        self._failure: BaseException | None = None
+        self._wakers: list[Callable[[], None]] | None = None
+
+    def done(self) -> bool:
+        return self._fired
+
+    def set_result(self, value: Any) -> None:
+        self._fire(value, None)
+
+    def set_exception(self, failure: BaseException) -> None:
+        self._fire(None, failure)
+
+    def result(self) -> Any:
+        """The value given (None before it is in, or when it failed)."""
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        """The failure given, if any."""
+        return self._failure
+
+    def _fire(self, value: Any, failure: BaseException | None) -> None:
+        with _LATCH_WAKERS:
+            if self._fired:
+                return
+            self._value, self._failure, self._fired = value, failure, True
+            wakers, self._wakers = self._wakers, None
+        self._gate.release()
+        for wake in wakers or ():
+            wake()
+
+    def _on_fired(self, wake: Callable[[], None]) -> bool:
+        """Call ``wake()`` (from the thread that gives the result) once it is in; False
+        if it already is (``wake`` is not called)."""
+        with _LATCH_WAKERS:
+            if self._fired:
+                return False
+            if self._wakers is None:
+                self._wakers = []
+            self._wakers.append(wake)
+            return True
+
+    def wait_in_thread(self, timeout: float | None) -> bool:
+        if self._fired:
+            return True
+        if not self._gate.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return False
+        self._gate.release()  # for the next waiter
+        return True
+
+
+#: Guards every latch's wakers (held for a few instructions; one lock, not one a latch).
+_LATCH_WAKERS = threading.Lock()
+
+
+def done_within(latch: Latch, timeout: float | None) -> bool:
+    """Whether ``latch`` is done within ``timeout`` seconds (``None``: however long)."""
+    if latch.done():
         return True
     if not isinstance(getcurrent(), _Bridged):
-        done, _ = concurrent.futures.wait([future], timeout=timeout)
-        return bool(done)
-    waiter = asyncio.wrap_future(future, loop=asyncio.get_running_loop())
-    waiter.add_done_callback(_taken)  # the caller reads the original future's outcome
-    done, _ = wait(asyncio.wait([waiter], timeout=timeout))
+        return latch.wait_in_thread(timeout)
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:  # in the thread that gave the result: maybe not the loop's
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(_wake, woken)
+
+    if not latch._on_fired(wake):
+        return True
+    done, _ = wait(asyncio.wait([woken], timeout=timeout))
     return bool(done)
 
 
-def _taken(future: asyncio.Future[Any]) -> None:
-    """Mark a future's exception as seen (its outcome is read elsewhere)."""
-    if not future.cancelled():
-        future.exception()
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
 
 
 def greenlet_local(
@@ -511,8 +618,5 @@ def greenlet_local(
     current = getcurrent()
     if type(current) is not _Bridged:
         return None
-    found = current.locals.get(owner)
-    if found is None:
-        found = current.locals[owner] = (make(), give_back)
-    value: _T = found[0]
+    value: _T = current.local(owner, make, give_back)
     return value

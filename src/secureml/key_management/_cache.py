@@ -17,11 +17,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._bridge import LoopEndedError, done_within
+from ._bridge import Latch, LoopEndedError, done_within
 from ._process import reset_after_fork
 
 __all__ = ["ABSENT", "CacheEntry", "CacheKey", "SecretCache", "WaitExpiredError"]
@@ -82,7 +81,7 @@ class SecretCache:
         self._clock = clock
         self._entries: dict[CacheKey, CacheEntry] = {}
         self._lock = threading.Lock()
-        self._loading: dict[CacheKey, Future[Any]] = {}
+        self._loading: dict[CacheKey, Latch] = {}
         self._pid = os.getpid()
         reset_after_fork(self)
 
@@ -114,9 +113,10 @@ class SecretCache:
         return entry
 
     def load(
-        self, key: CacheKey, loader: Callable[[], Any], *, wait: float | None = None
+        self, key: CacheKey, loader: Callable[..., Any], *args: Any, wait: float | None = None
     ) -> tuple[Any, bool]:
-        """The value for ``key``: fresh from the cache, or loaded once for all callers.
+        """The value for ``key``: fresh from the cache, or loaded once for all callers
+        (``loader(*args)``).
 
         Args:
             wait: Seconds to wait at most for another caller's load of ``key`` (the
@@ -140,14 +140,14 @@ class SecretCache:
                 flight = self._loading.get(key)
                 leader = flight is None
                 if flight is None:
-                    flight = self._loading[key] = Future()
+                    flight = self._loading[key] = Latch()
             if leader:
                 break
             shared = self._shared(key, flight, wait)
             if shared is not _AGAIN:
                 return shared, False
         try:
-            value = loader()
+            value = loader(*args)
         except BaseException as exc:
             flight.set_exception(exc)
             raise
@@ -160,7 +160,7 @@ class SecretCache:
                 if self._loading.get(key) is flight:
                     del self._loading[key]
 
-    def _shared(self, key: CacheKey, flight: Future[Any], wait: float | None) -> Any:
+    def _shared(self, key: CacheKey, flight: Latch, wait: float | None) -> Any:
         """What another caller's load of ``key`` gave, or :data:`_AGAIN` when it was
         interrupted (KeyboardInterrupt, its event loop ended): no answer for the others,
         who load it again, one of them leading."""
@@ -178,7 +178,7 @@ class SecretCache:
         # frames into the traceback the loader's caller sees. A copy chains nothing.
         raise copy.copy(failure)
 
-    def _put(self, key: CacheKey, value: Any, flight: Future[Any]) -> None:
+    def _put(self, key: CacheKey, value: Any, flight: Latch) -> None:
         """Remember what ``flight`` loaded (if caching is on), evicting the least
         recently used."""
         if self.ttl <= 0:

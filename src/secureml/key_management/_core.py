@@ -121,9 +121,12 @@ class Core:
 
     # -- the read policy -----------------------------------------------------------------
 
-    def through_cache(self, key: CacheKey, load: Callable[[], object]) -> tuple[Any, str]:
-        """``key``'s value (``ABSENT``: the primary has none) and how it was served
-        (``cached``, ``ok``, ``stale``): the one read-through (module docstring).
+    def through_cache(
+        self, key: CacheKey, load: Callable[..., object], *args: Any
+    ) -> tuple[Any, str]:
+        """``key``'s value (``ABSENT``: the primary has none), loaded by ``load(*args)``
+        on a miss, and how it was served (``cached``, ``ok``, ``stale``): the one
+        read-through (module docstring).
 
         Raises:
             VaultUnavailableError: An outage, and no entry young enough to serve stale.
@@ -135,13 +138,8 @@ class Core:
             counts[HITS] += 1
             return entry.value, "cached"
         counts[MISSES] += 1
-
-        def counted() -> object:
-            self.observer.counts.mine()[BACKEND_READS] += 1
-            return load()
-
         try:
-            value, _ = self.cache.load(key, counted, wait=self._wait())
+            value, _ = self.cache.load(key, self._counted, load, *args, wait=self._wait())
         except WaitExpiredError:
             where = self._locate(key[0])
             outage = VaultUnavailableError(
@@ -168,6 +166,11 @@ class Core:
             self.cache.invalidate()
         elif isinstance(name, str):
             self.cache.invalidate(lambda cached: cached[0] == name)
+
+    def _counted(self, load: Callable[..., object], *args: Any) -> object:
+        # A method, not a closure: a read holds it across its wait (see Secrets).
+        self.observer.counts.mine()[BACKEND_READS] += 1
+        return load(*args)
 
     def _wait(self) -> float | None:
         """How long a caller may wait for another's load: its own call's budget."""
@@ -197,14 +200,14 @@ class Core:
         self,
         name: str,
         default: object = None,
-        dev_default: Callable[[], object] | None = None,
+        dev_default: Callable[[str], object] | None = None,
         *,
         outage_falls_through: bool = True,
     ) -> Served:
         """Walk the chain: primary, environment, ``default``, dev default.
 
         Args:
-            dev_default: Makes the dev default, when those are allowed (``None``:
+            dev_default: Makes ``name``'s dev default, when those are allowed (``None``:
                 never, as for anything that encrypts).
             outage_falls_through: An outage moves on to the next source (reads), or
                 raises (what picks the key for new data must not switch sources).
@@ -240,7 +243,7 @@ class Core:
             return Served(default, "default=")
         if self.settings.use_default_fallback and dev_default is not None:
             self.observer.warn_dev_default(name)
-            return Served(dev_default(), "insecure dev default")
+            return Served(dev_default(name), "insecure dev default")
         if outage is not None:
             _raise_outage(outage, name, tried)
         raise SecretNotFoundError(name, tried)
@@ -254,7 +257,7 @@ class Core:
         where = backend.locate(name)
         key = (name, version)
         # A version never changes: a stale copy is as true as a fresh one.
-        value, outcome = self.through_cache(key, lambda: _loaded(backend, name, version))
+        value, outcome = self.through_cache(key, _loaded, backend, name, version)
         if value is ABSENT:
             self.cache.invalidate(lambda cached: cached == key)  # it may yet be written
             if not explain:
@@ -308,7 +311,7 @@ class Core:
         primary = self.primary
         if primary is None:
             return None
-        value, outcome = self.through_cache((name, None), lambda: _loaded(primary, name))
+        value, outcome = self.through_cache((name, None), _loaded, primary, name)
         if value is ABSENT:
             return None
         return Served(_caller_copy(value), primary.locate(name), outcome)

@@ -93,11 +93,11 @@ class Observer:
         self,
         operation: str,
         name: str,
-        call: Callable[[], Served],
-        *,
+        call: Callable[..., Served],
+        *args: Any,
         version: int | None = None,
     ) -> Any:
-        """Run ``call``, emit its event, return its value.
+        """Run ``call(*args)``, emit its event, return its value.
 
         Args:
             version: The version the call is about, if known before it runs (an event
@@ -105,7 +105,7 @@ class Observer:
         """
         started = time.perf_counter()
         try:
-            served = call()
+            served = call(*args)
         except Exception as exc:
             self.failed(operation, name, exc, version=version, started=started)
             raise

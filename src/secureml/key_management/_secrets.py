@@ -72,20 +72,23 @@ class Secrets:
         if value is not MISS:
             return value
 
-        def read() -> Served:
-            if version is None:
-                validate_secret_name(name)  # the environment is asked: never a setting
-                return self._core.lookup(name, default, lambda: dev_default_secret(name))
-            validate_name(name)  # only Vault keeps versions: reserved names may be read
-            if default is not None:
-                raise ValueError(
-                    "get_secret: default= cannot stand in for a specific version; pass one "
-                    "or the other"
-                )
-            return self._core.read_version(name, check_version(version))
-
         known = version if type(version) is int else None
-        return self._observer.observed("get_secret", name, read, version=known)
+        # A method and its arguments, not a closure: the read holds them across its
+        # wait for Vault, and a closure is three objects more for the collector to walk.
+        return self._observer.observed(
+            "get_secret", name, self._read_secret, name, default, version, version=known
+        )
+
+    def _read_secret(self, name: str, default: Any, version: int | None) -> Served:
+        if version is None:
+            validate_secret_name(name)  # the environment is asked: never a setting
+            return self._core.lookup(name, default, dev_default_secret)
+        validate_name(name)  # only Vault keeps versions: reserved names may be read
+        if default is not None:
+            raise ValueError(
+                "get_secret: default= cannot stand in for a specific version; pass one or the other"
+            )
+        return self._core.read_version(name, check_version(version))
 
     def set_secret(self, name: str, value: str | bytes | Mapping[str, Any]) -> bool:
         """See ``KeyManager.set_secret``."""
@@ -149,7 +152,9 @@ class Secrets:
 
         def read() -> Served:
             if version is None:
-                found = self._core.lookup(key_name, None, lambda: dev_default_key(key_name, length))
+                found = self._core.lookup(
+                    key_name, None, lambda name: dev_default_key(name, length)
+                )
             else:
                 found = self._core.read_version(key_name, check_version(version))
             key = key_of_length(

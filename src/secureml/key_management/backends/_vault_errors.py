@@ -9,7 +9,7 @@ address and path) goes into the message instead.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import (
     AuthenticationError,
@@ -39,16 +39,17 @@ _T = TypeVar("_T")
 
 
 def translated(
-    op: Callable[[], _T], *, url: str, action: str, where: str, login: bool = False
+    op: Callable[..., _T], *args: Any, url: str, action: str, where: str, login: bool = False
 ) -> _T:
-    """Run ``op``; raise whatever it raises as our error, with no exception chained.
+    """Run ``op(*args)``; raise whatever it raises as our error, with no exception
+    chained.
 
     hvac's exceptions carry the server's response body, and requests' carry the request
     with its ``X-Vault-Token`` header; ``raise ... from None`` would still keep them on
     ``__context__``. So the error is raised outside the handler, its chain cleared.
     """
     try:
-        return op()
+        return op(*args)
     except KeyManagementError as exc:
         error: KeyManagementError = exc
     except Exception as exc:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._boundary import guarded_class
+from .._boundary import guarded_class, scrub, scrubs_inline
 from .._bridge import blocking, greenlet_local
 from .._config import INSTALL_HINT, VaultSettings
 from .._process import reset_after_fork
@@ -209,6 +209,14 @@ class _CallDeadline:
             self._adapter.call_deadline = None
 
 
+def _read_fields(client: hvac.Client, engine: Engine, path: str, version: int | None) -> Any:
+    """A KV read's fields (``None``: no such secret): :meth:`VaultBackend.get`'s op."""
+    data = engine.read(client.adapter, path, version)
+    if data is None or engine.version == 1:
+        return data
+    return data["data"]
+
+
 @guarded_class  # public: a denied call must not carry the token or a value in a frame
 class VaultBackend:
     """A Vault / OpenBao KV engine as a :class:`~.base.SecretBackend`.
@@ -311,9 +319,14 @@ class VaultBackend:
 
     # -- I/O -------------------------------------------------------------------------
 
+    @scrubs_inline
     def get(self, name: str, version: int | None = None) -> SecretValue | None:
-        with self._deadline():
-            return self._get(name, version)
+        try:
+            with self._deadline():
+                return self._get(name, version)
+        except BaseException as exc:  # the hot path: scrubbed inline, not wrapped
+            scrub(exc)
+            raise
 
     def _get(self, name: str, version: int | None) -> SecretValue | None:
         path = self._secret_path(name)
@@ -321,14 +334,7 @@ class VaultBackend:
         engine = self._engine()
         if engine.version == 1 and version is not None:
             raise UnsupportedOperationError(f"{where} is on a KV v1 mount, which keeps no versions")
-
-        def read(client: hvac.Client) -> Any:
-            data = engine.read(client.adapter, path, version)
-            if data is None or engine.version == 1:
-                return data
-            return data["data"]
-
-        fields = self._call("read", where, read)
+        fields = self._call("read", where, _read_fields, engine, path, version)
         if fields is None:
             return None
         return unpack_fields(fields, where)
@@ -729,34 +735,61 @@ class VaultBackend:
 
     # -- plumbing --------------------------------------------------------------------
 
-    def _call(self, action: str, where: str, op: Callable[[hvac.Client], _T]) -> _T:
-        """Run ``op`` with a valid token; log in again and retry once if it was rejected."""
+    def _call(self, action: str, where: str, op: Callable[..., _T], *args: Any) -> _T:
+        """Run ``op(client, *args)`` with a valid token; log in again and retry once if
+        it was rejected."""
+        client = self._client()
+        if client.adapter.call_deadline is not None:  # inside a call's deadline already
+            return self._translated_attempt(client, action, where, op, args)
+        with _CallDeadline(client.adapter):
+            return self._translated_attempt(client, action, where, op, args)
+
+    def _translated_attempt(
+        self,
+        client: hvac.Client,
+        action: str,
+        where: str,
+        op: Callable[..., _T],
+        args: tuple[Any, ...],
+    ) -> _T:
+        result: _T = translated(
+            self._attempt,
+            client,
+            action,
+            where,
+            op,
+            *args,
+            url=self._settings.url,
+            action=action,
+            where=where,
+        )
+        return result
+
+    def _attempt(
+        self, client: hvac.Client, action: str, where: str, op: Callable[..., _T], *args: Any
+    ) -> _T:
+        # A method and its arguments, not closures: a read holds them across its wait
+        # for Vault, where the collector walks what it holds.
         import hvac.exceptions as hx
 
-        client = self._client()
-
-        def attempt() -> _T:
-            for retry in (False, True):
-                token, generation = self._session.token(client)
-                client.token = token
-                try:
-                    return op(client)
-                except (hx.Forbidden, hx.Unauthorized):
-                    # A token minted for this retry is not stale: a 403 is the policy's
-                    # (the token may lack the default policy that lets it look itself up).
-                    if retry or self._token_still_valid(client):
-                        raise PermissionDeniedError(
-                            f"Vault at {self._settings.url} denied permission to {action} "
-                            f"{where}: the token's policies do not allow it (or the mount "
-                            "does not exist)"
-                        ) from None
-                    if self._session.rejected(generation):
-                        continue  # logged out: log in again and retry once
-                    raise self._rejected_token(action, where) from None
-            raise AssertionError("unreachable")  # pragma: no cover
-
-        with self._deadline():
-            return self._translated(action, where, attempt)
+        for retry in (False, True):
+            token, generation = self._session.token(client)
+            client.token = token
+            try:
+                return op(client, *args)
+            except (hx.Forbidden, hx.Unauthorized):
+                # A token minted for this retry is not stale: a 403 is the policy's
+                # (the token may lack the default policy that lets it look itself up).
+                if retry or self._token_still_valid(client):
+                    raise PermissionDeniedError(
+                        f"Vault at {self._settings.url} denied permission to {action} "
+                        f"{where}: the token's policies do not allow it (or the mount "
+                        "does not exist)"
+                    ) from None
+                if self._session.rejected(generation):
+                    continue  # logged out: log in again and retry once
+                raise self._rejected_token(action, where) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _deadline(self) -> _CallDeadline:
         """One deadline for a whole public call: KV detection, login, retry and all.
