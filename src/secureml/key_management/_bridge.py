@@ -518,30 +518,19 @@ def pause(seconds: float) -> None:
         time.sleep(seconds)
 
 
-class Latch:
+class Latch(_OneShot):
     """A result given once, waited for by threads and by bridged calls alike: a load in
     flight. Leaner than a ``concurrent.futures.Future`` (whose condition, deque, lists
     and bound methods are ten objects more): a read holds it across its wait, where the
     collector walks whatever a read holds, once per few dozen reads."""
 
-    __slots__ = ("_failure", "_fired", "_gate", "_value", "_wakers")
+    __slots__ = ("_gate", "_wakers")
 
     def __init__(self) -> None:
+        super().__init__()
         self._gate = threading.Lock()
         self._gate.acquire()  # released once, when the result is in
-        self._fired = False
-        self._value: Any = None
-        self._failure: BaseException | None = None
         self._wakers: list[Callable[[], None]] | None = None
-
-    def done(self) -> bool:
-        return self._fired
-
-    def set_result(self, value: Any) -> None:
-        self._fire(value, None)
-
-    def set_exception(self, failure: BaseException) -> None:
-        self._fire(None, failure)
 
     def result(self) -> Any:
         """The value given (None before it is in, or when it failed)."""
