@@ -241,6 +241,8 @@ HOSTILE: dict[str, bytes] = {
     # value smuggle in a framing header of its own.
     "bare-lf-in-a-header": b"HTTP/1.1 200 OK\r\nX-A: a\nContent-Length: 2\r\n\r\n" + OK_BODY,
     "bare-cr-in-a-header": b"HTTP/1.1 200 OK\r\nX-A: a\rContent-Length: 2\r\n\r\n" + OK_BODY,
+    # A run of blanks in a framing value: parsed in linear time, never stalling the loop.
+    "blank-run-in-a-length": b"HTTP/1.1 200 OK\r\nContent-Length: 1" + b" " * 60000 + b"x\r\n\r\n",
     "folded-header": b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\n\r\n" + OK_BODY,
     "two-content-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
     "listed-content-length": b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n{}",

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -564,14 +565,27 @@ class Latch(_OneShot):
     def wait_in_thread(self, timeout: float | None) -> bool:
         if self._fired:
             return True
-        if not self._gate.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
-            return False
-        self._gate.release()  # for the next waiter
-        return True
+        got = False
+        try:
+            got = self._gate.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+        finally:
+            if got:  # passed on to the next waiter, even if this one is interrupted
+                self._gate.release()
+        return got or self._fired
 
 
 #: Guards every latch's wakers (held for a few instructions; one lock, not one a latch).
 _LATCH_WAKERS = threading.Lock()
+
+
+def _latches_after_fork() -> None:
+    """A forked child's own lock: the parent's may have been held by another thread."""
+    global _LATCH_WAKERS  # noqa: PLW0603 - one lock per process, made again in a child
+    _LATCH_WAKERS = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_latches_after_fork)
 
 
 def done_within(latch: Latch, timeout: float | None) -> bool:

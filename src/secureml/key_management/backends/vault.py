@@ -325,6 +325,7 @@ class VaultBackend:
             with self._deadline():
                 return self._get(name, version)
         except BaseException as exc:  # the hot path: scrubbed inline, not wrapped
+            del self  # the one frame scrub leaves: it must not reach the token
             scrub(exc)
             raise
 
