@@ -258,20 +258,56 @@ def test_a_forked_child_abandons_loads_in_flight(store: Faulty) -> None:
         finally:
             os._exit(code)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            time.sleep(0.02)
-        else:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung on the parent's load in flight")
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert _child_exit_code(pid, "the forked child hung on the parent's load in flight") == 0
     finally:
         store.gate.set()
         parent.join(5)
+
+
+def _child_exit_code(pid: int, hung: str, seconds: float = 10) -> int:
+    """A forked child's exit code; killed, and the test failed with ``hung``, past
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail(hung)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_another_thread_holds_the_latches_lock_never_hangs_the_child(
+    store: Faulty,
+) -> None:
+    from secureml.key_management import _bridge
+
+    core = make_core(store)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _bridge._WAKERS.lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: the holding thread does not exist here
+        code = 1
+        try:
+            value, outcome = core.through_cache(("k", None), lambda: store.get("k") or ABSENT)
+            code = 0 if (value, outcome) == (b"k" * 32, "ok") else 2
+        finally:
+            os._exit(code)
+    try:
+        assert _child_exit_code(pid, "the forked child hung on the parent's latch lock") == 0
+    finally:
+        release.set()
+        holder.join(5)
 
 
 def test_a_wait_for_another_load_is_bounded() -> None:

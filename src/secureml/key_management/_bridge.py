@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
 import sys
 import threading
 import time
@@ -40,6 +39,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar, overload
 
+from ._process import reset_after_fork
 from .errors import VaultUnavailableError
 
 try:
@@ -542,7 +542,7 @@ class Latch(_OneShot):
         return self._failure
 
     def _fire(self, value: Any, failure: BaseException | None) -> None:
-        with _LATCH_WAKERS:
+        with _WAKERS.lock:
             if self._fired:
                 return
             self._value, self._failure, self._fired = value, failure, True
@@ -554,7 +554,7 @@ class Latch(_OneShot):
     def _on_fired(self, wake: Callable[[], None]) -> bool:
         """Call ``wake()`` (from the thread that gives the result) once it is in; False
         if it already is (``wake`` is not called)."""
-        with _LATCH_WAKERS:
+        with _WAKERS.lock:
             if self._fired:
                 return False
             if self._wakers is None:
@@ -563,6 +563,8 @@ class Latch(_OneShot):
             return True
 
     def wait_in_thread(self, timeout: float | None) -> bool:
+        """Whether the result is in within ``timeout`` seconds (``None``: however long),
+        waited for by blocking this thread."""
         if self._fired:
             return True
         got = False
@@ -574,18 +576,20 @@ class Latch(_OneShot):
         return got or self._fired
 
 
-#: Guards every latch's wakers (held for a few instructions; one lock, not one a latch).
-_LATCH_WAKERS = threading.Lock()
+class _WakersLock:
+    """Guards every latch's wakers (held for a few instructions; one lock, not one a
+    latch), made again in a forked child: the parent's may have been held by a thread
+    the child does not have."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        reset_after_fork(self)
+
+    def after_fork(self) -> None:
+        self.lock = threading.Lock()
 
 
-def _latches_after_fork() -> None:
-    """A forked child's own lock: the parent's may have been held by another thread."""
-    global _LATCH_WAKERS  # noqa: PLW0603 - one lock per process, made again in a child
-    _LATCH_WAKERS = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_latches_after_fork)
+_WAKERS = _WakersLock()
 
 
 def done_within(latch: Latch, timeout: float | None) -> bool:
