@@ -740,30 +740,18 @@ class VaultBackend:
         """Run ``op(client, *args)`` with a valid token; log in again and retry once if
         it was rejected."""
         client = self._client()
-        if client.adapter.call_deadline is not None:  # inside a call's deadline already
-            return self._translated_attempt(client, action, where, op, args)
-        with _CallDeadline(client.adapter):
-            return self._translated_attempt(client, action, where, op, args)
-
-    def _translated_attempt(
-        self,
-        client: hvac.Client,
-        action: str,
-        where: str,
-        op: Callable[..., _T],
-        args: tuple[Any, ...],
-    ) -> _T:
-        result: _T = translated(
-            self._attempt,
-            client,
-            action,
-            where,
-            op,
-            *args,
-            url=self._settings.url,
-            action=action,
-            where=where,
-        )
+        with _CallDeadline(client.adapter):  # nested in a call's own: that one's deadline
+            result: _T = translated(
+                self._attempt,
+                client,
+                action,
+                where,
+                op,
+                *args,
+                url=self._settings.url,
+                action=action,
+                where=where,
+            )
         return result
 
     def _attempt(
