@@ -29,7 +29,7 @@ import inspect
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from . import _bridge
@@ -286,13 +286,13 @@ class AsyncKeyManager:
             else:
                 flight = self._read_on_pool(loop, flights, key)
                 flight.add_done_callback(_retrieved)
-        # Each waiter on a future of its own: a cancelled one cancels nothing else.
-        waiting = flight.waiter() if isinstance(flight, Outcome) else asyncio.shield(flight)
         try:
             if joined:  # another's read: waited for no longer than a call may take
-                value = await self._joined(waiting, flights, key, flight)
+                value = await self._joined(flight, flights, key)
+            elif isinstance(flight, Outcome):  # this task's own read: it steers it
+                value = await _bridge.steer(flight)
             else:
-                value = await waiting
+                value = await asyncio.shield(flight)
         except Exception as exc:
             # Each waiter its own copy: one exception raised in many tasks would grow
             # one traceback across all of them.
@@ -301,14 +301,12 @@ class AsyncKeyManager:
         return copy.deepcopy(value) if type(value) is dict else value
 
     async def _joined(
-        self,
-        waiting: Awaitable[Any],
-        flights: _Flights,
-        key: tuple[str, int | None],
-        flight: asyncio.Future[Any] | Outcome,
+        self, flight: asyncio.Future[Any] | Outcome, flights: _Flights, key: tuple[str, int | None]
     ) -> Any:
-        """``waiting``'s value, within one call's budget. Past it, the read is presumed
+        """``flight``'s value, within one call's budget. Past it, the read is presumed
         lost (its loop was interrupted mid-step) and dropped: the next caller reads."""
+        # Each waiter on a future of its own: a cancelled one cancels nothing else.
+        waiting = flight.waiter() if isinstance(flight, Outcome) else asyncio.shield(flight)
         try:
             return await asyncio.wait_for(waiting, self._core._wait())  # the core's own bound
         except asyncio.TimeoutError:

@@ -69,6 +69,7 @@ __all__ = [
     "loop_local",
     "pause",
     "start",
+    "steer",
     "wait",
 ]
 
@@ -249,7 +250,7 @@ class Outcome(_OneShot):
     of its own: a cancelled waiter cancels only itself, never the call or the others
     (which ``asyncio.shield`` would give too, a loop turn and a future later)."""
 
-    __slots__ = ("_loop", "_waiters", "on_done")
+    __slots__ = ("_drive", "_loop", "_waiters", "on_done")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
@@ -257,6 +258,7 @@ class Outcome(_OneShot):
         self._waiters: list[asyncio.Future[Any]] = []
         #: Called once, when the outcome is in, before any waiter hears of it.
         self.on_done: Callable[[], None] | None = None
+        self._drive: _Drive | None = None  # the call's, while it runs (for steer)
 
     def waiter(self) -> asyncio.Future[Any]:
         """A future of the caller's own, resolved with the outcome."""
@@ -279,12 +281,52 @@ class Outcome(_OneShot):
             self._resolve(future)
 
     def _resolve(self, future: asyncio.Future[Any]) -> None:
-        if future.done():  # its caller was cancelled
+        if future.done():  # its caller was cancelled (or a pilot woken to steer)
             return
         if self._failure is not None:
             future.set_exception(self._failure)
         else:
             future.set_result(self._value)
+
+
+async def steer(outcome: Outcome) -> Any:
+    """``outcome``'s result, awaited by the task that started the call, which also
+    resumes the call whenever what it waits on is in: the call's frames then end in
+    this task's step, right before its next call starts, not in the I/O callback.
+
+    Why: the collector starts a young collection once allocations outrun frees by 700,
+    and frees are not counted while that count is at zero. Resumed from the I/O
+    callbacks, a few dozen reads finish in one loop turn (their objects freed while the
+    count is low: uncounted), then their tasks start the next reads (counted): a
+    collection every loop turn or two at 200 reads in flight, each walking every read's
+    objects. Resumed here, each task frees then allocates, and the count stays level.
+    A cancelled pilot hands the call back to the callbacks (it runs on for others).
+    """
+    while True:
+        if outcome._fired:
+            if outcome._failure is not None:
+                raise outcome._failure
+            return outcome._value
+        future = outcome.waiter()
+        drive = outcome._drive
+        if drive is not None:
+            drive.pilot = future
+        try:
+            value = await future
+        except asyncio.CancelledError:
+            if drive is not None:
+                drive.unpiloted(future)
+            raise
+        if value is not _STEER:
+            return value
+        with contextlib.suppress(ValueError):  # already resolved: not a waiter now
+            outcome._waiters.remove(future)
+        if drive is not None:
+            drive.take_over()
+
+
+#: What a pilot's future is woken with: resume the call (see :func:`steer`).
+_STEER: Any = object()
 
 
 def start(
@@ -296,13 +338,14 @@ def start(
     """``call(*args, **kwargs)`` in a worker greenlet on the running event loop,
     started now. What it hands to :func:`wait` is awaited by callbacks, not a task (a
     read costs a few loop turns, not a task's); ``executor()`` (called only then) runs
-    what it hands to :func:`blocking`. Await ``outcome.waiter()`` for its result.
+    what it hands to :func:`blocking`. Await ``outcome.waiter()`` for its result, or
+    (the caller that started it) :func:`steer`.
     """
     loop = asyncio.get_running_loop()
     outcome = Outcome(loop)
     runner = _workers.take()
     runner.executor = executor
-    drive = _Drive(loop, runner, outcome)
+    drive = outcome._drive = _Drive(loop, runner, outcome)
     drive.went(runner.switch((call, args, kwargs)))
     del call, args, kwargs
     if not outcome.done():
@@ -314,7 +357,18 @@ class _Drive:
     """Resumes one call's worker as what it waits on finishes (an object, not
     closures: two closures naming each other make a cycle per read for the collector)."""
 
-    __slots__ = ("__weakref__", "ended", "finished", "loop", "outcome", "runner")
+    __slots__ = (
+        "__weakref__",
+        "ended",
+        "failure",
+        "finished",
+        "held",
+        "loop",
+        "outcome",
+        "pilot",
+        "runner",
+        "value",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, runner: _Bridged, outcome: Outcome) -> None:
         self.loop = loop
@@ -322,6 +376,12 @@ class _Drive:
         self.outcome = outcome
         self.ended: BaseException | None = None  # set when the loop shuts down
         self.finished = False  # its worker went back to the pool: never touch it again
+        # The starter's future while it steers (:func:`steer`), and an answer held
+        # for it to resume the call with.
+        self.pilot: asyncio.Future[Any] | None = None
+        self.held = False
+        self.value: Any = None
+        self.failure: BaseException | None = None
 
     def went(self, said: tuple[int, Any]) -> None:
         """Where the worker stands after a switch: waiting on something, or done."""
@@ -341,6 +401,7 @@ class _Drive:
         result = runner.taken()
         runner.executor = None
         self.finished = True
+        outcome._drive = None
         _state_of(self.loop).drives.discard(self)
         try:  # settled first: an interrupt from here on cannot leave it pending
             if kind == _RETURNED:
@@ -351,9 +412,33 @@ class _Drive:
             _workers.put(runner)
 
     def answered(self, value: Any, failure: BaseException | None) -> None:
-        """A :class:`Signal` it waited on fired."""
+        """What it waited on is in: resumed now, or by its pilot's task (:func:`steer`)."""
         if self.ended is not None:
             return  # already resumed by end(): nobody wants this
+        pilot, self.pilot = self.pilot, None
+        if pilot is not None and not pilot.done():
+            self.held, self.value, self.failure = True, value, failure
+            pilot.set_result(_STEER)
+            return
+        self._resume(value, failure)
+
+    def take_over(self) -> None:
+        """Resume the call with the answer held for its pilot (in the pilot's task)."""
+        if not self.held:
+            return
+        value, failure = self.value, self.failure
+        self.held, self.value, self.failure = False, None, None
+        if self.ended is None:
+            self._resume(value, failure)
+
+    def unpiloted(self, future: asyncio.Future[Any]) -> None:
+        """The pilot waiting on ``future`` was cancelled: the call goes on without it."""
+        if self.pilot is future:
+            self.pilot = None
+        if future.done() and not future.cancelled() and future.result() is _STEER:
+            self.take_over()  # woken to steer, cancelled before it could: resume now
+
+    def _resume(self, value: Any, failure: BaseException | None) -> None:
         if failure is not None:
             self.went(self.runner.throw(failure))
         else:
@@ -377,6 +462,7 @@ class _Drive:
         """The loop is shutting down: resume the call with an outage, now."""
         if self.ended is None and not self.finished:
             self.ended = _ended("was ended: its event loop shut down")
+            self.pilot, self.held, self.value, self.failure = None, False, None, None
             self.went(self.runner.throw(type(self.ended)(*self.ended.args)))
 
 

@@ -1,0 +1,144 @@
+"""The bridge's steering (``_bridge.steer``): the task that starts a bridged call resumes
+it in its own step, so the call's frames end there and not in an I/O callback; a
+cancelled pilot hands the call back to the callbacks, which finish it for the others.
+
+A :class:`Signal` fired from a plain loop callback stands in for the wire's
+``data_received``; no server is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Any
+
+import pytest
+
+from secureml.key_management import _bridge
+from secureml.key_management._bridge import LoopEndedError, Signal
+
+pytest.importorskip("greenlet")
+
+
+def _no_pool() -> concurrent.futures.Executor:
+    raise AssertionError("nothing here runs on a thread")
+
+
+class _Call:
+    """A sync call that waits on ``signals`` in turn, noting the task it resumed in."""
+
+    def __init__(self, waits: int = 1) -> None:
+        self.signals = [Signal() for _ in range(waits)]
+        self.resumed_in: list[asyncio.Task[Any] | None] = []
+
+    def __call__(self) -> str:
+        answers = []
+        for signal in self.signals:
+            answers.append(_bridge.wait(signal))
+            self.resumed_in.append(asyncio.current_task())
+        return "+".join(answers)
+
+
+def _fire_soon(signal: Signal, value: str = "v", failure: BaseException | None = None) -> None:
+    """Fire ``signal`` from a loop callback of its own (as ``data_received`` would)."""
+    loop = asyncio.get_running_loop()
+    if failure is None:
+        loop.call_soon(signal.set_result, value)
+    else:
+        loop.call_soon(signal.set_exception, failure)
+
+
+def test_the_starting_task_resumes_its_call_at_every_wait() -> None:
+    async def main() -> None:
+        call = _Call(waits=2)
+        outcome = _bridge.start(_no_pool, call)
+        steering = asyncio.ensure_future(_bridge.steer(outcome))
+        await asyncio.sleep(0)  # the pilot waits now
+        _fire_soon(call.signals[0], "a")
+        while len(call.resumed_in) < 1:
+            await asyncio.sleep(0)
+        _fire_soon(call.signals[1], "b")
+        assert await steering == "a+b"
+        assert call.resumed_in == [steering, steering]
+
+    asyncio.run(main())
+
+
+def test_without_a_pilot_the_callback_resumes_the_call() -> None:
+    async def main() -> None:
+        call = _Call()
+        outcome = _bridge.start(_no_pool, call)
+        waiting = outcome.waiter()
+        _fire_soon(call.signals[0])
+        assert await waiting == "v"
+        assert call.resumed_in == [None]  # in the callback: no task was running
+
+    asyncio.run(main())
+
+
+def test_a_failure_reaches_the_pilot() -> None:
+    async def main() -> None:
+        call = _Call()
+        outcome = _bridge.start(_no_pool, call)
+        steering = asyncio.ensure_future(_bridge.steer(outcome))
+        await asyncio.sleep(0)
+        _fire_soon(call.signals[0], failure=ConnectionResetError("gone"))
+        with pytest.raises(ConnectionResetError, match="gone"):
+            await steering
+
+    asyncio.run(main())
+
+
+def test_a_pilot_cancelled_while_waiting_leaves_the_call_to_finish_for_the_others() -> None:
+    async def main() -> None:
+        call = _Call()
+        outcome = _bridge.start(_no_pool, call)
+        steering = asyncio.ensure_future(_bridge.steer(outcome))
+        joiner = outcome.waiter()
+        await asyncio.sleep(0)
+        steering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await steering
+        _fire_soon(call.signals[0])
+        assert await joiner == "v"
+        assert outcome.done()
+        assert call.resumed_in == [None]  # the callback took over
+
+    asyncio.run(main())
+
+
+def test_a_pilot_cancelled_after_its_wake_but_before_its_step_still_resumes_the_call() -> None:
+    async def main() -> None:
+        call = _Call()
+        outcome = _bridge.start(_no_pool, call)
+        steering = asyncio.ensure_future(_bridge.steer(outcome))
+        joiner = outcome.waiter()
+        await asyncio.sleep(0)
+        call.signals[0].set_result("v")  # the pilot's future is woken, its step is due
+        steering.cancel()  # ... and cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await steering
+        assert outcome.done()  # resumed by the cancelled pilot on its way out
+        assert await joiner == "v"
+
+    asyncio.run(main())
+
+
+def test_a_loop_ending_while_a_pilot_holds_an_answer_ends_the_call_as_an_outage() -> None:
+    outcomes: list[_bridge.Outcome] = []
+
+    async def main() -> None:
+        call = _Call()
+        outcome = _bridge.start(_no_pool, call)
+        outcomes.append(outcome)
+        steering = asyncio.ensure_future(_bridge.steer(outcome))
+        await asyncio.sleep(0)
+        call.signals[0].set_result("v")  # held for a pilot whose step never comes
+        steering.cancel()
+        # main returns at once: asyncio.run cancels what is left, then shuts down
+
+    asyncio.run(main())
+    outcome = outcomes[0]
+    assert outcome.done()
+    waiting_failure = outcome._failure
+    assert waiting_failure is None or isinstance(waiting_failure, LoopEndedError)
