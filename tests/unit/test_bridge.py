@@ -124,21 +124,82 @@ def test_a_pilot_cancelled_after_its_wake_but_before_its_step_still_resumes_the_
     asyncio.run(main())
 
 
+def _held_for_a_pilot(loop: asyncio.AbstractEventLoop) -> tuple[_Call, Any, Any]:
+    """A call whose answer came in the loop turn the loop stopped in: held for a pilot
+    whose step has not run yet."""
+    call = _Call()
+
+    async def begin() -> tuple[Any, Any]:
+        outcome = _bridge.start(_no_pool, call)
+        steering = asyncio.ensure_future(_bridge.steer(outcome))
+        await asyncio.sleep(0)
+        return outcome, steering
+
+    outcome, steering = loop.run_until_complete(begin())
+    loop.call_soon(call.signals[0].set_result, "v")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert not outcome.done()  # held: the pilot's step is due
+    return call, outcome, steering
+
+
 def test_a_loop_ending_while_a_pilot_holds_an_answer_ends_the_call_as_an_outage() -> None:
-    outcomes: list[_bridge.Outcome] = []
+    loop = asyncio.new_event_loop()
+    try:
+        _call, outcome, steering = _held_for_a_pilot(loop)
+        _bridge._state_of(loop).shut_down()  # what asyncio.run's last step does
+        assert outcome.done()
+        assert isinstance(outcome._failure, LoopEndedError)
+        with pytest.raises(LoopEndedError):
+            loop.run_until_complete(steering)  # woken, it finds the call ended
+    finally:
+        loop.close()
+
+
+def test_a_pilot_cancelled_after_the_loop_ended_its_call_stays_cancelled() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def begin() -> Any:
+            outcome = _bridge.start(_no_pool, _Call())
+            steering = asyncio.ensure_future(_bridge.steer(outcome))
+            await asyncio.sleep(0)  # the pilot waits, no answer in
+            return steering
+
+        steering = loop.run_until_complete(begin())
+        _bridge._state_of(loop).shut_down()  # fails the pilot's future: its step is due
+        steering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(steering)
+    finally:
+        loop.close()
+
+
+def test_a_cancelled_pilots_traceback_reaches_no_worker() -> None:
+    """The worker greenlet goes on to serve later reads: a caller's traceback (kept by an
+    error tracker) must not lead to it, nor to the drive that holds it."""
+    import gc
+
+    caught: list[BaseException] = []
 
     async def main() -> None:
         call = _Call()
         outcome = _bridge.start(_no_pool, call)
-        outcomes.append(outcome)
         steering = asyncio.ensure_future(_bridge.steer(outcome))
         await asyncio.sleep(0)
-        call.signals[0].set_result("v")  # held for a pilot whose step never comes
         steering.cancel()
-        # main returns at once: asyncio.run cancels what is left, then shuts down
+        try:
+            await steering
+        except asyncio.CancelledError as exc:
+            caught.append(exc)
+        _fire_soon(call.signals[0])
+        await outcome.waiter()
 
     asyncio.run(main())
-    outcome = outcomes[0]
-    assert outcome.done()
-    waiting_failure = outcome._failure
-    assert waiting_failure is None or isinstance(waiting_failure, LoopEndedError)
+    tb = caught[0].__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            assert not isinstance(value, (_bridge._Drive, _bridge._Bridged))
+            if isinstance(value, _bridge.Outcome):
+                assert not any(isinstance(r, _bridge._Drive) for r in gc.get_referents(value))
+        tb = tb.tb_next

@@ -250,7 +250,7 @@ class Outcome(_OneShot):
     of its own: a cancelled waiter cancels only itself, never the call or the others
     (which ``asyncio.shield`` would give too, a loop turn and a future later)."""
 
-    __slots__ = ("_drive", "_loop", "_waiters", "on_done")
+    __slots__ = ("_loop", "_waiters", "on_done", "pilot")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
@@ -258,7 +258,11 @@ class Outcome(_OneShot):
         self._waiters: list[asyncio.Future[Any]] = []
         #: Called once, when the outcome is in, before any waiter hears of it.
         self.on_done: Callable[[], None] | None = None
-        self._drive: _Drive | None = None  # the call's, while it runs (for steer)
+        #: The future of the task steering the call (:func:`steer`), while it waits:
+        #: woken with the call's drive when what the call waits on is in. (Not the
+        #: drive itself: a caller's frame holding the outcome must not reach the
+        #: worker greenlet, which goes on to serve later reads.)
+        self.pilot: asyncio.Future[Any] | None = None
 
     def waiter(self) -> asyncio.Future[Any]:
         """A future of the caller's own, resolved with the outcome."""
@@ -307,26 +311,30 @@ async def steer(outcome: Outcome) -> Any:
             if outcome._failure is not None:
                 raise outcome._failure
             return outcome._value
-        future = outcome.waiter()
-        drive = outcome._drive
-        if drive is not None:
-            drive.pilot = future
+        future = outcome.pilot = outcome.waiter()
         try:
             value = await future
         except asyncio.CancelledError:
-            if drive is not None:
-                drive.unpiloted(future)
+            if outcome.pilot is future:
+                outcome.pilot = None
+            _take_over_woken(future)
+            del future
             raise
-        if value is not _STEER:
+        if type(value) is not _Drive:
             return value
         with contextlib.suppress(ValueError):  # already resolved: not a waiter now
             outcome._waiters.remove(future)
-        if drive is not None:
-            drive.take_over()
+        del future
+        value.take_over()
+        del value  # the drive (and through it the worker) stays out of this frame
 
 
-#: What a pilot's future is woken with: resume the call (see :func:`steer`).
-_STEER: Any = object()
+def _take_over_woken(future: asyncio.Future[Any]) -> None:
+    """A pilot cancelled after its wake, before its step: it resumes the call still."""
+    if future.done() and not future.cancelled() and future.exception() is None:
+        woken = future.result()
+        if type(woken) is _Drive:
+            woken.take_over()
 
 
 def start(
@@ -345,7 +353,7 @@ def start(
     outcome = Outcome(loop)
     runner = _workers.take()
     runner.executor = executor
-    drive = outcome._drive = _Drive(loop, runner, outcome)
+    drive = _Drive(loop, runner, outcome)
     drive.went(runner.switch((call, args, kwargs)))
     del call, args, kwargs
     if not outcome.done():
@@ -365,7 +373,6 @@ class _Drive:
         "held",
         "loop",
         "outcome",
-        "pilot",
         "runner",
         "value",
     )
@@ -376,9 +383,7 @@ class _Drive:
         self.outcome = outcome
         self.ended: BaseException | None = None  # set when the loop shuts down
         self.finished = False  # its worker went back to the pool: never touch it again
-        # The starter's future while it steers (:func:`steer`), and an answer held
-        # for it to resume the call with.
-        self.pilot: asyncio.Future[Any] | None = None
+        # An answer held for the task steering the call to resume it with (:func:`steer`).
         self.held = False
         self.value: Any = None
         self.failure: BaseException | None = None
@@ -401,7 +406,6 @@ class _Drive:
         result = runner.taken()
         runner.executor = None
         self.finished = True
-        outcome._drive = None
         _state_of(self.loop).drives.discard(self)
         try:  # settled first: an interrupt from here on cannot leave it pending
             if kind == _RETURNED:
@@ -415,10 +419,11 @@ class _Drive:
         """What it waited on is in: resumed now, or by its pilot's task (:func:`steer`)."""
         if self.ended is not None:
             return  # already resumed by end(): nobody wants this
-        pilot, self.pilot = self.pilot, None
+        outcome = self.outcome
+        pilot, outcome.pilot = outcome.pilot, None
         if pilot is not None and not pilot.done():
             self.held, self.value, self.failure = True, value, failure
-            pilot.set_result(_STEER)
+            pilot.set_result(self)
             return
         self._resume(value, failure)
 
@@ -430,13 +435,6 @@ class _Drive:
         self.held, self.value, self.failure = False, None, None
         if self.ended is None:
             self._resume(value, failure)
-
-    def unpiloted(self, future: asyncio.Future[Any]) -> None:
-        """The pilot waiting on ``future`` was cancelled: the call goes on without it."""
-        if self.pilot is future:
-            self.pilot = None
-        if future.done() and not future.cancelled() and future.result() is _STEER:
-            self.take_over()  # woken to steer, cancelled before it could: resume now
 
     def _resume(self, value: Any, failure: BaseException | None) -> None:
         if failure is not None:
@@ -462,7 +460,8 @@ class _Drive:
         """The loop is shutting down: resume the call with an outage, now."""
         if self.ended is None and not self.finished:
             self.ended = _ended("was ended: its event loop shut down")
-            self.pilot, self.held, self.value, self.failure = None, False, None, None
+            self.outcome.pilot = None
+            self.held, self.value, self.failure = False, None, None
             self.went(self.runner.throw(type(self.ended)(*self.ended.args)))
 
 
