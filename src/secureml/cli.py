@@ -16,7 +16,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
@@ -128,7 +128,13 @@ class Options:
 
 
 class _Commands(click.Group):
-    """Turns library errors into one line on stderr and an exit code."""
+    """Turns library errors into one line on stderr and an exit code; a sub-group
+    (``keys``, ``transit``) takes the global options after its name too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self, _Root):
+            _with_late_globals(self)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -159,6 +165,177 @@ class _Commands(click.Group):
 pass_options = click.make_pass_decorator(Options)
 
 
+class _Root(_Commands):
+    """The ``secureml`` group: click's usage errors as one line, not its usage block."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            click.echo(f"secureml: error: {_usage_line(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("secureml: aborted", err=True)
+            sys.exit(EXIT_ERROR)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+class _Seconds(click.ParamType[float, Any]):
+    """A duration in seconds, as the timeout variables take it: ``5``, ``5s``, ``500ms``."""
+
+    name = "SECONDS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        from .key_management._config import parse_duration
+
+        try:
+            seconds = parse_duration(value, "--timeout")
+        except (ValueError, TypeError) as exc:
+            self.fail(str(exc).replace(f"--timeout={value!r} is", f"{value!r} is"), param, ctx)
+        if seconds < 0.1:
+            self.fail(f"{value!r} is under 0.1 s; give at least 0.1s", param, ctx)
+        return seconds
+
+
+def _global_options(*, late: bool = False) -> list[click.Option]:
+    """The options every command takes, before or after its name. ``late``: the copies
+    a sub-command carries, hidden from its help, which only override what was given
+    (so ``secureml get x --json`` is ``secureml --json get x``)."""
+
+    def option(*decls: str, **kwargs: Any) -> click.Option:
+        if late:
+            flag, many = kwargs.get("is_flag", False), kwargs.get("multiple", False)
+            kwargs.update(
+                default=False if flag else () if many else None,
+                show_default=False,
+                hidden=True,
+                expose_value=False,
+                callback=_late_global,
+            )
+        return click.Option(list(decls), **kwargs)
+
+    return [
+        option(
+            "--vault-url",
+            metavar="URL",
+            help="Vault/OpenBao address (else SECUREML_VAULT_URL, BAO_ADDR, VAULT_ADDR). "
+            "The token comes from SECUREML_VAULT_TOKEN, BAO_TOKEN or VAULT_TOKEN.",
+        ),
+        option(
+            "--vault-path", default="secureml", show_default=True, help="Folder under the mount."
+        ),
+        option("--mount", default="secret", show_default=True, help="The KV mount."),
+        option(
+            "--namespace",
+            metavar="NS",
+            help="Vault namespace (else SECUREML_VAULT_NAMESPACE, BAO_NAMESPACE, VAULT_NAMESPACE).",
+        ),
+        option(
+            "--ca-cert",
+            metavar="PATH",
+            help="CA bundle or directory for Vault's TLS (else SECUREML_VAULT_CACERT, "
+            "VAULT_CACERT...).",
+        ),
+        option("--timeout", type=_Seconds(), help="Per attempt: 5, 5s, 500ms (else 5s)."),
+        option("--retries", type=click.IntRange(min=0), help="Extra attempts (else 2)."),
+        option("--no-env-fallback", is_flag=True, help="Do not read SECUREML_<NAME> variables."),
+        option(
+            "--allow-dev-defaults",
+            is_flag=True,
+            help="Serve INSECURE deterministic defaults as a last resort (development only).",
+        ),
+        option(
+            "--declared-key",
+            "declared_keys",
+            multiple=True,
+            metavar="NAME",
+            help="Use NAME as a key although `keys generate` did not make it (an environment "
+            "or KV v1 key; repeatable).",
+        ),
+        option(
+            "--declared-transit-key",
+            "declared_transit_keys",
+            multiple=True,
+            metavar="NAME",
+            help="Open format-1 messages of Transit key NAME (older data keys; repeatable).",
+        ),
+        option("--json", "as_json", is_flag=True, help="Print data as JSON."),
+        option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+
+
+def _late_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the sub-command: it overrides the group's value."""
+    from click.core import ParameterSource
+
+    options = ctx.find_object(Options)
+    if (
+        options is None
+        or ctx.get_parameter_source(param.name or "") is not ParameterSource.COMMANDLINE
+    ):
+        return
+    name = param.name
+    if name == "no_env_fallback":
+        options.env_fallback = False
+    elif name == "allow_dev_defaults":
+        options.dev_defaults = True
+    elif name == "as_json":
+        options.json = True
+    elif name in ("declared_keys", "declared_transit_keys"):
+        setattr(options, name, (*getattr(options, name), *value))
+    else:
+        setattr(options, name or "", value)
+
+
+def _with_late_globals(command: click.Command) -> None:
+    """Give ``command`` the global options, but those it has a meaning of its own for."""
+    own = {opt for param in command.params for opt in getattr(param, "opts", ())}
+    for option in _global_options(late=True):
+        if not own.intersection(option.opts):
+            command.params.append(option)
+    note = "The global options (secureml --help) work here too."
+    command.epilog = f"{command.epilog}\n\n{note}" if command.epilog else note
+
+
+class _Command(click.Command):
+    """A sub-command: takes the global options after its name as well."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _with_late_globals(self)
+
+
+_Commands.command_class = _Command
+
+
+_EXIT_CODES = (
+    "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 denied (permission or "
+    "credentials), 5 Vault unavailable or sealed, 6 invalid ciphertext, 130 interrupted."
+)
+
+
+def _usage_line(exc: click.ClickException) -> str:
+    """A click usage error as one line: what is wrong, and where the help is."""
+    text = _for_terminal(" ".join(exc.format_message().split()))
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        text += f" (see '{ctx.command_path} --help')"
+    return text
+
+
 def _out(options: Options, data: Any, text: str | None = None) -> None:
     """Data as JSON with --json, else as text."""
     if options.json:
@@ -187,50 +364,12 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.exit(code)
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--vault-url",
-    metavar="URL",
-    help="Vault/OpenBao address (else SECUREML_VAULT_URL, BAO_ADDR, VAULT_ADDR). "
-    "The token comes from SECUREML_VAULT_TOKEN, BAO_TOKEN or VAULT_TOKEN.",
+@click.group(
+    cls=_Root,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    params=_global_options(),
+    epilog=_EXIT_CODES,
 )
-@click.option("--vault-path", default="secureml", show_default=True, help="Folder under the mount.")
-@click.option("--mount", default="secret", show_default=True, help="The KV mount.")
-@click.option(
-    "--namespace",
-    metavar="NS",
-    help="Vault namespace (else SECUREML_VAULT_NAMESPACE, BAO_NAMESPACE, VAULT_NAMESPACE).",
-)
-@click.option(
-    "--ca-cert",
-    metavar="PATH",
-    help="CA bundle or directory for Vault's TLS (else SECUREML_VAULT_CACERT, VAULT_CACERT...).",
-)
-@click.option("--timeout", type=click.FloatRange(min=0.1), help="Seconds per attempt (else 5).")
-@click.option("--retries", type=click.IntRange(min=0), help="Extra attempts (else 2).")
-@click.option("--no-env-fallback", is_flag=True, help="Do not read SECUREML_<NAME> variables.")
-@click.option(
-    "--allow-dev-defaults",
-    is_flag=True,
-    help="Serve INSECURE deterministic defaults as a last resort (development only).",
-)
-@click.option(
-    "--declared-key",
-    "declared_keys",
-    multiple=True,
-    metavar="NAME",
-    help="Use NAME as a key although `keys generate` did not make it (an environment "
-    "or KV v1 key; repeatable).",
-)
-@click.option(
-    "--declared-transit-key",
-    "declared_transit_keys",
-    multiple=True,
-    metavar="NAME",
-    help="Open format-1 messages of Transit key NAME (older data keys; repeatable).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(package_name="secureml", prog_name="secureml")
 @click.pass_context
 def cli(
@@ -678,11 +817,24 @@ def reencrypt(
 
 
 @cli.group(cls=_Commands)
-@click.option("--mount", "transit_mount", default="transit", show_default=True)
+@click.option(
+    "--transit-mount", default="transit", show_default=True, help="The Transit engine's mount."
+)
 @click.pass_context
 def transit(ctx: click.Context, transit_mount: str) -> None:
     """Vault Transit: encryption where the key never leaves Vault."""
     ctx.meta["transit_mount"] = transit_mount
+
+
+def _late_transit_mount(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta["transit_mount"] = value  # meta is shared with the group's context
+
+
+#: ``--transit-mount`` after a Transit command's name, as before it.
+_transit_mount_after = click.option(
+    "--transit-mount", hidden=True, expose_value=False, callback=_late_transit_mount
+)
 
 
 def _transit(options: Options) -> Any:
@@ -701,6 +853,7 @@ def _stdin_text() -> str:
 
 
 @transit.command(name="encrypt")
+@_transit_mount_after
 @click.argument("name")
 @click.option("--context", help="Derived keys: which one.")
 @pass_options
@@ -711,6 +864,7 @@ def transit_encrypt(options: Options, name: str, context: str | None) -> None:
 
 
 @transit.command(name="decrypt")
+@_transit_mount_after
 @click.argument("name")
 @click.option("--context", help="Derived keys: which one.")
 @pass_options
@@ -725,6 +879,7 @@ def transit_decrypt(options: Options, name: str, context: str | None) -> None:
 
 
 @transit.command(name="rotate")
+@_transit_mount_after
 @click.argument("name")
 @pass_options
 def transit_rotate(options: Options, name: str) -> None:
@@ -734,6 +889,7 @@ def transit_rotate(options: Options, name: str) -> None:
 
 
 @transit.command(name="rewrap")
+@_transit_mount_after
 @click.argument("name")
 @click.option("--context", help="Derived keys: which one.")
 @pass_options

@@ -108,12 +108,14 @@ def test_transit_commands(run, bao_server: DevServer) -> None:  # type: ignore[n
     mount = f"transit-{uuid.uuid4().hex[:6]}"
     bao_server.bao("secrets", "enable", f"-path={mount}", "transit")
     bao_server.bao("write", "-f", f"{mount}/keys/cli")
-    token = run("transit", "--mount", mount, "encrypt", "cli", input=b"plain").strip()
+    token = run("transit", "--transit-mount", mount, "encrypt", "cli", input=b"plain").strip()
     assert token.startswith("vault:v1:")
-    assert run("transit", "--mount", mount, "decrypt", "cli", input=token) == "plain"
-    assert run("transit", "--mount", mount, "rotate", "cli") == "cli: version 2\n"
-    assert run("transit", "--mount", mount, "rewrap", "cli", input=token).startswith("vault:v2:")
-    run("transit", "--mount", mount, "decrypt", "cli", input="vault:v1:AAAA", code=6)
+    assert run("transit", "--transit-mount", mount, "decrypt", "cli", input=token) == "plain"
+    assert run("transit", "--transit-mount", mount, "rotate", "cli") == "cli: version 2\n"
+    assert run("transit", "--transit-mount", mount, "rewrap", "cli", input=token).startswith(
+        "vault:v2:"
+    )
+    run("transit", "--transit-mount", mount, "decrypt", "cli", input="vault:v1:AAAA", code=6)
 
 
 def test_exit_codes(run, env: dict[str, str], black_hole: str) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,133 @@
+"""The command line as a newcomer meets it (issue 16): global options before or after the
+sub-command, every usage error one ``secureml: error:`` line with exit code 2, durations
+as the variables take them. Real subprocesses where stderr's exact shape matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from secureml._devserver import DevServer
+from secureml.cli import cli
+
+pytestmark = pytest.mark.integration
+
+SECUREML = str(Path(sys.executable).with_name("secureml"))
+
+
+@pytest.fixture
+def env(bao_server: DevServer, vault_path: str) -> dict[str, str]:
+    return {
+        "VAULT_ADDR": bao_server.address,
+        "VAULT_TOKEN": bao_server.root_token,
+        "SECUREML_TEST_PATH": vault_path,
+    }
+
+
+def invoke(env: dict[str, str], *args: str, input: str | None = None, code: int = 0) -> str:
+    result = CliRunner().invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
+    assert result.exit_code == code, (result.exit_code, result.output)
+    return result.output
+
+
+def run(
+    env: dict[str, str], *args: str, input: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SECUREML, *args],
+        input=None if input is None else input.decode(),
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_global_options_work_before_or_after_the_sub_command(env: dict[str, str]) -> None:
+    path = env["SECUREML_TEST_PATH"]
+    invoke(env, "set", "api", "--vault-path", path, input="s3cr3t")
+    before = json.loads(invoke(env, "--json", "--vault-path", path, "get", "api"))
+    after = json.loads(invoke(env, "get", "api", "--json", "--vault-path", path))
+    between = json.loads(invoke(env, "--vault-path", path, "get", "--json", "api"))
+    assert before == after == between
+    assert before["value"] == "s3cr3t"
+    assert json.loads(invoke(env, "status", "--json"))["reachable"] is True
+    invoke(env, "keys", "generate", "k", "--vault-path", path)
+    shown = json.loads(invoke(env, "keys", "get", "k", "--vault-path", path, "--json"))
+    assert len(bytes.fromhex(shown["key"])) == 32
+    # A group in between takes them too, and a flag given after overrides the default.
+    assert json.loads(invoke(env, "keys", "--json", "versions", "k", "--vault-path", path))
+    invoke(env, "get", "api", "--vault-path", path, "--timeout", "5s", "--retries", "0")
+
+
+def test_a_late_flag_turns_off_the_env_fallback(env: dict[str, str]) -> None:
+    down = {**env, "VAULT_ADDR": "http://127.0.0.1:9", "SECUREML_ONLY_ENV": "from-env"}
+    assert invoke(down, "get", "only_env", input=None).strip() == "from-env"
+    invoke(down, "get", "only_env", "--no-env-fallback", code=5)
+
+
+def test_the_kv_mount_and_the_transit_mount_are_two_options(
+    env: dict[str, str], bao_server: DevServer
+) -> None:
+    bao_server.bao("secrets", "enable", "-path=transit-cli16", "transit")
+    bao_server.bao("write", "-f", "transit-cli16/keys/t")
+    token = invoke(env, "transit", "--transit-mount", "transit-cli16", "encrypt", "t", input="x")
+    assert token.startswith("vault:v1:")
+    after = invoke(env, "transit", "encrypt", "t", "--transit-mount", "transit-cli16", input="x")
+    assert after.startswith("vault:v1:")
+    # --mount is the KV mount's, wherever it is given: never the Transit engine's.
+    wrong = run(env, "transit", "--mount", "transit-cli16", "encrypt", "t", input=b"x")
+    assert wrong.returncode == 2
+    assert "nothing is mounted at 'transit'" in wrong.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("get",),  # a missing argument
+        ("no-such-command",),
+        ("get", "x", "--no-such-option"),
+        ("delete", "x"),  # no --yes and no terminal to ask
+        ("set", "x", "--value", "a", "--file", "/etc/hostname"),
+        ("keys", "rotate", "k", "--older-than", "soon"),
+        ("keys", "generate", "k", "--label", "no-equals-sign"),
+        ("keys", "generate", "k", "--bytes", "3"),  # a range
+        ("--timeout", "5x", "status"),
+        ("status", "--timeout", "0.01"),
+        ("--retries", "-1", "status"),
+    ],
+    ids=lambda args: "-".join(args)[:40],
+)
+def test_every_usage_error_is_one_line_and_exit_2(
+    env: dict[str, str], args: tuple[str, ...]
+) -> None:
+    done = run(env, "--vault-path", env["SECUREML_TEST_PATH"], *args, input=b"")
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert done.stdout == ""
+    assert done.stderr.startswith("secureml: error: "), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "Usage:" not in done.stderr
+    assert "--help" in done.stderr  # where to look next
+
+
+def test_help_lists_the_exit_codes_and_says_globals_work_everywhere() -> None:
+    top = run({}, "--help")
+    assert "Exit codes: 0 ok" in " ".join(top.stdout.split())
+    sub = run({}, "get", "--help")
+    assert "global options" in sub.stdout
+    assert "--vault-url" not in sub.stdout  # hidden there: listed once, at the top
+
+
+def test_help_and_version_still_exit_0() -> None:
+    assert run({}, "--help").returncode == 0
+    assert run({}, "keys", "--help").returncode == 0
+    version = run({}, "--version")
+    assert version.returncode == 0
+    assert "secureml" in version.stdout
