@@ -137,8 +137,14 @@ class _Commands(click.Group):
             _with_late_globals(self)
 
     def invoke(self, ctx: click.Context) -> Any:
+        root = isinstance(self, _Root)
+        if root:
+            _HELD_NOTES.clear()
         try:
-            return super().invoke(ctx)
+            done = super().invoke(ctx)
+            if root:
+                _say_held_notes()  # it succeeded: say what it fell back on, if anything
+            return done
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except BrokenPipeError:
@@ -425,14 +431,31 @@ def status(options: Options) -> None:
 
         table = Table(show_header=False, box=None)
         for field, value in report.items():
-            table.add_row(field, "-" if value is None else str(value))
+            shown = _duration(value) if field == "token_ttl" and value is not None else value
+            table.add_row(field, "-" if shown is None else str(shown))
         Console().print(table)
+    if found.vault_url is None:
+        _fail(
+            "no Vault address is configured: set BAO_ADDR (or VAULT_ADDR, "
+            "SECUREML_VAULT_URL) or pass --vault-url"
+        )
     # Scripts can test health: 5 down or sealed, 4 credentials refused, 1 other trouble.
     if found.vault_url is not None and (not found.reachable or found.sealed):
         sys.exit(EXIT_UNAVAILABLE)
     if found.error is not None:
         denied = any(w in found.error for w in ("denied", "rejected", "refused to log in"))
         sys.exit(EXIT_DENIED if denied else EXIT_ERROR)
+
+
+def _duration(seconds: float) -> str:
+    """``2764799`` as ``31d 23h``: the two largest units, as ``vault token lookup`` does."""
+    left = int(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return " ".join(parts[:2])
 
 
 def _shown(value: Any) -> tuple[str, str]:
@@ -533,12 +556,29 @@ def delete(
     """Delete secret NAME (soft, undoable) or its --version(s); --destroy for good."""
     what = f"versions {', '.join(map(str, versions))} of {name}" if versions else name
     verb = "destroy (for good)" if destroy else "delete"
+    if not yes and not sys.stdin.isatty():
+        raise click.UsageError(f"refusing to {verb} {what} without --yes (no terminal to ask)")
+    _must_exist(options, name, versions)
     if not yes:
-        if not sys.stdin.isatty():
-            raise click.UsageError(f"refusing to {verb} {what} without --yes (no terminal to ask)")
         click.confirm(f"{verb.capitalize()} {what}?", abort=True)
     options.manager().delete_secret(name, destroy=destroy, versions=list(versions) or None)
     _out(options, {"name": name, "deleted": True, "destroyed": destroy}, f"{verb}: {what}")
+
+
+def _must_exist(options: Options, name: str, versions: tuple[int, ...]) -> None:
+    """Fail with exit 3 unless ``name`` (and each of ``versions``) is in Vault: a delete
+    of nothing is a typo, not a success. (KV v1 keeps no versions to ask about.)"""
+    from .key_management.errors import SecretNotFoundError, UnsupportedOperationError
+
+    try:
+        kept = {v.version for v in options.manager().key_versions(name)}
+    except UnsupportedOperationError:
+        return
+    except SecretNotFoundError:
+        _fail(f"{name} is not in Vault: nothing to delete", EXIT_NOT_FOUND)
+    missing = [str(v) for v in versions if v not in kept]
+    if missing:
+        _fail(f"{name} has no version {', '.join(missing)}", EXIT_NOT_FOUND)
 
 
 # -- keys --------------------------------------------------------------------------------
@@ -963,20 +1003,36 @@ def _port_free(port: int) -> bool:
 
 
 def _route_library_logs(*, debug: bool) -> None:
-    """The library's log records as one-line ``secureml: warning: ...`` on stderr; its
-    fallback notes only with --debug, so an error stays one line."""
+    """The library's log records as one-line ``secureml: warning: ...`` on stderr. With
+    --debug, all of them as they come; else its warnings (an outage it fell back
+    through, a name Vault lacks that a fallback served) held until the command ends,
+    and said only if it succeeded: an error stays one line, and a value served from
+    the environment while Vault is down never passes silently."""
     import logging
 
     class OneLine(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             with contextlib.suppress(Exception):
-                level = record.levelname.lower()
-                click.echo(f"secureml: {level}: {record.getMessage()}", err=True)
+                line = f"secureml: {record.levelname.lower()}: {record.getMessage()}"
+                if debug:
+                    click.echo(line, err=True)
+                else:
+                    _HELD_NOTES.append(line)
 
     library = logging.getLogger("secureml")
     library.handlers = [OneLine()]
-    library.setLevel(logging.DEBUG if debug else logging.ERROR)
+    library.setLevel(logging.DEBUG if debug else logging.WARNING)
     library.propagate = False
+
+
+#: Library warnings held until the command's outcome is known (see _route_library_logs).
+_HELD_NOTES: list[str] = []
+
+
+def _say_held_notes() -> None:
+    notes, _HELD_NOTES[:] = list(_HELD_NOTES), []
+    for line in dict.fromkeys(notes):  # each once, in order
+        click.echo(_for_terminal(line), err=True)
 
 
 def _quiet_warnings(message: Any, category: Any, *_: Any, **__: Any) -> None:

@@ -31,9 +31,16 @@ def env(bao_server: DevServer, vault_path: str) -> dict[str, str]:
 
 
 def invoke(env: dict[str, str], *args: str, input: str | None = None, code: int = 0) -> str:
+    """Standard output of the command run in-process (its stderr: :func:`invoked`)."""
+    return invoked(env, *args, input=input, code=code)[0]
+
+
+def invoked(
+    env: dict[str, str], *args: str, input: str | None = None, code: int = 0
+) -> tuple[str, str]:
     result = CliRunner().invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
     assert result.exit_code == code, (result.exit_code, result.output)
-    return result.output
+    return result.stdout, result.stderr
 
 
 def run(
@@ -69,8 +76,16 @@ def test_global_options_work_before_or_after_the_sub_command(env: dict[str, str]
 
 def test_a_late_flag_turns_off_the_env_fallback(env: dict[str, str]) -> None:
     down = {**env, "VAULT_ADDR": "http://127.0.0.1:9", "SECUREML_ONLY_ENV": "from-env"}
-    assert invoke(down, "get", "only_env", input=None).strip() == "from-env"
-    invoke(down, "get", "only_env", "--no-env-fallback", code=5)
+    out, err = invoked(down, "get", "only_env")
+    assert out == "from-env\n"
+    # Served from the environment while Vault is down: said, in one line on stderr.
+    assert err.count("\n") == 1
+    assert err.startswith("secureml: warning: Vault at http://127.0.0.1:9 is unreachable")
+    assert "falling back" in err
+    out, err = invoked(down, "get", "only_env", "--no-env-fallback", code=5)
+    assert out == ""
+    assert err.startswith("secureml: error: ")
+    assert err.count("\n") == 1  # the held warning is not said when the command fails
 
 
 def test_the_kv_mount_and_the_transit_mount_are_two_options(
@@ -131,3 +146,39 @@ def test_help_and_version_still_exit_0() -> None:
     version = run({}, "--version")
     assert version.returncode == 0
     assert "secureml" in version.stdout
+
+
+def test_status_without_an_address_fails_and_shows_the_ttl_in_days(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    bare = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    done = subprocess.run(
+        [SECUREML, "status"], env=bare, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("secureml: error: no Vault address is configured")
+    assert "--vault-url" in done.stderr
+    shown = invoke(env, "status")
+    ttl = next(line for line in shown.splitlines() if line.strip().startswith("token_ttl"))
+    assert "." not in ttl  # 31d 23h, never 2764799.0 (a root token: never expires, "-")
+
+
+def test_deleting_what_is_not_there_is_exit_3(env: dict[str, str]) -> None:
+    path = env["SECUREML_TEST_PATH"]
+    _, err = invoked(env, "delete", "nosuch", "--yes", "--vault-path", path, code=3)
+    assert err == "secureml: error: nosuch is not in Vault: nothing to delete\n"
+    invoke(env, "set", "there", "--vault-path", path, input="v")
+    _, err = invoked(
+        env, "delete", "there", "--version", "7", "--yes", "--vault-path", path, code=3
+    )
+    assert err == "secureml: error: there has no version 7\n"
+    invoke(env, "delete", "there", "--yes", "--vault-path", path)
+
+
+def test_durations_show_the_two_largest_units() -> None:
+    from secureml.cli import _duration
+
+    assert _duration(2764799.0) == "31d 23h"
+    assert _duration(90061) == "1d 1h"
+    assert _duration(3600) == "1h"
+    assert _duration(59.9) == "59s"
