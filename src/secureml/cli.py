@@ -33,8 +33,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 #: Files at least this large get a progress bar (on a terminal).
 PROGRESS_FROM_BYTES = 4 << 20
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdwy]?)")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 365 * 86400}
 
 
 def exit_code(exc: BaseException) -> int:
@@ -616,29 +616,49 @@ def generate(
 
 
 def parse_duration(text: str) -> float:
-    """``90d``, ``12h``, ``30m``, ``45s``, ``2w`` or plain seconds, in seconds."""
+    """``90d``, ``12h``, ``30m``, ``45s``, ``2w``, ``1y`` or plain seconds, in seconds."""
     match = _DURATION.fullmatch(text.strip())
     if match is None or float(match.group(1)) <= 0:
-        raise click.BadParameter(f"{text!r} is not a duration like 90d, 12h, 30m or 45s")
+        raise click.BadParameter(
+            f"{text!r} is not a positive duration like 1y, 90d, 12h, 30m or 45s"
+        )
     return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+class _Age(click.ParamType[float, Any]):
+    """A key's age, as :func:`parse_duration` reads it (the error names the option)."""
+
+    name = "AGE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
 
 
 @keys.command()
 @click.argument("name")
-@click.option("--older-than", metavar="AGE", help="Only if the current version is this old.")
+@click.option(
+    "--older-than", type=_Age(), help="Only if the current version is this old: 1y, 90d, 12h."
+)
 @click.option("--force", is_flag=True, help="Rotate a secret that `keys generate` did not make.")
 @pass_options
-def rotate(options: Options, name: str, older_than: str | None, force: bool) -> None:
+def rotate(options: Options, name: str, older_than: float | None, force: bool) -> None:
     """Rotate key NAME: a new version of fresh random bytes."""
     manager = options.manager()
     if older_than is None:
         version: int | None = manager.rotate_key(name, force=force)
     else:
-        version = manager.rotate_if_older_than(name, parse_duration(older_than), force=force)
+        version = manager.rotate_if_older_than(name, older_than, force=force)
     text = (
         f"{name}: version {version}"
         if version is not None
-        else f"{name}: not rotated (younger than {older_than})"
+        else f"{name}: not rotated (younger than {_duration(older_than or 0)})"
     )
     _out(options, {"name": name, "rotated": version is not None, "version": version}, text)
 
@@ -667,15 +687,15 @@ _ENCODINGS = click.Choice(["hex", "base64", "base64url"])
 @click.argument("name")
 @click.option("--encoding", type=_ENCODINGS, default="hex", show_default=True)
 @click.option("--version", type=click.IntRange(min=1))
-@click.option("--bytes", "key_bytes", default=32, show_default=True, type=click.IntRange(16))
+@click.option(
+    "--bytes", "key_bytes", type=click.IntRange(16), help="Its length (default: as stored)."
+)
 @pass_options
 def key_get(
-    options: Options, name: str, encoding: str, version: int | None, key_bytes: int
+    options: Options, name: str, encoding: str, version: int | None, key_bytes: int | None
 ) -> None:
     """Print key NAME (you asked for it: it is secret)."""
-    key = options.manager().get_encryption_key(
-        name, key_bytes, cast("Encoding", encoding), version=version
-    )
+    key = _stored_key(options, name, key_bytes, "--bytes", encoding, version)
     _out(options, {"name": name, "key": key, "encoding": encoding}, str(key))
 
 
@@ -684,7 +704,9 @@ def key_get(
 @click.option("--purpose", required=True, help="What the derived key is for (HKDF info).")
 @click.option("--bytes", "key_bytes", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--encoding", type=_ENCODINGS, default="hex", show_default=True)
-@click.option("--base-bytes", default=32, show_default=True, type=click.IntRange(16))
+@click.option(
+    "--base-bytes", type=click.IntRange(16), help="The base key's length (default: as stored)."
+)
 @click.option("--version", type=click.IntRange(min=1), help="A version of the base key.")
 @pass_options
 def derive(
@@ -693,16 +715,41 @@ def derive(
     purpose: str,
     key_bytes: int,
     encoding: str,
-    base_bytes: int,
+    base_bytes: int | None,
     version: int | None,
 ) -> None:
     """Print a key derived from key NAME for PURPOSE (HKDF-SHA256)."""
     from .key_management import encode_key
 
     manager = options.manager()
-    base = manager.get_encryption_key(name, base_bytes, version=version)
+    base = _stored_key(options, name, base_bytes, "--base-bytes", "bytes", version)
     derived = encode_key(manager.derive_key(base, purpose, key_bytes), cast("Encoding", encoding))
     _out(options, {"name": name, "purpose": purpose, "key": derived}, str(derived))
+
+
+def _stored_key(
+    options: Options,
+    name: str,
+    length: int | None,
+    option: str,
+    encoding: str,
+    version: int | None,
+) -> Any:
+    """Key ``name`` at ``length`` bytes, or (``None``) at the length it is stored at."""
+    from .key_management.errors import KeyFormatError
+
+    manager = options.manager()
+    try:
+        return manager.get_encryption_key(
+            name, length or 32, cast("Encoding", encoding), version=version
+        )
+    except KeyFormatError as exc:
+        stored = exc.stored_bytes
+        if stored is None or stored < 16:
+            raise
+        if length is not None:  # asked for another length: say how to read this one
+            raise KeyFormatError(f"{exc}; pass {option} {stored}", stored_bytes=stored) from None
+    return manager.get_encryption_key(name, stored, cast("Encoding", encoding), version=version)
 
 
 # -- data and files ------------------------------------------------------------------------

@@ -182,3 +182,41 @@ def test_durations_show_the_two_largest_units() -> None:
     assert _duration(90061) == "1d 1h"
     assert _duration(3600) == "1h"
     assert _duration(59.9) == "59s"
+
+
+def test_keys_are_read_at_the_length_they_are_stored_at(env: dict[str, str]) -> None:
+    path = env["SECUREML_TEST_PATH"]
+    invoke(env, "keys", "generate", "wide", "--bytes", "64", "--vault-path", path)
+    assert len(bytes.fromhex(invoke(env, "keys", "get", "wide", "--vault-path", path))) == 64
+    derived = invoke(env, "keys", "derive", "wide", "--purpose", "p", "--vault-path", path)
+    assert len(bytes.fromhex(derived)) == 32
+    _, err = invoked(env, "keys", "get", "wide", "--bytes", "32", "--vault-path", path, code=2)
+    assert "64 bytes long; 32 were requested; pass --bytes 64" in err
+    _, err = invoked(
+        env,
+        "keys",
+        "derive",
+        "wide",
+        "--purpose",
+        "p",
+        "--base-bytes",
+        "32",
+        "--vault-path",
+        path,
+        code=2,
+    )
+    assert "pass --base-bytes 64" in err
+
+
+def test_key_ages_name_their_option_and_take_years(env: dict[str, str]) -> None:
+    path = env["SECUREML_TEST_PATH"]
+    invoke(env, "keys", "generate", "aged", "--vault-path", path)
+    _, err = invoked(
+        env, "keys", "rotate", "aged", "--older-than", "0", "--vault-path", path, code=2
+    )
+    assert err.startswith(
+        "secureml: error: Invalid value for '--older-than': '0' is not a positive"
+    )
+    assert "not rotated (younger than 365d)" in invoke(
+        env, "keys", "rotate", "aged", "--older-than", "1y", "--vault-path", path
+    )

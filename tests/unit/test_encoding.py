@@ -122,3 +122,22 @@ def test_unprefixed_all_hex_digits_is_hex_prefix_says_otherwise() -> None:
     with pytest.raises(KeyFormatError, match="is 32 bytes long; 48 were requested"):
         decode_key_text(text, 48, described="k")
     assert decode_key_text("base64:" + text, 48, described="k") == zeros
+
+
+def test_only_marked_or_raw_material_tells_its_length() -> None:
+    """A caller may read a key at the length it is stored at (the CLI's `keys get`), but a
+    password that happens to decode as base64 must never be offered as a key."""
+    import pytest
+
+    from secureml.key_management._encoding import key_of_length
+    from secureml.key_management.errors import KeyFormatError
+
+    with pytest.raises(KeyFormatError) as raw:
+        key_of_length(bytes(64), 32, described="k")
+    assert raw.value.stored_bytes == 64
+    with pytest.raises(KeyFormatError) as marked:
+        key_of_length("hex:" + "ab" * 48, 32, described="k")
+    assert marked.value.stored_bytes == 48
+    with pytest.raises(KeyFormatError) as password:
+        key_of_length("hunter2-Correct-Horse-Battery-Staple", 32, described="k")
+    assert password.value.stored_bytes is None

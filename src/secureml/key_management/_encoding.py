@@ -80,11 +80,12 @@ def decode_key_text(text: str, key_bytes: int, *, described: str) -> bytes:
     Raises:
         KeyFormatError: The text does not decode, or decodes to another length.
     """
-    return check_key_bytes(
-        decode_key_material(text, described=described, wanted=key_bytes),
-        key_bytes,
-        described=described,
-    )
+    key = decode_key_material(text, described=described, wanted=key_bytes)
+    prefix, sep, _ = text.strip().partition(":")
+    # Only text marked as key material says its length: a password that happens to be
+    # base64 must not be offered (say, by the command line) as a key of another length.
+    marked = bool(sep) and prefix.lower() in ("hex", "base64")
+    return check_key_bytes(key, key_bytes, described=described, tell_length=marked)
 
 
 def decode_key_material(text: str, *, described: str, wanted: int | None = None) -> bytes:
@@ -114,10 +115,16 @@ def decode_key_material(text: str, *, described: str, wanted: int | None = None)
     )
 
 
-def check_key_bytes(key: bytes, key_bytes: int, *, described: str) -> bytes:
-    """Return ``key`` if it is exactly ``key_bytes`` long, else raise :class:`KeyFormatError`."""
+def check_key_bytes(
+    key: bytes, key_bytes: int, *, described: str, tell_length: bool = True
+) -> bytes:
+    """Return ``key`` if it is exactly ``key_bytes`` long, else raise :class:`KeyFormatError`
+    (with the length it has as ``stored_bytes`` if ``tell_length``)."""
     if len(key) != key_bytes:
-        raise KeyFormatError(f"{described} is {len(key)} bytes long; {key_bytes} were requested")
+        raise KeyFormatError(
+            f"{described} is {len(key)} bytes long; {key_bytes} were requested",
+            stored_bytes=len(key) if tell_length else None,
+        )
     return key
 
 

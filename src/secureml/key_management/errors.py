@@ -85,7 +85,17 @@ class SecretNotFoundError(KeyManagementError, KeyError, ValueError):
 
 
 class KeyFormatError(KeyManagementError, ValueError):
-    """Key material has the wrong length or cannot be decoded."""
+    """Key material has the wrong length or cannot be decoded.
+
+    Attributes:
+        stored_bytes: The length of the material as stored, when it decoded but had
+            another length than was asked for (so a caller, such as the command line,
+            can read it at the length it has); else ``None``.
+    """
+
+    def __init__(self, message: str, *, stored_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.stored_bytes = stored_bytes
 
 
 class VaultError(KeyManagementError):
