@@ -65,9 +65,21 @@ def _utf8(raw: bytes) -> str:
         ) from None
 
 
-def _message(exc: BaseException) -> str:
-    from .key_management.errors import KeyManagementError
+#: What a refused ciphertext's ``reason`` means, as the command line says it.
+_CIPHERTEXT_REASONS = {
+    "not-secureml": "the input is not a secureml file (it does not start with a secureml header)",
+    "truncated": "the input is truncated: it ends inside the secureml header",
+    "unauthenticated": "authentication failed: wrong --aad, wrong key, or the data was "
+    "altered or cut short",
+}
 
+
+def _message(exc: BaseException) -> str:
+    from .key_management._envelope import OPAQUE
+    from .key_management.errors import InvalidCiphertextError, KeyManagementError
+
+    if isinstance(exc, InvalidCiphertextError) and str(exc) == OPAQUE:
+        return _CIPHERTEXT_REASONS.get(exc.reason, OPAQUE)
     if isinstance(exc, UnicodeError):  # its message quotes the offending bytes
         return "the input is not UTF-8 text; pass --binary to store it as bytes"
     if isinstance(exc, (KeyManagementError, OSError, ValueError, TypeError)):
@@ -823,6 +835,48 @@ def _streams(src: str, dst: str) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
             reader.close()
 
 
+def _destination(src: str, dst: str, *, force: bool, ciphertext: bool) -> None:
+    """Refuse, before any work, a destination the user would not want written: binary
+    ciphertext to a terminal (as gpg and age do), a folder, a file in a folder that is
+    not there, or (without ``--force``) an existing file other than ``src`` itself
+    (writing in place, ``reencrypt a.sml a.sml``, says so explicitly)."""
+    if dst != "-" and os.path.isdir(dst):
+        _fail(f"{dst} is a folder; give a file name for the output")
+    if dst == "-" or _special(dst):
+        if ciphertext and (sys.stdout.isatty() if dst == "-" else _is_terminal(dst)):
+            _fail(
+                "refusing to write binary ciphertext to a terminal; redirect it "
+                "(> file.sml) or give a destination file"
+            )
+        return
+    folder = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(folder):
+        _fail(f"the folder {folder} does not exist; create it first", EXIT_ERROR)
+    if os.path.lexists(dst) and not force and not _same_file(src, dst):
+        _fail(f"{dst} exists; pass --force to replace it")
+
+
+def _is_terminal(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)
+
+
+def _same_file(src: str, dst: str) -> bool:
+    try:
+        return src != "-" and os.path.samefile(src, dst)
+    except OSError:
+        return False
+
+
+_force = click.option("--force", is_flag=True, help="Replace DST if it exists.")
+
+
 def _aad(text: str | None) -> bytes:
     return b"" if text is None else text.encode("utf-8")
 
@@ -833,12 +887,20 @@ def _aad(text: str | None) -> bytes:
 @click.option("--key", "key_name", default="master_key", show_default=True, help="Managed key.")
 @click.option("--aad", help="Associated data (needed again to decrypt).")
 @click.option("--transit-key", help="Use a fresh data key from this Vault Transit key.")
+@_force
 @pass_options
 def encrypt(
-    options: Options, src: str, dst: str, key_name: str, aad: str | None, transit_key: str | None
+    options: Options,
+    src: str,
+    dst: str,
+    key_name: str,
+    aad: str | None,
+    transit_key: str | None,
+    force: bool,
 ) -> None:
     """Encrypt SRC to DST (- for stdin/stdout)."""
     src, dst = _stdio(src, dst)
+    _destination(src, dst, force=force, ciphertext=True)
     manager = options.manager()
     with _progress(_size(src)) as progress:
         if "-" not in (src, dst) and not _special(dst):
@@ -856,11 +918,13 @@ def encrypt(
 @click.argument("src")
 @click.argument("dst")
 @click.option("--aad", help="The associated data given to encrypt.")
+@_force
 @pass_options
-def decrypt(options: Options, src: str, dst: str, aad: str | None) -> None:
+def decrypt(options: Options, src: str, dst: str, aad: str | None, force: bool) -> None:
     """Decrypt SRC to DST (- for stdin/stdout). A file DST appears only if all of SRC
     authenticates; on stdout, output stops at the first bad segment."""
     src, dst = _stdio(src, dst)
+    _destination(src, dst, force=force, ciphertext=False)
     manager = options.manager()
     with _progress(_size(src)) as progress:
         if "-" not in (src, dst) and not _special(dst):
@@ -876,6 +940,7 @@ def decrypt(options: Options, src: str, dst: str, aad: str | None) -> None:
 @click.option("--key", "key_name", help="Move to this key (default: the one SRC names).")
 @click.option("--aad", help="The associated data given to encrypt.")
 @click.option("--transit-key", help="Move to a data key from this Transit key.")
+@_force
 @pass_options
 def reencrypt(
     options: Options,
@@ -884,9 +949,12 @@ def reencrypt(
     key_name: str | None,
     aad: str | None,
     transit_key: str | None,
+    force: bool,
 ) -> None:
-    """Re-encrypt SRC to DST under the current key version (after a rotation)."""
+    """Re-encrypt SRC to DST under the current key version (after a rotation); SRC as
+    DST rewrites it in place."""
     src, dst = _stdio(src, dst)
+    _destination(src, dst, force=force, ciphertext=True)
     manager = options.manager()
     with _progress(_size(src)) as progress:
         if "-" not in (src, dst) and not _special(dst):

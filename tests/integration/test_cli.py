@@ -98,7 +98,7 @@ def test_encrypt_decrypt_reencrypt_files(run, tmp_path: Path) -> None:  # type: 
     run("decrypt", str(sealed), str(back), "--aad", "t=1")
     assert back.read_bytes() == plain.read_bytes()
     run("reencrypt", str(sealed), str(sealed), "--aad", "t=1")
-    run("decrypt", str(sealed), str(back), "--aad", "wrong", code=6)
+    run("decrypt", str(sealed), str(back), "--aad", "wrong", "--force", code=6)
     sealed.write_bytes(sealed.read_bytes()[:-1])
     run("decrypt", str(sealed), str(tmp_path / "c.csv"), "--aad", "t=1", code=6)
     assert not (tmp_path / "c.csv").exists()
@@ -274,7 +274,7 @@ def test_a_file_destination_is_all_or_nothing_with_stdin(
     keep = tmp_path / "existing"
     keep.write_bytes(b"keep me")
     for broken in (sealed[: 1 << 20], b"garbage"):
-        run("decrypt", "-", str(keep), input=broken, code=6)
+        run("decrypt", "-", str(keep), "--force", input=broken, code=6)
         assert keep.read_bytes() == b"keep me"
         run("decrypt", "-", str(tmp_path / "new"), input=broken, code=6)
         assert not (tmp_path / "new").exists()

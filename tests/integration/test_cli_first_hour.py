@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -220,3 +221,84 @@ def test_key_ages_name_their_option_and_take_years(env: dict[str, str]) -> None:
     assert "not rotated (younger than 365d)" in invoke(
         env, "keys", "rotate", "aged", "--older-than", "1y", "--vault-path", path
     )
+
+
+def test_destinations_are_checked_before_any_work(env: dict[str, str], tmp_path: Path) -> None:
+    path = env["SECUREML_TEST_PATH"]
+    invoke(env, "keys", "generate", "files", "--vault-path", path)
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(b"a,b\n1,2\n")
+    sealed = tmp_path / "plain.csv.sml"
+    args = ("--vault-path", path, "--key", "files")
+    _, err = invoked(env, "encrypt", str(plain), str(tmp_path / "no" / "x.sml"), *args, code=1)
+    assert err == f"secureml: error: the folder {tmp_path / 'no'} does not exist; create it first\n"
+    assert ".part" not in err
+    _, err = invoked(env, "encrypt", str(plain), str(tmp_path), *args, code=2)
+    assert err == f"secureml: error: {tmp_path} is a folder; give a file name for the output\n"
+    invoke(env, "encrypt", str(plain), str(sealed), *args)
+    before = sealed.read_bytes()
+    _, err = invoked(env, "encrypt", str(plain), str(sealed), *args, code=2)
+    assert err == f"secureml: error: {sealed} exists; pass --force to replace it\n"
+    assert sealed.read_bytes() == before  # untouched
+    invoke(env, "encrypt", str(plain), str(sealed), *args, "--force")
+    assert sealed.read_bytes() != before  # a fresh data key: other bytes
+    invoke(env, "reencrypt", str(sealed), str(sealed), "--vault-path", path)  # in place: explicit
+    _, err = invoked(env, "decrypt", str(sealed), str(plain), "--vault-path", path, code=2)
+    assert "exists; pass --force" in err
+
+
+def test_binary_ciphertext_is_never_written_to_a_terminal(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    import pty
+
+    path = env["SECUREML_TEST_PATH"]
+    invoke(env, "keys", "generate", "tty-key", "--vault-path", path)
+    plain = tmp_path / "p"
+    plain.write_bytes(b"secret rows")
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [SECUREML, "--vault-path", path, "encrypt", str(plain), "-", "--key", "tty-key"],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **env},
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith(
+        "secureml: error: refusing to write binary ciphertext to a terminal"
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (lambda sealed: b"PK\x03\x04" + sealed[4:], "is not a secureml file"),
+        (lambda sealed: sealed[:20], "is truncated: it ends inside the secureml header"),
+        (lambda sealed: sealed[:-1], "authentication failed: wrong --aad, wrong key, or the data"),
+        (lambda sealed: sealed[:-40] + bytes(40), "authentication failed"),
+    ],
+    ids=["not-ours", "cut-in-header", "cut-at-end", "altered"],
+)
+def test_each_bad_ciphertext_says_what_can_be_told(
+    env: dict[str, str], tmp_path: Path, damage: Any, says: str
+) -> None:
+    path = env["SECUREML_TEST_PATH"]
+    invoke(env, "keys", "generate", "k6", "--vault-path", path)
+    plain, sealed, back = tmp_path / "p", tmp_path / "p.sml", tmp_path / "back"
+    plain.write_bytes(os.urandom(5000))
+    invoke(env, "encrypt", str(plain), str(sealed), "--key", "k6", "--vault-path", path)
+    sealed.write_bytes(damage(sealed.read_bytes()))
+    _, err = invoked(env, "decrypt", str(sealed), str(back), "--vault-path", path, code=6)
+    assert says in err
+    assert err.count("\n") == 1
+    assert not back.exists()
+    _, err = invoked(
+        env, "decrypt", str(sealed), str(back), "--aad", "x", "--vault-path", path, code=6
+    )
+    assert says in err  # a wrong aad on top changes nothing it says

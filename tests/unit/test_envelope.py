@@ -740,3 +740,34 @@ def test_a_wrong_commitment_in_a_reencryption_is_a_rejected_decrypt(
     assert [(e.operation, e.outcome) for e in events] == [("decrypt", "rejected")]
     with pytest.raises(InvalidCiphertextError):
         km.decrypt(bytes(blob))
+
+
+def test_a_refusal_tells_only_what_the_bytes_shape_shows(
+    env_manager: tuple[Any, list[Any]],
+) -> None:
+    """``reason`` says "not ours" or "cut inside the header" (public to anyone holding the
+    bytes); every failure that needs the key stays one reason and one message."""
+    from secureml.key_management.errors import InvalidCiphertextError
+
+    km, _ = env_manager
+    sealed = km.encrypt(b"rows" * 100, aad=b"t=1")
+    cases = {
+        b"": "not-secureml",
+        b"PK\x03\x04" + sealed[4:]: "not-secureml",
+        sealed[:3]: "truncated",
+        sealed[:30]: "truncated",
+        sealed[:-1]: "unauthenticated",
+        sealed[:-5] + bytes(5): "unauthenticated",
+    }
+    for data, reason in cases.items():
+        for aad in (b"t=1", b"wrong"):
+            with pytest.raises(InvalidCiphertextError) as refused:
+                km.decrypt(data, aad=aad)
+            assert refused.value.reason == reason
+            assert str(refused.value) == envelope.OPAQUE
+            with pytest.raises(InvalidCiphertextError) as streamed:
+                km.decrypt_stream(io.BytesIO(data), io.BytesIO(), aad=aad)
+            assert streamed.value.reason == reason
+    with pytest.raises(InvalidCiphertextError) as wrong_aad:
+        km.decrypt(sealed, aad=b"wrong")
+    assert wrong_aad.value.reason == "unauthenticated"

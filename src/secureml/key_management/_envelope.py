@@ -237,17 +237,26 @@ class Header:
         return self._encoded
 
 
-def _invalid() -> InvalidCiphertextError:
-    return InvalidCiphertextError(OPAQUE)
+def _invalid(reason: str = "unauthenticated") -> InvalidCiphertextError:
+    refused = InvalidCiphertextError(OPAQUE)
+    refused.reason = reason
+    return refused
+
+
+def _short(data: bytes | memoryview) -> InvalidCiphertextError:
+    """Too few bytes for a header: cut short if they begin as one does, else not ours."""
+    start = bytes(data[: len(MAGIC)])
+    return _invalid("truncated" if MAGIC.startswith(start) and start else "not-secureml")
 
 
 def _fixed_part(data: bytes | memoryview) -> tuple[int, int, int, int, int]:
     """Check the fixed part at the start of ``data`` (16 bytes or more); return format
     version, mode, segment_bytes, key_version, name_len."""
     magic, version, mode, segment_bytes, key_version, name_len = _FIXED.unpack_from(data)
+    if magic != MAGIC:
+        raise _invalid("not-secureml")
     if (
-        magic != MAGIC
-        or version not in FORMAT_VERSIONS
+        version not in FORMAT_VERSIONS
         or mode not in (MODE_MANAGED_KEY, MODE_TRANSIT)
         or not MIN_SEGMENT_BYTES <= segment_bytes <= MAX_SEGMENT_BYTES
         or not 0 < name_len <= MAX_NAME_BYTES
@@ -263,11 +272,11 @@ def parse_header(data: bytes | memoryview) -> tuple[Header, int]:
     hostile header is refused here, before any key is looked up."""
     size = len(data)
     if size < _FIXED.size:
-        raise _invalid()
+        raise _short(data)
     version, mode, segment_bytes, key_version, name_len = _fixed_part(data)
     name_end = _FIXED.size + name_len
     if size < name_end + _U16.size:
-        raise _invalid()
+        raise _invalid("truncated")
     (wrapped_len,) = _U16.unpack_from(data, name_end)
     if wrapped_len > MAX_WRAPPED_BYTES:
         raise _invalid()
@@ -275,7 +284,7 @@ def parse_header(data: bytes | memoryview) -> tuple[Header, int]:
     end = salt_at + SALT_BYTES + PREFIX_BYTES
     total = end if version == 1 else end + COMMITMENT_BYTES
     if size < total:
-        raise _invalid()  # cut inside the header, or inside (or before) the commitment
+        raise _invalid("truncated")  # cut inside the header or its commitment
     raw = bytes(data[:end])
     wrapped = raw[name_end + _U16.size : salt_at]
     try:
@@ -307,12 +316,12 @@ def read_header(reader: Reader) -> tuple[Header, bytes]:
     stream is left at the first segment."""
     fixed = _read_exactly(reader, _FIXED.size)
     if len(fixed) < _FIXED.size:
-        raise _invalid()
+        raise _short(fixed)
     version, _, _, _, name_len = _fixed_part(fixed)  # bounds first: then parse_header
     name = _read_exactly(reader, name_len)
     wrapped_len_raw = _read_exactly(reader, _U16.size)
     if len(name) < name_len or len(wrapped_len_raw) < _U16.size:
-        raise _invalid()
+        raise _invalid("truncated")
     (wrapped_len,) = _U16.unpack(wrapped_len_raw)
     if wrapped_len > MAX_WRAPPED_BYTES:
         raise _invalid()
@@ -320,7 +329,7 @@ def read_header(reader: Reader) -> tuple[Header, bytes]:
     tail_bytes = SALT_BYTES + PREFIX_BYTES + (0 if version == 1 else COMMITMENT_BYTES)
     tail = _read_exactly(reader, tail_bytes)
     if len(wrapped) < wrapped_len or len(tail) < tail_bytes:
-        raise _invalid()
+        raise _invalid("truncated")
     header, _ = parse_header(b"".join((fixed, name, wrapped_len_raw, wrapped, tail)))
     return header, header.encode()
 

@@ -151,9 +151,18 @@ class UnsupportedOperationError(KeyManagementError):
 class InvalidCiphertextError(KeyManagementError):
     """Decryption failed.
 
-    Deliberately says nothing about why (bad tag, truncation, wrong key), so failures
-    give an attacker no oracle.
+    Its message deliberately says nothing about why (bad tag, truncation, wrong key), so
+    failures give an attacker no oracle.
+
+    Attributes:
+        reason: What can be told without a key, from the bytes' shape alone (public to
+            anyone holding them): ``not-secureml`` (they do not start as a secureml
+            message does), ``truncated`` (they end inside the header), or
+            ``unauthenticated`` (everything else: a wrong key or aad, altered or cut
+            segments; never told apart).
     """
+
+    reason: str = "unauthenticated"
 
 
 class KeyVersionUnavailableError(InvalidCiphertextError, SecretNotFoundError):
