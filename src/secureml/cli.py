@@ -857,7 +857,11 @@ def _destination(src: str, dst: str, *, force: bool, ciphertext: bool) -> None:
 
 
 def _is_terminal(path: str) -> bool:
+    """Whether ``path`` is a terminal. Only a character device is opened to ask: opening
+    (and closing) a FIFO would hand its reader an end of file before the data."""
     try:
+        if not stat.S_ISCHR(os.stat(path).st_mode):
+            return False
         fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError:
         return False
