@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
@@ -116,6 +117,7 @@ class Options:
         self.env_fallback, self.dev_defaults = env_fallback, dev_defaults
         self.json, self.debug = json, debug
         self._manager: Any = None
+        self.events: list[Any] = []  # the manager's AccessEvents (never a value)
 
     def manager(self) -> KeyManager:
         if self._manager is None:
@@ -135,6 +137,7 @@ class Options:
                 retries=self.retries,
                 declared_keys=self.declared_keys,
                 declared_transit_keys=self.declared_transit_keys,
+                audit_hook=self.events.append,
             )
         return self._manager  # type: ignore[no-any-return]
 
@@ -198,6 +201,9 @@ class _Root(_Commands):
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `secureml` alone: its help
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.ClickException as exc:
             click.echo(f"secureml: error: {_usage_line(exc)}", err=True)
             sys.exit(exc.exit_code)
@@ -221,6 +227,8 @@ class _Seconds(click.ParamType[float, Any]):
 
         try:
             seconds = parse_duration(value, "--timeout")
+        except OverflowError:
+            self.fail(f"{value!r} is too long a timeout", param, ctx)
         except (ValueError, TypeError) as exc:
             self.fail(str(exc).replace(f"--timeout={value!r} is", f"{value!r} is"), param, ctx)
         if seconds < 0.1:
@@ -328,6 +336,13 @@ def _with_late_globals(command: click.Command) -> None:
     command.epilog = f"{command.epilog}\n\n{note}" if command.epilog else note
 
 
+def _transit_kv_mount(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.UsageError(
+            "--mount is the KV mount; the Transit engine's is --transit-mount", ctx=ctx
+        )
+
+
 class _Command(click.Command):
     """A sub-command: takes the global options after its name as well."""
 
@@ -348,6 +363,9 @@ _EXIT_CODES = (
 def _usage_line(exc: click.ClickException) -> str:
     """A click usage error as one line: what is wrong, and where the help is."""
     text = _for_terminal(" ".join(exc.format_message().split()))
+    if text.startswith("Got unexpected extra argument"):
+        # Not echoed: `secureml set NAME hunter2` would print the password.
+        text = "unexpected extra arguments (not shown: one may be a secret; values go on stdin)"
     ctx = getattr(exc, "ctx", None)
     if isinstance(exc, click.UsageError) and ctx is not None:
         text += f" (see '{ctx.command_path} --help')"
@@ -580,12 +598,16 @@ def delete(
 def _must_exist(options: Options, name: str, versions: tuple[int, ...]) -> None:
     """Fail with exit 3 unless ``name`` (and each of ``versions``) is in Vault: a delete
     of nothing is a typo, not a success. (KV v1 keeps no versions to ask about.)"""
-    from .key_management.errors import SecretNotFoundError, UnsupportedOperationError
+    from .key_management.errors import (
+        PermissionDeniedError,
+        SecretNotFoundError,
+        UnsupportedOperationError,
+    )
 
     try:
         kept = {v.version for v in options.manager().key_versions(name)}
-    except UnsupportedOperationError:
-        return
+    except (UnsupportedOperationError, PermissionDeniedError):
+        return  # KV v1, or a policy that may delete but not read metadata: just delete
     except SecretNotFoundError:
         _fail(f"{name} is not in Vault: nothing to delete", EXIT_NOT_FOUND)
     missing = [str(v) for v in versions if v not in kept]
@@ -757,11 +779,23 @@ def _stored_key(
         )
     except KeyFormatError as exc:
         stored = exc.stored_bytes
-        if stored is None or stored < 16:
+        if stored is None or not 16 <= stored <= 8160:
             raise
-        if length is not None:  # asked for another length: say how to read this one
+        if length is not None or not _is_key(options, name):
+            # Asked for another length, or a secret that is not a key (a certificate
+            # is not an HKDF base): say how to read it, do not guess.
             raise KeyFormatError(f"{exc}; pass {option} {stored}", stored_bytes=stored) from None
     return manager.get_encryption_key(name, stored, cast("Encoding", encoding), version=version)
+
+
+def _is_key(options: Options, name: str) -> bool:
+    """Whether ``name`` is a key `keys generate` made (its label) or one declared."""
+    if name in options.declared_keys:
+        return True
+    try:
+        return bool(options.manager()._core.key_mark(name))
+    except Exception:  # cannot tell (no metadata access): not assumed
+        return False
 
 
 # -- data and files ------------------------------------------------------------------------
@@ -881,6 +915,47 @@ def _same_file(src: str, dst: str) -> bool:
 _force = click.option("--force", is_flag=True, help="Replace DST if it exists.")
 
 
+def _summary(
+    options: Options,
+    verb: str,
+    src: str,
+    dst: str,
+    done: int,
+    started: float,
+    *,
+    always: bool = False,
+) -> None:
+    """One line on stderr once a file command is done (the progress bar, if any, is gone
+    by then): what, how much, how fast, and under which key and version. On a terminal;
+    for ``reencrypt`` always, since the new version is its news."""
+    if not (always or sys.stderr.isatty()):
+        return
+    seconds = max(time.monotonic() - started, 1e-6)
+    used = [
+        e for e in options.events if e.operation in ("encrypt", "decrypt") and e.outcome == "ok"
+    ]
+    key = ""
+    if used:
+        last = used[-1]
+        key = f", key {last.name}" + (f" version {last.version}" if last.version else "")
+        if verb == "reencrypted" and len(used) > 1 and used[0].version:
+            key += f" (was version {used[0].version})"
+    where = f"{'stdin' if src == '-' else src} -> {'stdout' if dst == '-' else dst}"
+    line = (
+        f"secureml: {verb} {where}: {_bytes(done)} in {seconds:.1f} s "
+        f"({_bytes(done / seconds)}/s){key}"
+    )
+    click.echo(_for_terminal(line), err=True)
+
+
+def _bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"  # pragma: no cover - the loop returns at GiB
+
+
 def _aad(text: str | None) -> bytes:
     return b"" if text is None else text.encode("utf-8")
 
@@ -906,16 +981,23 @@ def encrypt(
     src, dst = _stdio(src, dst)
     _destination(src, dst, force=force, ciphertext=True)
     manager = options.manager()
+    started = time.monotonic()
     with _progress(_size(src)) as progress:
         if "-" not in (src, dst) and not _special(dst):
-            manager.encrypt_file(
+            done = manager.encrypt_file(
                 src, dst, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
             )
-            return
-        with _streams(src, dst) as (reader, writer):
-            manager.encrypt_stream(
-                reader, writer, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
-            )
+        else:
+            with _streams(src, dst) as (reader, writer):
+                done = manager.encrypt_stream(
+                    reader,
+                    writer,
+                    key_name,
+                    aad=_aad(aad),
+                    progress=progress,
+                    transit_key=transit_key,
+                )
+    _summary(options, "encrypted", src, dst, done, started)
 
 
 @cli.command()
@@ -930,12 +1012,14 @@ def decrypt(options: Options, src: str, dst: str, aad: str | None, force: bool) 
     src, dst = _stdio(src, dst)
     _destination(src, dst, force=force, ciphertext=False)
     manager = options.manager()
+    started = time.monotonic()
     with _progress(_size(src)) as progress:
         if "-" not in (src, dst) and not _special(dst):
-            manager.decrypt_file(src, dst, aad=_aad(aad), progress=progress)
-            return
-        with _streams(src, dst) as (reader, writer):
-            manager.decrypt_stream(reader, writer, aad=_aad(aad), progress=progress)
+            done = manager.decrypt_file(src, dst, aad=_aad(aad), progress=progress)
+        else:
+            with _streams(src, dst) as (reader, writer):
+                done = manager.decrypt_stream(reader, writer, aad=_aad(aad), progress=progress)
+    _summary(options, "decrypted", src, dst, done, started)
 
 
 @cli.command()
@@ -960,16 +1044,23 @@ def reencrypt(
     src, dst = _stdio(src, dst)
     _destination(src, dst, force=force, ciphertext=True)
     manager = options.manager()
+    started = time.monotonic()
     with _progress(_size(src)) as progress:
         if "-" not in (src, dst) and not _special(dst):
-            manager.reencrypt_file(
+            done = manager.reencrypt_file(
                 src, dst, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
             )
-            return
-        with _streams(src, dst) as (reader, writer):
-            manager.reencrypt_stream(
-                reader, writer, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
-            )
+        else:
+            with _streams(src, dst) as (reader, writer):
+                done = manager.reencrypt_stream(
+                    reader,
+                    writer,
+                    key_name,
+                    aad=_aad(aad),
+                    progress=progress,
+                    transit_key=transit_key,
+                )
+    _summary(options, "reencrypted", src, dst, done, started, always=True)
 
 
 # -- transit -------------------------------------------------------------------------------
@@ -994,6 +1085,15 @@ def _late_transit_mount(ctx: click.Context, param: click.Parameter, value: str |
 _transit_mount_after = click.option(
     "--transit-mount", hidden=True, expose_value=False, callback=_late_transit_mount
 )
+
+
+def _refuse_kv_mount(command: click.Command) -> None:
+    """On a Transit group or command, ``--mount`` (the KV mount, which they never use) is
+    the old spelling of ``--transit-mount``: refused, never silently another mount."""
+    command.params = [p for p in command.params if "--mount" not in getattr(p, "opts", ())]
+    command.params.append(
+        click.Option(["--mount"], hidden=True, expose_value=False, callback=_transit_kv_mount)
+    )
 
 
 def _transit(options: Options) -> Any:
@@ -1056,6 +1156,10 @@ def transit_rewrap(options: Options, name: str, context: str | None) -> None:
     """Re-encrypt the ciphertext on stdin with the latest version of NAME."""
     token = _transit(options).rewrap(name, _stdin_text(), context=_context(context))
     _out(options, {"name": name, "ciphertext": token}, token)
+
+
+for _transit_command in (transit, *transit.commands.values()):
+    _refuse_kv_mount(_transit_command)
 
 
 # -- dev server ----------------------------------------------------------------------------
@@ -1155,7 +1259,9 @@ def _say_held_notes() -> None:
 
 
 def _quiet_warnings(message: Any, category: Any, *_: Any, **__: Any) -> None:
-    click.echo(f"secureml: warning: {message}", err=True)
+    """A Python warning (a plain-http address, a dev default served) as one line, held
+    with the library's notes: said once the command succeeded."""
+    _HELD_NOTES.append(f"secureml: warning: {message}")
 
 
 class _Terminated(BaseException):

@@ -101,7 +101,7 @@ def test_the_kv_mount_and_the_transit_mount_are_two_options(
     # --mount is the KV mount's, wherever it is given: never the Transit engine's.
     wrong = run(env, "transit", "--mount", "transit-cli16", "encrypt", "t", input=b"x")
     assert wrong.returncode == 2
-    assert "nothing is mounted at 'transit'" in wrong.stderr
+    assert "--mount is the KV mount; the Transit engine's is --transit-mount" in wrong.stderr
 
 
 @pytest.mark.parametrize(
@@ -302,3 +302,79 @@ def test_each_bad_ciphertext_says_what_can_be_told(
         env, "decrypt", str(sealed), str(back), "--aad", "x", "--vault-path", path, code=6
     )
     assert says in err  # a wrong aad on top changes nothing it says
+
+
+def test_reencrypt_says_the_new_version(env: dict[str, str], tmp_path: Path) -> None:
+    path = env["SECUREML_TEST_PATH"]
+    invoke(env, "keys", "generate", "moving", "--vault-path", path)
+    plain, sealed = tmp_path / "p", tmp_path / "p.sml"
+    plain.write_bytes(b"x" * 3000)
+    invoke(env, "encrypt", str(plain), str(sealed), "--key", "moving", "--vault-path", path)
+    invoke(env, "keys", "rotate", "moving", "--vault-path", path)
+    out, err = invoked(env, "reencrypt", str(sealed), str(sealed), "--vault-path", path)
+    assert out == ""
+    assert err.startswith(f"secureml: reencrypted {sealed} -> {sealed}: 2.9 KiB in ")
+    assert err.endswith(", key moving version 2 (was version 1)\n")
+
+
+def test_a_file_command_on_a_terminal_ends_with_one_summary_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """In a real terminal (a pty): the progress bar is drawn while a large file is
+    encrypted, then replaced by one line saying what was done."""
+    import pty
+    import select
+
+    path = env["SECUREML_TEST_PATH"]
+    invoke(env, "keys", "generate", "big", "--vault-path", path)
+    plain, sealed = tmp_path / "big.bin", tmp_path / "big.bin.sml"
+    plain.write_bytes(os.urandom(48 << 20))
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [SECUREML, "--vault-path", path, "encrypt", str(plain), str(sealed), "--key", "big"],
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        env={**os.environ, **env, "COLUMNS": "100", "TERM": "xterm"},
+    )
+    os.close(follower)
+    screen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([leader], [], [], 60)
+            if not ready:
+                break
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the other end closed
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(leader)
+        assert process.wait(60) == 0
+    text = screen.decode("utf-8", "replace")
+    assert "MB" in text or "MiB" in text  # the bar's byte counts, drawn mid-run
+    import re
+
+    plain_text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # cursor moves, erasures
+    last = plain_text.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith(f"secureml: encrypted {plain} -> {sealed}: 48.0 MiB in "), last
+    assert ", key big version 1" in last
+
+
+def test_review_fixes_for_the_first_hour(env: dict[str, str]) -> None:
+    path = env["SECUREML_TEST_PATH"]
+    bare = run({})
+    assert "Usage: secureml" in bare.stdout + bare.stderr  # its help, not an error line
+    assert "secureml: error" not in bare.stderr
+    leaked = run(env, "set", "DB_PASS", "hunter2-not-shown")
+    assert leaked.returncode == 2
+    assert "hunter2" not in leaked.stderr + leaked.stdout
+    old_spelling = run(env, "transit", "--mount", "transit", "rotate", "t")
+    assert old_spelling.returncode == 2
+    assert "--transit-mount" in old_spelling.stderr
+    # A binary secret that is not a key is not read at whatever length it has.
+    invoke(env, "set", "cert", "--binary", "--vault-path", path, input=os.urandom(100).hex())
+    _, err = invoked(env, "keys", "get", "cert", "--vault-path", path, code=2)
+    assert "pass --bytes 200" in err
