@@ -1,5 +1,5 @@
 """``python -m secureml``: the command line."""
 
-from secureml.cli import main
+from secureml._entry import main
 
 main()

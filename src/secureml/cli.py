@@ -1168,18 +1168,21 @@ for _transit_command in (transit, *transit.commands.values()):
 @cli.command(name="dev-server")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default: a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="127.0.0.1 only.")
-def dev_server(port: int | None, host: str) -> None:
+@click.option("--seed", is_flag=True, help="Store the README's example secrets and keys.")
+def dev_server(port: int | None, host: str, seed: bool) -> None:
     """Run a throw-away OpenBao dev server until Ctrl-C (needs secureml[server]).
 
-    It is unsealed, in memory, with a root token: it only ever listens on 127.0.0.1.
+    It is unsealed, in memory, with a root token: it only ever listens on 127.0.0.1 (on
+    PORT, and PORT+1 for cluster traffic). KV v2 is mounted at secret/, Transit at
+    transit/; --seed stores the README's example secrets and keys.
     """
     if host not in ("127.0.0.1", "localhost"):
         _fail(
             f"refusing to bind {host}: the dev server is unsealed, in memory, with a root "
             "token anyone could use; it only listens on loopback (127.0.0.1)"
         )
-    if port is not None and not _port_free(port):
-        _fail(f"port {port} on 127.0.0.1 is in use; pick another or omit --port", EXIT_ERROR)
+    if port is not None:
+        _check_ports(port)
     import signal
     import time
 
@@ -1199,11 +1202,7 @@ def dev_server(port: int | None, host: str) -> None:
             server.start()
         except (RuntimeError, OSError) as exc:
             _fail(f"could not start the dev server: {' '.join(str(exc).split())[:300]}", 1)
-        click.echo(f"# OpenBao dev server at {server.address} (pid {server.pid}); Ctrl-C stops it")
-        for prefix in ("BAO", "VAULT"):  # bao reads BAO_*, secureml BAO_* before VAULT_*
-            click.echo(f"export {prefix}_ADDR={server.address}")
-            click.echo(f"export {prefix}_TOKEN={server.root_token}")
-        sys.stdout.flush()
+        _announce_and_set_up(server, seed=seed)
         while True:
             time.sleep(3600)
     except (KeyboardInterrupt, BrokenPipeError):
@@ -1212,6 +1211,58 @@ def dev_server(port: int | None, host: str) -> None:
         server.stop()
         with contextlib.suppress(OSError):
             click.echo("# stopped", err=True)
+
+
+def _check_ports(port: int) -> None:
+    for wanted in (port, port + 1):  # bao takes the next port for cluster traffic
+        if not _port_free(wanted):
+            _fail(
+                f"port {wanted} on 127.0.0.1 is in use (the dev server needs {port} and "
+                f"{port + 1}); pick another or omit --port",
+                EXIT_ERROR,
+            )
+
+
+def _announce_and_set_up(server: Any, *, seed: bool) -> None:
+    """The export lines for another shell, then Transit (and the seed) set up."""
+    click.echo(f"# OpenBao dev server at {server.address} (pid {server.pid}); Ctrl-C stops it")
+    for prefix in ("BAO", "VAULT"):  # bao reads BAO_*, secureml BAO_* before VAULT_*
+        click.echo(f"export {prefix}_ADDR={server.address}")
+        click.echo(f"export {prefix}_TOKEN={server.root_token}")
+    click.echo(f"# cluster traffic on 127.0.0.1:{server.port + 1}")
+    try:
+        server.bao("secrets", "enable", "transit")
+        click.echo("# KV v2 at secret/, Transit at transit/")
+        if seed:
+            click.echo(f"# seeded: {', '.join(_seed(server.address, server.root_token))}")
+    except Exception as exc:  # a half-set-up server is no use: say why, stop it
+        _fail(f"could not set up the dev server: {_message(exc)}", EXIT_ERROR)
+    sys.stdout.flush()
+
+
+#: What ``dev-server --seed`` stores: the names the README's examples use.
+SEED_SECRETS = {"db/password": "dev-password", "api_key": "dev-api-key"}
+SEED_KEYS = ("datasets/key", "master_key")
+SEED_TRANSIT_KEYS = ("features",)
+
+
+def _seed(address: str, token: str) -> list[str]:
+    """Store the README's example secrets and keys (random keys; fixed dev values)."""
+    from .key_management import KeyManager, TransitKeys
+
+    km = KeyManager(vault_url=address, vault_token=token)
+    for name, value in SEED_SECRETS.items():
+        km.set_secret(name, value)
+    for name in SEED_KEYS:
+        km.generate_key(name)
+    transit = TransitKeys(km)
+    for name in SEED_TRANSIT_KEYS:
+        transit.ensure_key(name)
+    return [
+        *SEED_SECRETS,
+        *(f"key {k}" for k in SEED_KEYS),
+        *(f"transit key {k}" for k in SEED_TRANSIT_KEYS),
+    ]
 
 
 def _port_free(port: int) -> bool:

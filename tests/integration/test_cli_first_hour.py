@@ -378,3 +378,51 @@ def test_review_fixes_for_the_first_hour(env: dict[str, str]) -> None:
     invoke(env, "set", "cert", "--binary", "--vault-path", path, input=os.urandom(100).hex())
     _, err = invoked(env, "keys", "get", "cert", "--vault-path", path, code=2)
     assert "pass --bytes 200" in err
+
+
+def test_without_the_cli_extra_the_command_says_how_to_install_it() -> None:
+    blocked = (
+        "import sys; sys.modules['click'] = None; sys.argv = ['secureml', '--help']; "
+        "from secureml._entry import main; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "secureml: error: the command line needs click, which come with its extra: "
+        "pip install 'secureml[cli]'\n"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_the_dev_server_mounts_transit_seeds_the_readme_and_names_its_ports() -> None:
+    process = subprocess.Popen(
+        [SECUREML, "dev-server", "--seed"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = [process.stdout.readline() for _ in range(8)]  # type: ignore[union-attr]
+        exports = dict(
+            line.removeprefix("export ").strip().split("=", 1)
+            for line in lines
+            if line.startswith("export ")
+        )
+        port = int(exports["BAO_ADDR"].rsplit(":", 1)[1])
+        assert f"# cluster traffic on 127.0.0.1:{port + 1}\n" in lines
+        assert "# KV v2 at secret/, Transit at transit/\n" in lines
+        seeded = next(line for line in lines if line.startswith("# seeded: "))
+        assert "db/password" in seeded
+        assert "transit key features" in seeded
+        env = dict(exports)
+        # The README's commands work right after it.
+        assert run(env, "get", "db/password").stdout == "dev-password\n"
+        sealed = run(env, "transit", "encrypt", "features", input=b"row 42")
+        assert sealed.returncode == 0, sealed.stderr
+        assert sealed.stdout.startswith("vault:v1:")
+        assert run(env, "keys", "versions", "datasets/key").returncode == 0
+    finally:
+        process.send_signal(2)
+        process.communicate(timeout=30)
