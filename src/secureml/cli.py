@@ -615,6 +615,53 @@ def _must_exist(options: Options, name: str, versions: tuple[int, ...]) -> None:
         _fail(f"{name} has no version {', '.join(missing)}", EXIT_NOT_FOUND)
 
 
+@cli.command(
+    name="exec",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option(
+    "--env",
+    "env_bindings",
+    multiple=True,
+    metavar="VAR=NAME",
+    help="Put secret NAME in variable VAR (repeatable).",
+)
+@click.option(
+    "--file",
+    "file_bindings",
+    multiple=True,
+    metavar="PATH=NAME",
+    help="Write secret NAME to file PATH in a private folder, $SECUREML_SECRETS_DIR (repeatable).",
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_options
+def exec_(
+    options: Options,
+    env_bindings: tuple[str, ...],
+    file_bindings: tuple[str, ...],
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND with secrets in its environment or in private 0600 files, never on
+    its command line; signals are passed on and its exit code is secureml's.
+
+    \b
+    secureml exec --env DB_PASSWORD=db/password -- python train.py
+    secureml exec --file tls.key=tls/key -- sh -c 'serve --key "$SECUREML_SECRETS_DIR/tls.key"'
+    """
+    from . import _exec
+
+    try:
+        envs = [_exec.parse_binding(b, option="--env") for b in env_bindings]
+        files = [_exec.parse_binding(b, option="--file") for b in file_bindings]
+        if not envs and not files:
+            raise _exec.ExecError("give at least one --env VAR=NAME or --file PATH=NAME")
+        manager = options.manager()
+        code = _exec.run(command, envs, files, manager.get_secret, _say_held_notes)
+    except _exec.ExecError as exc:
+        _fail(str(exc), _exec.exit_code_of(exc))
+    sys.exit(code)
+
+
 # -- keys --------------------------------------------------------------------------------
 
 
