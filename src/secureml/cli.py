@@ -615,6 +615,63 @@ def _must_exist(options: Options, name: str, versions: tuple[int, ...]) -> None:
         _fail(f"{name} has no version {', '.join(missing)}", EXIT_NOT_FOUND)
 
 
+@cli.command()
+@click.argument("name")
+@pass_options
+def explain(options: Options, name: str) -> None:
+    """Where secret NAME comes from: every source in lookup order, which one wins, what
+    it shadows, the cache, and a keyed fingerprint (never the value). Exit 3 if no
+    source would serve it."""
+    report = options.manager().explain(name)
+    if options.json:
+        _out(options, report.as_dict())
+    else:
+        click.echo(_for_terminal(_explained(report)))
+    if report.served_from is None:
+        sys.exit(EXIT_NOT_FOUND)
+
+
+def _explained(report: Any) -> str:
+    """An :class:`Explanation` as text for a terminal."""
+    served = report.served_from or "nothing (a read would fail)"
+    scope = (
+        "comparable where SECUREML_FINGERPRINT_KEY is the same"
+        if report.fingerprint_scope == "shared"
+        else "this process only; set SECUREML_FINGERPRINT_KEY to compare across machines"
+    )
+    lines = [f"{report.name}: served from {served}"]
+    if report.fingerprint:
+        lines.append(f"  fingerprint      {report.fingerprint} ({scope})")
+    if report.key_check_value:
+        lines.append(f"  key check value  {report.key_check_value}")
+    cache = report.cache
+    if cache.state == "none":
+        lines.append("  cache            none")
+    else:
+        lines.append(
+            f"  cache            {cache.state}, read {_duration(cache.age_seconds or 0)} ago, "
+            f"{_duration(cache.seconds_left or 0)} left"
+        )
+    lines.append("  sources, in lookup order:")
+    for number, source in enumerate(report.sources, 1):
+        facts = [source.state.replace("-", " ")]
+        if source.shadowed:
+            facts.append("shadowed by the source above")
+        if source.version is not None:
+            facts.append(f"version {source.version}")
+        if source.created_at is not None:
+            written = source.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            facts.append(f"written {written} ({_duration(source.age_seconds or 0)} ago)")
+        if source.kv_version is not None:
+            facts.append(f"KV v{source.kv_version}")
+        if source.fingerprint:
+            facts.append(source.fingerprint)
+        if source.detail:
+            facts.append(source.detail)
+        lines.append(f"  {number}. {source.kind:<12} {source.location}: {'; '.join(facts)}")
+    return "\n".join(lines)
+
+
 @cli.command(
     name="exec",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},

@@ -26,6 +26,7 @@ from ._auth import (
 from ._credentials import AuthSpec
 from ._default import configure_default_key_manager, get_default_key_manager, get_encryption_key
 from ._encoding import Encoding, encode_key
+from ._explain import CacheReport, Explanation, SourceReport
 from ._files import atomic_output
 from ._manager import KeyManager
 from ._spec import KeyManagerSpec
@@ -57,8 +58,10 @@ __all__ = [
     "AsyncTransitKeys",
     "AuthSpec",
     "AuthenticationError",
+    "CacheReport",
     "ConfigurationError",
     "Encoding",
+    "Explanation",
     "InvalidCiphertextError",
     "JWTAuth",
     "KeyFormatError",
@@ -73,6 +76,7 @@ __all__ = [
     "PermissionDeniedError",
     "SecretNotFoundError",
     "SecurityWarning",
+    "SourceReport",
     "TokenAuth",
     "TransitKeyInfo",
     "TransitKeys",

@@ -31,6 +31,8 @@ from .backends.base import KeyVersion, SecretBackend, SecretValue
 if TYPE_CHECKING:
     from secureml.columns import ColumnCipher, ColumnMode
 
+    from ._explain import Explanation
+
 __all__ = ["KeyManager"]
 
 _T = TypeVar("_T")
@@ -823,6 +825,33 @@ class KeyManager:
             True
         """
         return self._core.status()
+
+    def explain(
+        self, secret_name: str, default: Any = None, *, fingerprint_key: bytes | None = None
+    ) -> Explanation:
+        """Where ``secret_name``'s value would come from, without it: every source in
+        lookup order with what it holds (Vault's path, KV version, secret version and
+        its age; the environment variable; ``default``; the dev default), which one
+        wins, which it shadows, the cache's state, and a keyed fingerprint instead of
+        the value (a key check value too, for a key). Safe to print and log.
+
+        Args:
+            secret_name: The secret to explain.
+            default: The ``default=`` a read would pass, to place it in the chain.
+            fingerprint_key: A key (16 bytes or more) shared between machines, so
+                fingerprints compare across them; else ``SECUREML_FINGERPRINT_KEY``,
+                else a random key of this process.
+
+        Asks Vault for the value and its metadata (uncached); an outage or a refusal is
+        reported, not raised.
+
+        Example:
+            >>> km.explain("db_password").served_from          # doctest: +SKIP
+            'vault:secret/secureml/db_password'
+        """
+        from ._explain import explain
+
+        return explain(self._core, secret_name, default, fingerprint_with=fingerprint_key)
 
     def stats(self) -> KeyManagerStats:
         """Counters since this manager was built: cache, backend, logins, errors.
