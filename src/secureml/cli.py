@@ -126,6 +126,7 @@ class Options:
             _route_library_logs(debug=self.debug)
 
             self._manager = KeyManager(
+                vault_token=_token_file(self.vault_url),
                 vault_url=self.vault_url,
                 vault_path=self.vault_path,
                 use_env_fallback=self.env_fallback,
@@ -140,6 +141,33 @@ class Options:
                 audit_hook=self.events.append,
             )
         return self._manager  # type: ignore[no-any-return]
+
+
+def _token_file(vault_url: str | None) -> str | None:
+    """The token ``bao login`` / ``vault login`` left in ``~/.vault-token``: used by the
+    command line (never the library) when a Vault address is set and the environment
+    holds no credentials, as the vault and bao commands do. A file others may read is
+    not used (it would be no secret)."""
+    from .key_management._config import URL_VARS
+    from .key_management._credentials import env_reference
+
+    if env_reference(os.environ) is not None:
+        return None
+    if vault_url is None and not any(os.environ.get(v, "").strip() for v in URL_VARS):
+        return None
+    path = os.path.join(os.path.expanduser("~"), ".vault-token")
+    try:
+        with open(path, encoding="utf-8") as source:
+            if os.fstat(source.fileno()).st_mode & 0o077:
+                _HELD_NOTES.append(
+                    f"secureml: warning: not using {path}: other users may read it "
+                    f"(chmod 600 {path})"
+                )
+                return None
+            token = source.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
 
 
 class _Commands(click.Group):
@@ -373,11 +401,21 @@ def _usage_line(exc: click.ClickException) -> str:
 
 
 def _out(options: Options, data: Any, text: str | None = None) -> None:
-    """Data as JSON with --json, else as text."""
+    """Data as JSON with --json (times in RFC 3339), else as text."""
     if options.json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=_json_value))
     else:
         click.echo(text if text is not None else data)
+
+
+def _json_value(value: Any) -> Any:
+    from datetime import datetime, timezone
+
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None).isoformat() + "Z"
+    return str(value)
 
 
 def _for_terminal(text: str) -> str:
@@ -477,6 +515,26 @@ def status(options: Options) -> None:
         sys.exit(EXIT_DENIED if denied else EXIT_ERROR)
 
 
+def _provenance(options: Options, asked: int | None) -> dict[str, Any]:
+    """Where the value just read came from, and (from Vault's KV v2) its version and
+    when it was written: what `get --json` adds to the value."""
+    from .key_management.errors import KeyManagementError
+
+    reads = [e for e in options.events if e.operation == "get_secret" and e.outcome != "error"]
+    source = reads[-1].source if reads else None
+    found: dict[str, Any] = {"source": source, "version": None, "created_time": None}
+    if source is None or not source.startswith("vault:"):
+        return found
+    try:
+        versions = options.manager().key_versions(reads[-1].name)
+    except KeyManagementError:  # KV v1, or no right to read metadata: only the source
+        return found
+    chosen = next((v for v in versions if (v.version == asked if asked else v.is_current)), None)
+    if chosen is not None:
+        found["version"], found["created_time"] = chosen.version, chosen.created_at
+    return found
+
+
 def _duration(seconds: float) -> str:
     """``2764799`` as ``31d 23h``: the two largest units, as ``vault token lookup`` does."""
     left = int(seconds)
@@ -500,14 +558,25 @@ def _shown(value: Any) -> tuple[str, str]:
 @cli.command()
 @click.argument("name")
 @click.option("--version", type=click.IntRange(min=1), help="A version (KV v2).")
+@click.option("--field", help="Print only this field of a secret with several.")
 @pass_options
-def get(options: Options, name: str, version: int | None) -> None:
+def get(options: Options, name: str, version: int | None, field: str | None) -> None:
     """Print secret NAME (bytes as base64, several fields as JSON)."""
     value = options.manager().get_secret(name, version=version)
+    if field is not None:
+        if not isinstance(value, dict):
+            _fail(f"{name} has no fields (it holds one value); drop --field")
+        if field not in value:
+            known = ", ".join(sorted(value)) or "none"
+            _fail(f"{name} has no field {field!r} (its fields: {known})", EXIT_NOT_FOUND)
+        value = value[field]
     text, encoding = _shown(value)
     if options.json:
         shown: Any = value if isinstance(value, dict) else text
-        _out(options, {"name": name, "value": shown, "encoding": encoding})
+        _out(
+            options,
+            {"name": name, "value": shown, "encoding": encoding, **_provenance(options, version)},
+        )
     else:
         # As stored into pipes and files (click.echo would strip ANSI codes); escaped on
         # a terminal, where a stored escape sequence could act (OSC 52 writes the
@@ -517,6 +586,7 @@ def get(options: Options, name: str, version: int | None) -> None:
 
 @cli.command(name="set")
 @click.argument("name")
+@click.argument("fields", nargs=-1, metavar="[FIELD=VALUE|FIELD=@FILE|FIELD=-]...")
 @click.option("--value", help="The value (visible to other users in the process list!).")
 @click.option(
     "--file", "path", type=click.Path(exists=True, dir_okay=False), help="Read the value here."
@@ -527,17 +597,25 @@ def get(options: Options, name: str, version: int | None) -> None:
 def set_(
     options: Options,
     name: str,
+    fields: tuple[str, ...],
     value: str | None,
     path: str | None,
     binary: bool,
     allow_empty: bool,
 ) -> None:
     """Store secret NAME: from stdin (one trailing newline dropped), a hidden prompt,
-    --file (as is) or --value."""
+    --file (as is) or --value; or several fields, as `vault kv put` takes them
+    (FIELD=@FILE reads a file, FIELD=- stdin)."""
     if value is not None and path is not None:
         raise click.UsageError("pass --value or --file, not both")
-    data: str | bytes
-    if value is not None:
+    data: str | bytes | dict[str, str]
+    if fields:
+        if value is not None or path is not None or binary:
+            raise click.UsageError(
+                "FIELD=VALUE arguments go alone: not with --value, --file or --binary"
+            )
+        data = _fields_given(fields)
+    elif value is not None:
         click.echo(
             "secureml: warning: --value is visible to other users (ps, shell history); "
             "prefer stdin or the prompt",
@@ -560,6 +638,37 @@ def set_(
         )
     options.manager().set_secret(name, data)
     _out(options, {"name": name, "stored": True}, f"stored {name}")
+
+
+def _fields_given(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``FIELD=VALUE`` arguments as fields; ``@FILE`` and ``-`` (stdin) as vault takes
+    them. A value on the command line is visible to other users: said once."""
+    fields: dict[str, str] = {}
+    inline = False
+    for pair in pairs:
+        field, sep, given = pair.partition("=")
+        if not sep or not field:
+            # Never echoed: a bare argument may be the secret itself.
+            raise click.UsageError(
+                "arguments after NAME must be FIELD=VALUE; give a single value on stdin"
+            )
+        if field in fields:
+            raise click.UsageError(f"field {field!r} is given twice")
+        if given == "-":
+            fields[field] = _utf8(sys.stdin.buffer.read()).removesuffix("\n")
+        elif given.startswith("@"):
+            with open(given[1:], "rb") as source:
+                fields[field] = _utf8(source.read())
+        else:
+            fields[field] = given
+            inline = True
+    if inline:
+        click.echo(
+            "secureml: warning: FIELD=VALUE is visible to other users (ps, shell history); "
+            "prefer FIELD=@FILE or FIELD=-",
+            err=True,
+        )
+    return fields
 
 
 @cli.command(name="list")
@@ -719,6 +828,17 @@ def exec_(
     sys.exit(code)
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--version", "versions", type=click.IntRange(min=1), multiple=True)
+@pass_options
+def undelete(options: Options, name: str, versions: tuple[int, ...]) -> None:
+    """Restore soft-deleted secret NAME (its latest version, or --version(s))."""
+    options.manager().undelete_secret(name, versions=list(versions) or None)
+    what = f"versions {', '.join(map(str, versions))} of {name}" if versions else name
+    _out(options, {"name": name, "undeleted": True}, f"undeleted: {what}")
+
+
 # -- keys --------------------------------------------------------------------------------
 
 
@@ -808,10 +928,15 @@ def versions(options: Options, name: str) -> None:
     """List the versions of key NAME."""
     from dataclasses import asdict
 
-    found = [asdict(v) for v in options.manager().key_versions(name)]
+    manager = options.manager()
+    found = [asdict(v) for v in manager.key_versions(name)]
+    labels = manager.labels(name)
     if options.json:
         _out(options, found)
         return
+    if labels:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        click.echo(_for_terminal(f"labels: {shown}"))
     for v in found:
         state = "destroyed" if v["destroyed"] else "deleted" if v["deleted"] else "live"
         current = "  (current)" if v["is_current"] else ""

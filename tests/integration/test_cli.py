@@ -49,7 +49,15 @@ def test_secrets_round_trip_and_list(run) -> None:  # type: ignore[no-untyped-de
     assert run("set", "api_key", input="s3cr3t\n") == "stored api_key\n"
     assert run("get", "api_key") == "s3cr3t\n"
     data = json.loads(run("--json", "get", "api_key"))
-    assert data == {"name": "api_key", "value": "s3cr3t", "encoding": "text"}
+    assert data.pop("created_time").endswith("Z")
+    assert data == {
+        "name": "api_key",
+        "value": "s3cr3t",
+        "encoding": "text",
+        "version": 1,
+        "source": data["source"],
+    }
+    assert data["source"].startswith("vault:secret/")
     run("set", "models/weights-key", "--binary", input=b"\x00\x01\x02")
     assert run("get", "models/weights-key") == "AAEC\n"  # bytes print as base64
     assert run("list") == "api_key\nmodels/weights-key\n"

@@ -426,3 +426,59 @@ def test_the_dev_server_mounts_transit_seeds_the_readme_and_names_its_ports() ->
     finally:
         process.send_signal(2)
         process.communicate(timeout=30)
+
+
+def test_what_vault_and_bao_users_expect(
+    env: dict[str, str], bao_server: DevServer, tmp_path: Path
+) -> None:
+    path = env["SECUREML_TEST_PATH"]
+    # ~/.vault-token, as `bao login` leaves it: used when the environment has no token.
+    home = tmp_path / "home"
+    home.mkdir()
+    token_file = home / ".vault-token"
+    token_file.write_text(bao_server.root_token + "\n")
+    token_file.chmod(0o600)
+    logged_in = {"HOME": str(home), "PATH": os.environ["PATH"], "VAULT_ADDR": bao_server.address}
+    invoke(env, "set", "via_file", "--vault-path", path, input="ok")
+    assert invoke(logged_in, "get", "via_file", "--vault-path", path) == "ok\n"
+    token_file.chmod(0o644)
+    _, err = invoked(logged_in, "get", "via_file", "--vault-path", path, code=2)
+    assert "no credentials" in err
+    # Several fields at once, as `vault kv put` takes them; one field back.
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("from-a-file")
+    _out, err = invoked(
+        env,
+        "set",
+        "db",
+        "user=ml",
+        f"password=@{secret_file}",
+        "note=-",
+        "--vault-path",
+        path,
+        input="from-stdin\n",
+    )
+    assert "visible to other users" in err
+    assert invoke(env, "get", "db", "--field", "password", "--vault-path", path) == "from-a-file\n"
+    assert invoke(env, "get", "db", "--field", "note", "--vault-path", path) == "from-stdin\n"
+    _, err = invoked(env, "get", "db", "--field", "nope", "--vault-path", path, code=3)
+    assert "its fields: note, password, user" in err
+    # --json: the version and when it was written, in RFC 3339.
+    shown = json.loads(invoke(env, "get", "db", "--json", "--vault-path", path))
+    assert shown["version"] == 1
+    assert shown["source"] == f"vault:secret/{path}/db"
+    assert shown["created_time"].endswith("Z")
+    assert "T" in shown["created_time"]
+    # undelete, as `bao kv undelete` does.
+    invoke(env, "delete", "db", "--yes", "--vault-path", path)
+    invoke(env, "get", "db", "--vault-path", path, "--no-env-fallback", code=3)
+    assert invoke(env, "undelete", "db", "--vault-path", path) == "undeleted: db\n"
+    assert invoke(env, "get", "db", "--field", "user", "--vault-path", path) == "ml\n"
+    # Labels given to `keys generate` can be seen again.
+    invoke(env, "keys", "generate", "labelled", "--label", "owner=ml", "--vault-path", path)
+    assert "owner=ml" in invoke(env, "keys", "versions", "labelled", "--vault-path", path)
+    rows = json.loads(invoke(env, "keys", "versions", "labelled", "--json", "--vault-path", path))
+    assert rows[0]["created_at"].endswith("Z")
+    # A bare value after NAME is never echoed back.
+    _, err = invoked(env, "set", "db", "hunter2-bare", "--vault-path", path, code=2)
+    assert "hunter2" not in err

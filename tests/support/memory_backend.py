@@ -89,6 +89,13 @@ class MemoryVersions:
                 number, old.created_at, old.deleted or not destroy, old.destroyed or destroy, False
             )
 
+    def undelete_versions(self, name: str, versions: Sequence[int] | None) -> None:
+        records = self.records.get(name, {})
+        for number in versions or [max(records)]:
+            old = records[number]
+            if not old.destroyed:
+                records[number] = KeyVersion(number, old.created_at, False, False, False)
+
     def destroy_all(self, name: str) -> None:
         self.records.pop(name, None)
         self.data.pop(name, None)

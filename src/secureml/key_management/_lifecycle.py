@@ -166,6 +166,18 @@ class KeyLifecycle:
         result: list[KeyVersion] = self._observed("key_versions", key_name, versions)
         return result
 
+    def labels(self, name: str) -> dict[str, str]:
+        """See ``KeyManager.labels``."""
+        validate_name(name)
+        backend = self._core.require_versioned("read the labels of", name)
+
+        def read() -> Served:
+            metadata = _metadata(backend, name)
+            return Served(dict(metadata.custom_metadata), backend.locate(name))
+
+        found: dict[str, str] = self._observed("labels", name, read)
+        return found
+
     def get_key_ring(self, key_name: str) -> dict[int, bytes]:
         """See ``KeyManager.get_key_ring``."""
         validate_name(key_name, what="key_name")
@@ -239,6 +251,31 @@ class KeyLifecycle:
             return Served(None, primary.locate(name))
 
         self._observed("delete_secret", name, delete)
+
+    def undelete_secret(self, name: str, *, versions: Iterable[int] | None = None) -> None:
+        """See ``KeyManager.undelete_secret``."""
+        validate_name(name)
+        chosen = None if versions is None else sorted({check_version(v) for v in versions})
+        if chosen == []:
+            raise ValueError("versions must name at least one version (or be None)")
+        versioned = self._core.versioned
+        restore_versions = getattr(versioned, "undelete_versions", None)
+        if versioned is None or restore_versions is None:
+            source = (
+                "no Vault is configured"
+                if self._core.primary is None
+                else (f"the {self._core.primary.source} backend cannot undelete")
+            )
+            raise UnsupportedOperationError(f"cannot undelete {name!r}: {source}")
+
+        def restore() -> None:
+            restore_versions(name, chosen)
+
+        def undelete() -> Served:
+            self._core.write(name, restore)
+            return Served(None, versioned.locate(name))
+
+        self._observed("undelete_secret", name, undelete)
 
     # -- shared steps ----------------------------------------------------------------
 

@@ -499,6 +499,17 @@ class KeyManager:
         """
         return self._lifecycle.key_versions(key_name)
 
+    def labels(self, name: str) -> dict[str, str]:
+        """The free-form labels (Vault KV v2 custom metadata) of a secret or key: those
+        given to ``generate_key(metadata=...)``, and ``secureml-key`` on a key this
+        library made. Holds no value.
+
+        Raises:
+            SecretNotFoundError: No such secret.
+            UnsupportedOperationError: No Vault, or a KV v1 mount.
+        """
+        return self._lifecycle.labels(name)
+
     def get_key_ring(self, key_name: str) -> dict[int, bytes]:
         """Every readable version of a key: ``{version: key bytes}``, oldest first.
 
@@ -565,6 +576,16 @@ class KeyManager:
     # -- encryption ------------------------------------------------------------------
 
     @scrubs_inline
+    def undelete_secret(self, name: str, *, versions: Iterable[int] | None = None) -> None:
+        """Restore soft-deleted versions of a secret (``None``: the latest), as
+        ``bao kv undelete`` does; destroyed versions are gone for good.
+
+        Raises:
+            UnsupportedOperationError: No Vault, a KV v1 mount, or a backend that cannot.
+            PermissionDeniedError: The policy forbids it.
+        """
+        self._lifecycle.undelete_secret(name, versions=versions)
+
     def encrypt(
         self,
         data: bytes,

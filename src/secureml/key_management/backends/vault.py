@@ -484,6 +484,29 @@ class VaultBackend:
 
             self._call("destroy versions of" if destroy else "delete versions of", where, delete)
 
+    def undelete_versions(self, name: str, versions: Sequence[int] | None) -> None:
+        """Restore soft-deleted versions (``None``: the latest); destroyed ones are gone.
+        An optional part of a versioned backend: the manager asks for it by name."""
+        where = self.locate(name)
+        with self._deadline():
+            if self.kv_version() == 1:
+                raise UnsupportedOperationError(
+                    f"cannot undelete {where}: it is on a KV v1 mount, whose deletes are for good"
+                )
+            if versions is None:
+                metadata = self.metadata(name)
+                if metadata is None:
+                    return
+                versions = [metadata.current_version]
+            chosen = list(versions)
+            self._call(
+                "undelete versions of",
+                where,
+                lambda client: client.secrets.kv.v2.undelete_secret_versions(
+                    path=self._secret_path(name), versions=chosen, mount_point=self._mount
+                ),
+            )
+
     def destroy_all(self, name: str) -> None:
         where = self.locate(name)
         with self._deadline():
