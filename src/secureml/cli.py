@@ -83,6 +83,8 @@ def _message(exc: BaseException) -> str:
         return _CIPHERTEXT_REASONS.get(exc.reason, OPAQUE)
     if isinstance(exc, UnicodeError):  # its message quotes the offending bytes
         return "the input is not UTF-8 text; pass --binary to store it as bytes"
+    if isinstance(exc, KeyManagementError) and exc.cli_message:
+        return " ".join(exc.cli_message.split())  # in the command line's words
     if isinstance(exc, (KeyManagementError, OSError, ValueError, TypeError)):
         return " ".join(str(exc).split()) or type(exc).__name__
     # Anything else could carry anything: say what it was, not what it holds.

@@ -482,3 +482,64 @@ def test_what_vault_and_bao_users_expect(
     # A bare value after NAME is never echoed back.
     _, err = invoked(env, "set", "db", "hunter2-bare", "--vault-path", path, code=2)
     assert "hunter2" not in err
+
+
+def test_messages_speak_the_command_lines_language(
+    env: dict[str, str], bao_server: DevServer, tmp_path: Path
+) -> None:
+    """The library's errors carry their command-line words (cli_message): options,
+    commands and variables, never Python arguments."""
+    path = env["SECUREML_TEST_PATH"]
+    python_words = (
+        "overwrite=True",
+        "generate_key(",
+        "delete_secret(",
+        "vault_token=",
+        "AppRoleAuth",
+        "vault_client_cert=",
+        "key_bytes",
+    )
+    invoke(env, "keys", "generate", "once", "--vault-path", path)
+    plain = tmp_path / "p"
+    plain.write_bytes(b"x")
+    errors = [
+        invoked(env, "keys", "generate", "once", "--vault-path", path, code=2)[1],
+        invoked(env, "keys", "versions", "never-made", "--vault-path", path, code=3)[1],
+        invoked(
+            env,
+            "encrypt",
+            str(plain),
+            str(tmp_path / "p.sml"),
+            "--key",
+            "never-made",
+            "--vault-path",
+            path,
+            code=3,
+        )[1],
+        invoked({"VAULT_ADDR": bao_server.address, "HOME": str(tmp_path)}, "get", "x", code=2)[1],
+        invoked(
+            {**env, "VAULT_TOKEN": "hvs.not-a-real-token"}, "get", "x", "--no-env-fallback", code=4
+        )[1],
+    ]
+    for err in errors:
+        assert err.startswith("secureml: error: "), err
+        for word in python_words:
+            assert word not in err, (word, err)
+    assert "pass --overwrite" in errors[0]
+    assert "secureml keys generate never-made" in errors[1]
+    assert "secureml keys generate never-made" in errors[2]
+    assert "BAO_TOKEN" in errors[3]
+    assert "bao login" in errors[4]
+
+
+def test_the_library_keeps_its_own_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    from secureml.key_management import KeyManager
+    from secureml.key_management.errors import ConfigurationError
+
+    for variable in ("SECUREML_VAULT_TOKEN", "BAO_TOKEN", "VAULT_TOKEN", "VAULT_ROLE_ID"):
+        monkeypatch.delenv(variable, raising=False)
+
+    with pytest.raises(ConfigurationError) as caught:
+        KeyManager(vault_url="http://127.0.0.1:9", use_env_fallback=False)
+    assert "vault_token=" in str(caught.value)
+    assert "BAO_TOKEN" in (caught.value.cli_message or "")

@@ -113,6 +113,9 @@ def _check_url(url: object) -> str:
         # Checked first, so no later message quotes them.
         raise ConfigurationError(
             "vault_url must not carry credentials; pass the token as vault_token="
+        ).in_cli_words(
+            "the Vault address must not carry credentials; put the token in BAO_TOKEN "
+            "(or VAULT_TOKEN) instead"
         )
     if not url.strip().isprintable() or any(c.isspace() for c in url.strip()):
         # A newline in a URL would forge lines in every log and repr that shows it.
@@ -328,6 +331,9 @@ def resolve_vault_settings(
         raise ConfigurationError(
             f"Vault URL {checked_url} is configured but no credentials: pass vault_token= "
             "or vault_auth=, or set SECUREML_VAULT_TOKEN (or VAULT_TOKEN)"
+        ).in_cli_words(
+            f"Vault at {checked_url} is configured but no credentials: set BAO_TOKEN (or "
+            "VAULT_TOKEN), or log in with bao login (it writes ~/.vault-token)"
         )
     if importlib.util.find_spec("hvac") is None:
         raise ConfigurationError(

@@ -70,6 +70,10 @@ class KeyLifecycle:
             f"key {key_name!r} already exists at {where} (perhaps with every version "
             "deleted); pass overwrite=True to add a version of fresh random bytes, or use "
             "rotate_key()"
+        ).in_cli_words(
+            f"key {key_name!r} already exists at {where} (perhaps with every version "
+            "deleted); pass --overwrite to add a version of fresh random bytes, or run "
+            f"secureml keys rotate {key_name}"
         )
 
         def generate() -> Served:
@@ -333,11 +337,17 @@ class KeyLifecycle:
                 continue
             described = f"version {record.version} of key {key_name!r} at {where}"
             return len(key_from_material(material, described=described))
-        raise SecretNotFoundError(
+        missing = SecretNotFoundError(
             key_name,
             [where],
             detail="no version is readable to take the key length from; use "
             "generate_key(..., overwrite=True) to start again",
+        )
+        raise missing.in_cli_words(
+            str(missing).replace(
+                "generate_key(..., overwrite=True)",
+                f"secureml keys generate {key_name} --overwrite",
+            )
         )
 
 
@@ -370,8 +380,11 @@ def _user_labels(metadata: object) -> dict[str, str] | None:
 def _metadata(backend: VersionedSecretBackend, key_name: str) -> SecretMetadata:
     metadata = backend.metadata(key_name)
     if metadata is None or not metadata.versions:
-        raise SecretNotFoundError(
+        missing = SecretNotFoundError(
             key_name, [backend.locate(key_name)], detail="create it with generate_key()"
+        )
+        raise missing.in_cli_words(
+            str(missing).replace("generate_key()", f"secureml keys generate {key_name}")
         )
     return metadata
 
@@ -392,10 +405,16 @@ def _refuse_to_drop_live_version(metadata: SecretMetadata, key_name: str, where:
     if not alive:
         return
     listed = ", ".join(map(str, alive))
+    flags = " ".join(f"--version {v}" for v in alive)
     raise KeyManagementError(
         f"rotating key {key_name!r} at {where} would make Vault drop version(s) {listed} "
         f"for good (it keeps {kept} versions) while not destroyed: re-encrypt what they "
         f"protect, then retire them with delete_secret({key_name!r}, versions=[{listed}], "
         "destroy=True), or raise the key's max_versions (bao kv metadata put "
         "-max-versions=N)"
+    ).in_cli_words(
+        f"rotating key {key_name!r} at {where} would make Vault drop version(s) {listed} "
+        f"for good (it keeps {kept} versions) while not destroyed: re-encrypt what they "
+        f"protect, then retire them with secureml delete {key_name} {flags} --destroy, "
+        "or raise the key's max_versions (bao kv metadata put -max-versions=N)"
     )

@@ -202,12 +202,19 @@ class KeyMaterials:
             if self._versioned is not None
             else f"store it in the {primary.source} source"
         )
-        return SecretNotFoundError(
+        cli_fix = (
+            f"create it with secureml keys generate {key_name}, or restore its latest "
+            f"version with secureml undelete {key_name}"
+            if self._versioned is not None
+            else fix
+        )
+        missing = SecretNotFoundError(
             key_name,
             [primary.locate(key_name)],
             detail=f"it is missing, or its latest version is deleted; {fix}. New data is "
             f"never sealed under an environment key while {primary.source} is configured",
         )
+        return missing.in_cli_words(str(missing).replace(fix, cli_fix))
 
     def _require_key(self, key_name: str) -> int:
         """Refuse to seal under ``key_name`` unless it is a key: declared, or labelled as

@@ -99,6 +99,9 @@ class Secrets:
             raise ConfigurationError(
                 f"cannot store {name!r}: no Vault is configured (pass vault_url= and "
                 "vault_token=, or set SECUREML_VAULT_URL and SECUREML_VAULT_TOKEN)"
+            ).in_cli_words(
+                f"cannot store {name!r}: no Vault is configured; set BAO_ADDR and BAO_TOKEN "
+                "(or pass --vault-url)"
             )
 
         def write() -> Served:

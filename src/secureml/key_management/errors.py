@@ -27,6 +27,7 @@ token, so errors are safe to log.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 __all__ = [
     "AuthenticationError",
@@ -47,8 +48,25 @@ __all__ = [
 ]
 
 
+_E = TypeVar("_E", bound="KeyManagementError")
+
+
 class KeyManagementError(Exception):
-    """Base class of every error :mod:`secureml.key_management` raises on purpose."""
+    """Base class of every error :mod:`secureml.key_management` raises on purpose.
+
+    Attributes:
+        cli_message: The same message in the command line's words (its options, commands
+            and variables instead of Python arguments), where they differ; ``None``
+            where the message serves both.
+    """
+
+    cli_message: str | None = None
+
+    def in_cli_words(self: _E, text: str) -> _E:
+        """Set :attr:`cli_message` to ``text``; returns the error, so a raise site reads
+        ``raise SomeError(message).in_cli_words(cli_message)``."""
+        self.cli_message = text
+        return self
 
 
 class ConfigurationError(KeyManagementError, ValueError):

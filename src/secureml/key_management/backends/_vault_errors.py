@@ -128,10 +128,17 @@ def _from_requests(exc: BaseException, url: str, target: str) -> KeyManagementEr
                 f"TLS verification of Vault at {url} failed: its certificate is not signed "
                 "by a trusted CA or names another host; set vault_ca_cert= to the CA that "
                 "signed it"
+            ).in_cli_words(
+                f"TLS verification of Vault at {url} failed: its certificate is not signed "
+                "by a trusted CA or names another host; pass --ca-cert (or set "
+                "VAULT_CACERT) with the CA that signed it"
             )
         return VaultError(
             f"the TLS handshake with Vault at {url} failed; if the server requires a client "
             "certificate, set vault_client_cert= and vault_client_key="
+        ).in_cli_words(
+            f"the TLS handshake with Vault at {url} failed; if the server requires a client "
+            "certificate, set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY"
         )
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return VaultUnavailableError(

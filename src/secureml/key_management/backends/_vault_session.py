@@ -178,6 +178,9 @@ class TokenSession:
                 f"the Vault token for {self._url} has expired or was revoked, and a plain "
                 "token cannot log in again: supply a new token, or use an auth method such "
                 "as AppRoleAuth that can"
+            ).in_cli_words(
+                f"the Vault token for {self._url} has expired or was revoked: log in again "
+                "(bao login) or set a new BAO_TOKEN"
             )
         client.token = ""  # a stale token must not ride along on a login request
         if old is None and self._generation == 0 and self._first_login_delay > 0:

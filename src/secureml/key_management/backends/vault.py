@@ -832,6 +832,10 @@ class VaultBackend:
             f"Vault at {self._settings.url} rejected the token (invalid, expired or revoked) "
             f"while trying to {action} {where}; a plain token cannot log in again, so "
             "supply a new one or use an auth method such as AppRoleAuth"
+        ).in_cli_words(
+            f"Vault at {self._settings.url} rejected the token (invalid, expired or revoked) "
+            f"while trying to {action} {where}: log in again (bao login) or set a new "
+            "BAO_TOKEN"
         )
 
     def _client(self) -> hvac.Client:
