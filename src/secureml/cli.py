@@ -818,6 +818,11 @@ def exec_(
     """
     from . import _exec
 
+    if command[0].startswith("-"):
+        raise click.UsageError(
+            f"no such option: {command[0]} (the command goes after --: "
+            "secureml exec --env VAR=NAME -- COMMAND ...)"
+        )
     try:
         envs = [_exec.parse_binding(b, option="--env") for b in env_bindings]
         files = [_exec.parse_binding(b, option="--file") for b in file_bindings]

@@ -152,9 +152,36 @@ def test_a_signal_sent_to_secureml_reaches_the_command(env: dict[str, str], tmp_
         (("--env", "X", "--", "true"), 2, "TARGET=NAME"),
         (("--", "true"), 2, "at least one"),
         (("--env", "X=missing", "--", "true"), 3, "not found"),
+        (("--env", "LD_PRELOAD=x", "--", "true"), 2, "changes how programs load"),
+        (("--env", "PATH=x", "--", "true"), 2, "changes how programs load"),
+        (("--file", "a=x", "--file", "./a=x", "--", "true"), 2, "binds a twice"),
+        (("--file", "a=x", "--file", "a/b=x", "--", "true"), 2, "lies inside --file a"),
+        (("--file", ".=x", "--", "true"), 2, "relative file name"),
+        (("--env", "X=x", "--bogus"), 2, "the command goes after --"),
+        (("--env", "X=x", "--", "/etc/hostname"), 126, "secureml: error: /etc/hostname: "),
+        (("--env", "X=x", "--", "/"), 126, "not a runnable file"),
+        (("--env", "X=x", "--", "./no/such/file"), 127, "no such file"),
         (("--env", "B=blob", "--", "true"), 2, "--file instead"),
     ],
-    ids=["not-found", "bad-var", "climbs", "absolute", "no-equals", "nothing", "missing", "bytes"],
+    ids=[
+        "not-found",
+        "bad-var",
+        "climbs",
+        "absolute",
+        "no-equals",
+        "nothing",
+        "missing",
+        "ld-preload",
+        "path",
+        "same-file-twice",
+        "file-in-file",
+        "dot",
+        "unknown-option",
+        "not-executable",
+        "a-folder",
+        "no-such-path",
+        "bytes",
+    ],
 )
 def test_bad_bindings_are_one_line_errors(
     env: dict[str, str], args: tuple[str, ...], code: int, says: str
@@ -176,6 +203,73 @@ def test_a_file_binding_never_follows_a_planted_link(env: dict[str, str]) -> Non
     with _exec._private_folder() as folder:
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
         os.symlink("/etc/passwd", os.path.join(folder, "planted"))
-        with pytest.raises(FileExistsError):
+        with pytest.raises(_exec.ExecError, match="File exists"):
             _exec._write_private(folder, "planted", b"x")
+        assert os.readlink(os.path.join(folder, "planted")) == "/etc/passwd"  # not followed
     assert not os.path.exists(folder)
+
+
+def test_the_command_never_gets_secureml_s_own_vault_token(env: dict[str, str]) -> None:
+    assert secureml(env, "set", "x", input=b"v").returncode == 0
+    done = secureml(
+        env,
+        "exec",
+        "--env",
+        "X=x",
+        "--",
+        PYTHON,
+        "-c",
+        "import os; print(sorted(k for k in os.environ if k.endswith('TOKEN')), os.environ['X'])",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[] v\n"
+    assert env["VAULT_TOKEN"] not in done.stdout
+
+
+@pytest.mark.parametrize("signame", ["SIGUSR1", "SIGQUIT", "SIGTERM"])
+def test_a_signal_before_the_command_starts_leaves_no_secret_behind(
+    env: dict[str, str], bao_server: DevServer, signame: str
+) -> None:
+    """A signal while the secrets are read (a slow Vault, here a proxy that holds the
+    second read) must neither kill secureml before it removes the folder nor leave a
+    command running without it."""
+    from tests.support.fault_proxy import Fault, FaultProxy
+
+    assert secureml(env, "set", "a", input=b"first-secret").returncode == 0
+    assert secureml(env, "set", "b", input=b"second").returncode == 0
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    with FaultProxy(bao_server.address) as proxy:
+        path = env["SECUREML_TEST_PATH"]
+        # About a second for the second read: the signal lands while it is under way.
+        proxy.inject(Fault.drip(0.004, path_prefix=f"/v1/secret/data/{path}/b"))
+        slow = {**env, "VAULT_ADDR": proxy.origin}
+        process = subprocess.Popen(
+            [
+                SECUREML,
+                "--vault-path",
+                path,
+                "exec",
+                "--file",
+                "a=a",
+                "--file",
+                "b=b",
+                "--",
+                "true",
+            ],
+            env=slow,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while not proxy.hits_for(f"/v1/secret/data/{path}/b"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(getattr(signal, signame))
+        _, stderr = process.communicate(timeout=30)
+    left = (set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()) - before
+    assert not [name for name in left if name.startswith("secureml-exec-")]
+    if signame == "SIGUSR1":  # not a stopping signal: the command still ran
+        assert process.returncode == 0, stderr
+    else:
+        assert process.returncode == 128 + getattr(signal, signame), stderr

@@ -8,7 +8,7 @@ import re
 
 ENV_PREFIX = "SECUREML_"
 #: Variables that configure secureml itself, never secrets it serves by name.
-SETTINGS_VARIABLES = ("SECUREML_ENV", "SECUREML_VAULT")
+SETTINGS_VARIABLES = ("SECUREML_ENV", "SECUREML_VAULT", "SECUREML_FINGERPRINT_KEY")
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
 
 

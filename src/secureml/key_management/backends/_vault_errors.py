@@ -115,14 +115,34 @@ def _from_hvac(  # noqa: PLR0911 - one return per kind of Vault answer
         return VaultUnavailableError(
             f"Vault at {url} failed to {target} ({type(exc).__name__}: {detail})"
         )
+    if isinstance(exc, hx.InvalidPath) and detail == "no detail given":
+        served = _SERVED_BY_EVERY_VAULT.get(target) or (_TOKEN_LOOKUP if login else None)
+        if served is not None:  # a 404 without Vault's errors, where Vault never 404s
+            return VaultError(
+                f"{url} is not a Vault or OpenBao server (404 on {served}); check the "
+                "address and its port"
+            )
     return VaultError(f"Vault at {url} refused to {target}: {detail}")
 
 
-def _from_requests(exc: BaseException, url: str, target: str) -> KeyManagementError | None:
+#: Requests every Vault answers (the paths, by what we were doing): a 404 there, with
+#: none of Vault's error strings, means something else is listening at the address.
+_TOKEN_LOOKUP = "/v1/auth/token/lookup-self"  # noqa: S105 - a path, not a password
+_SERVED_BY_EVERY_VAULT = {"check the health of the server": "/v1/sys/health"}
+
+
+def _from_requests(  # noqa: PLR0911 - one return per kind of failure
+    exc: BaseException, url: str, target: str
+) -> KeyManagementError | None:
     import requests
 
     if isinstance(exc, requests.exceptions.SSLError):
         # Not "unavailable": a failed TLS check may be an attack, so no fallback.
+        if "WRONG_VERSION_NUMBER" in str(exc) or "wrong version number" in str(exc):
+            return VaultError(
+                f"the server at {url} speaks plain HTTP, not HTTPS: its answer to the TLS "
+                "handshake was not TLS; use its http:// address, or turn TLS on at the server"
+            )
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
             return VaultError(
                 f"TLS verification of Vault at {url} failed: its certificate is not signed "
@@ -141,9 +161,11 @@ def _from_requests(exc: BaseException, url: str, target: str) -> KeyManagementEr
             "certificate, set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY"
         )
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        # A login is how every first request starts: naming it says nothing more.
+        cannot = "" if target.startswith("log in") else f"cannot {target}; "
         return VaultUnavailableError(
-            f"Vault at {url} is unreachable ({type(exc).__name__}); cannot {target}; check "
-            "the address and that the server is running"
+            f"Vault at {url} is unreachable ({type(exc).__name__}); {cannot}check the "
+            "address and that the server is running"
         )
     if isinstance(exc, requests.exceptions.JSONDecodeError):
         return VaultError(

@@ -670,11 +670,25 @@ class VaultBackend:
 
     def _detect_kv_version(self) -> int:
         probe = f"{self._mount}/{self._path}".rstrip("/")
-        response = self._call(
-            "detect the KV version of",
-            f"vault:{self._mount}/",
-            lambda client: client.adapter.get(f"/v1/sys/internal/ui/mounts/{probe}"),
-        )
+        try:
+            response = self._call(
+                "detect the KV version of",
+                f"vault:{self._mount}/",
+                lambda client: client.adapter.get(f"/v1/sys/internal/ui/mounts/{probe}"),
+            )
+        except PermissionDeniedError:
+            if not self._no_such_mount():
+                raise
+            mount = self._mount
+            raise ConfigurationError(
+                f"no KV engine is mounted at {mount!r} on Vault at {self._settings.url}: "
+                f"set vault_mount= to the KV mount, or enable one (bao secrets enable "
+                f"-path={mount} kv-v2)"
+            ).in_cli_words(
+                f"no KV engine is mounted at {mount!r} on Vault at {self._settings.url}: "
+                f"pass --mount with the KV mount, or enable one (bao secrets enable "
+                f"-path={mount} kv-v2)"
+            ) from None
         data = response.get("data") or {}
         engine = data.get("type")
         if engine not in ("kv", "generic"):
@@ -689,6 +703,28 @@ class VaultBackend:
                 f"set vault_mount={found!r} and put the rest in vault_path="
             )
         return 2 if str((data.get("options") or {}).get("version", "1")) == "2" else 1
+
+    def _no_such_mount(self) -> bool:
+        """After a 403 on the mount: whether the token is root (so may see every mount)
+        and the mount is not among them. Any other token cannot tell a mount it may not
+        see from one that is not there."""
+        try:
+            token = self._call(
+                "look up the token of",
+                "the server",
+                lambda client: client.adapter.get("/v1/auth/token/lookup-self"),
+            )
+            if "root" not in ((token.get("data") or {}).get("policies") or []):
+                return False
+            listed = self._call(
+                "list the mounts of",
+                "the server",
+                lambda client: client.adapter.get("/v1/sys/internal/ui/mounts"),
+            )
+        except KeyManagementError:
+            return False
+        mounts = (listed.get("data") or {}).get("secret") or {}
+        return f"{self._mount}/" not in mounts
 
     # -- status ----------------------------------------------------------------------
 
