@@ -181,3 +181,90 @@ def test_the_command_prints_the_report_never_the_value(
         assert secret not in done.stdout + done.stderr
         assert "shadowed-env" not in done.stdout + done.stderr
     assert explain("nosuch").returncode == 3
+
+
+def test_explain_agrees_with_what_a_read_returns(
+    bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache decides what a read returns while it is fresh, and (Vault down) while
+    it is stale within max_stale: explain says so, and fingerprints what a read gets."""
+    from tests.support.fault_proxy import Fault, FaultProxy
+
+    with FaultProxy(bao_server.address) as proxy:
+        km = KeyManager(
+            vault_url=proxy.origin,
+            vault_token=bao_server.root_token,
+            vault_path=vault_path,
+            cache_ttl=60,
+            timeout=1,
+            retries=0,
+        )
+        writer = KeyManager(
+            vault_url=bao_server.address, vault_token=bao_server.root_token, vault_path=vault_path
+        )
+        writer.set_secret("c", "first")
+        assert km.get_secret("c") == "first"
+        writer.set_secret("c", "second")  # elsewhere: km's cache still serves "first"
+        key = os.urandom(32)
+        report = km.explain("c", fingerprint_key=key)
+        first = KeyManager(use_env_fallback=False)
+        monkeypatch.setenv("SECUREML_ONLY_FOR_PRINT", "first")
+        expected = KeyManager().explain("only_for_print", fingerprint_key=key).fingerprint
+        assert report.fingerprint == expected  # what a read returns: the cached value
+        assert report.sources[0].detail == "from the cache; Vault holds another value now"
+        del first
+        # Vault down, the entry past its TTL but within max_stale: a read serves it.
+        stale_km = KeyManager(
+            vault_url=proxy.origin,
+            vault_token=bao_server.root_token,
+            vault_path=vault_path,
+            cache_ttl=0.1,
+            max_stale=60,
+            timeout=1,
+            retries=0,
+        )
+        monkeypatch.setenv("SECUREML_C", "env-value")
+        assert stale_km.get_secret("c") == "second"
+        time.sleep(0.2)
+        proxy.inject(*[Fault.drop(forward=False)] * 10)
+        report = stale_km.explain("c")
+        assert report.served_from == stale_km._core.primary.locate("c")  # type: ignore[union-attr]
+        assert (report.sources[0].detail or "").startswith("from the cache (stale:")
+        assert report.sources[1].shadowed
+
+
+def test_explain_refuses_reserved_names_and_emits_an_event(bao_server: DevServer) -> None:
+    events: list[object] = []
+    km = KeyManager(
+        vault_url=bao_server.address, vault_token=bao_server.root_token, audit_hook=events.append
+    )
+    for reserved in ("vault_token", "fingerprint_key"):
+        with pytest.raises(ValueError, match="is reserved"):
+            km.explain(reserved)
+    km.explain("anything")
+    assert [e.operation for e in events][-1] == "explain"  # type: ignore[attr-defined]
+
+
+def test_no_key_check_value_for_a_password_in_a_keys_place(
+    km: KeyManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    km.generate_key("k")
+    km.delete_secret("k")
+    monkeypatch.setenv("SECUREML_K", "Summer2024Summer2024Summ")  # decodes as base64
+    report = km.explain("k")
+    assert report.served_from == "env:SECUREML_K"
+    assert report.key_check_value is None
+
+
+def test_the_process_fingerprint_key_is_new_in_a_forked_child() -> None:
+    from secureml.key_management import _explain
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, _explain._PROCESS_KEY.key)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 64) != _explain._PROCESS_KEY.key
+    os.close(read)
+    os.close(write)

@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from ._cache import ABSENT
 from ._devdefaults import dev_default_secret, development_environment
 from ._encoding import key_from_material
-from ._validate import validate_name
+from ._observe import Served
+from ._process import reset_after_fork
+from ._validate import validate_secret_name
 from .backends.env import EnvBackend
 from .errors import (
     KeyFormatError,
@@ -43,7 +46,21 @@ __all__ = ["FINGERPRINT_KEY_VAR", "CacheReport", "Explanation", "SourceReport", 
 
 #: A fingerprint key shared between machines (hex or base64, at least 16 bytes).
 FINGERPRINT_KEY_VAR = "SECUREML_FINGERPRINT_KEY"
-_PROCESS_KEY = secrets.token_bytes(32)
+
+
+class _ProcessKey:
+    """This process's random fingerprint key; a forked child draws its own, so the
+    ``process`` scope means what it says."""
+
+    def __init__(self) -> None:
+        self.key = secrets.token_bytes(32)
+        reset_after_fork(self)
+
+    def after_fork(self) -> None:
+        self.key = secrets.token_bytes(32)
+
+
+_PROCESS_KEY = _ProcessKey()
 
 
 @dataclass(frozen=True)
@@ -154,7 +171,7 @@ def fingerprint_key(given: bytes | None = None) -> tuple[bytes, str]:
         if len(key) < 16:
             raise KeyFormatError(f"env {FINGERPRINT_KEY_VAR} must hold at least 16 bytes")
         return key, "shared"
-    return _PROCESS_KEY, "process"
+    return _PROCESS_KEY.key, "process"
 
 
 def fingerprint(key: bytes, value: Any) -> str:
@@ -177,8 +194,15 @@ def explain(
     core: Core, name: str, default: object = None, *, fingerprint_with: bytes | None = None
 ) -> Explanation:
     """See ``KeyManager.explain``."""
-    validate_name(name, what="secret_name")
+    validate_secret_name(name)  # the names get_secret takes, reserved ones refused
     fp_key, scope = fingerprint_key(fingerprint_with)
+    found: Explanation = core.observer.observed(
+        "explain", name, _explained, core, name, default, fp_key, scope
+    )
+    return found
+
+
+def _explained(core: Core, name: str, default: object, fp_key: bytes, scope: str) -> Served:
     found: list[tuple[SourceReport, Any]] = []
     if core.primary is not None:
         found.append(_vault(core, name, fp_key))
@@ -206,20 +230,25 @@ def explain(
         else report
         for i, (report, _) in enumerate(found)
     )
-    served_from = sources[winner].location if winner is not None else None
-    served = found[winner][1] if winner is not None else None
-    check = _key_check(core, name, served) if winner is not None else None
+    check = None
+    if winner is not None:
+        # A key check value only for a key: one Vault labels as made by generate_key
+        # (served from Vault), or a declared name. Never for a password, which a KCV
+        # would expose to guessing as a plain hash does.
+        from_vault = sources[winner].kind == "vault"
+        if name in core.settings.declared_keys or (from_vault and _labelled_key(core, name)):
+            check = _key_check(found[winner][1])
     result = Explanation(
         name=name,
-        served_from=served_from,
+        served_from=sources[winner].location if winner is not None else None,
         sources=sources,
         cache=_cache(core, name),
         fingerprint=sources[winner].fingerprint if winner is not None else None,
         fingerprint_scope=scope,
         key_check_value=check,
     )
-    del found, served
-    return result
+    del found
+    return Served(result, result.served_from)
 
 
 def _answered(kind: str, location: str, value: Any, fp_key: bytes) -> tuple[SourceReport, Any]:
@@ -233,26 +262,43 @@ def _shadowed(report: SourceReport) -> SourceReport:
 
 
 def _vault(core: Core, name: str, fp_key: bytes) -> tuple[SourceReport, Any]:
+    """What Vault holds for ``name``, as a read would see it: the cache's entry while it
+    is fresh (or, Vault down, stale within ``max_stale``), else Vault's answer now."""
     primary = core.primary
     assert primary is not None  # noqa: S101 - checked by the caller
     location = primary.locate(name)
     kv_version: int | None = None
     try:
-        value = primary.get(name)
+        live = primary.get(name)
         if core.vault is not None:
             kv_version = core.vault.kv_version()  # known once the read is made
-        metadata = None
-        if core.versioned is not None:
-            try:
-                metadata = core.versioned.metadata(name)
-            except (PermissionDeniedError, UnsupportedOperationError):
-                metadata = None  # the value still says which source wins
     except VaultUnavailableError as exc:
+        stale = core.cache.stale((name, None))
+        if stale is not None and stale.value is not ABSENT:  # a read serves this
+            return (
+                SourceReport(
+                    "vault",
+                    location,
+                    "answers",
+                    detail=f"from the cache (stale: {_one_line(exc)})",
+                    fingerprint=fingerprint(fp_key, stale.value),
+                ),
+                stale.value,
+            )
         return SourceReport("vault", location, "unavailable", detail=_one_line(exc)), None
     except PermissionDeniedError as exc:
         return SourceReport("vault", location, "denied", detail=_one_line(exc)), None
+    value, detail = live, None
+    fresh = core.cache.fresh((name, None))
+    if fresh is not None:  # what a read returns until it expires
+        value = None if fresh.value is ABSENT else fresh.value
+        same = (value is None) == (live is None) and (
+            value is None or fingerprint(fp_key, value) == fingerprint(fp_key, live)
+        )
+        detail = "from the cache" + ("" if same else "; Vault holds another value now")
     version = created = age = None
     state = "answers" if value is not None else "absent"
+    metadata = _metadata(core, name)
     if metadata is not None:
         current = next((v for v in metadata.versions if v.is_current), None)
         if current is not None:
@@ -264,6 +310,7 @@ def _vault(core: Core, name: str, fp_key: bytes) -> tuple[SourceReport, Any]:
         "vault",
         location,
         state,
+        detail=detail,
         version=version,
         created_at=created,
         age_seconds=age,
@@ -271,6 +318,17 @@ def _vault(core: Core, name: str, fp_key: bytes) -> tuple[SourceReport, Any]:
         fingerprint=fingerprint(fp_key, value) if value is not None else None,
     )
     return report, value
+
+
+def _metadata(core: Core, name: str) -> Any:
+    """The secret's metadata, or None where it cannot be had (KV v1, no right to read
+    it, an outage after the value came): the value alone still says who wins."""
+    if core.versioned is None:
+        return None
+    try:
+        return core.versioned.metadata(name)
+    except (PermissionDeniedError, UnsupportedOperationError, VaultUnavailableError):
+        return None
 
 
 def _dev_default(core: Core, name: str, fp_key: bytes) -> tuple[SourceReport, Any]:
@@ -305,21 +363,18 @@ def _cache(core: Core, name: str) -> CacheReport:
     return CacheReport("none")
 
 
-def _key_check(core: Core, name: str, value: Any) -> str | None:
-    """A key check value, for a key only: one the library made, or one declared (a
-    password's would be as brute-forceable as a plain hash)."""
+def _labelled_key(core: Core, name: str) -> bool:
+    try:
+        return bool(core.key_mark(name))
+    except Exception:  # cannot tell: not assumed
+        return False
+
+
+def _key_check(value: Any) -> str | None:
     if not isinstance(value, (bytes, str)):
         return None
-    is_key = name in core.settings.declared_keys
-    if not is_key:
-        try:
-            is_key = bool(core.key_mark(name))
-        except Exception:  # cannot tell: not assumed
-            is_key = False
-    if not is_key:
-        return None
     try:
-        key = key_from_material(value, described=f"key {name!r}")
+        key = key_from_material(value, described="the key")
     except KeyFormatError:
         return None
     return key_check_value(key) if len(key) >= 16 else None

@@ -99,8 +99,9 @@ def validate_secret_name(name: object, *, what: str = "secret name") -> str:
     if is_reserved_name(checked):
         raise ValueError(
             f"{what} {checked!r} is reserved: its environment variable would be one of "
-            "secureml's settings (SECUREML_VAULT_*, SECUREML_ENV); pick another name (data "
-            "already under it stays readable by version=, get_key_ring and decrypt, to move)"
+            "secureml's settings (SECUREML_VAULT_*, SECUREML_ENV, SECUREML_FINGERPRINT_KEY); "
+            "pick another name (data already under it stays readable by version=, "
+            "get_key_ring and decrypt, to move)"
         )
     return checked
 
