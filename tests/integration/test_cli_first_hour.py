@@ -543,3 +543,37 @@ def test_the_library_keeps_its_own_words(monkeypatch: pytest.MonkeyPatch) -> Non
         KeyManager(vault_url="http://127.0.0.1:9", use_env_fallback=False)
     assert "vault_token=" in str(caught.value)
     assert "BAO_TOKEN" in (caught.value.cli_message or "")
+
+
+def test_diagnoses_name_the_real_problem(env: dict[str, str], bao_server: DevServer) -> None:
+    import http.server
+    import threading
+
+    _, err = invoked(env, "--mount", "nomount", "get", "x", "--no-env-fallback", code=2)
+    assert err.startswith("secureml: error: no KV engine is mounted at 'nomount'")
+    assert "denied" not in err
+    assert "--mount" in err
+    tls_to_plain = {**env, "VAULT_ADDR": bao_server.address.replace("http://", "https://")}
+    _, err = invoked(tls_to_plain, "get", "x", "--no-env-fallback", code=1)
+    assert "speaks plain HTTP, not HTTPS" in err
+    assert "client certificate" not in err
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *_: object) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        not_vault = {**env, "VAULT_ADDR": f"http://127.0.0.1:{other.server_address[1]}"}
+        _, err = invoked(not_vault, "get", "x", "--no-env-fallback", code=1)
+        assert "is not a Vault or OpenBao server (404 on /v1/auth/token/lookup-self)" in err
+        out = run(not_vault, "status", "--json")
+        assert "404 on /v1/sys/health" in json.loads(out.stdout)["error"]
+    finally:
+        other.shutdown()
+        other.server_close()
+    down = {**env, "VAULT_ADDR": "http://127.0.0.1:9"}
+    _, err = invoked(down, "get", "x", "--no-env-fallback", code=5)
+    assert "is unreachable" in err
+    assert "cannot log in" not in err
