@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit integration bench fuzz clean
+.PHONY: demo test lint typecheck docs unit integration bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python examples/demo.py
 
-test: $(VENV)/.installed lint typecheck
+test: $(VENV)/.installed lint typecheck docs
 	$(BIN)/python -m pytest
+
+# The API reference from the docstrings (docs/_build/html); any warning fails the build.
+docs: $(VENV)/.installed
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests examples bench
@@ -47,4 +51,4 @@ fuzz: $(VENV)/.installed
 	$(BIN)/python bench/fuzz_envelope.py 100000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis docs/_build

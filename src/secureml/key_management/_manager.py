@@ -546,14 +546,14 @@ class KeyManager:
     ) -> None:
         """Delete a secret or some of its versions; soft (undoable) unless ``destroy``.
 
-        ============================  ============================================
-        call                          effect (KV v2)
-        ============================  ============================================
-        ``delete_secret(n)``          the latest version is soft-deleted
-        ``versions=[1, 2]``           those versions are soft-deleted
-        ``versions=[1], destroy=True``  those versions' data is destroyed for good
-        ``destroy=True``              every version and the metadata: gone for good
-        ============================  ============================================
+        ================================  ============================================
+        call                              effect (KV v2)
+        ================================  ============================================
+        ``delete_secret(n)``              the latest version is soft-deleted
+        ``versions=[1, 2]``               those versions are soft-deleted
+        ``versions=[1], destroy=True``    those versions' data is destroyed for good
+        ``destroy=True``                  every version and the metadata: gone for good
+        ================================  ============================================
 
         A soft-deleted version can be restored by an operator
         (``bao kv undelete -versions=N``). Meanwhile a read of it by number is a
