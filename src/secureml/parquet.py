@@ -234,8 +234,21 @@ class ParquetKeys:
         )
 
     def dataset(self, base_dir: str | os.PathLike[str], **kwargs: Any) -> ds.Dataset:
-        """``pyarrow.dataset.dataset`` over encrypted Parquet files."""
+        """``pyarrow.dataset.dataset`` over encrypted Parquet files (keys in each footer).
+
+        Raises:
+            ValueError: These keys use external key material, which pyarrow's dataset
+                reader cannot open (it does not give the key tools each file's path).
+        """
         import pyarrow.dataset as ds
+
+        if self._external:
+            raise ValueError(
+                "pyarrow's dataset reader cannot open Parquet files with external key "
+                "material (it does not pass each file's path on to find its "
+                "_KEY_MATERIAL_FOR_*.json): read the files with read_table(path), or write "
+                "datasets with ParquetKeys(..., external_key_material=False)"
+            )
 
         config = ds.ParquetDecryptionConfig(
             self._factory, self._connection, self._decryption_config()

@@ -170,3 +170,16 @@ def test_spark_settings(bao_server: DevServer, transit: tuple[str, str]) -> None
     assert conf["spark.hadoop.parquet.encryption.column.keys"] == f"{column}:email"
     assert conf["spark.hadoop.parquet.encryption.kms.instance.url"] == bao_server.address
     assert bao_server.root_token not in json.dumps(conf)
+
+
+def test_a_dataset_with_external_key_material_is_refused_with_the_way_out(
+    bao_server: DevServer, transit: tuple[str, str], tmp_path: Path
+) -> None:
+    """pyarrow's dataset reader does not give the key tools each file's path, so it
+    cannot find external key material: refused up front, pointing at read_table."""
+    pk = keys(bao_server.address, bao_server.root_token, transit, external_key_material=True)
+    pk.write_dataset(TABLE, tmp_path / "ds")
+    with pytest.raises(ValueError, match="read_table"):
+        pk.dataset(tmp_path / "ds")
+    (written,) = [p for p in (tmp_path / "ds").iterdir() if p.suffix == ".parquet"]
+    assert pk.read_table(written).num_rows == TABLE.num_rows
