@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from secureml._devserver import DevServer
-from secureml.cli import cli
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +31,26 @@ def env(bao_server: DevServer, vault_path: str) -> dict[str, str]:
 
 
 def invoke(env: dict[str, str], *args: str, input: str | None = None, code: int = 0) -> str:
-    """Standard output of the command run in-process (its stderr: :func:`invoked`)."""
+    """Standard output of ``secureml ARGS`` (its stderr: :func:`invoked`)."""
     return invoked(env, *args, input=input, code=code)[0]
 
 
 def invoked(
     env: dict[str, str], *args: str, input: str | None = None, code: int = 0
 ) -> tuple[str, str]:
-    result = CliRunner().invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
-    assert result.exit_code == code, (result.exit_code, result.output)
-    return result.stdout, result.stderr
+    """``secureml ARGS`` as a real process (``env`` over this one's environment): its
+    stdout and stderr, once it exited with ``code``."""
+    done = subprocess.run(
+        [SECUREML, *args],
+        input=input,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    return done.stdout, done.stderr
 
 
 def run(
