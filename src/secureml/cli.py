@@ -17,7 +17,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
@@ -243,27 +243,40 @@ class _Root(_Commands):
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
-class _Seconds(click.ParamType[float, Any]):
-    """A duration in seconds, as the timeout variables take it: ``5``, ``5s``, ``500ms``."""
+class _Duration(click.ParamType[float, Any]):
+    """Seconds from text, read by ``parse`` (whose errors name the option), at least
+    ``least`` seconds."""
 
-    name = "SECONDS"
+    def __init__(self, name: str, parse: Callable[[str], float], least: float) -> None:
+        self.name = name
+        self._parse = parse
+        self._least = least
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> float:
         if isinstance(value, float):
             return value
-        from .key_management._config import parse_duration
-
         try:
-            seconds = parse_duration(value, "--timeout")
+            seconds = self._parse(str(value))
         except OverflowError:
-            self.fail(f"{value!r} is too long a timeout", param, ctx)
-        except (ValueError, TypeError) as exc:
-            self.fail(str(exc).replace(f"--timeout={value!r} is", f"{value!r} is"), param, ctx)
-        if seconds < 0.1:
-            self.fail(f"{value!r} is under 0.1 s; give at least 0.1s", param, ctx)
+            self.fail(f"{value!r} is too long", param, ctx)
+        except (click.BadParameter, ValueError, TypeError) as exc:
+            message = exc.message if isinstance(exc, click.BadParameter) else str(exc)
+            self.fail(message, param, ctx)
+        if seconds < self._least:
+            self.fail(f"{value!r} is under {self._least:g} s", param, ctx)
         return seconds
+
+
+def _timeout_seconds(text: str) -> float:
+    """A timeout as the timeout variables take it: ``5``, ``5s``, ``500ms``."""
+    from .key_management._config import parse_duration
+
+    try:
+        return parse_duration(text, "--timeout")
+    except ValueError as exc:  # the library names the variable; here, the value
+        raise ValueError(str(exc).replace(f"--timeout={text!r} is", f"{text!r} is")) from None
 
 
 def _global_options(*, late: bool = False) -> list[click.Option]:
@@ -305,7 +318,11 @@ def _global_options(*, late: bool = False) -> list[click.Option]:
             help="CA bundle or directory for Vault's TLS (else SECUREML_VAULT_CACERT, "
             "VAULT_CACERT...).",
         ),
-        option("--timeout", type=_Seconds(), help="Per attempt: 5, 5s, 500ms (else 5s)."),
+        option(
+            "--timeout",
+            type=_Duration("SECONDS", _timeout_seconds, 0.1),
+            help="Per attempt: 5, 5s, 500ms (else 5s).",
+        ),
         option("--retries", type=click.IntRange(min=0), help="Extra attempts (else 2)."),
         option("--no-env-fallback", is_flag=True, help="Do not read SECUREML_<NAME> variables."),
         option(
@@ -890,26 +907,12 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
-class _Age(click.ParamType[float, Any]):
-    """A key's age, as :func:`parse_duration` reads it (the error names the option)."""
-
-    name = "AGE"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_duration(str(value))
-        except click.BadParameter as exc:
-            self.fail(exc.message, param, ctx)
-
-
 @keys.command()
 @click.argument("name")
 @click.option(
-    "--older-than", type=_Age(), help="Only if the current version is this old: 1y, 90d, 12h."
+    "--older-than",
+    type=_Duration("AGE", parse_duration, 0),
+    help="Only if the current version is this old: 1y, 90d, 12h.",
 )
 @click.option("--force", is_flag=True, help="Rotate a secret that `keys generate` did not make.")
 @pass_options

@@ -470,12 +470,9 @@ class VaultBackend:
             if versions is None and not destroy:
                 self._delete(name)  # KV v2: soft-deletes the latest version
                 return
-            if versions is None:
-                metadata = self.metadata(name)
-                if metadata is None:
-                    return
-                versions = [metadata.current_version]
-            chosen = list(versions)
+            chosen = self._versions_or_latest(name, versions)
+            if chosen is None:
+                return
 
             def delete(client: hvac.Client) -> None:
                 kv2 = client.secrets.kv.v2
@@ -483,6 +480,13 @@ class VaultBackend:
                 remove(path=self._secret_path(name), versions=chosen, mount_point=self._mount)
 
             self._call("destroy versions of" if destroy else "delete versions of", where, delete)
+
+    def _versions_or_latest(self, name: str, versions: Sequence[int] | None) -> list[int] | None:
+        """``versions``, or (``None``) the latest version; ``None`` if there is none."""
+        if versions is not None:
+            return list(versions)
+        metadata = self.metadata(name)
+        return None if metadata is None else [metadata.current_version]
 
     def undelete_versions(self, name: str, versions: Sequence[int] | None) -> None:
         """Restore soft-deleted versions (``None``: the latest); destroyed ones are gone.
@@ -493,12 +497,9 @@ class VaultBackend:
                 raise UnsupportedOperationError(
                     f"cannot undelete {where}: it is on a KV v1 mount, whose deletes are for good"
                 )
-            if versions is None:
-                metadata = self.metadata(name)
-                if metadata is None:
-                    return
-                versions = [metadata.current_version]
-            chosen = list(versions)
+            chosen = self._versions_or_latest(name, versions)
+            if chosen is None:
+                return
             self._call(
                 "undelete versions of",
                 where,
