@@ -32,6 +32,9 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_NOT_FOUND, EXIT_DENIED, EXIT_UNAVAILABLE, EXIT_INVALID_CIPHERTEXT = 3, 4, 5, 6
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
+#: The longest key the library makes or derives (HKDF-SHA256's limit), as the options
+#: bound it (said as --bytes, not as the library's key_bytes).
+_MAX_BYTES = 255 * 32
 #: Files at least this large get a progress bar (on a terminal).
 PROGRESS_FROM_BYTES = 4 << 20
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdwy]?)")
@@ -883,7 +886,9 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str] | None:
 
 @keys.command()
 @click.argument("name")
-@click.option("--bytes", "key_bytes", default=32, show_default=True, type=click.IntRange(16))
+@click.option(
+    "--bytes", "key_bytes", default=32, show_default=True, type=click.IntRange(16, _MAX_BYTES)
+)
 @click.option("--overwrite", is_flag=True, help="Add a version to an existing key.")
 @click.option("--label", multiple=True, metavar="KEY=VALUE", help="Metadata (repeatable).")
 @pass_options
@@ -961,7 +966,10 @@ _ENCODINGS = click.Choice(["hex", "base64", "base64url"])
 @click.option("--encoding", type=_ENCODINGS, default="hex", show_default=True)
 @click.option("--version", type=click.IntRange(min=1))
 @click.option(
-    "--bytes", "key_bytes", type=click.IntRange(16), help="Its length (default: as stored)."
+    "--bytes",
+    "key_bytes",
+    type=click.IntRange(16, _MAX_BYTES),
+    help="Its length (default: as stored).",
 )
 @pass_options
 def key_get(
@@ -975,10 +983,14 @@ def key_get(
 @keys.command()
 @click.argument("name")
 @click.option("--purpose", required=True, help="What the derived key is for (HKDF info).")
-@click.option("--bytes", "key_bytes", default=32, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--bytes", "key_bytes", default=32, show_default=True, type=click.IntRange(1, _MAX_BYTES)
+)
 @click.option("--encoding", type=_ENCODINGS, default="hex", show_default=True)
 @click.option(
-    "--base-bytes", type=click.IntRange(16), help="The base key's length (default: as stored)."
+    "--base-bytes",
+    type=click.IntRange(16, _MAX_BYTES),
+    help="The base key's length (default: as stored).",
 )
 @click.option("--version", type=click.IntRange(min=1), help="A version of the base key.")
 @pass_options

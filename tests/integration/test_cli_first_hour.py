@@ -124,6 +124,8 @@ def test_the_kv_mount_and_the_transit_mount_are_two_options(
         ("keys", "rotate", "k", "--older-than", "soon"),
         ("keys", "generate", "k", "--label", "no-equals-sign"),
         ("keys", "generate", "k", "--bytes", "3"),  # a range
+        ("keys", "generate", "k", "--bytes", "9000"),  # past HKDF's limit: --bytes, not key_bytes
+        ("set", "x"),  # an empty value on stdin
         ("--timeout", "5x", "status"),
         ("status", "--timeout", "0.01"),
         ("--retries", "-1", "status"),
@@ -140,6 +142,7 @@ def test_every_usage_error_is_one_line_and_exit_2(
     assert done.stderr.count("\n") == 1, done.stderr
     assert "Usage:" not in done.stderr
     assert "--help" in done.stderr  # where to look next
+    assert "key_bytes" not in done.stderr  # the option's name, never the argument's
 
 
 def test_help_lists_the_exit_codes_and_says_globals_work_everywhere() -> None:
