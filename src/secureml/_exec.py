@@ -11,8 +11,10 @@ What the command gets:
   in a private folder (mode 0700, in memory under ``/dev/shm`` where there is one), whose
   path the command finds in ``SECUREML_SECRETS_DIR``. The folder is removed when the
   command ends, however it ends, as long as secureml itself is not killed with SIGKILL.
-- secureml's own environment, but for the Vault credentials secureml read (a token, an
-  AppRole secret id): the command gets the secrets it was given, not the keys to all.
+- secureml's own environment, but for the Vault credentials in it (a token, an AppRole
+  secret id). The command still runs as the same user, so it can read what that user
+  can, a ``~/.vault-token`` included: this keeps credentials out of its environment (and
+  of whatever it passes its environment to), it is no sandbox.
 
 The command runs as a child (not through a shell), in secureml's process group. From the
 first secret read on, signals secureml receives are handled: before the command starts,

@@ -151,28 +151,49 @@ class Options:
 def _token_file(vault_url: str | None) -> str | None:
     """The token ``bao login`` / ``vault login`` left in ``~/.vault-token``: used by the
     command line (never the library) when a Vault address is set and the environment
-    holds no credentials, as the vault and bao commands do. A file others may read is
-    not used (it would be no secret)."""
+    holds no credentials, as the vault and bao commands do. Only a regular file of this
+    user's that others cannot read, of a token's size; why one was not used is said
+    with the error that follows (``_TOKEN_FILE_NOTE``)."""
     from .key_management._config import URL_VARS
     from .key_management._credentials import env_reference
 
+    _TOKEN_FILE_NOTE.clear()
     if env_reference(os.environ) is not None:
         return None
     if vault_url is None and not any(os.environ.get(v, "").strip() for v in URL_VARS):
         return None
     path = os.path.join(os.path.expanduser("~"), ".vault-token")
     try:
-        with open(path, encoding="utf-8") as source:
-            if os.fstat(source.fileno()).st_mode & 0o077:
-                _HELD_NOTES.append(
-                    f"secureml: warning: not using {path}: other users may read it "
-                    f"(chmod 600 {path})"
-                )
-                return None
-            token = source.read().strip()
-    except (OSError, UnicodeDecodeError):
+        # Non-blocking: a FIFO planted there must not hang the command.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return None  # none there: nothing to say
+    with os.fdopen(fd, "rb") as source:
+        info = os.fstat(source.fileno())
+        why = None
+        if not stat.S_ISREG(info.st_mode):
+            why = "it is not a regular file"
+        elif info.st_uid != os.getuid():
+            why = "another user owns it"
+        elif info.st_mode & 0o077:
+            why = f"other users may read it (chmod 600 {path})"
+        elif info.st_size > _MAX_TOKEN_FILE_BYTES:
+            why = "it is too large to hold a token"
+        if why is not None:
+            _TOKEN_FILE_NOTE.append(f"{path} was not used: {why}")
+            return None
+        raw = source.read(_MAX_TOKEN_FILE_BYTES + 1)
+    try:
+        token = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        _TOKEN_FILE_NOTE.append(f"{path} was not used: it is not text")
         return None
     return token or None
+
+
+#: Why ~/.vault-token was not used, for the error line (at most one entry).
+_TOKEN_FILE_NOTE: list[str] = []
+_MAX_TOKEN_FILE_BYTES = 16 * 1024
 
 
 class _Commands(click.Group):
@@ -212,7 +233,10 @@ class _Commands(click.Group):
             options = ctx.find_object(Options)
             if options is not None and options.debug:
                 raise
-            click.echo(f"secureml: error: {_message(exc)}", err=True)
+            text = _message(exc)
+            if _TOKEN_FILE_NOTE:  # why ~/.vault-token was not used: part of this line
+                text += f" ({_TOKEN_FILE_NOTE[-1]})"
+            click.echo(_for_terminal(f"secureml: error: {text}"), err=True)
             ctx.exit(exit_code(exc))
 
 
@@ -456,7 +480,8 @@ def _escaped(char: str) -> str:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    click.echo(f"secureml: error: {message}", err=True)
+    # Escaped: a message may quote what a secret's writer chose (a field's name).
+    click.echo(_for_terminal(f"secureml: error: {message}"), err=True)
     sys.exit(code)
 
 
@@ -574,7 +599,9 @@ def _shown(value: Any) -> tuple[str, str]:
         return base64.b64encode(value).decode("ascii"), "base64"
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True), "fields"
-    return str(value), "text"
+    if not isinstance(value, str):  # a field's number, true, null or list, as JSON says it
+        return json.dumps(value), "json"
+    return value, "text"
 
 
 @cli.command()
@@ -586,12 +613,15 @@ def get(options: Options, name: str, version: int | None, field: str | None) -> 
     """Print secret NAME (bytes as base64, several fields as JSON)."""
     value = options.manager().get_secret(name, version=version)
     if field is not None:
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) and field == "value":
+            pass  # a single value is the field "value", as `bao kv get -field=value` has it
+        elif not isinstance(value, dict):
             _fail(f"{name} has no fields (it holds one value); drop --field")
-        if field not in value:
+        elif field not in value:
             known = ", ".join(sorted(value)) or "none"
             _fail(f"{name} has no field {field!r} (its fields: {known})", EXIT_NOT_FOUND)
-        value = value[field]
+        else:
+            value = value[field]
     text, encoding = _shown(value)
     if options.json:
         shown: Any = value if isinstance(value, dict) else text
@@ -636,7 +666,7 @@ def set_(
             raise click.UsageError(
                 "FIELD=VALUE arguments go alone: not with --value, --file or --binary"
             )
-        data = _fields_given(fields)
+        data = _fields_given(fields, allow_empty=allow_empty)
     elif value is not None:
         click.echo(
             "secureml: warning: --value is visible to other users (ps, shell history); "
@@ -662,11 +692,21 @@ def set_(
     _out(options, {"name": name, "stored": True}, f"stored {name}")
 
 
-def _fields_given(pairs: tuple[str, ...]) -> dict[str, str]:
+def _field_text(raw: bytes, field: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"field {field!r} is not UTF-8 text; fields hold text (store bytes as a single "
+            "value, with --binary)"
+        ) from None
+
+
+def _fields_given(pairs: tuple[str, ...], *, allow_empty: bool) -> dict[str, str]:
     """``FIELD=VALUE`` arguments as fields; ``@FILE`` and ``-`` (stdin) as vault takes
     them. A value on the command line is visible to other users: said once."""
     fields: dict[str, str] = {}
-    inline = False
+    inline = stdin_taken = False
     for pair in pairs:
         field, sep, given = pair.partition("=")
         if not sep or not field:
@@ -676,14 +716,22 @@ def _fields_given(pairs: tuple[str, ...]) -> dict[str, str]:
             )
         if field in fields:
             raise click.UsageError(f"field {field!r} is given twice")
-        if given == "-":
-            fields[field] = _utf8(sys.stdin.buffer.read()).removesuffix("\n")
+        if given == "-" or given in ("@-", "@/dev/stdin"):
+            if stdin_taken:
+                raise click.UsageError("only one field can be read from stdin (FIELD=-)")
+            stdin_taken = True
+            fields[field] = _field_text(sys.stdin.buffer.read(), field).removesuffix("\n")
         elif given.startswith("@"):
             with open(given[1:], "rb") as source:
-                fields[field] = _utf8(source.read())
+                fields[field] = _field_text(source.read(), field)
         else:
             fields[field] = given
             inline = True
+        if not fields[field] and not allow_empty:
+            raise click.UsageError(
+                f"refusing to store field {field!r} empty (an unset variable?); pass "
+                "--allow-empty if that is what you mean"
+            )
     if inline:
         click.echo(
             "secureml: warning: FIELD=VALUE is visible to other users (ps, shell history); "
@@ -861,9 +909,29 @@ def exec_(
 @pass_options
 def undelete(options: Options, name: str, versions: tuple[int, ...]) -> None:
     """Restore soft-deleted secret NAME (its latest version, or --version(s))."""
-    options.manager().undelete_secret(name, versions=list(versions) or None)
-    what = f"versions {', '.join(map(str, versions))} of {name}" if versions else name
-    _out(options, {"name": name, "undeleted": True}, f"undeleted: {what}")
+    from .key_management.errors import SecretNotFoundError
+
+    manager = options.manager()
+    try:
+        kept = {v.version: v for v in manager.key_versions(name)}
+    except SecretNotFoundError:
+        _fail(f"{name} is not in Vault: nothing to undelete", EXIT_NOT_FOUND)
+    wanted = list(versions) or [max(kept)]
+    for number in wanted:
+        found = kept.get(number)
+        if found is None:
+            _fail(f"{name} has no version {number}", EXIT_NOT_FOUND)
+        if found.destroyed:
+            _fail(f"version {number} of {name} was destroyed: it cannot come back", EXIT_NOT_FOUND)
+    deleted = [n for n in wanted if kept[n].deleted]
+    if deleted:
+        manager.undelete_secret(name, versions=deleted)
+    what = ", ".join(map(str, deleted)) or "none (nothing was deleted)"
+    _out(
+        options,
+        {"name": name, "undeleted": deleted},
+        f"undeleted: {name} version {what}" if deleted else f"{name}: nothing was deleted",
+    )
 
 
 # -- keys --------------------------------------------------------------------------------
@@ -945,10 +1013,10 @@ def versions(options: Options, name: str) -> None:
 
     manager = options.manager()
     found = [asdict(v) for v in manager.key_versions(name)]
-    labels = manager.labels(name)
     if options.json:
         _out(options, found)
         return
+    labels = manager.labels(name)
     if labels:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
         click.echo(_for_terminal(f"labels: {shown}"))

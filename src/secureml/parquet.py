@@ -242,7 +242,7 @@ class ParquetKeys:
         """
         import pyarrow.dataset as ds
 
-        if self._external:
+        if self._external and any(_material_files(Path(base_dir))):
             raise ValueError(
                 "pyarrow's dataset reader cannot open Parquet files with external key "
                 "material (it does not pass each file's path on to find its "

@@ -499,7 +499,7 @@ def test_what_vault_and_bao_users_expect(
     # undelete, as `bao kv undelete` does.
     invoke(env, "delete", "db", "--yes", "--vault-path", path)
     invoke(env, "get", "db", "--vault-path", path, "--no-env-fallback", code=3)
-    assert invoke(env, "undelete", "db", "--vault-path", path) == "undeleted: db\n"
+    assert invoke(env, "undelete", "db", "--vault-path", path) == "undeleted: db version 1\n"
     assert invoke(env, "get", "db", "--field", "user", "--vault-path", path) == "ml\n"
     # Labels given to `keys generate` can be seen again.
     invoke(env, "keys", "generate", "labelled", "--label", "owner=ml", "--vault-path", path)
@@ -582,7 +582,7 @@ def test_diagnoses_name_the_real_problem(env: dict[str, str], bao_server: DevSer
     assert "--mount" in err
     tls_to_plain = {**env, "VAULT_ADDR": bao_server.address.replace("http://", "https://")}
     _, err = invoked(tls_to_plain, "get", "x", "--no-env-fallback", code=1)
-    assert "speaks plain HTTP, not HTTPS" in err
+    assert "does not speak TLS" in err
     assert "client certificate" not in err
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -604,3 +604,45 @@ def test_diagnoses_name_the_real_problem(env: dict[str, str], bao_server: DevSer
     _, err = invoked(down, "get", "x", "--no-env-fallback", code=5)
     assert "is unreachable" in err
     assert "cannot log in" not in err
+
+
+def test_second_review_fixes(env: dict[str, str], tmp_path: Path) -> None:
+    path = env["SECUREML_TEST_PATH"]
+    # A field name chosen by whoever wrote the secret never reaches the terminal raw.
+    hostile = "a\x1b]52;c;ZXZpbA==\x07"
+    from secureml.key_management import KeyManager
+
+    KeyManager(
+        vault_url=env["VAULT_ADDR"], vault_token=env["VAULT_TOKEN"], vault_path=path
+    ).set_secret("evil", {hostile: "1", "b": "2"})
+    _, err = invoked(env, "get", "evil", "--field", "nope", "--vault-path", path, code=3)
+    assert "\x1b" not in err
+    assert "\\x1b" in err  # escaped, visibly
+    # undelete: nothing to restore is no success.
+    invoked(env, "undelete", "never-made", "--vault-path", path, code=3)
+    invoke(env, "set", "gone", "--vault-path", path, input="v")
+    invoked(env, "undelete", "gone", "--version", "9", "--vault-path", path, code=3)
+    invoke(env, "delete", "gone", "--version", "1", "--destroy", "--yes", "--vault-path", path)
+    _, err = invoked(env, "undelete", "gone", "--vault-path", path, code=3)
+    assert "destroyed" in err
+    # Field values that are not text print as JSON; --field value reads a single value.
+    KeyManager(
+        vault_url=env["VAULT_ADDR"], vault_token=env["VAULT_TOKEN"], vault_path=path
+    ).set_secret("typed", {"flag": True, "none": None, "list": ["a", 1]})
+    assert invoke(env, "get", "typed", "--field", "flag", "--vault-path", path) == "true\n"
+    assert invoke(env, "get", "typed", "--field", "list", "--vault-path", path) == '["a", 1]\n'
+    invoke(env, "set", "single", "--vault-path", path, input="one")
+    assert invoke(env, "get", "single", "--field", "value", "--vault-path", path) == "one\n"
+    # Fields: stdin read once, an empty one refused.
+    _, err = invoked(env, "set", "f", "a=-", "b=-", "--vault-path", path, input="x", code=2)
+    assert "only one field can be read from stdin" in err
+    _, err = invoked(env, "set", "f", "a=", "--vault-path", path, code=2)
+    assert "empty" in err
+    # A ~/.vault-token that is not used says why, on the error's own line.
+    home = tmp_path / "home"
+    home.mkdir()
+    os.mkfifo(home / ".vault-token", 0o600)  # a FIFO must not hang the command
+    logged = {"HOME": str(home), "PATH": os.environ["PATH"], "VAULT_ADDR": env["VAULT_ADDR"]}
+    _, err = invoked(logged, "get", "x", code=2)
+    assert err.count("\n") == 1
+    assert "was not used: it is not a regular file" in err

@@ -183,3 +183,11 @@ def test_a_dataset_with_external_key_material_is_refused_with_the_way_out(
         pk.dataset(tmp_path / "ds")
     (written,) = [p for p in (tmp_path / "ds").iterdir() if p.suffix == ".parquet"]
     assert pk.read_table(written).num_rows == TABLE.num_rows
+
+
+def test_keys_with_external_material_still_read_a_dataset_keyed_in_its_footers(
+    bao_server: DevServer, transit: tuple[str, str], tmp_path: Path
+) -> None:
+    keys(bao_server.address, bao_server.root_token, transit).write_dataset(TABLE, tmp_path / "ds")
+    external = keys(bao_server.address, bao_server.root_token, transit, external_key_material=True)
+    assert external.dataset(tmp_path / "ds").to_table().num_rows == TABLE.num_rows

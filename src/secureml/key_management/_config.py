@@ -158,6 +158,9 @@ def check_token(token: object) -> str:
     if not token or not header_safe(token):
         raise ConfigurationError(
             "vault_token is empty or contains whitespace, control or non-ASCII characters"
+        ).in_cli_words(
+            "the Vault token (BAO_TOKEN, VAULT_TOKEN or ~/.vault-token) is empty or contains "
+            "whitespace, control or non-ASCII characters"
         )
     return token
 

@@ -296,6 +296,9 @@ class Core:
             raise PermissionDeniedError(
                 f"{exc}; encrypt and decrypt read a key's metadata to check it is a managed "
                 "key: grant read on it, or declare the key (KeyManager(declared_keys=[...]))"
+            ).in_cli_words(
+                f"{exc}; encrypt and decrypt read a key's metadata to check it is a managed "
+                f"key: grant read on it, or declare the key (--declared-key {name})"
             ) from None
         return None if value is ABSENT else int(value)
 

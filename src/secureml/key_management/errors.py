@@ -27,7 +27,7 @@ token, so errors are safe to log.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "AuthenticationError",
@@ -97,9 +97,10 @@ class SecretNotFoundError(KeyManagementError, KeyError, ValueError):
 
     def __reduce__(
         self,
-    ) -> tuple[type[SecretNotFoundError], tuple[str, tuple[str, ...], str | None]]:
-        # Rebuild from the fields, so the error survives pickling (multiprocessing).
-        return (type(self), (self.name, self.sources_tried, self.detail))
+    ) -> tuple[type[SecretNotFoundError], tuple[str, tuple[str, ...], str | None], dict[str, Any]]:
+        # Rebuild from the fields, so the error survives pickling (multiprocessing) and
+        # copies; the state keeps what was set on it since (its cli_message).
+        return (type(self), (self.name, self.sources_tried, self.detail), dict(vars(self)))
 
 
 class KeyFormatError(KeyManagementError, ValueError):

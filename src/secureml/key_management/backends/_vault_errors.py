@@ -116,8 +116,10 @@ def _from_hvac(  # noqa: PLR0911 - one return per kind of Vault answer
             f"Vault at {url} failed to {target} ({type(exc).__name__}: {detail})"
         )
     if isinstance(exc, hx.InvalidPath) and detail == "no detail given":
-        served = _SERVED_BY_EVERY_VAULT.get(target) or (_TOKEN_LOOKUP if login else None)
-        if served is not None:  # a 404 without Vault's errors, where Vault never 404s
+        served = _SERVED_BY_EVERY_VAULT.get(target) or (
+            _TOKEN_LOOKUP if target.startswith("log in with token") else "its login path"
+        )
+        if login or target in _SERVED_BY_EVERY_VAULT:  # where Vault never 404s bare
             return VaultError(
                 f"{url} is not a Vault or OpenBao server (404 on {served}); check the "
                 "address and its port"
@@ -140,8 +142,9 @@ def _from_requests(  # noqa: PLR0911 - one return per kind of failure
         # Not "unavailable": a failed TLS check may be an attack, so no fallback.
         if "WRONG_VERSION_NUMBER" in str(exc) or "wrong version number" in str(exc):
             return VaultError(
-                f"the server at {url} speaks plain HTTP, not HTTPS: its answer to the TLS "
-                "handshake was not TLS; use its http:// address, or turn TLS on at the server"
+                f"the server at {url} does not speak TLS (its answer to the handshake was "
+                "not TLS: plain HTTP, or another protocol on that port): use its http:// "
+                "address if it is Vault over plain HTTP, or check the port"
             )
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
             return VaultError(
