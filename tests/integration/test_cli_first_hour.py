@@ -646,3 +646,13 @@ def test_second_review_fixes(env: dict[str, str], tmp_path: Path) -> None:
     _, err = invoked(logged, "get", "x", code=2)
     assert err.count("\n") == 1
     assert "was not used: it is not a regular file" in err
+
+
+def test_debug_after_the_command_shows_the_traceback(env: dict[str, str]) -> None:
+    path = env["SECUREML_TEST_PATH"]
+    _, quiet = invoked(env, "get", "nope", "--vault-path", path, "--no-env-fallback", code=3)
+    assert "Traceback" not in quiet
+    done = run(env, "get", "nope", "--vault-path", path, "--no-env-fallback", "--debug")
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr
+    assert "SecretNotFoundError" in done.stderr
