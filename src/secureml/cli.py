@@ -1234,6 +1234,30 @@ def _same_file(src: str, dst: str) -> bool:
 _force = click.option("--force", is_flag=True, help="Replace DST if it exists.")
 
 
+class _Moved:
+    """One file command's data, SRC to DST: by the file method when both are files (a
+    destination that appears whole), else by the stream method; timed for its summary."""
+
+    def __init__(self, options: Options, src: str, dst: str) -> None:
+        self.options, self.src, self.dst = options, src, dst
+        self.done = 0
+        self.started = time.monotonic()
+
+    def run(
+        self, by_file: Callable[..., int], by_stream: Callable[..., int], *args: Any, **kwargs: Any
+    ) -> None:
+        src, dst = self.src, self.dst
+        with _progress(_size(src)) as progress:
+            if "-" not in (src, dst) and not _special(dst):
+                self.done = by_file(src, dst, *args, progress=progress, **kwargs)
+            else:
+                with _streams(src, dst) as (reader, writer):
+                    self.done = by_stream(reader, writer, *args, progress=progress, **kwargs)
+
+    def summary(self, verb: str, *, always: bool = False) -> None:
+        _summary(self.options, verb, self.src, self.dst, self.done, self.started, always=always)
+
+
 def _summary(
     options: Options,
     verb: str,
@@ -1300,23 +1324,15 @@ def encrypt(
     src, dst = _stdio(src, dst)
     _destination(src, dst, force=force, ciphertext=True)
     manager = options.manager()
-    started = time.monotonic()
-    with _progress(_size(src)) as progress:
-        if "-" not in (src, dst) and not _special(dst):
-            done = manager.encrypt_file(
-                src, dst, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
-            )
-        else:
-            with _streams(src, dst) as (reader, writer):
-                done = manager.encrypt_stream(
-                    reader,
-                    writer,
-                    key_name,
-                    aad=_aad(aad),
-                    progress=progress,
-                    transit_key=transit_key,
-                )
-    _summary(options, "encrypted", src, dst, done, started)
+    moved = _Moved(options, src, dst)
+    moved.run(
+        manager.encrypt_file,
+        manager.encrypt_stream,
+        key_name,
+        transit_key=transit_key,
+        aad=_aad(aad),
+    )
+    moved.summary("encrypted")
 
 
 @cli.command()
@@ -1331,14 +1347,9 @@ def decrypt(options: Options, src: str, dst: str, aad: str | None, force: bool) 
     src, dst = _stdio(src, dst)
     _destination(src, dst, force=force, ciphertext=False)
     manager = options.manager()
-    started = time.monotonic()
-    with _progress(_size(src)) as progress:
-        if "-" not in (src, dst) and not _special(dst):
-            done = manager.decrypt_file(src, dst, aad=_aad(aad), progress=progress)
-        else:
-            with _streams(src, dst) as (reader, writer):
-                done = manager.decrypt_stream(reader, writer, aad=_aad(aad), progress=progress)
-    _summary(options, "decrypted", src, dst, done, started)
+    moved = _Moved(options, src, dst)
+    moved.run(manager.decrypt_file, manager.decrypt_stream, aad=_aad(aad))
+    moved.summary("decrypted")
 
 
 @cli.command()
@@ -1363,23 +1374,15 @@ def reencrypt(
     src, dst = _stdio(src, dst)
     _destination(src, dst, force=force, ciphertext=True)
     manager = options.manager()
-    started = time.monotonic()
-    with _progress(_size(src)) as progress:
-        if "-" not in (src, dst) and not _special(dst):
-            done = manager.reencrypt_file(
-                src, dst, key_name, aad=_aad(aad), progress=progress, transit_key=transit_key
-            )
-        else:
-            with _streams(src, dst) as (reader, writer):
-                done = manager.reencrypt_stream(
-                    reader,
-                    writer,
-                    key_name,
-                    aad=_aad(aad),
-                    progress=progress,
-                    transit_key=transit_key,
-                )
-    _summary(options, "reencrypted", src, dst, done, started, always=True)
+    moved = _Moved(options, src, dst)
+    moved.run(
+        manager.reencrypt_file,
+        manager.reencrypt_stream,
+        key_name,
+        transit_key=transit_key,
+        aad=_aad(aad),
+    )
+    moved.summary("reencrypted", always=True)
 
 
 # -- transit -------------------------------------------------------------------------------

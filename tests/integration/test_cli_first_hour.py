@@ -424,19 +424,9 @@ def test_without_the_cli_extra_the_command_says_how_to_install_it() -> None:
 
 
 def test_the_dev_server_mounts_transit_seeds_the_readme_and_names_its_ports() -> None:
-    process = subprocess.Popen(
-        [SECUREML, "dev-server", "--seed"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        lines = [process.stdout.readline() for _ in range(8)]  # type: ignore[union-attr]
-        exports = dict(
-            line.removeprefix("export ").strip().split("=", 1)
-            for line in lines
-            if line.startswith("export ")
-        )
+    from tests.support.cli_dev_server import dev_server
+
+    with dev_server("--seed") as (exports, lines):
         port = int(exports["BAO_ADDR"].rsplit(":", 1)[1])
         assert f"# cluster traffic on 127.0.0.1:{port + 1}\n" in lines
         assert "# KV v2 at secret/, Transit at transit/\n" in lines
@@ -450,9 +440,6 @@ def test_the_dev_server_mounts_transit_seeds_the_readme_and_names_its_ports() ->
         assert sealed.returncode == 0, sealed.stderr
         assert sealed.stdout.startswith("vault:v1:")
         assert run(env, "keys", "versions", "datasets/key").returncode == 0
-    finally:
-        process.send_signal(2)
-        process.communicate(timeout=30)
 
 
 def test_what_vault_and_bao_users_expect(

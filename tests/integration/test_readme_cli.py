@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.cli_dev_server import dev_server
 
 pytestmark = pytest.mark.integration
 
@@ -36,24 +37,9 @@ def readme_cli_lines() -> list[str]:
 
 @pytest.fixture(scope="module")
 def seeded() -> Iterator[dict[str, str]]:
-    process = subprocess.Popen(
-        [SECUREML, "dev-server", "--seed"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        lines = [process.stdout.readline() for _ in range(8)]  # type: ignore[union-attr]
-        exports = dict(
-            line.removeprefix("export ").strip().split("=", 1)
-            for line in lines
-            if line.startswith("export ")
-        )
+    with dev_server("--seed") as (exports, lines):
         assert any(line.startswith("# seeded: ") for line in lines), lines
         yield exports
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
 
 
 def test_every_readme_command_runs_as_written(seeded: dict[str, str], tmp_path: Path) -> None:
