@@ -12,7 +12,9 @@ Three tables, each group timed in interleaved rounds (the machines are noisy), m
   and a name per coroutine (every call reads Vault), against raw aiohttp (one
   ``ClientSession``, keep-alive, the same KV v2 GET with ``X-Vault-Token``, a name per
   coroutine) and async-hvac's ``AsyncClient.read``. Target: secureml at least 1.0x
-  aiohttp's reads/s.
+  aiohttp's reads/s. Beside it, the CPU one read cost this process and the OpenBao
+  server (medians): the server shares the two cores, so reads/s moves with what both
+  spend, and the CPU columns say which side a difference comes from.
 - Uncached sync ``get_secret`` against raw ``http.client`` on one kept-alive connection
   (the I/O floor) and raw hvac, as bench/run.py measures them. Targets: at most 1.25x
   http.client's time and 0.5x hvac's.
@@ -88,6 +90,7 @@ class RateRow:
     target: float | None  # the least ours / base may be
     reads_per_call: str
     connections: str
+    cpu: str = ""  # client and OpenBao CPU µs per read, secureml / baseline
 
 
 def met(ok: bool) -> str:
@@ -120,20 +123,55 @@ def sampler(loop: asyncio.AbstractEventLoop, readers: Sequence[Read]) -> Sample:
     return lambda seconds: loop.run_until_complete(sample(seconds))
 
 
+@dataclass(frozen=True)
+class Rate:
+    """A contestant's medians over the rounds: reads/s, and the CPU one read cost this
+    process (every thread) and the OpenBao server (the same two cores: a client that
+    spends less leaves the server more)."""
+
+    reads_per_s: float
+    client_us: float
+    server_us: float
+
+
+def server_cpu(pid: int | None) -> Callable[[], float]:
+    """The server process's CPU seconds so far (user + system), read from /proc."""
+
+    def seconds() -> float:
+        if pid is None:
+            return 0.0
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # not Linux: no column
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    return seconds
+
+
 def interleaved_rates(
-    contestants: Mapping[str, Sample], seconds: float, rounds: int
-) -> dict[str, float]:
-    """Median reads/s of each contestant, in rounds of rotated order (as ``_timing``'s
+    contestants: Mapping[str, Sample],
+    seconds: float,
+    rounds: int,
+    server: Callable[[], float] = lambda: 0.0,
+) -> dict[str, Rate]:
+    """Medians of each contestant, in rounds of rotated order (as ``_timing``'s
     ``interleaved``), after a short warm-up sample of each (connections, threads)."""
     for sample in contestants.values():
         sample(min(seconds, 0.3))
     names = list(contestants)
-    rates: dict[str, list[float]] = {name: [] for name in names}
+    rates: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            cpu, served = time.process_time(), server()
             reads, elapsed = contestants[name](seconds)
-            rates[name].append(reads / elapsed)
-    return {name: statistics.median(values) for name, values in rates.items()}
+            cpu, served = time.process_time() - cpu, server() - served
+            rates[name].append((reads / elapsed, 1e6 * cpu / reads, 1e6 * served / reads))
+    return {
+        name: Rate(*(statistics.median(v[i] for v in values) for i in range(3)))
+        for name, values in rates.items()
+    }
 
 
 def aiohttp_reader(session: aiohttp.ClientSession, address: str, token: str, name: str) -> Read:
@@ -215,7 +253,7 @@ def rate_rows(
     managers = {f"one {c}": m for c, m in one_name.items()} | {
         f"per {c}": m for c, m in per_name.items()
     }
-    rate = interleaved_rates(contestants, plan.seconds, plan.rate_rounds)
+    rate = interleaved_rates(contestants, plan.seconds, plan.rate_rounds, server_cpu(server.pid))
 
     def untimed(key: str) -> tuple[str, str]:
         """New TCP connections per 100 reads, and Vault reads per call, in one more
@@ -247,12 +285,13 @@ def rate_rows(
                 RateRow(
                     label,
                     c,
-                    rate[ours],
-                    rate[f"aiohttp {c}"],
+                    rate[ours].reads_per_s,
+                    rate[f"aiohttp {c}"].reads_per_s,
                     "raw aiohttp, one `ClientSession` (keep-alive), a name per coroutine",
                     AIOHTTP_TARGET,
                     spent,
                     f"{opened[ours]} / {opened[f'aiohttp {c}']}",
+                    _cpu(rate[ours], rate[f"aiohttp {c}"]),
                 )
             )
             hv = f"async-hvac {c}"
@@ -260,13 +299,14 @@ def rate_rows(
                 RateRow(
                     label,
                     c,
-                    rate[ours],
-                    rate.get(hv),
+                    rate[ours].reads_per_s,
+                    rate[hv].reads_per_s if hv in rate else None,
                     "async-hvac `AsyncClient.read`, a name per coroutine"
                     + ("" if ahvac is not None else f" (skipped: {skipped})"),
                     None,
                     spent,
                     f"{opened[ours]} / {opened.get(hv, '')}",
+                    _cpu(rate[ours], rate[hv]) if hv in rate else "",
                 )
             )
 
@@ -282,6 +322,14 @@ def rate_rows(
         "used" if ahvac is not None else f"skipped ({skipped})"
     )
     return rows, note
+
+
+def _cpu(ours: Rate, base: Rate) -> str:
+    """Client and server CPU per read, each as secureml / baseline."""
+    client = f"{ours.client_us:.0f} / {base.client_us:.0f}"
+    if not base.server_us:
+        return client
+    return f"{client}; OpenBao {ours.server_us:.0f} / {base.server_us:.0f}"
 
 
 # -- cached (async and sync) and sync uncached ---------------------------------------------
@@ -370,9 +418,10 @@ def print_rates(rows: Sequence[RateRow]) -> None:
         "| uncached reads/s (`cache_ttl=0`) | coroutines | secureml | baseline "
         "| speed ratio (secureml / baseline) | target | met | baseline is "
         "| secureml Vault reads per call "
-        "| new TCP connections per 100 reads (secureml / baseline) |"
+        "| new TCP connections per 100 reads (secureml / baseline) "
+        "| CPU µs per read, client; OpenBao (secureml / baseline) |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | :---: | --- | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | :---: | --- | ---: | ---: | ---: |")
     for r in rows:
         base = ratio = target = ok = ""
         if r.base is not None:
@@ -381,7 +430,7 @@ def print_rates(rows: Sequence[RateRow]) -> None:
                 target, ok = f"≥ {r.target:g}x", met(r.ours / r.base >= r.target)
         print(
             f"| {r.name} | {r.coroutines} | {r.ours:,.0f} | {base} | {ratio} | {target} "
-            f"| {ok} | {r.baseline_is} | {r.reads_per_call} | {r.connections} |"
+            f"| {ok} | {r.baseline_is} | {r.reads_per_call} | {r.connections} | {r.cpu} |"
         )
 
 
