@@ -11,13 +11,15 @@ that does not authenticate, or is not a ciphertext at all, is an event too (outc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from . import _envelope as envelope
 from ._files import PathLike, atomic_output
 from ._materials import DEFAULT_KEY, KeyMaterials
 from ._observe import Observer, Served
+from ._seekable import EncryptedReader
 from ._validate import Progress, check_aad, check_data, check_progress
 from .errors import InvalidCiphertextError
 
@@ -237,6 +239,39 @@ class Encryptor:
             return self.reencrypt_stream(
                 reader, out, key_name, aad=aad, progress=progress, transit_key=transit_key
             )
+
+    # -- random access -----------------------------------------------------------------
+
+    def open_encrypted(self, src: PathLike | BinaryIO, *, aad: bytes) -> BinaryIO:
+        """See ``KeyManager.open_encrypted``."""
+        extra = check_aad(aad)
+        owns = isinstance(src, (str, os.PathLike))
+        raw: BinaryIO = open(src, "rb") if isinstance(src, (str, os.PathLike)) else src  # noqa: SIM115
+        try:
+            if not raw.seekable():
+                raise ValueError(
+                    "open_encrypted needs a seekable file; for a pipe or socket, use decrypt_stream"
+                )
+            raw.seek(0)
+            header, header_bytes = self._header(lambda: envelope.read_header(raw))
+            body_start = raw.tell()
+            materials = self._materials
+
+            def run() -> Served:
+                m = materials.for_header(header)
+                # Checks the commitment; the key lives on in the cipher only.
+                cipher = envelope.SegmentCipher(m.key, header, header_bytes, extra)
+                reader = EncryptedReader(raw, cipher, header, body_start, owns_raw=owns)
+                return Served(reader, m.source, m.outcome, m.version)
+
+            opened: BinaryIO = self._observer.observed(
+                "decrypt", _named(header), run, version=header.key_version or None
+            )
+        except BaseException:
+            if owns:
+                raw.close()
+            raise
+        return opened
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NoReturn, TypeVar, overload
 
 from ._auth import VaultAuth
 from ._boundary import guarded_class, scrub, scrubs_inline
@@ -769,6 +769,29 @@ class KeyManager:
         )
 
     # -- columns ---------------------------------------------------------------------
+
+    def open_encrypted(self, src: PathLike | BinaryIO, *, aad: bytes = b"") -> BinaryIO:
+        """A read-only, seekable file object over the plaintext of encrypted file ``src``
+        (a path, or a seekable binary file object), decrypting only the segments a read
+        touches: ``read``, ``readinto``, ``seek`` (every whence), ``tell``, ``with``.
+
+        Every byte returned is authenticated first; a read that reaches the end also
+        authenticates the last segment, so a file cut short is an error there. A tampered
+        segment raises :class:`~.errors.InvalidCiphertextError` (naming the segment) when
+        it is read; segments never read are never trusted. A few decrypted segments are
+        kept in memory while it is open.
+
+        Raises:
+            InvalidCiphertextError: Not a secureml file, a header that does not
+                authenticate under its key, or (on a read) a segment that does not.
+            ValueError: ``src`` is a file object that cannot seek.
+
+        Example:
+            >>> with km.open_encrypted("train.parquet.sml") as f:   # doctest: +SKIP
+            ...     f.seek(-8, 2); f.read(8)                          # the footer's tail
+        """
+        reader: BinaryIO = self._encryptor.open_encrypted(src, aad=aad)
+        return reader
 
     def column_cipher(
         self,

@@ -1,0 +1,178 @@
+"""Random access to an encrypted file: a read-only, seekable file object that decrypts
+only the segments a read touches (``KeyManager.open_encrypted``).
+
+The format makes this possible: segment *i* is ``segment_bytes`` of plaintext sealed
+with a nonce made from *i* and whether it is the last, at a fixed offset after the
+header. So any segment can be found and authenticated alone, and the one sealed as last
+proves where the message ends: a file cut at a segment boundary fails when its new last
+segment is opened as the last. Every byte returned has been authenticated; a segment
+never read is never trusted (nor reported). A few decrypted segments are kept, so reads
+that walk forward (or back and forth within a segment) do not open one twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+from typing import Any, BinaryIO
+
+from . import _envelope as envelope
+from .errors import InvalidCiphertextError
+
+__all__ = ["CACHED_SEGMENTS", "EncryptedReader"]
+
+#: Decrypted segments kept per reader (1 MiB each by default).
+CACHED_SEGMENTS = 4
+
+
+class EncryptedReader(io.RawIOBase):
+    """A seekable reader of the plaintext of one encrypted file (see the module).
+
+    Args:
+        raw: The encrypted file, seekable, positioned anywhere.
+        cipher: The message's cipher (its commitment already checked).
+        header: The message's parsed header.
+        body_start: Where the first segment starts in ``raw``.
+        owns_raw: Close ``raw`` with this reader.
+    """
+
+    def __init__(
+        self,
+        raw: BinaryIO,
+        cipher: envelope.SegmentCipher,
+        header: envelope.Header,
+        body_start: int,
+        *,
+        owns_raw: bool,
+    ) -> None:
+        super().__init__()
+        self._raw = raw
+        self._owns_raw = owns_raw
+        self._cipher = cipher
+        self._segment_bytes = header.segment_bytes
+        self._step = header.segment_bytes + envelope.TAG_BYTES
+        self._body_start = body_start
+        body = raw.seek(0, os.SEEK_END) - body_start
+        self._count = max(1, -(-body // self._step))
+        last = body - (self._count - 1) * self._step
+        if last < envelope.TAG_BYTES or self._count > envelope.MAX_SEGMENTS:
+            refused = InvalidCiphertextError(envelope.OPAQUE)
+            refused.reason = "truncated" if last < envelope.TAG_BYTES else "unauthenticated"
+            raise refused
+        self._size = body - self._count * envelope.TAG_BYTES
+        self._position = 0
+        self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+
+    # -- io ----------------------------------------------------------------------------
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._check_open()
+        if whence == os.SEEK_SET:
+            target = offset
+        elif whence == os.SEEK_CUR:
+            target = self._position + offset
+        elif whence == os.SEEK_END:
+            target = self._size + offset
+        else:
+            raise ValueError(f"whence must be 0, 1 or 2, not {whence!r}")
+        if target < 0:  # as io.BytesIO: an error from the start, clamped from elsewhere
+            if whence == os.SEEK_SET:
+                raise ValueError(f"negative seek position {target}")
+            target = 0
+        self._position = target
+        return target
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` from the current position (fewer bytes only at the end)."""
+        self._check_open()
+        out = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(out):
+            if self._position >= self._size:
+                self._segment(self._count - 1)  # the end is authenticated before it is said
+                break
+            index, offset = divmod(self._position, self._segment_bytes)
+            plain = self._segment(index)
+            take = min(len(out) - done, len(plain) - offset)
+            out[done : done + take] = plain[offset : offset + take]
+            done += take
+            self._position += take
+        return done
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check_open()
+        left = max(0, self._size - self._position)
+        wanted = left if size is None or size < 0 else min(size, left)
+        if not wanted:
+            if size != 0:  # a read at the end: the end is authenticated before it is said
+                self._segment(self._count - 1)
+            return b""
+        buffer = bytearray(wanted)
+        got = self.readinto(buffer)
+        del buffer[got:]
+        return bytes(buffer)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._cache.clear()
+            if self._owns_raw:
+                self._raw.close()
+        super().close()
+
+    @property
+    def size(self) -> int:
+        """The plaintext's length in bytes."""
+        return self._size
+
+    # -- segments ----------------------------------------------------------------------
+
+    def _segment(self, index: int) -> bytes:
+        """Segment ``index``'s plaintext, authenticated (as the last one if it is)."""
+        found = self._cache.get(index)
+        if found is not None:
+            self._cache.move_to_end(index)
+            return found
+        last = index == self._count - 1
+        self._raw.seek(self._body_start + index * self._step)
+        sealed = _read_exactly(self._raw, self._step)
+        try:
+            plain = self._cipher.open(index, sealed, last)
+        except InvalidCiphertextError:
+            refused = InvalidCiphertextError(
+                f"{envelope.OPAQUE} (segment {index} of {self._count} does not authenticate)"
+            )
+            refused.reason = "unauthenticated"
+            raise refused from None
+        self._cache[index] = plain
+        if len(self._cache) > CACHED_SEGMENTS:
+            self._cache.popitem(last=False)
+        return plain
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
+
+def _read_exactly(raw: BinaryIO, size: int) -> bytes:
+    chunks: list[bytes] = []
+    while size > 0:
+        chunk = raw.read(size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
