@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import io
 import os
+import threading
 from typing import Any, BinaryIO
 
 from . import _envelope as envelope
@@ -63,6 +64,9 @@ class EncryptedReader(io.RawIOBase):
         self._size = body - self._count * envelope.TAG_BYTES
         self._position = 0
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        # One reader, one position: threads sharing it take turns (pyarrow may read
+        # from several), so a seek and its read are never split by another's.
+        self._lock = threading.Lock()
 
     # -- io ----------------------------------------------------------------------------
 
@@ -77,6 +81,10 @@ class EncryptedReader(io.RawIOBase):
         return self._position
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        with self._lock:
+            return self._seek(offset, whence)
+
+    def _seek(self, offset: int, whence: int) -> int:
         self._check_open()
         if whence == os.SEEK_SET:
             target = offset
@@ -95,6 +103,10 @@ class EncryptedReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         """Fill ``buffer`` from the current position (fewer bytes only at the end)."""
+        with self._lock:
+            return self._readinto(buffer)
+
+    def _readinto(self, buffer: Any) -> int:
         self._check_open()
         out = memoryview(buffer).cast("B")
         done = 0
@@ -111,6 +123,10 @@ class EncryptedReader(io.RawIOBase):
         return done
 
     def read(self, size: int | None = -1) -> bytes:
+        with self._lock:
+            return self._read(size)
+
+    def _read(self, size: int | None) -> bytes:
         self._check_open()
         left = max(0, self._size - self._position)
         wanted = left if size is None or size < 0 else min(size, left)
@@ -119,7 +135,7 @@ class EncryptedReader(io.RawIOBase):
                 self._segment(self._count - 1)
             return b""
         buffer = bytearray(wanted)
-        got = self.readinto(buffer)
+        got = self._readinto(buffer)
         del buffer[got:]
         return bytes(buffer)
 
