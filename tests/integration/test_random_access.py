@@ -49,13 +49,13 @@ def test_pyarrow_reads_one_column_from_only_its_segments(km: KeyManager, tmp_pat
     with km.open_encrypted(tmp_path / "t.parquet.sml") as f:
         assert isinstance(f, EncryptedReader)
         opened: set[int] = set()
-        real = f._cipher.open
+        real = f._cipher_or_none.open  # type: ignore[union-attr]
 
         def counted(index: int, segment: object, last: bool) -> bytes:
             opened.add(index)
             return real(index, segment, last)  # type: ignore[arg-type]
 
-        f._cipher.open = counted  # type: ignore[method-assign]
+        f._cipher_or_none.open = counted  # type: ignore[method-assign,union-attr]
         back = pq.read_table(f, columns=["a"])
     assert back.column("a").to_pylist()[:3] == [0, 1, 2]
     assert back.num_rows == rows

@@ -107,13 +107,13 @@ def test_only_the_segments_a_read_touches_are_decrypted(km: KeyManager) -> None:
     opened: list[int] = []
     with km.open_encrypted(io.BytesIO(sealed(data))) as f:
         assert isinstance(f, EncryptedReader)
-        real = f._cipher.open
+        real = f._cipher_or_none.open  # type: ignore[union-attr]
 
         def counted(index: int, segment: Any, last: bool) -> bytes:
             opened.append(index)
             return real(index, segment, last)
 
-        f._cipher.open = counted  # type: ignore[method-assign]
+        f._cipher_or_none.open = counted  # type: ignore[method-assign,union-attr]
         f.seek(50 * SEGMENT + 10)
         assert f.read(20) == data[50 * SEGMENT + 10 : 50 * SEGMENT + 30]
         assert opened == [50]
@@ -142,19 +142,17 @@ def test_a_tampered_segment_fails_only_when_read_and_names_it(km: KeyManager) ->
 
 
 @pytest.mark.parametrize("cut_segments", [1, 3])
-def test_a_file_cut_at_a_segment_boundary_fails_at_its_end(
-    km: KeyManager, cut_segments: int
+@pytest.mark.parametrize("padding", [b"", bytes(16), os.urandom(40)])
+def test_a_file_cut_at_a_segment_boundary_is_refused_when_opened(
+    km: KeyManager, cut_segments: int, padding: bytes
 ) -> None:
+    """The last segment is opened with the reader: a file cut at a boundary, even with
+    bytes added that look like a last segment, never reads back as whole."""
     data = os.urandom(10 * SEGMENT)
     blob = sealed(data)
-    cut = blob[: len(blob) - (cut_segments * (SEGMENT + envelope.TAG_BYTES))]
-    with km.open_encrypted(io.BytesIO(cut)) as f:
-        assert f.read(SEGMENT) == data[:SEGMENT]  # the start still reads
-        with pytest.raises(InvalidCiphertextError):
-            f.read()  # reaching the end: the new last segment was not sealed as last
-        f.seek(0, os.SEEK_END)
-        with pytest.raises(InvalidCiphertextError):
-            f.read(1)  # at the end: nothing is said until the end is authenticated
+    cut = blob[: len(blob) - (cut_segments * (SEGMENT + envelope.TAG_BYTES))] + padding
+    with pytest.raises(InvalidCiphertextError):
+        km.open_encrypted(io.BytesIO(cut))
 
 
 def test_a_wrong_aad_a_path_and_a_pipe(km: KeyManager, tmp_path: Path) -> None:
@@ -163,8 +161,8 @@ def test_a_wrong_aad_a_path_and_a_pipe(km: KeyManager, tmp_path: Path) -> None:
     path.write_bytes(sealed(data, aad=b"t=1"))
     with km.open_encrypted(path, aad=b"t=1") as f:
         assert f.read() == data
-    with km.open_encrypted(str(path), aad=b"wrong") as f, pytest.raises(InvalidCiphertextError):
-        f.read(1)
+    with pytest.raises(InvalidCiphertextError):  # the aad is checked when it opens
+        km.open_encrypted(str(path), aad=b"wrong")
     read, write = os.pipe()
     with os.fdopen(read, "rb") as pipe, pytest.raises(ValueError, match="seekable"):
         km.open_encrypted(pipe)
@@ -185,3 +183,53 @@ def test_files_written_by_encrypt_file_open_with_random_access(
         assert f.read(10) == data[2 * (1 << 20) - 5 : 2 * (1 << 20) + 5]
         f.seek(-11, os.SEEK_END)
         assert f.read() == data[-11:]
+
+
+def test_file_object_manners(km: KeyManager, tmp_path: Path) -> None:
+    import copy
+
+    data = os.urandom(5 * SEGMENT)
+    blob = sealed(data)
+    embedded = io.BytesIO(b"preamble" + blob)
+    embedded.seek(len(b"preamble"))  # the message starts where the file stands
+    with km.open_encrypted(embedded) as f:
+        assert f.read() == data
+        assert f.size == len(data)  # type: ignore[attr-defined]
+        with pytest.raises(TypeError):
+            f.seek(1.5)  # type: ignore[arg-type]
+        with pytest.raises(io.UnsupportedOperation):
+            f.write(b"x")
+        with pytest.raises(TypeError, match="copied"):
+            copy.copy(f)
+        assert f.readline() == b""  # at the end
+    (tmp_path / "x.sml").write_bytes(blob)
+    with open(tmp_path / "x.sml") as text, pytest.raises(TypeError, match="binary mode"):
+        km.open_encrypted(text)  # type: ignore[arg-type]
+    with km.open_encrypted(bytes(tmp_path / "x.sml")) as f:
+        assert f.read(3) == data[:3]
+
+
+def test_a_segment_that_fails_later_is_a_rejected_decrypt_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SECUREML_K", "hex:" + KEY.hex())
+    events: list[Any] = []
+    km = KeyManager(declared_keys=["k"], audit_hook=events.append)
+    blob = bytearray(sealed(os.urandom(10 * SEGMENT)))
+    _, start = envelope.parse_header(bytes(blob))
+    blob[start + 2 * (SEGMENT + envelope.TAG_BYTES)] ^= 1
+    with km.open_encrypted(io.BytesIO(bytes(blob))) as f:
+        assert [e.outcome for e in events] == ["ok"]
+        f.seek(2 * SEGMENT)
+        with pytest.raises(InvalidCiphertextError, match="segment 2 of 10") as caught:
+            f.read(1)
+    assert [(e.operation, e.outcome) for e in events] == [
+        ("decrypt", "ok"),
+        ("decrypt", "rejected"),
+    ]
+    frames = []
+    tb = caught.value.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_locals)
+        tb = tb.tb_next
+    assert not any("plain" in locals_ or "out" in locals_ for locals_ in frames[1:])

@@ -11,6 +11,7 @@ that does not authenticate, or is not a ciphertext at all, is an event too (outc
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, TypeVar
@@ -245,33 +246,50 @@ class Encryptor:
     def open_encrypted(self, src: PathLike | BinaryIO, *, aad: bytes) -> BinaryIO:
         """See ``KeyManager.open_encrypted``."""
         extra = check_aad(aad)
-        owns = isinstance(src, (str, os.PathLike))
-        raw: BinaryIO = open(src, "rb") if isinstance(src, (str, os.PathLike)) else src  # noqa: SIM115
+        if isinstance(src, io.TextIOBase):
+            raise TypeError("open_encrypted reads bytes: open the file in binary mode ('rb')")
+        owns = isinstance(src, (str, bytes, os.PathLike))
+        if not owns and not hasattr(src, "seekable"):
+            raise TypeError(
+                f"open_encrypted takes a path or a binary file object, not {type(src).__name__}"
+            )
+        raw: BinaryIO = (
+            open(src, "rb")  # noqa: SIM115 - closed with the reader (or on failure)
+            if isinstance(src, (str, bytes, os.PathLike))
+            else src
+        )
         try:
             if not raw.seekable():
                 raise ValueError(
                     "open_encrypted needs a seekable file; for a pipe or socket, use decrypt_stream"
                 )
-            raw.seek(0)
+            # The message starts where the file stands (0 for a path): one embedded in
+            # a larger file is read from its own start.
             header, header_bytes = self._header(lambda: envelope.read_header(raw))
             body_start = raw.tell()
             materials = self._materials
 
             def run() -> Served:
                 m = materials.for_header(header)
-                # Checks the commitment; the key lives on in the cipher only.
+                # Checks the commitment; the key lives on in the cipher only. The reader
+                # opens the last segment: a wrong aad or a file cut short fails here.
                 cipher = envelope.SegmentCipher(m.key, header, header_bytes, extra)
                 reader = EncryptedReader(raw, cipher, header, body_start, owns_raw=owns)
                 return Served(reader, m.source, m.outcome, m.version)
 
-            opened: BinaryIO = self._observer.observed(
-                "decrypt", _named(header), run, version=header.key_version or None
-            )
+            name, version = _named(header), header.key_version or None
+            opened: EncryptedReader = self._observer.observed("decrypt", name, run, version=version)
         except BaseException:
             if owns:
                 raw.close()
             raise
-        return opened
+        observer = self._observer
+
+        def rejected(exc: InvalidCiphertextError) -> None:  # a segment read later
+            observer.failed("decrypt", name, exc, version=version)
+
+        opened.on_rejected = rejected
+        return opened  # type: ignore[return-value]  # a binary file object, read-only
 
     # -- helpers -----------------------------------------------------------------------
 

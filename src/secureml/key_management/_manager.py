@@ -772,19 +772,22 @@ class KeyManager:
 
     def open_encrypted(self, src: PathLike | BinaryIO, *, aad: bytes = b"") -> BinaryIO:
         """A read-only, seekable file object over the plaintext of encrypted file ``src``
-        (a path, or a seekable binary file object), decrypting only the segments a read
-        touches: ``read``, ``readinto``, ``seek`` (every whence), ``tell``, ``with``.
+        (a path, or a seekable binary file object whose message starts at its current
+        position), decrypting only the segments a read touches: ``read``, ``readinto``,
+        ``seek`` (every whence), ``tell``, ``with``.
 
-        Every byte returned is authenticated first; a read that reaches the end also
-        authenticates the last segment, so a file cut short is an error there. A tampered
-        segment raises :class:`~.errors.InvalidCiphertextError` (naming the segment) when
-        it is read; segments never read are never trusted. A few decrypted segments are
-        kept in memory while it is open.
+        The last segment is authenticated when it opens, so the size, every
+        ``SEEK_END``, the key and the ``aad`` are checked before anything is read, and a
+        file cut short fails here. Every byte returned is authenticated first; a tampered
+        segment raises :class:`~.errors.InvalidCiphertextError` (naming the segment, and
+        audited as a rejected decrypt) when it is read. A few decrypted segments are
+        kept in memory while it is open; threads sharing it take turns.
 
         Raises:
-            InvalidCiphertextError: Not a secureml file, a header that does not
-                authenticate under its key, or (on a read) a segment that does not.
+            InvalidCiphertextError: Not a secureml file, cut short, a wrong key or
+                ``aad``, or (on a read) a segment that does not authenticate.
             ValueError: ``src`` is a file object that cannot seek.
+            TypeError: ``src`` is a text file, or neither a path nor a file object.
 
         Example:
             >>> with km.open_encrypted("train.parquet.sml") as f:   # doctest: +SKIP

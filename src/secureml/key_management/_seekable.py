@@ -4,21 +4,27 @@ only the segments a read touches (``KeyManager.open_encrypted``).
 The format makes this possible: segment *i* is ``segment_bytes`` of plaintext sealed
 with a nonce made from *i* and whether it is the last, at a fixed offset after the
 header. So any segment can be found and authenticated alone, and the one sealed as last
-proves where the message ends: a file cut at a segment boundary fails when its new last
-segment is opened as the last. Every byte returned has been authenticated; a segment
-never read is never trusted (nor reported). A few decrypted segments are kept, so reads
-that walk forward (or back and forth within a segment) do not open one twice.
+proves where the message ends. That one is opened when the reader is made: the size it
+reports, every ``SEEK_END`` and the aad are checked before anything is read, and a file
+cut at a segment boundary (with or without bytes added after) is refused at once. Every
+byte returned has been authenticated; a segment in between is trusted only once read. A
+few decrypted segments are kept, so reads that walk forward (or back and forth within a
+segment) do not open one twice. A failure is reported (``on_rejected``) and raised with
+the frames it passed through cleared (they held plaintext).
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import operator
 import os
 import threading
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import Any, BinaryIO, NoReturn
 
 from . import _envelope as envelope
+from ._boundary import scrub
 from .errors import InvalidCiphertextError
 
 __all__ = ["CACHED_SEGMENTS", "EncryptedReader"]
@@ -36,6 +42,10 @@ class EncryptedReader(io.RawIOBase):
         header: The message's parsed header.
         body_start: Where the first segment starts in ``raw``.
         owns_raw: Close ``raw`` with this reader.
+
+    Raises:
+        InvalidCiphertextError: The message is cut short, or its last segment does not
+            authenticate (a wrong key or aad, or altered).
     """
 
     def __init__(
@@ -48,9 +58,11 @@ class EncryptedReader(io.RawIOBase):
         owns_raw: bool,
     ) -> None:
         super().__init__()
+        #: Told of a segment read later that does not authenticate (its audit event;
+        #: one that fails while the reader is made fails the open, which has its own).
+        self.on_rejected: Callable[[InvalidCiphertextError], None] = _ignored
         self._raw = raw
         self._owns_raw = owns_raw
-        self._cipher = cipher
         self._segment_bytes = header.segment_bytes
         self._step = header.segment_bytes + envelope.TAG_BYTES
         self._body_start = body_start
@@ -67,11 +79,25 @@ class EncryptedReader(io.RawIOBase):
         # One reader, one position: threads sharing it take turns (pyarrow may read
         # from several), so a seek and its read are never split by another's.
         self._lock = threading.Lock()
+        self._cipher_or_none: envelope.SegmentCipher | None = cipher
+        self._segment(self._count - 1)  # the end, proven before anything is said
 
     # -- io ----------------------------------------------------------------------------
 
     def readable(self) -> bool:
         return True
+
+    def writable(self) -> bool:
+        return False
+
+    def write(self, data: Any) -> NoReturn:
+        raise io.UnsupportedOperation("an encrypted file opened for reading cannot be written")
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError("an open encrypted file cannot be copied; open it again")
+
+    def __deepcopy__(self, memo: Any) -> NoReturn:
+        raise TypeError("an open encrypted file cannot be copied; open it again")
 
     def seekable(self) -> bool:
         return True
@@ -81,6 +107,7 @@ class EncryptedReader(io.RawIOBase):
         return self._position
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        offset = operator.index(offset)  # 1.5 is no position
         with self._lock:
             return self._seek(offset, whence)
 
@@ -103,8 +130,12 @@ class EncryptedReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         """Fill ``buffer`` from the current position (fewer bytes only at the end)."""
-        with self._lock:
-            return self._readinto(buffer)
+        try:
+            with self._lock:
+                return self._readinto(buffer)
+        except BaseException as exc:
+            scrub(exc)  # the frames it passed through held plaintext
+            raise
 
     def _readinto(self, buffer: Any) -> int:
         self._check_open()
@@ -112,8 +143,7 @@ class EncryptedReader(io.RawIOBase):
         done = 0
         while done < len(out):
             if self._position >= self._size:
-                self._segment(self._count - 1)  # the end is authenticated before it is said
-                break
+                break  # the end was authenticated when the reader was made
             index, offset = divmod(self._position, self._segment_bytes)
             plain = self._segment(index)
             take = min(len(out) - done, len(plain) - offset)
@@ -123,17 +153,19 @@ class EncryptedReader(io.RawIOBase):
         return done
 
     def read(self, size: int | None = -1) -> bytes:
-        with self._lock:
-            return self._read(size)
+        try:
+            with self._lock:
+                return self._read(size)
+        except BaseException as exc:
+            scrub(exc)  # the frames it passed through held plaintext
+            raise
 
     def _read(self, size: int | None) -> bytes:
         self._check_open()
         left = max(0, self._size - self._position)
         wanted = left if size is None or size < 0 else min(size, left)
         if not wanted:
-            if size != 0:  # a read at the end: the end is authenticated before it is said
-                self._segment(self._count - 1)
-            return b""
+            return b""  # the end was authenticated when the reader was made
         buffer = bytearray(wanted)
         got = self._readinto(buffer)
         del buffer[got:]
@@ -145,6 +177,7 @@ class EncryptedReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             self._cache.clear()
+            self._cipher_or_none = None  # the message key goes with it
             if self._owns_raw:
                 self._raw.close()
         super().close()
@@ -163,15 +196,19 @@ class EncryptedReader(io.RawIOBase):
             self._cache.move_to_end(index)
             return found
         last = index == self._count - 1
+        cipher = self._cipher_or_none
+        if cipher is None:
+            raise ValueError("I/O operation on closed file")
         self._raw.seek(self._body_start + index * self._step)
         sealed = _read_exactly(self._raw, self._step)
         try:
-            plain = self._cipher.open(index, sealed, last)
+            plain = cipher.open(index, sealed, last)
         except InvalidCiphertextError:
             refused = InvalidCiphertextError(
                 f"{envelope.OPAQUE} (segment {index} of {self._count} does not authenticate)"
             )
             refused.reason = "unauthenticated"
+            self.on_rejected(refused)
             raise refused from None
         self._cache[index] = plain
         if len(self._cache) > CACHED_SEGMENTS:
@@ -181,6 +218,10 @@ class EncryptedReader(io.RawIOBase):
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError("I/O operation on closed file")
+
+
+def _ignored(_: InvalidCiphertextError) -> None:
+    pass
 
 
 def _read_exactly(raw: BinaryIO, size: int) -> bytes:
