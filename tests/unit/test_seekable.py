@@ -233,3 +233,50 @@ def test_a_segment_that_fails_later_is_a_rejected_decrypt_event(
         frames.append(tb.tb_frame.f_locals)
         tb = tb.tb_next
     assert not any("plain" in locals_ or "out" in locals_ for locals_ in frames[1:])
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 5])
+@pytest.mark.parametrize("chunk", [1 << 20, 4099])
+def test_the_encrypting_writer_writes_what_encrypt_file_would(
+    km: KeyManager, tmp_path: Path, size: int, chunk: int
+) -> None:
+    data = os.urandom(size)
+    dst = tmp_path / "w.sml"
+    with km.open_encrypting(dst, "k", aad=b"t") as f:
+        for at in range(0, size, chunk):
+            assert f.write(data[at : at + chunk]) == len(data[at : at + chunk])
+        assert f.tell() == size
+        assert not dst.exists()  # only once the write ends cleanly
+    assert km.decrypt(dst.read_bytes(), aad=b"t") == data
+    with km.open_encrypted(dst, aad=b"t") as back:
+        assert back.read() == data
+    (tmp_path / "p").write_bytes(data)  # the same layout as encrypt_file's
+    km.encrypt_file(tmp_path / "p", tmp_path / "f.sml", "k", aad=b"t")
+    assert (tmp_path / "f.sml").stat().st_size == dst.stat().st_size
+
+
+def test_a_failed_or_abandoned_write_leaves_no_file(km: KeyManager, tmp_path: Path) -> None:
+    dst = tmp_path / "w.sml"
+
+    def fails() -> None:
+        with km.open_encrypting(dst, "k") as f:
+            f.write(b"partial")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fails()
+    assert not dst.exists()
+    dst.write_bytes(b"old")
+    f = km.open_encrypting(dst, "k")
+    f.write(b"x" * 100)
+    del f  # dropped unclosed
+    import gc
+
+    gc.collect()
+    assert dst.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.sml"]  # no temporary left
+    with km.open_encrypting(dst, "k") as f:
+        f.write(b"new")
+    with pytest.raises(ValueError, match="closed"):
+        f.write(b"late")
+    assert km.decrypt(dst.read_bytes()) == b"new"

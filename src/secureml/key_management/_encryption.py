@@ -11,6 +11,7 @@ that does not authenticate, or is not a ciphertext at all, is an event too (outc
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from . import _envelope as envelope
 from ._files import PathLike, atomic_output
 from ._materials import DEFAULT_KEY, KeyMaterials
 from ._observe import Observer, Served
-from ._seekable import EncryptedReader
+from ._seekable import EncryptedReader, EncryptingWriter
 from ._validate import Progress, check_aad, check_data, check_progress
 from .errors import InvalidCiphertextError
 
@@ -290,6 +291,36 @@ class Encryptor:
 
         opened.on_rejected = rejected
         return opened  # type: ignore[return-value]  # a binary file object, read-only
+
+    def open_encrypting(self, dst: PathLike, key_name: str, *, aad: bytes) -> BinaryIO:
+        """See ``KeyManager.open_encrypting``."""
+        extra = check_aad(aad)
+        materials = self._materials
+        stack = contextlib.ExitStack()
+        out = stack.enter_context(atomic_output(dst))
+
+        def finish(failure: BaseException | None) -> None:
+            if failure is None:
+                stack.close()  # the destination appears
+            else:
+                stack.__exit__(type(failure), failure, failure.__traceback__)
+
+        def run() -> Served:
+            m = materials.for_encryption(key_name, None)
+            header = m.sealing_header()
+            header_bytes = header.encode()
+            cipher = envelope.SegmentCipher(m.key, header, header_bytes, extra)
+            writer = EncryptingWriter(
+                out, finish, cipher, header_bytes + cipher.commitment, header.segment_bytes
+            )
+            return Served(writer, m.source, m.outcome, m.version)
+
+        try:
+            opened: EncryptingWriter = self._observer.observed("encrypt", key_name, run)
+        except BaseException as exc:
+            finish(exc)
+            raise
+        return opened  # type: ignore[return-value]  # a binary file object, write-only
 
     # -- helpers -----------------------------------------------------------------------
 

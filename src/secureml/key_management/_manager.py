@@ -796,6 +796,20 @@ class KeyManager:
         reader: BinaryIO = self._encryptor.open_encrypted(src, aad=aad)
         return reader
 
+    def open_encrypting(self, dst: PathLike, key_name: str, *, aad: bytes = b"") -> BinaryIO:
+        """A write-only file object that encrypts what is written to it under managed
+        key ``key_name``, as :meth:`encrypt_file` would: ``dst`` appears only when
+        ``close()`` (or the end of its ``with`` block) finishes a clean write; an error
+        in the block, or the object dropped unclosed, leaves no file (and an existing
+        ``dst`` as it was). Memory stays at about one segment.
+
+        Example:
+            >>> with km.open_encrypting("m.pt.sml", "models/key") as f:  # doctest: +SKIP
+            ...     torch.save(model.state_dict(), f)
+        """
+        writer: BinaryIO = self._encryptor.open_encrypting(dst, key_name, aad=aad)
+        return writer
+
     def column_cipher(
         self,
         key_name: str,

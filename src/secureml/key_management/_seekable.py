@@ -21,13 +21,13 @@ import operator
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, BinaryIO, NoReturn
+from typing import IO, Any, BinaryIO, NoReturn
 
 from . import _envelope as envelope
 from ._boundary import scrub
 from .errors import InvalidCiphertextError
 
-__all__ = ["CACHED_SEGMENTS", "EncryptedReader"]
+__all__ = ["CACHED_SEGMENTS", "EncryptedReader", "EncryptingWriter"]
 
 #: Decrypted segments kept per reader (1 MiB each by default).
 CACHED_SEGMENTS = 4
@@ -233,3 +233,100 @@ def _read_exactly(raw: BinaryIO, size: int) -> bytes:
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+class EncryptingWriter(io.RawIOBase):
+    """A write-only file object that encrypts as it is written
+    (``KeyManager.open_encrypting``): the same bytes ``encrypt_file`` would write for
+    the same data and random draw, segment by segment, one segment held back until the
+    next byte (or ``close``) says whether it is the last. The destination appears only
+    when :meth:`close` ends a clean write; an error inside its ``with`` block, or the
+    object dropped unclosed, leaves no file.
+
+    Args:
+        out: The :func:`~._files.atomic_output` file, and how to finish it (``commit``,
+            or ``abort`` with the reason).
+        cipher: The new message's cipher.
+        header_bytes: The header (and commitment) to write first.
+        segment_bytes: The segment size the header records.
+    """
+
+    def __init__(
+        self,
+        out: IO[bytes],
+        finish: Callable[[BaseException | None], None],
+        cipher: envelope.SegmentCipher,
+        header_bytes: bytes,
+        segment_bytes: int,
+    ) -> None:
+        super().__init__()
+        self._out: IO[bytes] = out
+        self._finish: Callable[[BaseException | None], None] | None = finish
+        self._cipher: envelope.SegmentCipher | None = cipher
+        self._segment_bytes = segment_bytes
+        self._pending = bytearray()
+        self._index = 0
+        self._written = 0
+        self._lock = threading.Lock()
+        out.write(header_bytes)
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        """Plaintext bytes written so far."""
+        return self._written
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        with self._lock:
+            if self.closed or self._cipher is None:
+                raise ValueError("I/O operation on closed file")
+            self._pending += view
+            self._written += len(view)
+            size = self._segment_bytes
+            while len(self._pending) > size:  # more follows: this one is not the last
+                self._seal(memoryview(self._pending)[:size], last=False)
+                del self._pending[:size]
+        return len(view)
+
+    def close(self) -> None:
+        """Seal the last segment and make the destination appear."""
+        with self._lock:
+            if self._finish is not None:
+                finish, self._finish = self._finish, None
+                try:
+                    self._seal(memoryview(self._pending), last=True)
+                    self._pending.clear()
+                    self._cipher = None
+                except BaseException as exc:
+                    finish(exc)
+                    raise
+                finish(None)
+        super().close()
+
+    def abort(self, reason: BaseException | None = None) -> None:
+        """Drop what was written: the destination does not appear (or stays as it was)."""
+        with self._lock:
+            if self._finish is not None:
+                finish, self._finish = self._finish, None
+                self._pending.clear()
+                self._cipher = None
+                finish(reason or RuntimeError("abandoned"))
+        super().close()
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if error is not None:
+            self.abort(error)  # a failed write never becomes the destination
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_finish", None) is not None:
+            self.abort()  # dropped unclosed: not a clean close
+
+    def _seal(self, plaintext: memoryview, *, last: bool) -> None:
+        cipher = self._cipher
+        assert cipher is not None  # noqa: S101 - checked by the callers
+        self._out.write(cipher.seal(self._index, plaintext, last))
+        self._index += 1
