@@ -280,3 +280,32 @@ def test_a_failed_or_abandoned_write_leaves_no_file(km: KeyManager, tmp_path: Pa
     with pytest.raises(ValueError, match="closed"):
         f.write(b"late")
     assert km.decrypt(dst.read_bytes()) == b"new"
+
+
+@settings(max_examples=60, deadline=None)
+@given(chunks=st.lists(st.integers(0, 3 * SEGMENT), max_size=20))
+def test_any_split_of_the_writes_gives_the_same_plaintext(chunks: list[int]) -> None:
+    """Writes of any sizes (empty, partial, exactly a segment, several) end as one
+    message whose segments a reader opens in order."""
+    from secureml.key_management import _seekable
+
+    data = os.urandom(sum(chunks))
+    out = io.BytesIO()
+    header = envelope.Header(envelope.MODE_MANAGED_KEY, "k", 0, segment_bytes=SEGMENT)
+    header_bytes = header.encode()
+    cipher = envelope.SegmentCipher(KEY, header, header_bytes, b"")
+    done: list[BaseException | None] = []
+    writer = _seekable.EncryptingWriter(
+        out, done.append, cipher, header_bytes + cipher.commitment, SEGMENT
+    )
+    at = 0
+    for size in chunks:
+        writer.write(data[at : at + size])
+        at += size
+    writer.close()
+    assert done == [None]
+    parsed, length = envelope.parse_header(out.getvalue())
+    opener = envelope.SegmentCipher(KEY, parsed, parsed.encode(), b"")
+    body = out.getvalue()[length:]
+    assert envelope.decrypt_bytes(KEY, parsed, parsed.encode(), body, b"") == data
+    del opener

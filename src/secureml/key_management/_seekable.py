@@ -282,13 +282,22 @@ class EncryptingWriter(io.RawIOBase):
         with self._lock:
             if self.closed or self._cipher is None:
                 raise ValueError("I/O operation on closed file")
-            self._pending += view
-            self._written += len(view)
+            written = len(view)
+            self._written += written
             size = self._segment_bytes
-            while len(self._pending) > size:  # more follows: this one is not the last
-                self._seal(memoryview(self._pending)[:size], last=False)
-                del self._pending[:size]
-        return len(view)
+            if self._pending:  # top up the segment held back
+                taken = view[: size - len(self._pending)]
+                self._pending += taken
+                view = view[len(taken) :]
+                if not view:
+                    return written  # no byte after it yet: it may still be the last
+                self._seal(memoryview(self._pending), last=False)
+                self._pending.clear()
+            while len(view) > size:  # more follows: sealed from the caller's buffer
+                self._seal(view[:size], last=False)
+                view = view[size:]
+            self._pending += view  # at most a segment, held back
+        return written
 
     def close(self) -> None:
         """Seal the last segment and make the destination appear."""
