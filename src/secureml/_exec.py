@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from .key_management._credentials import SECRET_ID_VAR, TOKEN_VARS
+
 __all__ = [
     "FORWARDED",
     "SECRETS_DIR_VARIABLE",
@@ -66,12 +68,7 @@ _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFUSED_VARIABLES = frozenset({"PATH", "BASH_ENV", "ENV", "IFS", "PS4", SECRETS_DIR_VARIABLE})
 _REFUSED_PREFIXES = ("LD_", "DYLD_")
 #: secureml's own Vault credentials, kept from the command.
-_CREDENTIAL_VARIABLES = (
-    "SECUREML_VAULT_TOKEN",
-    "BAO_TOKEN",
-    "VAULT_TOKEN",
-    "SECUREML_VAULT_SECRET_ID",
-)
+_CREDENTIAL_VARIABLES = frozenset((*TOKEN_VARS, SECRET_ID_VAR))
 
 
 class ExecError(ValueError):

@@ -643,3 +643,11 @@ def test_debug_after_the_command_shows_the_traceback(env: dict[str, str]) -> Non
     assert done.returncode != 0
     assert "Traceback" in done.stderr
     assert "SecretNotFoundError" in done.stderr
+
+
+def test_the_cli_bounds_lengths_as_the_library_does() -> None:
+    """The CLI states HKDF's limit itself (importing the library would slow --help)."""
+    from secureml.cli import _MAX_BYTES
+    from secureml.key_management._encoding import MAX_KEY_BYTES
+
+    assert _MAX_BYTES == MAX_KEY_BYTES

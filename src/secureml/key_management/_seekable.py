@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import IO, Any, BinaryIO, NoReturn
 
 from . import _envelope as envelope
-from ._boundary import scrub
+from ._boundary import guarded
 from .errors import InvalidCiphertextError
 
 __all__ = ["CACHED_SEGMENTS", "EncryptedReader", "EncryptingWriter"]
@@ -128,14 +128,11 @@ class EncryptedReader(io.RawIOBase):
         self._position = target
         return target
 
+    @guarded  # a failure's frames held plaintext: cleared on the way out
     def readinto(self, buffer: Any) -> int:
         """Fill ``buffer`` from the current position (fewer bytes only at the end)."""
-        try:
-            with self._lock:
-                return self._readinto(buffer)
-        except BaseException as exc:
-            scrub(exc)  # the frames it passed through held plaintext
-            raise
+        with self._lock:
+            return self._readinto(buffer)
 
     def _readinto(self, buffer: Any) -> int:
         self._check_open()
@@ -152,13 +149,10 @@ class EncryptedReader(io.RawIOBase):
             self._position += take
         return done
 
+    @guarded  # a failure's frames held plaintext: cleared on the way out
     def read(self, size: int | None = -1) -> bytes:
-        try:
-            with self._lock:
-                return self._read(size)
-        except BaseException as exc:
-            scrub(exc)  # the frames it passed through held plaintext
-            raise
+        with self._lock:
+            return self._read(size)
 
     def _read(self, size: int | None) -> bytes:
         self._check_open()
@@ -200,7 +194,7 @@ class EncryptedReader(io.RawIOBase):
         if cipher is None:
             raise ValueError("I/O operation on closed file")
         self._raw.seek(self._body_start + index * self._step)
-        sealed = _read_exactly(self._raw, self._step)
+        sealed = envelope._read_exactly(self._raw, self._step)
         try:
             plain = cipher.open(index, sealed, last)
         except InvalidCiphertextError:
@@ -222,17 +216,6 @@ class EncryptedReader(io.RawIOBase):
 
 def _ignored(_: InvalidCiphertextError) -> None:
     pass
-
-
-def _read_exactly(raw: BinaryIO, size: int) -> bytes:
-    chunks: list[bytes] = []
-    while size > 0:
-        chunk = raw.read(size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 
 class EncryptingWriter(io.RawIOBase):
@@ -277,6 +260,7 @@ class EncryptingWriter(io.RawIOBase):
         """Plaintext bytes written so far."""
         return self._written
 
+    @guarded  # a failure's frames held the caller's plaintext: cleared on the way out
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         with self._lock:
