@@ -443,6 +443,7 @@ class AsyncKeyManager:
         *,
         aad: bytes = b"",
         transit_key: str | None = None,
+        segment_size: int | None = None,
     ) -> int:
         """:meth:`KeyManager.encrypt_stream` between asyncio streams: ``reader`` has
         ``async read(n)`` (``asyncio.StreamReader``, aiofiles) and ``writer`` has
@@ -454,7 +455,7 @@ class AsyncKeyManager:
         """
         return await self._bridged(
             lambda r, w: self._sync.encrypt_stream(
-                r, w, key_name, aad=aad, transit_key=transit_key
+                r, w, key_name, aad=aad, transit_key=transit_key, segment_size=segment_size
             ),
             reader,
             writer,

@@ -22,7 +22,16 @@ from ._files import PathLike, atomic_output
 from ._materials import DEFAULT_KEY, KeyMaterials
 from ._observe import Observer, Served
 from ._seekable import EncryptedReader, EncryptingWriter
-from ._validate import Progress, check_aad, check_data, check_progress
+from ._validate import (
+    DEFAULT_CHOSEN_SEGMENT_BYTES,
+    MAX_CHOSEN_SEGMENT_BYTES,
+    MIN_CHOSEN_SEGMENT_BYTES,
+    Progress,
+    check_aad,
+    check_data,
+    check_progress,
+    check_segment_size,
+)
 from .errors import InvalidCiphertextError
 
 __all__ = ["Encryptor"]
@@ -120,16 +129,19 @@ class Encryptor:
         aad: bytes,
         progress: Progress | None,
         transit_key: str | None,
+        segment_size: int | None = None,
     ) -> int:
         """See ``KeyManager.encrypt_stream``."""
         extra = check_aad(aad)
         report = check_progress(progress)
+        segment_bytes = check_segment_size(segment_size)
         materials = self._materials
 
         def run() -> Served:
             m = materials.for_encryption(key_name, transit_key)
+            header = m.sealing_header(segment_bytes)
             done = envelope.encrypt_stream(
-                m.key, m.sealing_header(), reader, writer, aad=extra, progress=report
+                m.key, header, reader, writer, aad=extra, progress=report
             )
             return Served(done, m.source, m.outcome, m.version)
 
@@ -190,7 +202,13 @@ class Encryptor:
         plaintext = _Plaintext(envelope.open_segments(cipher, header, reader))
         target, transit = _target(header, key_name, transit_key)
         return self.encrypt_stream(
-            plaintext, writer, target, aad=extra, progress=progress, transit_key=transit
+            plaintext,
+            writer,
+            target,
+            aad=extra,
+            progress=progress,
+            transit_key=transit,
+            segment_size=_kept_segment_size(header),
         )
 
     # -- files -------------------------------------------------------------------------
@@ -205,11 +223,19 @@ class Encryptor:
         progress: Progress | None,
         transit_key: str | None,
         durable: bool,
+        segment_size: int | None = None,
     ) -> int:
         """See ``KeyManager.encrypt_file``."""
+        check_segment_size(segment_size)  # before dst is touched
         with open(src, "rb", buffering=0) as reader, atomic_output(dst, durable=durable) as out:
             return self.encrypt_stream(
-                reader, out, key_name, aad=aad, progress=progress, transit_key=transit_key
+                reader,
+                out,
+                key_name,
+                aad=aad,
+                progress=progress,
+                transit_key=transit_key,
+                segment_size=segment_size,
             )
 
     def decrypt_file(
@@ -292,22 +318,23 @@ class Encryptor:
         opened.on_rejected = rejected
         return opened  # type: ignore[return-value]  # a binary file object, read-only
 
-    def open_encrypting(self, dst: PathLike, key_name: str, *, aad: bytes) -> BinaryIO:
+    def open_encrypting(
+        self,
+        dst: PathLike | BinaryIO,
+        key_name: str,
+        *,
+        aad: bytes,
+        segment_size: int | None = None,
+    ) -> BinaryIO:
         """See ``KeyManager.open_encrypting``."""
         extra = check_aad(aad)
+        segment_bytes = check_segment_size(segment_size)
         materials = self._materials
-        stack = contextlib.ExitStack()
-        out = stack.enter_context(atomic_output(dst))
-
-        def finish(failure: BaseException | None) -> None:
-            if failure is None:
-                stack.close()  # the destination appears
-            else:
-                stack.__exit__(type(failure), failure, failure.__traceback__)
+        out, finish = _output(dst)
 
         def run() -> Served:
             m = materials.for_encryption(key_name, None)
-            header = m.sealing_header()
+            header = m.sealing_header(segment_bytes)
             header_bytes = header.encode()
             cipher = envelope.SegmentCipher(m.key, header, header_bytes, extra)
             writer = EncryptingWriter(
@@ -331,6 +358,47 @@ class Encryptor:
         except InvalidCiphertextError as exc:
             self._observer.failed("decrypt", "", exc)
             raise
+
+
+def _output(
+    dst: PathLike | BinaryIO,
+) -> tuple[Any, Callable[[BaseException | None], None]]:
+    """Where an :class:`EncryptingWriter` writes, and how its end is made final: a path
+    through :func:`atomic_output` (it appears on success only); a file object as it is
+    (flushed on success, left open either way: what becomes of it is its owner's)."""
+    if isinstance(dst, (str, bytes, os.PathLike)):
+        stack = contextlib.ExitStack()
+        out = stack.enter_context(atomic_output(dst))
+
+        def finish(failure: BaseException | None) -> None:
+            if failure is None:
+                stack.close()  # the destination appears
+            else:
+                stack.__exit__(type(failure), failure, failure.__traceback__)
+
+        return out, finish
+    if isinstance(dst, io.TextIOBase):
+        raise TypeError("open_encrypting writes bytes: open the file in binary mode ('wb')")
+    if not callable(getattr(dst, "write", None)):
+        raise TypeError(
+            f"open_encrypting takes a path or a writable binary file object, "
+            f"not {type(dst).__name__}"
+        )
+
+    def flush(failure: BaseException | None) -> None:
+        if failure is None and callable(getattr(dst, "flush", None)):
+            dst.flush()
+
+    return dst, flush
+
+
+def _kept_segment_size(header: envelope.Header) -> int:
+    """A re-encryption keeps the message's segment size (a file cut small for random
+    access stays so), when it is one a writer may choose."""
+    size = header.segment_bytes
+    if MIN_CHOSEN_SEGMENT_BYTES <= size <= MAX_CHOSEN_SEGMENT_BYTES:
+        return size
+    return DEFAULT_CHOSEN_SEGMENT_BYTES
 
 
 def _named(header: envelope.Header) -> str:

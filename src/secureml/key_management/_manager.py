@@ -658,19 +658,30 @@ class KeyManager:
         aad: bytes = b"",
         progress: Progress | None = None,
         transit_key: str | None = None,
+        segment_size: int | None = None,
     ) -> int:
-        """Encrypt a binary stream of any length, in bounded memory (three 1 MiB buffers).
+        """Encrypt a binary stream of any length, in bounded memory (three buffers of a
+        segment each).
 
         Args:
             reader: Anything with ``read(n)`` returning bytes (files, pipes, sockets).
             writer: Anything with ``write(b)``.
             progress: Called with the plaintext bytes done, after each segment.
+            segment_size: Plaintext bytes per segment, 64 KiB to 4 MiB (default 1 MiB):
+                the unit :meth:`open_encrypted` decrypts, so a file read at random in
+                small pieces reads faster with small segments (each adds 16 bytes).
 
         Returns:
             The plaintext bytes encrypted.
         """
         return self._encryptor.encrypt_stream(
-            reader, writer, key_name, aad=aad, progress=progress, transit_key=transit_key
+            reader,
+            writer,
+            key_name,
+            aad=aad,
+            progress=progress,
+            transit_key=transit_key,
+            segment_size=segment_size,
         )
 
     def decrypt_stream(
@@ -714,6 +725,7 @@ class KeyManager:
         progress: Progress | None = None,
         transit_key: str | None = None,
         durable: bool = False,
+        segment_size: int | None = None,
     ) -> int:
         """Encrypt file ``src`` to ``dst`` (replaced only once complete). Returns the
         plaintext bytes.
@@ -721,6 +733,8 @@ class KeyManager:
         Args:
             durable: fsync ``dst`` (and its folder) before returning, as a crash could
                 otherwise lose it: pass ``True`` when ``src`` will be deleted next.
+            segment_size: Plaintext bytes per segment, 64 KiB to 4 MiB (default 1 MiB;
+                see :meth:`encrypt_stream`).
         """
         return self._encryptor.encrypt_file(
             src,
@@ -730,6 +744,7 @@ class KeyManager:
             progress=progress,
             transit_key=transit_key,
             durable=durable,
+            segment_size=segment_size,
         )
 
     def decrypt_file(
@@ -781,7 +796,9 @@ class KeyManager:
         file cut short fails here. Every byte returned is authenticated first; a tampered
         segment raises :class:`~.errors.InvalidCiphertextError` (naming the segment, and
         audited as a rejected decrypt) when it is read. A few decrypted segments are
-        kept in memory while it is open; threads sharing it take turns.
+        kept in memory while it is open; threads sharing it take turns. Its
+        ``segments_decrypted`` counts the segments it has decrypted (the last one's, at
+        open, included): what to watch when choosing a ``segment_size``.
 
         Raises:
             InvalidCiphertextError: Not a secureml file, cut short, a wrong key or
@@ -796,18 +813,37 @@ class KeyManager:
         reader: BinaryIO = self._encryptor.open_encrypted(src, aad=aad)
         return reader
 
-    def open_encrypting(self, dst: PathLike, key_name: str, *, aad: bytes = b"") -> BinaryIO:
+    def open_encrypting(
+        self,
+        dst: PathLike | BinaryIO,
+        key_name: str,
+        *,
+        aad: bytes = b"",
+        segment_size: int | None = None,
+    ) -> BinaryIO:
         """A write-only file object that encrypts what is written to it under managed
-        key ``key_name``, as :meth:`encrypt_file` would: ``dst`` appears only when
-        ``close()`` (or the end of its ``with`` block) finishes a clean write; an error
-        in the block, or the object dropped unclosed, leaves no file (and an existing
-        ``dst`` as it was). Memory stays at about one segment.
+        key ``key_name``, as :meth:`encrypt_file` would: a path ``dst`` appears only
+        when ``close()`` (or the end of its ``with`` block) finishes a clean write; an
+        error in the block, or the object dropped unclosed, leaves no file (and an
+        existing ``dst`` as it was). Memory stays at about one segment.
+
+        ``dst`` may instead be a writable binary file object: the message is written
+        into it from where it stands, ``close()`` seals the last segment and flushes
+        it, and it is never closed here. All-or-nothing is then its owner's to keep
+        (e.g. an fsspec file opened with ``autocommit=False``: commit it after a clean
+        close, discard it after an error, as ``secureml::`` URLs do).
+
+        Args:
+            segment_size: Plaintext bytes per segment, 64 KiB to 4 MiB (default 1 MiB;
+                see :meth:`encrypt_stream`).
 
         Example:
             >>> with km.open_encrypting("m.pt.sml", "models/key") as f:  # doctest: +SKIP
             ...     torch.save(model.state_dict(), f)
         """
-        writer: BinaryIO = self._encryptor.open_encrypting(dst, key_name, aad=aad)
+        writer: BinaryIO = self._encryptor.open_encrypting(
+            dst, key_name, aad=aad, segment_size=segment_size
+        )
         return writer
 
     def column_cipher(

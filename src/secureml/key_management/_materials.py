@@ -92,11 +92,23 @@ class Materials(NamedTuple):
         """The version an audit event names (``None``: unversioned)."""
         return self.key_version or None
 
-    def sealing_header(self) -> envelope.Header:
-        """The header of a new message under this key (fresh salt and nonce prefix)."""
-        if self.header is not None:
-            return self.header
-        return envelope.Header(envelope.MODE_MANAGED_KEY, self.key_name, self.key_version)
+    def sealing_header(
+        self, segment_bytes: int = envelope.DEFAULT_SEGMENT_BYTES
+    ) -> envelope.Header:
+        """The header of a new message under this key (fresh salt and nonce prefix),
+        cut into segments of ``segment_bytes``."""
+        made = self.header
+        if made is None:
+            return envelope.Header(
+                envelope.MODE_MANAGED_KEY, self.key_name, self.key_version, segment_bytes
+            )
+        if made.segment_bytes == segment_bytes:
+            return made
+        # A Transit data key's header, fresh and never used: the same wrapped key, a new
+        # salt and nonce prefix (made anew, as nothing was sealed under the old ones).
+        return envelope.Header(
+            made.mode, made.key_name, made.key_version, segment_bytes, made.wrapped_key
+        )
 
 
 class KeyMaterials:

@@ -80,6 +80,9 @@ class EncryptedReader(io.RawIOBase):
         # from several), so a seek and its read are never split by another's.
         self._lock = threading.Lock()
         self._cipher_or_none: envelope.SegmentCipher | None = cipher
+        #: Segments decrypted so far, the last one's at open included (a cached one
+        #: read again is not counted): what a ``segment_size`` choice is tuned by.
+        self.segments_decrypted = 0
         self._segment(self._count - 1)  # the end, proven before anything is said
 
     # -- io ----------------------------------------------------------------------------
@@ -204,6 +207,7 @@ class EncryptedReader(io.RawIOBase):
             refused.reason = "unauthenticated"
             self.on_rejected(refused)
             raise refused from None
+        self.segments_decrypted += 1
         self._cache[index] = plain
         if len(self._cache) > CACHED_SEGMENTS:
             self._cache.popitem(last=False)
@@ -251,7 +255,7 @@ class EncryptingWriter(io.RawIOBase):
         self._index = 0
         self._written = 0
         self._lock = threading.Lock()
-        out.write(header_bytes)
+        envelope._write_all(out, header_bytes)  # a raw file may take part of a write
 
     def writable(self) -> bool:
         return True
@@ -321,5 +325,5 @@ class EncryptingWriter(io.RawIOBase):
     def _seal(self, plaintext: memoryview, *, last: bool) -> None:
         cipher = self._cipher
         assert cipher is not None  # noqa: S101 - checked by the callers
-        self._out.write(cipher.seal(self._index, plaintext, last))
+        envelope._write_all(self._out, cipher.seal(self._index, plaintext, last))
         self._index += 1

@@ -15,7 +15,10 @@ from ._encoding import ENCODINGS, MAX_KEY_BYTES, Encoding
 from ._names import is_reserved_name
 
 __all__ = [
+    "DEFAULT_CHOSEN_SEGMENT_BYTES",
+    "MAX_CHOSEN_SEGMENT_BYTES",
     "MAX_NAME_BYTES",
+    "MIN_CHOSEN_SEGMENT_BYTES",
     "VALUE_FIELD",
     "check_aad",
     "check_age",
@@ -30,6 +33,7 @@ __all__ = [
     "check_progress",
     "check_seconds",
     "check_secret_value",
+    "check_segment_size",
     "check_sequence",
     "check_size",
     "check_transit_ciphertext",
@@ -146,6 +150,27 @@ def check_size(value: object, what: str) -> int:
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{what} must be at least 1; got {value}")
+    return value
+
+
+#: The segment sizes a writer may choose (``segment_size=``): below 64 KiB the tags and
+#: per-segment work dominate; above 4 MiB a reader would refuse to buffer one.
+MIN_CHOSEN_SEGMENT_BYTES = 64 << 10
+MAX_CHOSEN_SEGMENT_BYTES = 4 << 20
+DEFAULT_CHOSEN_SEGMENT_BYTES = 1 << 20
+
+
+def check_segment_size(value: object) -> int:
+    """A writer's ``segment_size=``: ``None`` (1 MiB) or 64 KiB to 4 MiB, in bytes."""
+    if value is None:
+        return DEFAULT_CHOSEN_SEGMENT_BYTES
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"segment_size must be an int (bytes) or None, not {type(value).__name__}")
+    if not MIN_CHOSEN_SEGMENT_BYTES <= value <= MAX_CHOSEN_SEGMENT_BYTES:
+        raise ValueError(
+            f"segment_size must be 64 KiB to 4 MiB ({MIN_CHOSEN_SEGMENT_BYTES} to "
+            f"{MAX_CHOSEN_SEGMENT_BYTES} bytes); got {value}"
+        )
     return value
 
 
