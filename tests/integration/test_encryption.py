@@ -146,6 +146,14 @@ def test_transit_files(vault_manager: KeyManager, transit_mount: str, tmp_path: 
     vault_manager.encrypt_file(src, enc, transit_key=name)
     vault_manager.decrypt_file(enc, dec)
     assert dec.read_bytes() == src.read_bytes()
+    # A chosen segment size: the data key's header is made anew with it.
+    vault_manager.encrypt_file(src, enc, transit_key=name, segment_size=64 << 10)
+    header, _ = envelope.parse_header(enc.read_bytes())
+    assert header.segment_bytes == 64 << 10
+    assert header.mode == envelope.MODE_TRANSIT
+    with vault_manager.open_encrypted(enc) as f:
+        f.seek(1_000_000)
+        assert f.read(10) == src.read_bytes()[1_000_000:1_000_010]
 
 
 def test_a_missing_transit_or_kv_key_is_not_found(
