@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
+from typing import IO, TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 
 import click
 
@@ -294,6 +294,35 @@ class _Duration(click.ParamType[float, Any]):
         if seconds < self._least:
             self.fail(f"{value!r} is under {self._least:g} s", param, ctx)
         return seconds
+
+
+class _SegmentSize(click.ParamType[int, Any]):
+    """A segment size: bytes, or with a binary unit (``64KiB``, ``1MiB``; ``K``/``M``
+    too), within what the library's ``segment_size=`` takes."""
+
+    name = "size"
+    _UNITS: ClassVar[dict[str, int]] = {
+        "": 1,
+        "k": 1 << 10,
+        "kib": 1 << 10,
+        "m": 1 << 20,
+        "mib": 1 << 20,
+    }
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from .key_management._validate import check_segment_size
+
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        digits = len(text) - len(text.lstrip("0123456789"))
+        unit = self._UNITS.get(text[digits:].strip().lower())
+        if not digits or digits > 12 or unit is None:
+            self.fail(f"{value!r} is not a size (e.g. 65536, 64KiB, 1MiB)", param, ctx)
+        try:
+            return check_segment_size(int(text[:digits]) * unit)
+        except ValueError as exc:
+            self.fail(str(exc).replace("segment_size must be", "must be"), param, ctx)
 
 
 def _timeout_seconds(text: str) -> float:
@@ -1309,6 +1338,12 @@ def _aad(text: str | None) -> bytes:
 @click.option("--key", "key_name", default="master_key", show_default=True, help="Managed key.")
 @click.option("--aad", help="Associated data (needed again to decrypt).")
 @click.option("--transit-key", help="Use a fresh data key from this Vault Transit key.")
+@click.option(
+    "--segment-size",
+    type=_SegmentSize(),
+    help="Plaintext per segment, 64KiB to 4MiB [default: 1MiB]; smaller for files read "
+    "at random in small pieces.",
+)
 @_force
 @pass_options
 def encrypt(
@@ -1318,6 +1353,7 @@ def encrypt(
     key_name: str,
     aad: str | None,
     transit_key: str | None,
+    segment_size: int | None,
     force: bool,
 ) -> None:
     """Encrypt SRC to DST (- for stdin/stdout)."""
@@ -1331,6 +1367,7 @@ def encrypt(
         key_name,
         transit_key=transit_key,
         aad=_aad(aad),
+        segment_size=segment_size,
     )
     moved.summary("encrypted")
 

@@ -112,6 +112,23 @@ def test_encrypt_decrypt_reencrypt_files(run, tmp_path: Path) -> None:  # type: 
     assert not (tmp_path / "c.csv").exists()
 
 
+def test_encrypt_with_a_segment_size(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from secureml.key_management import _envelope as envelope
+
+    run("keys", "generate", "seg")
+    plain, sealed = tmp_path / "a.bin", tmp_path / "a.bin.sml"
+    plain.write_bytes(os.urandom(200_000))
+    for given, size in (("64KiB", 65536), ("100000", 100_000), ("4M", 4 << 20)):
+        run("encrypt", str(plain), str(sealed), "--key", "seg", "--segment-size", given, "--force")
+        assert envelope.parse_header(sealed.read_bytes())[0].segment_bytes == size
+    run("decrypt", str(sealed), str(tmp_path / "b.bin"))
+    assert (tmp_path / "b.bin").read_bytes() == plain.read_bytes()
+    for bad in ("63KiB", "5MiB", "1GiB", "lots", ""):
+        out = run("encrypt", str(plain), str(tmp_path / "x"), "--segment-size", bad, code=2)
+        assert "--segment-size" in out
+    assert not (tmp_path / "x").exists()
+
+
 def test_transit_commands(run, bao_server: DevServer) -> None:  # type: ignore[no-untyped-def]
     mount = f"transit-{uuid.uuid4().hex[:6]}"
     bao_server.bao("secrets", "enable", f"-path={mount}", "transit")
