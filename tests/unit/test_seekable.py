@@ -309,3 +309,141 @@ def test_any_split_of_the_writes_gives_the_same_plaintext(chunks: list[int]) -> 
     body = out.getvalue()[length:]
     assert envelope.decrypt_bytes(KEY, parsed, parsed.encode(), body, b"") == data
     del opener
+
+
+# -- the writer's failures are final (review) --------------------------------------------
+
+
+class _FailingSink(io.RawIOBase):
+    """A file object whose write number ``fail_at`` (0-based) raises, as a full disk
+    would; the rest are kept."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.data = bytearray()
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.calls += 1
+        if self.calls - 1 == self.fail_at:
+            raise OSError(28, "No space left on device")
+        self.data += bytes(b)
+        return len(b)
+
+
+def test_a_failed_write_ends_the_writer_so_no_nonce_is_sealed_twice(km: KeyManager) -> None:
+    sink = _FailingSink(fail_at=2)  # the header, segment 0, then segment 1 fails
+    writer = km.open_encrypting(sink, "k", segment_size=65536)
+    secret = os.urandom(3 * 65536)
+    with pytest.raises(OSError, match="No space"):
+        writer.write(secret)
+    kept = bytes(sink.data)
+    for retry in (lambda: writer.write(secret), writer.close, writer.tell):
+        with pytest.raises(ValueError, match="failed earlier"):
+            retry()
+    assert bytes(sink.data) == kept  # nothing more was sealed: no segment index reused
+
+
+def test_a_failed_write_to_a_path_publishes_nothing(km: KeyManager, tmp_path: Path) -> None:
+    import resource
+    import signal
+
+    dst = tmp_path / "w.sml"
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    writer = km.open_encrypting(dst, "k", segment_size=65536)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, hard))  # in segment 2
+        with pytest.raises(OSError, match="too large"):
+            writer.write(os.urandom(4 * 65536))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    with pytest.raises(ValueError, match="failed earlier"):
+        writer.write(b"retried")
+    with pytest.raises(ValueError, match="failed earlier"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_close_fails_again_and_leaves_nothing(km: KeyManager, tmp_path: Path) -> None:
+    sink = _FailingSink(fail_at=1)  # the last segment's write fails
+    writer = km.open_encrypting(sink, "k")
+    writer.write(b"all of it")
+    with pytest.raises(OSError, match="No space"):
+        writer.close()
+    assert writer.closed
+    with pytest.raises(ValueError, match="failed earlier"):
+        writer.close()  # not a silent success the second time
+    with pytest.raises(ValueError, match="failed earlier"):
+        writer.write(b" more")
+
+
+def test_a_forked_child_cannot_write_or_close_its_parents_writer(
+    km: KeyManager, tmp_path: Path
+) -> None:
+    dst = tmp_path / "w.sml"
+    with km.open_encrypting(dst, "k") as writer:
+        writer.write(b"parent's first bytes, ")
+        pid = os.fork()
+        if pid == 0:  # the child: every use refused, and the parent's file untouched
+            code = 0
+            for use in (lambda: writer.write(b"child"), writer.close):
+                try:
+                    use()
+                    code = 1
+                except RuntimeError as exc:
+                    code |= 0 if "another process" in str(exc) else 2
+            writer.abort()  # quietly lets go (never blocks on an inherited lock)
+            del writer
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        writer.write(b"and its last")
+    assert km.decrypt(dst.read_bytes()) == b"parent's first bytes, and its last"
+
+
+def test_an_abandoned_writer_is_an_error_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECUREML_K", "hex:" + KEY.hex())
+    events: list[Any] = []
+    km = KeyManager(declared_keys=["k"], audit_hook=events.append)
+    sink = io.BytesIO()
+
+    def fails() -> None:
+        with km.open_encrypting(sink, "k") as f:
+            f.write(b"partial")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fails()
+    assert [(e.operation, e.outcome) for e in events] == [("encrypt", "ok"), ("encrypt", "error")]
+    assert events[-1].name == "k"
+    assert events[-1].error == "KeyboardInterrupt"
+
+
+@pytest.mark.parametrize("answer", [True, -1, 1.5, "ok", 10**9])
+def test_a_sink_whose_write_returns_nonsense_is_refused(km: KeyManager, answer: Any) -> None:
+    class Lying(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> Any:
+            return answer
+
+    with pytest.raises(ValueError, match="returned"), km.open_encrypting(Lying(), "k") as f:
+        f.write(b"x" * 1000)
+
+
+def test_writes_of_any_buffer_shape(km: KeyManager, tmp_path: Path) -> None:
+    import array
+
+    numbers = array.array("d", [1.5, 2.5])
+    with km.open_encrypting(os.fsencode(tmp_path / "b.sml"), "k") as f:  # a bytes path
+        f.write(numbers)
+        np = pytest.importorskip("numpy")
+        f.write(np.zeros((0, 3)))  # empty, two-dimensional
+        f.write(memoryview(b"abcdef").cast("B", (2, 3)))
+    assert km.decrypt((tmp_path / "b.sml").read_bytes()) == numbers.tobytes() + b"abcdef"

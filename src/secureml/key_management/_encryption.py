@@ -347,6 +347,12 @@ class Encryptor:
         except BaseException as exc:
             finish(exc)
             raise
+        observer = self._observer
+
+        def failed(exc: BaseException) -> None:  # the ok event said it opened; this, that
+            observer.failed("encrypt", key_name, exc)  # its output never appeared
+
+        opened.on_failed = failed
         return opened  # type: ignore[return-value]  # a binary file object, write-only
 
     # -- helpers -----------------------------------------------------------------------
@@ -368,7 +374,7 @@ def _output(
     (flushed on success, left open either way: what becomes of it is its owner's)."""
     if isinstance(dst, (str, bytes, os.PathLike)):
         stack = contextlib.ExitStack()
-        out = stack.enter_context(atomic_output(dst))
+        out = stack.enter_context(atomic_output(os.fsdecode(dst)))
 
         def finish(failure: BaseException | None) -> None:
             if failure is None:

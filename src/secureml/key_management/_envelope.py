@@ -667,7 +667,14 @@ def _write_all(writer: Writer, data: bytes | memoryview) -> None:
             return  # writers that return nothing write everything
         if not written:
             raise BlockingIOError("the stream accepted no data; use a blocking stream")
-        if written >= len(view):
+        if type(written) is not int or not 0 < written <= len(view):
+            # A count that is no count (True, -1, 1.5, more than it was given) would
+            # write garbage or loop forever: the writer is broken, say so.
+            raise ValueError(
+                f"the writer's write() returned {written!r:.40} for {len(view)} bytes: "
+                "it must return how many it took (or None for all)"
+            )
+        if written == len(view):
             return
         view = view[written:]
 

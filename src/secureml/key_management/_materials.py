@@ -102,10 +102,8 @@ class Materials(NamedTuple):
             return envelope.Header(
                 envelope.MODE_MANAGED_KEY, self.key_name, self.key_version, segment_bytes
             )
-        if made.segment_bytes == segment_bytes:
-            return made
-        # A Transit data key's header, fresh and never used: the same wrapped key, a new
-        # salt and nonce prefix (made anew, as nothing was sealed under the old ones).
+        # A Transit data key's: its wrapped key, with a salt and nonce prefix drawn now,
+        # so even a second call on these materials never seals under the same nonces.
         return envelope.Header(
             made.mode, made.key_name, made.key_version, segment_bytes, made.wrapped_key
         )

@@ -125,7 +125,7 @@ class Observer:
         self,
         operation: str,
         name: str,
-        exc: Exception,
+        exc: BaseException,
         *,
         version: int | None = None,
         started: float | None = None,

@@ -16,6 +16,7 @@ the frames it passed through cleared (they held plaintext).
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import operator
 import os
@@ -218,7 +219,7 @@ class EncryptedReader(io.RawIOBase):
             raise ValueError("I/O operation on closed file")
 
 
-def _ignored(_: InvalidCiphertextError) -> None:
+def _ignored(_: BaseException) -> None:
     pass
 
 
@@ -226,13 +227,20 @@ class EncryptingWriter(io.RawIOBase):
     """A write-only file object that encrypts as it is written
     (``KeyManager.open_encrypting``): the same bytes ``encrypt_file`` would write for
     the same data and random draw, segment by segment, one segment held back until the
-    next byte (or ``close``) says whether it is the last. The destination appears only
-    when :meth:`close` ends a clean write; an error inside its ``with`` block, or the
-    object dropped unclosed, leaves no file.
+    next byte (or ``close``) says whether it is the last. A path destination appears
+    only when :meth:`close` ends a clean write; an error inside its ``with`` block, or
+    the object dropped unclosed, leaves no file.
+
+    A failure is final: a write or close that fails (a full disk, an interrupt) ends the
+    writer and drops its output, so a retried write can never seal a second segment
+    under a nonce already used, nor publish a file with a hole. A forked child may not
+    use its parent's writer at all (its close would write into the parent's file).
 
     Args:
-        out: The :func:`~._files.atomic_output` file, and how to finish it (``commit``,
-            or ``abort`` with the reason).
+        out: Where the message goes (an :func:`~._files.atomic_output` file, or the
+            caller's file object).
+        finish: How to end ``out``: called once, with ``None`` after a clean close, or
+            with the failure (the output is then dropped, where it can be).
         cipher: The new message's cipher.
         header_bytes: The header (and commitment) to write first.
         segment_bytes: The segment size the header records.
@@ -247,6 +255,8 @@ class EncryptingWriter(io.RawIOBase):
         segment_bytes: int,
     ) -> None:
         super().__init__()
+        #: Told of a write that ends in failure (its audit event: the output is gone).
+        self.on_failed: Callable[[BaseException], None] = _ignored
         self._out: IO[bytes] = out
         self._finish: Callable[[BaseException | None], None] | None = finish
         self._cipher: envelope.SegmentCipher | None = cipher
@@ -254,6 +264,8 @@ class EncryptingWriter(io.RawIOBase):
         self._pending = bytearray()
         self._index = 0
         self._written = 0
+        self._failure: str | None = None
+        self._owner = os.getpid()
         self._lock = threading.Lock()
         envelope._write_all(out, header_bytes)  # a raw file may take part of a write
 
@@ -262,54 +274,78 @@ class EncryptingWriter(io.RawIOBase):
 
     def tell(self) -> int:
         """Plaintext bytes written so far."""
+        self._check_usable()
         return self._written
 
     @guarded  # a failure's frames held the caller's plaintext: cleared on the way out
     def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
+        view = memoryview(data)
+        if view.ndim != 1 or view.format not in ("B", "b", "c"):
+            view = view.cast("B") if view.nbytes else memoryview(b"")
+        self._check_usable()
         with self._lock:
-            if self.closed or self._cipher is None:
-                raise ValueError("I/O operation on closed file")
-            written = len(view)
-            self._written += written
-            size = self._segment_bytes
-            if self._pending:  # top up the segment held back
-                taken = view[: size - len(self._pending)]
-                self._pending += taken
-                view = view[len(taken) :]
-                if not view:
-                    return written  # no byte after it yet: it may still be the last
-                self._seal(memoryview(self._pending), last=False)
-                self._pending.clear()
-            while len(view) > size:  # more follows: sealed from the caller's buffer
-                self._seal(view[:size], last=False)
-                view = view[size:]
-            self._pending += view  # at most a segment, held back
+            self._check_usable()
+            try:
+                return self._write(view)
+            except BaseException as exc:
+                self._fail(exc)  # nothing more may be sealed: its index may be spent
+                raise
+
+    def _write(self, view: memoryview) -> int:
+        written = len(view)
+        size = self._segment_bytes
+        if self._pending:  # top up the segment held back
+            taken = view[: size - len(self._pending)]
+            self._pending += taken
+            view = view[len(taken) :]
+            if not view:
+                self._written += written
+                return written  # no byte after it yet: it may still be the last
+            self._seal(memoryview(self._pending), last=False)
+            self._pending.clear()
+        while len(view) > size:  # more follows: sealed from the caller's buffer
+            self._seal(view[:size], last=False)
+            view = view[size:]
+        self._pending += view  # at most a segment, held back
+        self._written += written
         return written
 
+    @guarded  # a failure's frames held plaintext (the last segment)
     def close(self) -> None:
         """Seal the last segment and make the destination appear."""
+        if self._foreign():
+            self._drop()
+            raise RuntimeError(_FORKED)
         with self._lock:
+            if self._failure is not None and not self.closed:
+                super().close()
+            if self._failure is not None:
+                raise ValueError(f"{_FAILED} ({self._failure}): nothing was written")
             if self._finish is not None:
-                finish, self._finish = self._finish, None
                 try:
                     self._seal(memoryview(self._pending), last=True)
-                    self._pending.clear()
-                    self._cipher = None
                 except BaseException as exc:
-                    finish(exc)
+                    self._fail(exc)
                     raise
-                finish(None)
+                finish, self._finish = self._finish, None
+                self._pending.clear()
+                self._cipher = None
+                try:
+                    finish(None)
+                except BaseException as exc:  # publishing failed: the output is gone
+                    self._failure = type(exc).__name__
+                    self.on_failed(exc)
+                    raise
         super().close()
 
     def abort(self, reason: BaseException | None = None) -> None:
         """Drop what was written: the destination does not appear (or stays as it was)."""
+        if self._foreign():
+            self._drop()
+            return
         with self._lock:
             if self._finish is not None:
-                finish, self._finish = self._finish, None
-                self._pending.clear()
-                self._cipher = None
-                finish(reason or RuntimeError("abandoned"))
+                self._fail(reason or RuntimeError("abandoned unclosed"))
         super().close()
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
@@ -325,5 +361,46 @@ class EncryptingWriter(io.RawIOBase):
     def _seal(self, plaintext: memoryview, *, last: bool) -> None:
         cipher = self._cipher
         assert cipher is not None  # noqa: S101 - checked by the callers
-        envelope._write_all(self._out, cipher.seal(self._index, plaintext, last))
-        self._index += 1
+        index = self._index
+        self._index += 1  # spent before anything is written: never sealed twice
+        envelope._write_all(self._out, cipher.seal(index, plaintext, last))
+
+    def _fail(self, exc: BaseException) -> None:
+        """End the writer after ``exc``: drop the output and say so (once)."""
+        self._pending = bytearray()  # not cleared: a failed seal's view may still hold it
+        self._cipher = None
+        self._failure = self._failure or type(exc).__name__
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            try:
+                finish(exc)
+            finally:
+                self.on_failed(exc)
+        super().close()
+
+    def _check_usable(self) -> None:
+        if self._foreign():
+            raise RuntimeError(_FORKED)
+        if self._failure is not None:
+            raise ValueError(f"{_FAILED} ({self._failure}): open a new one")
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
+    def _foreign(self) -> bool:
+        return os.getpid() != self._owner
+
+    def _drop(self) -> None:
+        """A forked child's copy: let go of everything, touching neither the lock (it
+        may have been held at the fork) nor the file (it is the parent's)."""
+        self._finish = None
+        self._cipher = None
+        self._pending = bytearray()
+        with contextlib.suppress(Exception):
+            super().close()
+
+
+_FORKED = (
+    "this encrypting writer was opened by another process (this one is a fork of it): "
+    "only that process may write or close it; open a new one here"
+)
+_FAILED = "this encrypting writer failed earlier and dropped its output"

@@ -6,10 +6,11 @@ says what is wrong with which argument (never quoting a secret value).
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, SupportsIndex
 
 from ._encoding import ENCODINGS, MAX_KEY_BYTES, Encoding
 from ._names import is_reserved_name
@@ -164,8 +165,11 @@ def check_segment_size(value: object) -> int:
     """A writer's ``segment_size=``: ``None`` (1 MiB) or 64 KiB to 4 MiB, in bytes."""
     if value is None:
         return DEFAULT_CHOSEN_SEGMENT_BYTES
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool):
+        raise TypeError("segment_size must be an int (bytes) or None, not bool")
+    if not isinstance(value, SupportsIndex):
         raise TypeError(f"segment_size must be an int (bytes) or None, not {type(value).__name__}")
+    value = operator.index(value)  # an exact int: numpy's ints too, no lying subclass
     if not MIN_CHOSEN_SEGMENT_BYTES <= value <= MAX_CHOSEN_SEGMENT_BYTES:
         raise ValueError(
             f"segment_size must be 64 KiB to 4 MiB ({MIN_CHOSEN_SEGMENT_BYTES} to "

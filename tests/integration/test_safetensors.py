@@ -1,0 +1,488 @@
+"""Encrypted safetensors (``secureml.safetensors``): round trips in torch and numpy, the
+plaintext being an ordinary safetensors file (interop with the ``safetensors`` library
+both ways), lazy reads that decrypt only a tensor's segments, and headers that a key
+holder crafted."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secureml.key_management import InvalidCiphertextError, KeyManager
+from secureml.key_management._envelope import TAG_BYTES
+from secureml.safetensors import load_file, safe_open, save_file
+
+torch = pytest.importorskip("torch")
+np = pytest.importorskip("numpy")
+st_torch = pytest.importorskip("safetensors.torch")
+st_numpy = pytest.importorskip("safetensors.numpy")
+
+pytestmark = pytest.mark.integration
+
+KEY = "models/key"
+SEGMENT = 65536
+
+# Every torch dtype safetensors names (those this torch has).
+TORCH_DTYPES = [
+    name
+    for name in [
+        "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8",
+        "uint8", "bool", "uint16", "uint32", "uint64", "complex64", "float8_e4m3fn",
+        "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
+    ]
+    if hasattr(torch, name)
+]  # fmt: skip
+
+
+@pytest.fixture
+def km(monkeypatch: pytest.MonkeyPatch) -> KeyManager:
+    monkeypatch.setenv("SECUREML_MODELS_KEY", "hex:" + os.urandom(32).hex())
+    return KeyManager(declared_keys=[KEY])
+
+
+def _random(dtype: Any, shape: tuple[int, ...]) -> Any:
+    """Random values of ``dtype`` (bit patterns for the small floats, whose every byte
+    is not a valid value to compute with, but is one to store)."""
+    count = 1
+    for d in shape:
+        count *= d
+    if dtype == torch.bool:
+        return torch.rand(shape) > 0.5
+    size = torch.empty((), dtype=dtype).element_size()
+    raw = torch.randint(0, 256, (count * size,), dtype=torch.uint8)
+    if dtype.is_floating_point and size == 1:
+        raw = raw & 0x7E | 0x01  # no NaN or special patterns: still byte-compared
+    return raw.view(dtype).reshape(shape)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Bit-for-bit equal, same dtype and shape (NaNs and float8 included)."""
+    if isinstance(a, np.ndarray):
+        return (
+            isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.tobytes() == b.tobytes()
+        )
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    )
+
+
+def _torch_state() -> dict[str, Any]:
+    state = {f"t.{name}": _random(getattr(torch, name), (3, 5)) for name in TORCH_DTYPES}
+    state["scalar"] = torch.tensor(2.5)
+    state["empty"] = torch.zeros(0, 7)
+    state["empty.bf16"] = torch.zeros(4, 0, dtype=torch.bfloat16)
+    state["deep"] = torch.randn(2, 3, 4, 5)
+    state["naïve ✓"] = torch.arange(4, dtype=torch.int16)  # non-ASCII names
+    return state
+
+
+def _layout(plain: bytes) -> tuple[int, dict[str, Any]]:
+    (length,) = struct.unpack("<Q", plain[:8])
+    return 8 + length, json.loads(plain[8 : 8 + length])
+
+
+def _write_plain(km: KeyManager, path: Path, plain: bytes, *, segment_size: int = SEGMENT) -> None:
+    with km.open_encrypting(path, KEY, segment_size=segment_size) as out:
+        out.write(plain)
+
+
+# -- round trips ---------------------------------------------------------------------------
+
+
+def test_torch_round_trip_of_every_dtype(km: KeyManager, tmp_path: Path) -> None:
+    state = _torch_state()
+    state["tied"] = state["deep"]  # shared storage: written whole, twice
+    state["view"] = state["deep"][1]  # a contiguous view into it
+    path = tmp_path / "m.safetensors.sml"
+    save_file(state, path, manager=km, key_name=KEY, metadata={"format": "pt", "é": "✓"})
+    back = load_file(path, manager=km)
+    assert list(back) == sorted(state)
+    for name, tensor in state.items():
+        assert _same(back[name], tensor), name
+    assert back["tied"].data_ptr() != back["deep"].data_ptr()
+    with safe_open(path, "torch", manager=km) as f:
+        assert f.metadata() == {"format": "pt", "é": "✓"}
+        assert f.keys() == sorted(state)
+        assert _same(f.get_tensor("t.bfloat16"), state["t.bfloat16"])
+
+
+def test_conjugate_and_negative_views_are_saved_as_their_values(
+    km: KeyManager, tmp_path: Path
+) -> None:
+    z = torch.randn(4, dtype=torch.complex64)
+    state = {"conj": z.conj(), "neg": torch._neg_view(torch.randn(3))}
+    save_file(state, tmp_path / "v.sml", manager=km, key_name=KEY)
+    back = load_file(tmp_path / "v.sml", manager=km)
+    assert torch.equal(back["conj"], z.conj().resolve_conj())
+    assert torch.equal(back["neg"], state["neg"].resolve_neg())
+
+
+def test_numpy_round_trip(km: KeyManager, tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    arrays = {
+        f"a.{code}": rng.integers(0, 100, size=(4, 3)).astype(code)
+        for code in ["f8", "f4", "f2", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "c8"]
+    }
+    arrays["bool"] = rng.random(6) > 0.5
+    arrays["scalar"] = np.array(1.5, dtype=np.float32)
+    arrays["empty"] = np.zeros((0, 3), dtype=np.int64)
+    transposed = np.arange(12, dtype=np.float32).reshape(3, 4).T  # not C-contiguous
+    big_endian = np.arange(5, dtype=">i4")
+    path = tmp_path / "a.sml"
+    save_file(
+        {**arrays, "transposed": transposed, "big": big_endian},
+        path,
+        manager=km,
+        key_name=KEY,
+    )
+    back = load_file(path, manager=km, framework="np")
+    for name, array in arrays.items():
+        assert _same(back[name], array), name
+    assert np.array_equal(back["transposed"], transposed)
+    assert back["big"].dtype == np.dtype("<i4")
+    assert np.array_equal(back["big"], big_endian)
+    back["scalar"][()] = 3  # arrays handed out are writable, like safetensors.numpy's
+    as_torch = load_file(path, manager=km, framework="pt")
+    assert torch.equal(as_torch["a.f4"], torch.from_numpy(arrays["a.f4"]))
+
+
+def test_mixed_torch_and_numpy_values(km: KeyManager, tmp_path: Path) -> None:
+    state = {"t": torch.arange(3.0), "n": np.arange(3, dtype=np.int16)}
+    save_file(state, tmp_path / "x.sml", manager=km, key_name=KEY)
+    back = load_file(tmp_path / "x.sml", manager=km)
+    assert torch.equal(back["t"], state["t"])
+    assert torch.equal(back["n"], torch.arange(3, dtype=torch.int16))
+
+
+def test_saving_numpy_does_not_import_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys, numpy\n"
+        "from secureml.key_management import KeyManager\n"
+        "from secureml.safetensors import save_file, load_file\n"
+        "km = KeyManager(declared_keys=['models/key'])\n"
+        "save_file({'a': numpy.ones(3)}, sys.argv[1], manager=km, key_name='models/key')\n"
+        "assert load_file(sys.argv[1], manager=km, framework='np')['a'].sum() == 3\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SECUREML_", "VAULT_"))}
+    env["SECUREML_MODELS_KEY"] = "hex:" + os.urandom(32).hex()
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.sml")], env=env, check=True)
+
+
+# -- interop with the safetensors library --------------------------------------------------
+
+
+def test_the_decrypted_file_is_the_file_safetensors_writes(km: KeyManager, tmp_path: Path) -> None:
+    state = _torch_state()
+    state.pop("t.float8_e8m0fnu", None)  # safetensors 0.8 writes it but cannot load it
+    save_file(state, tmp_path / "m.sml", manager=km, key_name=KEY, metadata={"format": "pt"})
+    km.decrypt_file(tmp_path / "m.sml", tmp_path / "m.safetensors")
+    plain = (tmp_path / "m.safetensors").read_bytes()
+    assert plain == st_torch.save(state, metadata={"format": "pt"})  # byte for byte
+    loaded = st_torch.load(plain)
+    assert sorted(loaded) == sorted(state)
+    for name, tensor in state.items():
+        assert _same(loaded[name], tensor), name
+    start, header = _layout(plain)
+    assert start % 8 == 0
+    assert header["__metadata__"] == {"format": "pt"}
+
+
+def test_a_file_safetensors_wrote_loads_once_encrypted(km: KeyManager, tmp_path: Path) -> None:
+    state = _torch_state()
+    state.pop("t.float8_e8m0fnu", None)
+    st_torch.save_file(state, tmp_path / "m.safetensors", metadata={"a": "1", "b": "2"})
+    km.encrypt_file(tmp_path / "m.safetensors", tmp_path / "m.sml", KEY)
+    back = load_file(tmp_path / "m.sml", manager=km)
+    for name, tensor in state.items():
+        assert _same(back[name], tensor), name
+    with safe_open(tmp_path / "m.sml", "pt", manager=km) as f:
+        assert f.metadata() == {"a": "1", "b": "2"}
+
+    arrays = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "y": np.array(True)}
+    st_numpy.save_file(arrays, tmp_path / "n.safetensors")
+    km.encrypt_file(tmp_path / "n.safetensors", tmp_path / "n.sml", KEY)
+    back_np = load_file(tmp_path / "n.sml", manager=km, framework="numpy")
+    assert all(_same(back_np[k], v) for k, v in arrays.items())
+    with safe_open(tmp_path / "n.sml", "np", manager=km) as f:
+        assert f.metadata() is None
+
+
+def test_an_empty_checkpoint(km: KeyManager, tmp_path: Path) -> None:
+    save_file({}, tmp_path / "e.sml", manager=km, key_name=KEY)
+    km.decrypt_file(tmp_path / "e.sml", tmp_path / "e.safetensors")
+    assert (tmp_path / "e.safetensors").read_bytes() == st_torch.save({})
+    assert load_file(tmp_path / "e.sml", manager=km) == {}
+
+
+# -- lazy reads ----------------------------------------------------------------------------
+
+
+def _segments(start: int, end: int) -> set[int]:
+    return set(range(start // SEGMENT, -(-end // SEGMENT))) if end > start else set()
+
+
+@pytest.fixture
+def big(km: KeyManager, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """Five tensors of 300 KB in 64 KiB segments (about 23)."""
+    state = {f"layer{i}": torch.randn(250, 300) for i in range(5)}
+    path = tmp_path / "big.sml"
+    save_file(state, path, manager=km, key_name=KEY, segment_size=SEGMENT)
+    return path, state
+
+
+def test_get_tensor_decrypts_only_that_tensors_segments(
+    km: KeyManager, big: tuple[Path, dict[str, Any]]
+) -> None:
+    path, state = big
+    with safe_open(path, "pt", manager=km) as f:
+        data_start = f._data_start
+        plain_size = data_start + 5 * 300_000
+        last = (plain_size - 1) // SEGMENT
+        opened = {0, last}  # the last (at open) and the header's
+        assert f.segments_decrypted == len(opened)
+        entry = f._entries["layer2"]
+        wanted = _segments(data_start + entry.begin, data_start + entry.end)
+        assert 0 not in wanted
+        assert last not in wanted
+        tensor = f.get_tensor("layer2")
+        assert torch.equal(tensor, state["layer2"])
+        assert f.segments_decrypted == len(opened | wanted)  # 2 + 5 or 6 of ~23
+
+        before = f.segments_decrypted
+        rows = f.get_slice("layer3")[100:103]  # 3 rows of 1200 bytes: one or two segments
+        assert torch.equal(rows, state["layer3"][100:103])
+        entry = f._entries["layer3"]
+        row = data_start + entry.begin + 100 * 1200
+        assert f.segments_decrypted - before == len(_segments(row, row + 3 * 1200))
+    assert f.closed
+    with pytest.raises(ValueError, match="closed"):
+        f.get_tensor("layer1")
+
+
+def test_get_slice_indexes_like_the_tensor(km: KeyManager, tmp_path: Path) -> None:
+    tensor = torch.arange(60, dtype=torch.float32).reshape(10, 6)
+    array = tensor.numpy()
+    save_file({"x": tensor, "s": torch.tensor(4)}, tmp_path / "s.sml", manager=km, key_name=KEY)
+    with safe_open(tmp_path / "s.sml", "pt", manager=km) as f:
+        sl = f.get_slice("x")
+        assert sl.get_shape() == [10, 6]
+        assert sl.get_dtype() == "F32"
+        for index in [
+            slice(2, 5), slice(None), slice(1, 9, 3), slice(-3, None), slice(7, 2),
+            slice(20, 30), 0, -1, (slice(2, 4), 3), (slice(0, 10, 2), slice(1, 3)),
+            (5, slice(None, None, 2)), Ellipsis, (Ellipsis, 1), (),
+        ]:  # fmt: skip
+            assert torch.equal(sl[index], tensor[index]), index
+        assert torch.equal(f.get_slice("s")[()], torch.tensor(4))
+        with pytest.raises(IndexError, match="out of range"):
+            sl[10]
+        with pytest.raises(TypeError, match="an int or a slice"):
+            sl[[1, 2]]
+        with pytest.raises(ValueError, match="positive step"):
+            sl[::-1]
+        with pytest.raises(KeyError, match="no tensor named 'y'"):
+            f.get_slice("y")
+    with safe_open(tmp_path / "s.sml", "np", manager=km) as f:
+        assert np.array_equal(f.get_slice("x")[3:7, 2], array[3:7, 2])
+        assert np.array_equal(f.get_slice("x")[1:8:2], array[1:8:2])
+
+
+def test_a_tampered_segment_fails_only_its_tensor(
+    km: KeyManager, big: tuple[Path, dict[str, Any]]
+) -> None:
+    path, state = big
+    with safe_open(path, "pt", manager=km) as f:
+        data_start, entry = f._data_start, f._entries["layer3"]
+        segments = sorted(_segments(data_start + entry.begin, data_start + entry.end))
+        clean = _segments(
+            data_start + f._entries["layer1"].begin, data_start + f._entries["layer1"].end
+        )
+    victim = segments[1]  # wholly inside layer3
+    assert victim not in clean
+    blob = bytearray(path.read_bytes())
+    plain_size = data_start + 5 * 300_000
+    count = -(-plain_size // SEGMENT)
+    body_start = len(blob) - plain_size - count * TAG_BYTES
+    blob[body_start + victim * (SEGMENT + TAG_BYTES) + 100] ^= 1
+    path.write_bytes(bytes(blob))
+    with safe_open(path, "pt", manager=km) as f:
+        assert torch.equal(f.get_tensor("layer1"), state["layer1"])
+        with pytest.raises(InvalidCiphertextError, match=f"segment {victim} of {count}"):
+            f.get_tensor("layer3")
+        assert torch.equal(f.get_slice("layer3")[:2], state["layer3"][:2])  # before it
+    with pytest.raises(InvalidCiphertextError):
+        load_file(path, manager=km)
+
+
+def test_the_wrong_aad_fails_at_open(km: KeyManager, tmp_path: Path) -> None:
+    save_file({"a": torch.ones(2)}, tmp_path / "a.sml", manager=km, key_name=KEY, aad=b"run-1")
+    assert torch.equal(load_file(tmp_path / "a.sml", manager=km, aad=b"run-1")["a"], torch.ones(2))
+    with pytest.raises(InvalidCiphertextError):
+        load_file(tmp_path / "a.sml", manager=km, aad=b"run-2")
+    with pytest.raises(InvalidCiphertextError):
+        safe_open(tmp_path / "a.sml", "pt", manager=km)
+
+
+def test_file_objects_both_ways(km: KeyManager, tmp_path: Path) -> None:
+    with (tmp_path / "f.sml").open("wb") as out:
+        save_file({"a": torch.arange(5)}, out, manager=km, key_name=KEY)
+    with (tmp_path / "f.sml").open("rb") as source, safe_open(source, "pt", manager=km) as f:
+        assert torch.equal(f.get_tensor("a"), torch.arange(5))
+        assert not source.closed  # the caller's file stays the caller's
+
+
+# -- hostile headers -----------------------------------------------------------------------
+
+
+def _file(header: Any, data: bytes = b"", *, raw: bytes | None = None) -> bytes:
+    text = raw if raw is not None else json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def _entry(dtype: str = "F32", shape: Any = (2,), offsets: Any = (0, 8)) -> dict[str, Any]:
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
+
+
+SECRET = b"\xa5SECRET-BYTES\xa5"  # tensor bytes: never in a message
+
+HOSTILE = {
+    "short": (b"\x01\x00\x00", "fewer than the header's length"),
+    "huge length": (struct.pack("<Q", 100_000_001) + b"{}", "over 100000000"),
+    "length past the end": (struct.pack("<Q", 4096) + b"{}" + SECRET, "in a file of"),
+    "not an object": (_file(None, raw=b"[1, 2]"), "does not start with '{'"),
+    "not utf-8": (_file(None, raw=b'{"\xff": 1}'), "not UTF-8"),
+    "not json": (_file(None, raw=b'{"a": '), "not JSON"),
+    "deep": (_file(None, raw=b'{"a":' + b"[" * 200_000), "not JSON"),
+    "repeated name": (
+        _file(None, SECRET[:8], raw=b'{"a":' + json.dumps(_entry()).encode() + b',"a":{}}'),
+        "names 'a' twice",
+    ),
+    "NaN": (_file(None, raw=b'{"a":{"dtype":"F32","shape":[NaN],"data_offsets":[0,0]}}'), "NaN"),
+    "unknown dtype": (_file({"a": _entry("F4")}, SECRET[:8]), "unsupported dtype 'F4'"),
+    "entry not an object": (_file({"a": [1, 2]}), "not an object of dtype"),
+    "extra field": (_file({"a": {**_entry(), "x": 1}}, SECRET[:8]), "not an object of dtype"),
+    "negative dim": (_file({"a": _entry(shape=[-2])}, SECRET[:8]), "non-negative integers"),
+    "float dim": (_file({"a": _entry(shape=[2.0])}, SECRET[:8]), "non-negative integers"),
+    "bool dim": (_file({"a": _entry(shape=[True, 2])}, SECRET[:8]), "non-negative integers"),
+    "shape not a list": (_file({"a": _entry(shape="2")}, SECRET[:8]), "non-negative integers"),
+    "enormous shape": (
+        _file({"a": _entry(shape=[0, 2**40, 2**40], offsets=[0, 0])}),
+        "is too large",
+    ),
+    "three offsets": (_file({"a": _entry(offsets=[0, 4, 8])}, SECRET[:8]), "two non-negative"),
+    "reversed offsets": (_file({"a": _entry(offsets=[8, 0])}, SECRET[:8]), "do not match"),
+    "offsets not the shape's": (_file({"a": _entry(offsets=[0, 4])}, SECRET[:4]), "do not match"),
+    "past the data": (_file({"a": _entry(offsets=[0, 8])}, SECRET[:4]), "take 8 bytes of the 4"),
+    "short of the data": (_file({"a": _entry()}, SECRET), f"take 8 bytes of the {len(SECRET)}"),
+    "overlap": (
+        _file({"a": _entry(), "b": _entry(offsets=[4, 12])}, SECRET[:12]),
+        "data_offsets of tensor 'b' overlap another",
+    ),
+    "gap": (_file({"a": _entry(offsets=[4, 12])}, SECRET[:12]), "leave a gap"),
+    "metadata not strings": (_file({"__metadata__": {"a": 1}}), "not an object of strings"),
+    "metadata not an object": (_file({"__metadata__": "x"}), "not an object of strings"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_crafted_header_is_refused(km: KeyManager, tmp_path: Path, case: str) -> None:
+    plain, expected = HOSTILE[case]
+    _write_plain(km, tmp_path / "h.sml", plain)
+    for attempt in (
+        lambda: safe_open(tmp_path / "h.sml", "pt", manager=km),
+        lambda: load_file(tmp_path / "h.sml", manager=km, framework="np"),
+    ):
+        with pytest.raises(ValueError, match="not a safetensors file") as caught:
+            attempt()
+        message = str(caught.value)
+        assert expected in message
+        assert "SECRET" not in message
+        assert len(message) < 300
+
+
+def test_a_bool_tensor_with_other_bytes_is_refused(km: KeyManager, tmp_path: Path) -> None:
+    plain = _file({"ok": _entry("U8", [2], [0, 2]), "b": _entry("BOOL", [3], [2, 5])})
+    _write_plain(km, tmp_path / "b.sml", plain + b"\x07\x08\x00\x02\x01")
+    with safe_open(tmp_path / "b.sml", "pt", manager=km) as f:
+        assert f.get_tensor("ok").tolist() == [7, 8]
+        with pytest.raises(ValueError, match="BOOL tensor 'b' holds bytes other than 0 and 1"):
+            f.get_tensor("b")
+
+
+def test_a_long_crafted_name_is_cut_short_in_messages(km: KeyManager, tmp_path: Path) -> None:
+    name = "n" * 10_000
+    _write_plain(km, tmp_path / "n.sml", _file({name: _entry("X")}))
+    with pytest.raises(ValueError, match="not a safetensors file") as caught:
+        safe_open(tmp_path / "n.sml", "pt", manager=km)
+    assert len(str(caught.value)) < 300
+
+
+def test_a_dtype_the_framework_lacks(km: KeyManager, tmp_path: Path) -> None:
+    save_file(
+        {"b": torch.ones(2, dtype=torch.bfloat16)}, tmp_path / "b.sml", manager=km, key_name=KEY
+    )
+    with pytest.raises(ValueError, match="'b' is BF16, which numpy has no dtype for"):
+        load_file(tmp_path / "b.sml", manager=km, framework="np")
+
+
+# -- refusals when saving and opening ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tensors", "metadata", "error", "match"),
+    [
+        ({1: torch.ones(1)}, None, TypeError, "names must be str, not int"),
+        ({"__metadata__": torch.ones(1)}, None, ValueError, "cannot be named '__metadata__'"),
+        ({"a": [1.0, 2.0]}, None, TypeError, "'a' is a list: save torch tensors or numpy"),
+        ({"a": torch.ones(2, 2).t()}, None, ValueError, r"'a' is not contiguous: .*contiguous\(\)"),
+        ({"a": torch.eye(2).to_sparse()}, None, ValueError, r"'a' is sparse: .*to_dense\(\)"),
+        ({"a": torch.ones(2, device="meta")}, None, ValueError, "'a' is on the meta device"),
+        ({"a": torch.ones(2, dtype=torch.complex128)}, None, TypeError, "complex128, which"),
+        ({"a": np.array(["x"])}, None, TypeError, "'a' is <U1, which safetensors cannot"),
+        ({"a": np.ones(2, dtype=object)}, None, TypeError, "'a' is object, which"),
+        ({"a": torch.ones(1)}, {"epoch": 3}, TypeError, "must be str, not int .at 'epoch'"),
+        ({"a": torch.ones(1)}, {1: "x"}, TypeError, "must be str, not int"),
+        ({"a": torch.ones(1)}, [("k", "v")], TypeError, "metadata must be a mapping"),
+        ([torch.ones(1)], None, TypeError, "tensors must be a mapping"),
+    ],
+)
+def test_save_refuses_clearly(
+    km: KeyManager, tmp_path: Path, *, tensors: Any, metadata: Any, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        save_file(tensors, tmp_path / "r.sml", manager=km, key_name=KEY, metadata=metadata)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_an_unknown_framework_or_a_numpy_device(km: KeyManager, tmp_path: Path) -> None:
+    save_file({"a": torch.ones(1)}, tmp_path / "a.sml", manager=km, key_name=KEY)
+    with pytest.raises(ValueError, match=r"framework must be 'pt'.*not 'tf'"):
+        safe_open(tmp_path / "a.sml", "tf", manager=km)
+    with pytest.raises(ValueError, match="device must be 'cpu'"):
+        load_file(tmp_path / "a.sml", manager=km, framework="np", device="cuda")
+    with safe_open(tmp_path / "a.sml", "pt", manager=km) as f, pytest.raises(KeyError, match="'b'"):
+        f.get_tensor("b")
+
+
+def test_a_big_endian_machine_is_refused(
+    km: KeyManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_file({"a": torch.ones(1)}, tmp_path / "a.sml", manager=km, key_name=KEY)
+    monkeypatch.setattr(sys, "byteorder", "big")
+    with pytest.raises(RuntimeError, match="little-endian"):
+        save_file({"a": torch.ones(1)}, tmp_path / "b.sml", manager=km, key_name=KEY)
+    with pytest.raises(RuntimeError, match="little-endian"):
+        load_file(tmp_path / "a.sml", manager=km)
