@@ -116,3 +116,21 @@ def test_cluster_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     )
     assert len(done["km"]._core.vault._settings.urls) == 3  # type: ignore[union-attr]
     assert os.environ.get("SECUREML_VAULT_K8S_TOKEN_PATH")
+
+
+def test_encrypted_checkpoints_parquet_and_fsspec_urls(
+    km: KeyManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("fsspec")
+    monkeypatch.chdir(tmp_path)
+    code = example("### Encrypted checkpoints, Parquet and fsspec URLs")
+    done = run(code, "Encrypted checkpoints", {"km": km})
+    model = done["model"]
+    assert torch.equal(done["bias"], model.bias.detach())
+    assert torch.equal(done["rows"], model.weight.detach()[:8])
+    assert torch.equal(done["state"]["weight"], model.state_dict()["weight"])
+    assert done["ages"].equals(pd.DataFrame({"age": [31, 42]}))
+    for name in ("model.safetensors.sml", "model.pt.sml", "users.parquet"):
+        assert km.decrypt((tmp_path / name).read_bytes())  # ciphertext at rest, all three
