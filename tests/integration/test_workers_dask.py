@@ -159,3 +159,30 @@ def test_a_dataframe_job_reuses_the_workers_managers(
     # After the client.map job, or alone: one login per worker process, no more.
     assert audited_bao.logins(setup.role.mount) == WORKERS
     assert audited_bao.failed_logins(setup.role.mount) == 0
+
+
+def test_dask_reads_an_encrypted_parquet_dataset_through_a_secureml_url(
+    client: Any, setup: WorkerSetup, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``secureml::`` filesystem crosses to the workers as fsspec ships it (pickled,
+    its manager as the spec: no credential in it); the workers decrypt the partitions."""
+    pytest.importorskip("fsspec")
+    import dask.dataframe as dd
+
+    monkeypatch.setenv(SECRET_VAR, setup.role.secret_id)  # the client reads footers too
+    folder = tmp_path / "users"
+    folder.mkdir()
+    writing = {"secureml": {"manager": setup.root, "key_name": KEY}}
+    for p in range(4):
+        part = pd.DataFrame(
+            {"id": range(p * 100, (p + 1) * 100), "email": EMAILS[p * 100 : (p + 1) * 100]}
+        )
+        part.to_parquet(f"secureml::file://{folder}/part-{p}.parquet", storage_options=writing)
+    assert all(b"user00001" not in f.read_bytes() for f in folder.iterdir())  # ciphertext
+    frame = dd.read_parquet(
+        f"secureml::file://{folder}",
+        columns=["email"],
+        storage_options={"secureml": {"manager": setup.spec}},
+    )
+    assert frame.npartitions == 4
+    assert sorted(frame.compute()["email"]) == EMAILS[:400]
