@@ -45,6 +45,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/parquet.py
 	$(BIN)/python bench/columns.py
 	$(BIN)/python bench/workers.py
+	$(BIN)/python bench/random_access.py
 
 # 100,000 random mutations of ciphertexts, all of which must be rejected (minutes).
 fuzz: $(VENV)/.installed

@@ -98,8 +98,11 @@ def test_random_seeks_and_reads_match_the_plaintext(
             assert f.seek(offset, whence) == expected_at
             assert f.read(length) == plain.read(length)
             assert f.tell() == plain.tell()
-            buffer = bytearray(17)
-            assert f.readinto(buffer) == plain.readinto(memoryview(bytearray(17)))
+            # Buffers of more than a segment too: whole segments decrypt straight in.
+            mine, theirs = bytearray(max(length, 0) + 70), bytearray(max(length, 0) + 70)
+            assert f.readinto(mine) == plain.readinto(theirs)
+            assert mine == theirs
+            assert f.tell() == plain.tell()
 
 
 def test_only_the_segments_a_read_touches_are_decrypted(km: KeyManager) -> None:
@@ -107,13 +110,13 @@ def test_only_the_segments_a_read_touches_are_decrypted(km: KeyManager) -> None:
     opened: list[int] = []
     with km.open_encrypted(io.BytesIO(sealed(data))) as f:
         assert isinstance(f, EncryptedReader)
-        real = f._cipher_or_none.open  # type: ignore[union-attr]
+        real = f._cipher_or_none.open_into  # type: ignore[union-attr]
 
-        def counted(index: int, segment: Any, last: bool) -> bytes:
+        def counted(index: int, segment: Any, last: bool, out: memoryview) -> None:
             opened.append(index)
-            return real(index, segment, last)
+            real(index, segment, last, out)
 
-        f._cipher_or_none.open = counted  # type: ignore[method-assign,union-attr]
+        f._cipher_or_none.open_into = counted  # type: ignore[method-assign,union-attr]
         f.seek(50 * SEGMENT + 10)
         assert f.read(20) == data[50 * SEGMENT + 10 : 50 * SEGMENT + 30]
         assert opened == [50]
@@ -447,3 +450,32 @@ def test_writes_of_any_buffer_shape(km: KeyManager, tmp_path: Path) -> None:
         f.write(np.zeros((0, 3)))  # empty, two-dimensional
         f.write(memoryview(b"abcdef").cast("B", (2, 3)))
     assert km.decrypt((tmp_path / "b.sml").read_bytes()) == numbers.tobytes() + b"abcdef"
+
+
+def test_a_tampered_segment_read_straight_into_a_buffer_leaves_none_of_it(
+    km: KeyManager,
+) -> None:
+    """AES-GCM writes a segment's plaintext before it checks the tag: a segment that
+    fails in the caller's buffer is wiped there before the error is raised."""
+    data = os.urandom(5 * SEGMENT)
+    blob = bytearray(sealed(data))
+    header_end = len(blob) - 5 * (SEGMENT + envelope.TAG_BYTES)
+    blob[header_end + (SEGMENT + envelope.TAG_BYTES) + 3] ^= 1  # in segment 1
+    with km.open_encrypted(io.BytesIO(bytes(blob))) as f:
+        buffer = bytearray(b"\xff" * (3 * SEGMENT))
+        with pytest.raises(InvalidCiphertextError, match="segment 1 of 5"):
+            f.readinto(buffer)
+        assert buffer[:SEGMENT] == data[:SEGMENT]  # segment 0 authenticated
+        assert buffer[SEGMENT : 2 * SEGMENT] == bytes(SEGMENT)  # wiped, not near-plaintext
+        assert f.segments_decrypted == 2  # type: ignore[attr-defined]  # the last, and 0
+
+
+def test_closing_the_reader_wipes_the_segments_it_kept(km: KeyManager) -> None:
+    data = os.urandom(3 * SEGMENT)
+    f = km.open_encrypted(io.BytesIO(sealed(data)))
+    assert f.read(2 * SEGMENT) == data[: 2 * SEGMENT]
+    assert isinstance(f, EncryptedReader)
+    kept = [view.obj for view in f._cache.values()]
+    assert kept
+    f.close()
+    assert all(slot == bytes(len(slot)) for slot in kept)  # type: ignore[arg-type]

@@ -281,7 +281,9 @@ class Encryptor:
                 f"open_encrypted takes a path or a binary file object, not {type(src).__name__}"
             )
         raw: BinaryIO = (
-            open(src, "rb")  # noqa: SIM115 - closed with the reader (or on failure)
+            # Unbuffered: the reader reads whole segments into its own buffer, so a
+            # buffer between would only add a copy and a seek's worth of work.
+            open(src, "rb", buffering=0)  # noqa: SIM115 - closed with the reader (or on failure)
             if isinstance(src, (str, bytes, os.PathLike))
             else src
         )

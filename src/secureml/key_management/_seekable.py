@@ -76,10 +76,15 @@ class EncryptedReader(io.RawIOBase):
             raise refused
         self._size = body - self._count * envelope.TAG_BYTES
         self._position = 0
-        self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        # Decrypted segments, each in a buffer of its own that is reused when it is
+        # evicted (no allocation per segment) and wiped when the reader closes.
+        self._cache: collections.OrderedDict[int, memoryview] = collections.OrderedDict()
         # One reader, one position: threads sharing it take turns (pyarrow may read
         # from several), so a seek and its read are never split by another's.
         self._lock = threading.Lock()
+        # One sealed segment at a time is read into this (under the lock), not a new
+        # bytes each time.
+        self._sealed = memoryview(bytearray(self._step))
         self._cipher_or_none: envelope.SegmentCipher | None = cipher
         #: Segments decrypted so far, the last one's at open included (a cached one
         #: read again is not counted): what a ``segment_size`` choice is tuned by.
@@ -146,9 +151,16 @@ class EncryptedReader(io.RawIOBase):
             if self._position >= self._size:
                 break  # the end was authenticated when the reader was made
             index, offset = divmod(self._position, self._segment_bytes)
-            plain = self._segment(index)
-            take = min(len(out) - done, len(plain) - offset)
-            out[done : done + take] = plain[offset : offset + take]
+            whole = min(self._segment_bytes, self._size - index * self._segment_bytes)
+            if offset == 0 and len(out) - done >= whole and index not in self._cache:
+                # A whole segment wanted, not kept: decrypted straight into the caller's
+                # buffer (sequential reads, a tensor's bytes), no copy and no cache entry.
+                self._open_into(index, out[done : done + whole])
+                take = whole
+            else:
+                plain = self._segment(index)
+                take = min(len(out) - done, len(plain) - offset)
+                out[done : done + take] = plain[offset : offset + take]
             done += take
             self._position += take
         return done
@@ -164,6 +176,11 @@ class EncryptedReader(io.RawIOBase):
         wanted = left if size is None or size < 0 else min(size, left)
         if not wanted:
             return b""  # the end was authenticated when the reader was made
+        index, offset = divmod(self._position, self._segment_bytes)
+        if offset + wanted <= self._segment_bytes:  # within one segment: one copy
+            found = bytes(self._segment(index)[offset : offset + wanted])
+            self._position += len(found)
+            return found
         buffer = bytearray(wanted)
         got = self._readinto(buffer)
         del buffer[got:]
@@ -174,6 +191,10 @@ class EncryptedReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
+            for plain in self._cache.values():
+                slot = plain.obj
+                if isinstance(slot, bytearray):  # always: the reader's own buffers
+                    slot[:] = bytes(len(slot))
             self._cache.clear()
             self._cipher_or_none = None  # the message key goes with it
             if self._owns_raw:
@@ -187,32 +208,63 @@ class EncryptedReader(io.RawIOBase):
 
     # -- segments ----------------------------------------------------------------------
 
-    def _segment(self, index: int) -> bytes:
-        """Segment ``index``'s plaintext, authenticated (as the last one if it is)."""
+    def _segment(self, index: int) -> memoryview:
+        """Segment ``index``'s plaintext, authenticated (as the last one if it is), kept
+        among the few cached."""
         found = self._cache.get(index)
         if found is not None:
             self._cache.move_to_end(index)
             return found
-        last = index == self._count - 1
+        if len(self._cache) >= CACHED_SEGMENTS:
+            slot: bytearray = self._cache.popitem(last=False)[1].obj  # type: ignore[assignment]
+        else:
+            slot = bytearray(self._segment_bytes)
+        length = min(self._segment_bytes, self._size - index * self._segment_bytes)
+        plain = memoryview(slot)[:length]
+        self._open_into(index, plain)
+        self._cache[index] = plain
+        return plain
+
+    def _open_into(self, index: int, out: memoryview) -> None:
+        """Segment ``index``'s plaintext, authenticated, into ``out`` (its exact size)."""
         cipher = self._cipher_or_none
         if cipher is None:
             raise ValueError("I/O operation on closed file")
-        self._raw.seek(self._body_start + index * self._step)
-        sealed = envelope._read_exactly(self._raw, self._step)
+        sealed = self._fetch(index)
         try:
-            plain = cipher.open(index, sealed, last)
+            cipher.open_into(index, sealed, index == self._count - 1, out)
         except InvalidCiphertextError:
-            refused = InvalidCiphertextError(
-                f"{envelope.OPAQUE} (segment {index} of {self._count} does not authenticate)"
-            )
-            refused.reason = "unauthenticated"
-            self.on_rejected(refused)
-            raise refused from None
+            # AES-GCM writes the plaintext before it checks the tag: none of it may stay.
+            out[:] = bytes(len(out))
+            self._refuse(index)
         self.segments_decrypted += 1
-        self._cache[index] = plain
-        if len(self._cache) > CACHED_SEGMENTS:
-            self._cache.popitem(last=False)
-        return plain
+
+    def _fetch(self, index: int) -> memoryview:
+        """Sealed segment ``index``, read into the reader's own buffer."""
+        self._raw.seek(self._body_start + index * self._step)
+        view, got = self._sealed, 0
+        readinto = getattr(self._raw, "readinto", None)
+        while got < len(view):
+            if readinto is not None:
+                n = readinto(view[got:])
+            else:  # a file object with read only
+                chunk = self._raw.read(len(view) - got)
+                n = len(chunk)
+                view[got : got + n] = chunk
+            if not n:
+                break  # the file ends: a segment cut short fails to authenticate
+            if type(n) is not int or not 0 < n <= len(view) - got:
+                raise ValueError(f"the file's readinto returned {n!r:.40}")
+            got += n
+        return view[:got]
+
+    def _refuse(self, index: int) -> NoReturn:
+        refused = InvalidCiphertextError(
+            f"{envelope.OPAQUE} (segment {index} of {self._count} does not authenticate)"
+        )
+        refused.reason = "unauthenticated"
+        self.on_rejected(refused)
+        raise refused from None
 
     def _check_open(self) -> None:
         if self.closed:
