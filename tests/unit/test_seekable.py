@@ -479,3 +479,42 @@ def test_closing_the_reader_wipes_the_segments_it_kept(km: KeyManager) -> None:
     assert kept
     f.close()
     assert all(slot == bytes(len(slot)) for slot in kept)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("how", ["path", "buffered file"])
+def test_a_reader_opened_before_a_fork_reads_right_in_every_process(
+    km: KeyManager, tmp_path: Path, how: str
+) -> None:
+    """A DataLoader's workers share the file offset of a file opened before the fork:
+    segments are read with pread, so no process moves another's read (a moved one
+    would fail to authenticate, and look like tampering)."""
+    import random
+
+    data = os.urandom(200 * SEGMENT)
+    (tmp_path / "f.sml").write_bytes(sealed(data))
+    source: Any = tmp_path / "f.sml" if how == "path" else open(tmp_path / "f.sml", "rb")  # noqa: SIM115
+    with km.open_encrypted(source) as f:
+        children = []
+        for child in range(2):
+            pid = os.fork()
+            if pid == 0:
+                rng = random.Random(child)  # noqa: S311 - offsets, not secrets
+                code = 0
+                try:
+                    for _ in range(3000):
+                        at = rng.randrange(len(data) - 100)
+                        f.seek(at)
+                        code |= f.read(100) != data[at : at + 100]
+                except BaseException:
+                    code = 2
+                os._exit(code)
+            children.append(pid)
+        rng = random.Random(99)  # noqa: S311 - offsets, not secrets
+        for _ in range(3000):
+            at = rng.randrange(len(data) - 100)
+            f.seek(at)
+            assert f.read(100) == data[at : at + 100]
+        for pid in children:
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    if how != "path":
+        source.close()

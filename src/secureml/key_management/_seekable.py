@@ -20,6 +20,7 @@ import contextlib
 import io
 import operator
 import os
+import stat
 import threading
 from collections.abc import Callable
 from typing import IO, Any, BinaryIO, NoReturn
@@ -85,6 +86,9 @@ class EncryptedReader(io.RawIOBase):
         # One sealed segment at a time is read into this (under the lock), not a new
         # bytes each time.
         self._sealed = memoryview(bytearray(self._step))
+        # A regular file is read with pread: no seek, and no file offset shared with a
+        # process forked while it is open (a DataLoader's workers) to move under a read.
+        self._fd = _pread_fd(raw)
         self._cipher_or_none: envelope.SegmentCipher | None = cipher
         #: Segments decrypted so far, the last one's at open included (a cached one
         #: read again is not counted): what a ``segment_size`` choice is tuned by.
@@ -190,7 +194,13 @@ class EncryptedReader(io.RawIOBase):
         return self.read(-1)
 
     def close(self) -> None:
+        with self._lock:  # not while another thread reads (it would keep a segment)
+            self._close()
+        super().close()
+
+    def _close(self) -> None:
         if not self.closed:
+            self._fd = None
             for plain in self._cache.values():
                 slot = plain.obj
                 if isinstance(slot, bytearray):  # always: the reader's own buffers
@@ -199,7 +209,6 @@ class EncryptedReader(io.RawIOBase):
             self._cipher_or_none = None  # the message key goes with it
             if self._owns_raw:
                 self._raw.close()
-        super().close()
 
     @property
     def size(self) -> int:
@@ -241,11 +250,16 @@ class EncryptedReader(io.RawIOBase):
 
     def _fetch(self, index: int) -> memoryview:
         """Sealed segment ``index``, read into the reader's own buffer."""
-        self._raw.seek(self._body_start + index * self._step)
+        start = self._body_start + index * self._step
         view, got = self._sealed, 0
+        fd = self._fd
         readinto = getattr(self._raw, "readinto", None)
+        if fd is None:
+            self._raw.seek(start)
         while got < len(view):
-            if readinto is not None:
+            if fd is not None:
+                n = os.preadv(fd, [view[got:]], start + got)
+            elif readinto is not None:
                 n = readinto(view[got:])
             else:  # a file object with read only
                 chunk = self._raw.read(len(view) - got)
@@ -269,6 +283,19 @@ class EncryptedReader(io.RawIOBase):
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError("I/O operation on closed file")
+
+
+def _pread_fd(raw: Any) -> int | None:
+    """The descriptor to pread segments from: a regular file's, read through an object
+    that holds no unwritten bytes of it (an unbuffered file, or a read-only buffered
+    one); None for anything else, which is sought and read."""
+    if not isinstance(raw, (io.FileIO, io.BufferedReader)) or not hasattr(os, "preadv"):
+        return None
+    try:
+        fd = raw.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _ignored(_: BaseException) -> None:
