@@ -174,3 +174,29 @@ def new_connections(run: Call, server_port: int) -> int | None:
     if before is None or after is None:
         return None
     return len(after - before)
+
+
+def median_seconds(
+    contestants: Mapping[str, Callable[[], object]],
+    rounds: int,
+    prepare: Callable[[], object] | None = None,
+    *,
+    warm_up: bool = False,
+) -> dict[str, float]:
+    """Each contestant once per round, in rotated order (after one untimed call each
+    with ``warm_up``); the median seconds of its rounds. ``prepare`` runs untimed before
+    every call (files: start from the same state)."""
+    names = list(contestants)
+    for name in names if warm_up else ():
+        if prepare is not None:
+            prepare()
+        contestants[name]()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            if prepare is not None:
+                prepare()
+            start = time.perf_counter()
+            contestants[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {n: statistics.median(v) for n, v in samples.items()}

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from _timing import ROUNDS as SMALL_ROUNDS
-from _timing import interleaved
+from _timing import interleaved, median_seconds
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secureml._devserver import DevServer
@@ -67,25 +67,6 @@ FORMAT_STREAM_MIB = 256
 FORMAT_ROUNDS = 61
 FORMAT_LARGE_ROUNDS = 21
 FORMAT_TARGET = 0.01  # v2 within 1 % of v1
-
-
-def median_seconds(
-    contestants: dict[str, Callable[[], object]],
-    rounds: int,
-    prepare: Callable[[], object] | None = None,
-) -> dict[str, float]:
-    """Each contestant once per round, in rotated order; the median of its rounds.
-    ``prepare`` runs untimed before every call (files: start from the same state)."""
-    names = list(contestants)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            if prepare is not None:
-                prepare()
-            start = time.perf_counter()
-            contestants[name]()
-            samples[name].append(time.perf_counter() - start)
-    return {n: statistics.median(v) for n, v in samples.items()}
 
 
 def fresh_start(path: Path) -> Callable[[], None]:

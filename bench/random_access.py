@@ -53,7 +53,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from _timing import fmt_us
+from _timing import fmt_us, median_seconds
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -125,29 +125,6 @@ def write_plaintext(path: Path, mib: int) -> None:
     with path.open("wb") as f:
         for i in range(0, mib, 64):
             f.write(pseudo_random(min(64, mib - i) << 20, SEED + i))
-
-
-def median_seconds(
-    contestants: dict[str, Callable[[], object]],
-    rounds: int,
-    prepare: Callable[[], object] | None = None,
-) -> dict[str, float]:
-    """Each contestant once per round, in rotated order, after one untimed warm-up
-    each; the median of its rounds. ``prepare`` runs untimed before every call."""
-    names = list(contestants)
-    for name in names:
-        if prepare is not None:
-            prepare()
-        contestants[name]()
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            if prepare is not None:
-                prepare()
-            start = time.perf_counter()
-            contestants[name]()
-            samples[name].append(time.perf_counter() - start)
-    return {n: statistics.median(v) for n, v in samples.items()}
 
 
 def label(size: int) -> str:
@@ -382,6 +359,7 @@ def sequential_table(km: KeyManager, plain: Path, sealed: Path, work: Path, mib:
         },
         SEQUENTIAL_ROUNDS,
         prepare=lambda: out.unlink(missing_ok=True),
+        warm_up=True,
     )
     out.unlink(missing_ok=True)
 
@@ -480,6 +458,7 @@ def safetensors_tables(km: KeyManager, work: Path, mib: int) -> None:
         },
         TENSOR_ROUNDS,
         prepare=lambda: out.unlink(missing_ok=True),
+        warm_up=True,
     )
     out.unlink(missing_ok=True)
 
