@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -37,6 +38,10 @@ try:
     )
     from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
     from fsspec.implementations.memory import MemoryFileSystem  # type: ignore[import-untyped]
+    from fsspec.spec import (  # type: ignore[import-untyped]
+        AbstractBufferedFile,
+        AbstractFileSystem,
+    )
     from fsspec.utils import tokenize  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - the extra is missing, or fsspec is too old
     raise ImportError(
@@ -51,6 +56,7 @@ from .key_management import (
     get_default_key_manager,
 )
 from .key_management import _envelope as envelope
+from .key_management._boundary import guarded
 from .key_management._validate import check_aad, check_segment_size
 from .key_management.errors import InvalidCiphertextError
 
@@ -371,7 +377,10 @@ class SecureMLFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is 
             return _Sink(
                 buffer, commit=lambda: target.pipe_file(path, buffer.getvalue()), drop=buffer.close
             )
-        file = target._open(  # not open(): that would enlist it in the target's transaction
+        # Not open(), which would enlist it in the target's transaction; unless the
+        # target opens files only there (a DirFileSystem: its _open is the base's).
+        opener = target._open if type(target)._open is not AbstractFileSystem._open else target.open
+        file = opener(
             path,
             mode="wb",
             block_size=block_size,
@@ -379,6 +388,15 @@ class SecureMLFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is 
             cache_options=cache_options,
             **kwargs,
         )
+        if (
+            isinstance(file, AbstractBufferedFile)
+            and type(file)._upload_chunk is AbstractBufferedFile._upload_chunk
+        ):
+            file.close = lambda: None  # its upload is the base class's: nothing to close
+            raise ValueError(
+                f"{type(target).__name__} cannot write files (it opened a file that "
+                "uploads nothing): secureml:: needs a target that can"
+            )
         staged = (
             getattr(file, "autocommit", True) is False
             and callable(getattr(file, "commit", None))
@@ -597,6 +615,28 @@ class _Sink:
 _OPEN, _SEALED, _DONE = "open", "sealed", "done"
 
 
+_FORKED = (
+    "this secureml:: file was opened for writing by another process (this one is a fork "
+    "of it): only that process may write or close it"
+)
+_OPENED_DURING = "_secureml_files_opened_while_handled"
+
+
+def _mark_handled(token: object) -> None:
+    """Mark the exceptions being handled now (and those they arose from) with ``token``."""
+    handling = sys.exc_info()[1]
+    for _ in range(64):
+        if handling is None:
+            break
+        with contextlib.suppress(AttributeError, TypeError):
+            handling.__dict__.setdefault(_OPENED_DURING, set()).add(token)
+        handling = handling.__context__
+
+
+def _marks(exc: BaseException) -> Any:
+    return getattr(exc, "__dict__", {}).get(_OPENED_DURING, ())
+
+
 class _EncryptingFile(io.BufferedIOBase):
     """A file of a :class:`SecureMLFileSystem` opened for writing (see its all or
     nothing rules): the encrypting writer over a :class:`_Sink`, with fsspec's
@@ -620,10 +660,13 @@ class _EncryptingFile(io.BufferedIOBase):
         self._state = _OPEN
         self._failed = False
         self._lock = threading.RLock()
-        # The exception being handled when the file was opened, by identity only (a
-        # reference would keep its frames alive): one raised later that is propagating
-        # when the file is closed means the write did not finish.
-        self._handling_at_open = id(sys.exc_info()[1])
+        self._owner = os.getpid()
+        # The exceptions being handled when the file was opened are marked with a token
+        # of this file's (no reference to them is kept: it would keep their frames
+        # alive); one without it that is propagating when the file is closed was raised
+        # later, so the write did not finish. (An id() would be reused by a later one.)
+        self._token = object()
+        _mark_handled(self._token)
 
     @property
     def mode(self) -> str:
@@ -640,7 +683,10 @@ class _EncryptingFile(io.BufferedIOBase):
         """Plaintext bytes written so far."""
         return cast(int, self._writer.tell())
 
+    @guarded  # a failure's frames held the plaintext being written
     def write(self, data: Any) -> int:
+        if os.getpid() != self._owner:
+            raise RuntimeError(_FORKED)
         if self._state != _OPEN or self._failed:
             raise ValueError(
                 "I/O operation on closed file"
@@ -656,8 +702,11 @@ class _EncryptingFile(io.BufferedIOBase):
     def close(self) -> None:
         """Finish the file: it appears (at the end of the transaction, if in one),
         unless a write failed or an exception is propagating, which discard it."""
+        if os.getpid() != self._owner:
+            self._forget()
+            raise RuntimeError(_FORKED)
         handling = sys.exc_info()[1]
-        if handling is not None and id(handling) != self._handling_at_open:
+        if handling is not None and self._token not in _marks(handling):
             self.discard()  # closed on the way out of a failure: not a clean write
             return
         self._finish()
@@ -696,6 +745,9 @@ class _EncryptingFile(io.BufferedIOBase):
 
     def discard(self) -> None:
         """Drop what was written: no file appears (an existing one stays as it was)."""
+        if os.getpid() != self._owner:
+            self._forget()  # a forked child's copy: the output is the parent's
+            return
         with self._lock:
             if self._state != _DONE:
                 if self._state == _OPEN:
@@ -707,9 +759,19 @@ class _EncryptingFile(io.BufferedIOBase):
         self._state = _DONE
         self._sink.discard()
 
+    def _forget(self) -> None:
+        """Let go of a parent's file in a forked child, touching neither it nor the lock."""
+        self._state = _DONE
+        self._writer = None
+        with contextlib.suppress(Exception):
+            super().close()
+
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
         if error is not None:
             self.discard()
+        elif os.getpid() != self._owner:
+            self._forget()
+            raise RuntimeError(_FORKED)
         else:
             self._finish()
 

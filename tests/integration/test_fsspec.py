@@ -580,3 +580,77 @@ def test_options_are_checked(km: KeyManager) -> None:
         SecureMLFileSystem(target_protocol="memory", manager="km")
     inner = fsspec.filesystem("memory")
     assert SecureMLFileSystem(fs=inner, manager=km).fs is inner
+
+
+# -- review: targets that open only through open(), exceptions reused, forks --------------
+
+
+def test_writes_through_a_dir_filesystem_are_kept(km: KeyManager, tmp_path: Path) -> None:
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    target = DirFileSystem(path=str(tmp_path), fs=fsspec.filesystem("file"))
+    fs = SecureMLFileSystem(fs=target, manager=km, key_name=KEY)
+    with fs.open("out.bin", "wb") as f:
+        f.write(b"important")
+    assert km.decrypt((tmp_path / "out.bin").read_bytes()) == b"important"
+    with fs.open("out.bin", "rb") as f:
+        assert f.read() == b"important"
+
+
+def test_an_exception_raised_after_open_discards_even_at_a_reused_address(
+    km: KeyManager, tmp_path: Path
+) -> None:
+    """The file opened while one exception was handled; another, raised later (which
+    may well get the first one's address), propagates through its close: discarded."""
+    kept = 0
+    for i in range(20):
+        path = tmp_path / f"p{i}"
+        try:
+            raise KeyError("first")
+        except KeyError:
+            f = fsspec.open(
+                f"secureml::file://{path}", "wb", secureml={"manager": km, "key_name": KEY}
+            ).open()
+        f.write(b"partial")
+        try:
+            try:
+                raise RuntimeError("mid-write")
+            finally:
+                f.close()
+        except RuntimeError:
+            pass
+        kept += path.exists()
+    assert kept == 0
+    try:  # a clean write inside the handler it was opened in still appears
+        raise KeyError("handled")
+    except KeyError:
+        with fsspec.open(
+            f"secureml::file://{tmp_path}/ok", "wb", secureml={"manager": km, "key_name": KEY}
+        ) as f:
+            f.write(b"whole")
+    assert km.decrypt((tmp_path / "ok").read_bytes()) == b"whole"
+
+
+def test_a_forked_child_leaves_its_parents_file_alone(km: KeyManager, tmp_path: Path) -> None:
+    fs = SecureMLFileSystem(target_protocol="memory", manager=km, key_name=KEY)
+    path = f"/fork-{os.getpid()}.bin"
+    try:
+        with fs.open(path, "wb") as f:
+            f.write(b"parent's ")
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                for use in (lambda: f.write(b"child"), f.close):
+                    try:
+                        use()
+                        code = 1
+                    except RuntimeError:
+                        pass
+                f.discard()  # quietly lets go
+                os._exit(code)
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+            f.write(b"bytes")
+        with fs.open(path, "rb") as f:
+            assert f.read() == b"parent's bytes"
+    finally:
+        fsspec.filesystem("memory").rm(path)
