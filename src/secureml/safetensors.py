@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import struct
 import sys
@@ -170,9 +171,14 @@ def _items(tensors: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
         raise TypeError(
             f"tensors must be a mapping of names to tensors, not {type(tensors).__name__}"
         )
-    for name, value in tensors.items():
-        if not isinstance(name, str):
-            raise TypeError(f"tensor names must be str, not {type(name).__name__} ({name!r:.60})")
+    seen: set[str] = set()
+    for given, value in tensors.items():
+        if not isinstance(given, str):
+            raise TypeError(f"tensor names must be str, not {type(given).__name__} ({given!r:.60})")
+        name = str.__str__(given)  # a str subclass's own text, as the header will hold it
+        if name in seen:
+            raise ValueError(f"tensor {_shown(name)} is given twice: names must be unique")
+        seen.add(name)
         if name == _METADATA:
             raise ValueError(
                 f"a tensor cannot be named {_METADATA!r}: the header keeps it for metadata"
@@ -530,18 +536,16 @@ class TensorSlice:
             chosen = range(start, stop, step)
             low, high = (chosen[0], chosen[-1] + 1) if chosen else (0, 0)
             local: Any = slice(0, high - low, step)
-        elif isinstance(first, int) and not isinstance(first, bool):
+        elif not isinstance(first, bool) and hasattr(type(first), "__index__"):
+            first = operator.index(first)  # numpy's ints, a 0-d tensor
             position = first + rows if first < 0 else first
             if not 0 <= position < rows:
                 raise IndexError(
                     f"index {first} is out of range for {rows} rows of {_shown(self._name)}"
                 )
             low, high, local = position, position + 1, 0
-        else:
-            raise TypeError(
-                f"index the first dimension of {_shown(self._name)} with an int or a slice, "
-                f"not {type(first).__name__} (or read it whole with get_tensor)"
-            )
+        else:  # None, a bool, a list, a mask: what indexing the whole tensor gives
+            return self._file.get_tensor(self._name)[index]
         row_bytes = math.prod(shape[1:]) * _DTYPES[self._entry.dtype][0]
         begin = self._entry.begin + low * row_bytes
         block = self._file._read(begin, begin + (high - low) * row_bytes)
@@ -582,6 +586,7 @@ def _parse_header(
 ) -> tuple[dict[str, _Entry], dict[str, str] | None]:
     if not raw.startswith(b"{"):
         _not_safetensors(where, "the header does not start with '{'")
+    detail = None
     try:
         parsed = json.loads(
             raw.decode("utf-8"),
@@ -589,9 +594,10 @@ def _parse_header(
             parse_constant=_no_constant,
         )
     except UnicodeDecodeError:
-        _not_safetensors(where, "the header is not UTF-8")
+        detail = "the header is not UTF-8"
     except (ValueError, RecursionError) as exc:
         detail = str(exc) if isinstance(exc, _HeaderError) else "the header is not JSON"
+    if detail is not None:  # raised out here: the parser's error holds the header's text
         _not_safetensors(where, detail)
     if not isinstance(parsed, dict):
         _not_safetensors(where, "the header is not a JSON object")

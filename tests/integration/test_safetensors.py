@@ -289,8 +289,9 @@ def test_get_slice_indexes_like_the_tensor(km: KeyManager, tmp_path: Path) -> No
         assert torch.equal(f.get_slice("s")[()], torch.tensor(4))
         with pytest.raises(IndexError, match="out of range"):
             sl[10]
-        with pytest.raises(TypeError, match="an int or a slice"):
-            sl[[1, 2]]
+        # What safetensors' own slices take too: numpy ints, 0-d tensors, None, lists.
+        for index in [np.int64(2), torch.tensor(1), None, [0, 2], (np.int32(-1), 2)]:
+            assert torch.equal(sl[index], tensor[index]), index
         with pytest.raises(ValueError, match="positive step"):
             sl[::-1]
         with pytest.raises(KeyError, match="no tensor named 'y'"):
@@ -486,3 +487,38 @@ def test_a_big_endian_machine_is_refused(
         save_file({"a": torch.ones(1)}, tmp_path / "b.sml", manager=km, key_name=KEY)
     with pytest.raises(RuntimeError, match="little-endian"):
         load_file(tmp_path / "a.sml", manager=km)
+
+
+def test_a_name_given_twice_is_refused_before_anything_is_written(
+    km: KeyManager, tmp_path: Path
+) -> None:
+    class Twice(dict):  # type: ignore[type-arg]
+        def items(self) -> Any:
+            return [("a", torch.ones(1)), ("a", torch.zeros(1))]
+
+    class Name(str):
+        __hash__ = object.__hash__  # equal text, yet two keys of one dict
+
+        def __eq__(self, other: object) -> bool:
+            return self is other
+
+    for tensors in (Twice(), {"w": torch.ones(1), Name("w"): torch.zeros(1)}):
+        assert len(list(tensors.items())) == 2
+        with pytest.raises(ValueError, match="given twice"):
+            save_file(tensors, tmp_path / "t.sml", manager=km, key_name=KEY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_headers_error_carries_none_of_its_text(km: KeyManager, tmp_path: Path) -> None:
+    header = b'{"__metadata__":{"owner":"TOP-SECRET-PROJECT"},}'
+    for raw in (header, b"{\xff" + header):
+        with km.open_encrypting(tmp_path / "h.sml", KEY) as out:
+            out.write(struct.pack("<Q", len(raw)) + raw)
+        with pytest.raises(ValueError, match="not a safetensors file") as caught:
+            safe_open(tmp_path / "h.sml", "pt", manager=km)
+        seen, todo = [], [caught.value]
+        while todo:
+            exc = todo.pop()
+            seen.append(repr(exc.args) + repr(vars(exc)) + repr(getattr(exc, "doc", "")))
+            todo += [e for e in (exc.__context__, exc.__cause__) if e is not None]
+        assert "TOP-SECRET" not in "".join(seen)
