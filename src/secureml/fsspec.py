@@ -269,9 +269,10 @@ class SecureMLFileSystem(ChainedFileSystem):  # type: ignore[misc]  # fsspec is 
 
     @property
     def _fs_token(self) -> str:
-        # fsspec's token is made of the options' repr: a manager is told apart by itself.
+        # fsspec's token is made of the options' repr: a manager (or a spec: two that
+        # differ only in their audit hook print alike) is told apart by itself.
         token: str = super()._fs_token
-        if isinstance(self._manager, KeyManager):
+        if self._manager is not None:
             return cast(str, tokenize(token, id(self._manager)))
         return token
 

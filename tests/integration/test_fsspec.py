@@ -654,3 +654,15 @@ def test_a_forked_child_leaves_its_parents_file_alone(km: KeyManager, tmp_path: 
             assert f.read() == b"parent's bytes"
     finally:
         fsspec.filesystem("memory").rm(path)
+
+
+def test_specs_that_print_alike_never_share_a_filesystem_token(km: KeyManager) -> None:
+    seen_a: list[object] = []
+    seen_b: list[object] = []
+    specs = [
+        KeyManager(declared_keys=[KEY], audit_hook=hook).spec()
+        for hook in (seen_a.append, seen_b.append)
+    ]
+    a, b = (SecureMLFileSystem(target_protocol="memory", manager=spec) for spec in specs)
+    assert a._fs_token != b._fs_token  # Dask would otherwise reuse one for the other
+    assert a != b
