@@ -19,8 +19,13 @@ The header is authenticated, but anyone holding the key could have written anyth
 it, so it is checked as hostile input before anything is read through it: its length
 (at most 100 MB, as ``safetensors`` allows, and within the file), a JSON object with no
 repeated name, each tensor a known dtype, a shape of non-negative integers and
-``data_offsets`` that match the shape and tile the data area exactly. A file that fails
-raises a ``ValueError`` saying ``not a safetensors file`` and why (never a tensor's bytes).
+``data_offsets`` that match the shape and tile the data area exactly. It is read as
+``safetensors`` (serde_json) reads it, not as ``json.loads`` would: an unpaired
+surrogate escape is refused, ``-0`` is no size, ``"__metadata__": null`` is no
+metadata, and keys of a tensor's entry besides those three are ignored. A file that
+fails raises a ``ValueError`` saying ``not a safetensors file`` and why: never a
+tensor's bytes, at most a tensor name (cut short), and no parser's error holding the
+header's text in its hidden ``__context__``.
 
 torch and numpy are imported only when needed: saving imports neither (it recognises the
 values it is given), loading imports the framework asked for.
@@ -35,16 +40,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import operator
 import os
+import re
 import struct
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO, NoReturn
+from typing import IO, Any, BinaryIO, NamedTuple, NoReturn
 
 from .key_management import ConfigurationError, KeyManager
 from .key_management._boundary import guarded, guarded_class
@@ -90,6 +97,7 @@ _DTYPES: dict[str, tuple[int, str, str | None]] = {
     "U64": (8, "uint64", "<u8"),
 }
 _RANK = {name: rank for rank, name in enumerate(_DTYPES)}
+_ITEMSIZES = {name: size for name, (size, _, _) in _DTYPES.items()}
 # numpy (kind, itemsize) -> safetensors dtype.
 _NUMPY_DTYPES = {
     (code[1], int(code[2:])): name for name, (_, _, code) in _DTYPES.items() if code is not None
@@ -137,8 +145,10 @@ def save_file(
         TypeError: A name, metadata key or value is not a ``str``; a value is neither a
             torch tensor nor a numpy array, or has a dtype safetensors cannot hold.
         ValueError: A tensor is named ``__metadata__``, is sparse, not contiguous, or on
-            the meta device; the header would exceed 100 MB.
-        RuntimeError: This machine is big-endian.
+            the meta device; a name or metadata key is given twice; the header would
+            exceed 100 MB.
+        RuntimeError: A tensor's dtype, shape or size changed while it was saved (its
+            ``.data`` swapped by another thread); this machine is big-endian.
     """
     _require_little_endian()
     planned = sorted(
@@ -149,8 +159,8 @@ def save_file(
     with manager.open_encrypting(path, key_name, aad=aad, segment_size=segment_size) as out:
         out.write(_LENGTH.pack(len(header)) + header)
         for entry in planned:
-            data = entry.data()
-            if data.nbytes != entry.nbytes:  # changed since it was planned
+            data = entry.data()  # None when its dtype or shape changed since it was planned
+            if data is None or data.nbytes != entry.nbytes:
                 raise RuntimeError(f"tensor {_shown(entry.name)} changed while it was saved")
             if data.nbytes:
                 out.write(data)
@@ -163,7 +173,7 @@ class _Planned:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
-    data: Callable[[], memoryview]  # its bytes, made when written
+    data: Callable[[], memoryview | None]  # its bytes, made when written (None: changed)
 
 
 def _items(tensors: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
@@ -216,14 +226,22 @@ def _plan_torch(torch: Any, name: str, value: Any) -> _Planned:
     if dtype is None:
         raise TypeError(f"tensor {shown} is {value.dtype}, which safetensors cannot hold")
 
-    def data() -> memoryview:
+    planned_dtype, shape = value.dtype, tuple(int(d) for d in value.shape)
+
+    def data() -> memoryview | None:
         tensor = value.detach()
+        if (
+            tensor.dtype != planned_dtype
+            or tuple(tensor.shape) != shape
+            or tensor.layout != torch.strided
+            or tensor.device.type == "meta"
+        ):  # another thread swapped its .data since it was planned
+            return None
         if tensor.device.type != "cpu":
             tensor = tensor.to("cpu")  # as safetensors.torch does
         tensor = tensor.resolve_conj().resolve_neg()  # lazy conj/neg views: their values
         return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
 
-    shape = tuple(int(d) for d in value.shape)
     return _Planned(name, dtype, shape, math.prod(shape) * _DTYPES[dtype][0], data)
 
 
@@ -232,14 +250,21 @@ def _plan_numpy(np: Any, name: str, value: Any) -> _Planned:
     if dtype is None or value.dtype.fields is not None:
         raise TypeError(f"tensor {_shown(name)} is {value.dtype}, which safetensors cannot hold")
 
-    def data() -> memoryview:
+    shape = tuple(int(d) for d in value.shape)
+
+    def data() -> memoryview | None:
         array = np.asarray(value)
+        if (
+            _NUMPY_DTYPES.get((array.dtype.kind, array.dtype.itemsize)) != dtype
+            or array.dtype.fields is not None
+            or array.shape != shape
+        ):  # its dtype or shape was set in place since it was planned
+            return None
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
         array = np.ascontiguousarray(array)
         return memoryview(array.reshape(-1).view(np.uint8))
 
-    shape = tuple(int(d) for d in value.shape)
     return _Planned(name, dtype, shape, math.prod(shape) * _DTYPES[dtype][0], data)
 
 
@@ -250,14 +275,19 @@ def _header_bytes(planned: list[_Planned], metadata: Mapping[str, str] | None) -
             raise TypeError(
                 f"metadata must be a mapping of str to str, not {type(metadata).__name__}"
             )
-        for key, value in metadata.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                bad = key if not isinstance(key, str) else value
+        texts: dict[str, str] = {}
+        for given, value in metadata.items():
+            if not isinstance(given, str) or not isinstance(value, str):
+                bad = given if not isinstance(given, str) else value
                 raise TypeError(
                     f"metadata keys and values must be str, not {type(bad).__name__} "
-                    f"(at {key!r:.60}): convert it with str() or json.dumps()"
+                    f"(at {given!r:.60}): convert it with str() or json.dumps()"
                 )
-        header[_METADATA] = dict(metadata)
+            key = str.__str__(given)  # a str subclass's own text, as the header will hold it
+            if key in texts:
+                raise ValueError(f"metadata key {_shown(key)} is given twice: keys must be unique")
+            texts[key] = str.__str__(value)
+        header[_METADATA] = texts
     offset = 0
     for entry in planned:
         end = offset + entry.nbytes
@@ -267,10 +297,12 @@ def _header_bytes(planned: list[_Planned], metadata: Mapping[str, str] | None) -
             "data_offsets": [offset, end],
         }
         offset = end
-    try:  # as serde_json writes it: compact, non-ASCII as is
+    text = None
+    # raised out of the with: the encoder's error holds the header's text
+    with contextlib.suppress(UnicodeEncodeError):  # as serde_json writes: compact, UTF-8
         text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("a tensor name or metadata string is not valid Unicode") from None
+    if text is None:
+        raise ValueError("a tensor name or metadata string is not valid Unicode")
     text += b" " * (-len(text) % 8)
     if len(text) > MAX_HEADER_BYTES:
         raise ValueError(
@@ -288,17 +320,20 @@ def load_file(
     path: str | os.PathLike[str] | BinaryIO,
     *,
     manager: KeyManager,
-    device: str = "cpu",
+    device: Any = "cpu",
     aad: bytes = b"",
     framework: str = "pt",
 ) -> dict[str, Any]:
     """Read every tensor of an encrypted safetensors file (as ``safetensors``'
-    ``load_file`` does a plain one), each segment decrypted once.
+    ``load_file`` does a plain one), in the order their bytes lie in the file: each
+    segment is decrypted once, the last one at most twice (it is also read, and proven,
+    when the file opens).
 
     Args:
         path: The encrypted file: a path, or a seekable binary file object.
         manager: The key manager that decrypts.
-        device: Where the tensors go (torch only; numpy arrays are on the CPU).
+        device: Where the tensors go (torch only; numpy arrays are on the CPU): what
+            ``torch.device`` takes.
         aad: The associated data it was written with.
         framework: ``pt`` (or ``torch``) for torch tensors, ``np`` (or ``numpy``) for
             numpy arrays.
@@ -309,8 +344,9 @@ def load_file(
     Raises:
         InvalidCiphertextError: Not a secureml file, a wrong key or ``aad``, or a
             segment that does not authenticate.
-        ValueError: Not a safetensors file inside; an unknown ``framework``; a dtype
-            the framework has no type for.
+        ValueError: Not a safetensors file inside; an unknown ``framework``; a device
+            torch does not know or cannot use here; a dtype or shape the framework
+            cannot make.
     """
     with safe_open(path, framework, manager=manager, device=device, aad=aad) as f:
         loaded = {name: f.get_tensor(name) for name in f.offset_keys()}
@@ -323,7 +359,7 @@ def safe_open(
     framework: str,
     *,
     manager: KeyManager,
-    device: str = "cpu",
+    device: Any = "cpu",
     aad: bytes = b"",
 ) -> SafetensorsFile:
     """Open an encrypted safetensors file for lazy reads, as ``safetensors.safe_open``
@@ -333,7 +369,8 @@ def safe_open(
         path: The encrypted file: a path, or a seekable binary file object.
         framework: ``pt`` (or ``torch``) or ``np`` (or ``numpy``).
         manager: The key manager that decrypts.
-        device: Where tensors go (torch only).
+        device: Where tensors go (torch only): what ``torch.device`` takes, checked
+            before the file is opened.
         aad: The associated data it was written with.
 
     Returns:
@@ -342,17 +379,24 @@ def safe_open(
     Raises:
         InvalidCiphertextError: Not a secureml file, cut short, a wrong key or ``aad``.
         ValueError: Not a safetensors file inside (the message says why); an unknown
-            ``framework``, or a device other than ``cpu`` for numpy.
+            ``framework``, or a device other than ``cpu`` for numpy; a device torch does
+            not know, ``meta``, or one this process cannot use (no CUDA, say).
     """
     return SafetensorsFile(path, framework, manager=manager, device=device, aad=aad)
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     dtype: str
     shape: tuple[int, ...]
     begin: int
     end: int
+
+
+#: Strided row slices: rows at least this far apart (the gap between one chosen row's
+#: end and the next one's start) are read one by one; closer ones are read together in
+#: windows of at most _WINDOW bytes, from which the chosen rows are copied out.
+_FAR = 1 << 16
+_WINDOW = 1 << 22
 
 
 @guarded_class
@@ -370,7 +414,7 @@ class SafetensorsFile:
         framework: str,
         *,
         manager: KeyManager,
-        device: str = "cpu",
+        device: Any = "cpu",
         aad: bytes = b"",
     ) -> None:
         _require_little_endian()
@@ -383,7 +427,8 @@ class SafetensorsFile:
             raise ValueError(f"numpy arrays live on the CPU: device must be 'cpu', not {device!r}")
         self._framework = kind
         self._module = _torch() if kind == "pt" else _numpy()
-        self._device = device
+        # Checked before anything is decrypted: where the tensors go, or None (the CPU).
+        self._device = _torch_device(self._module, device) if kind == "pt" else None
         self._where = _where(path)
         self._lock = threading.Lock()
         self._reader: BinaryIO = manager.open_encrypted(path, aad=aad)
@@ -435,15 +480,17 @@ class SafetensorsFile:
         Raises:
             KeyError: The file has no tensor ``name``.
             InvalidCiphertextError: A segment of it does not authenticate.
-            ValueError: Its dtype has no type in the framework; a ``BOOL`` tensor holds
-                bytes other than 0 and 1.
+            ValueError: Its dtype or shape has no type in the framework (numpy makes
+                at most 64 dimensions, BF16 and float8 not at all); a ``BOOL`` tensor
+                holds bytes other than 0 and 1.
         """
         entry = self._entry(name)
         return self._make(name, entry, self._read(entry.begin, entry.end), entry.shape)
 
     def get_slice(self, name: str) -> TensorSlice:
-        """A lazy view of tensor ``name``: index it (``[a:b]``, ``[i]``, ``[a:b, ...]``)
-        to read only the rows of its first dimension the index selects.
+        """A lazy view of tensor ``name``: index it (``[a:b]``, ``[i]``, ``[a:b:k, ...]``)
+        to read only the rows of its first dimension the index selects (see
+        :class:`TensorSlice` for what is read).
 
         Raises:
             KeyError: The file has no tensor ``name``.
@@ -464,10 +511,13 @@ class SafetensorsFile:
 
     def _read(self, begin: int, end: int) -> bytearray:
         buffer = bytearray(end - begin)
+        self._read_into(begin, memoryview(buffer))
+        return buffer
+
+    def _read_into(self, begin: int, view: memoryview) -> None:
         with self._lock:  # a seek and its read, not split by another thread's
             self._reader.seek(self._data_start + begin)
-            _fill(self._reader, buffer, self._where)
-        return buffer
+            _fill(self._reader, view, self._where)
 
     def _make(self, name: str, entry: _Entry, buffer: bytearray, shape: tuple[int, ...]) -> Any:
         dtype = entry.dtype
@@ -477,6 +527,7 @@ class SafetensorsFile:
                 "holds bytes other than 0 and 1)"
             )
         _, torch_name, numpy_code = _DTYPES[dtype]
+        made: Any = None
         if self._framework == "np":
             np = self._module
             if numpy_code is None:
@@ -484,27 +535,53 @@ class SafetensorsFile:
                     f"tensor {_shown(name)} is {dtype}, which numpy has no dtype for: "
                     "read it with framework='pt'"
                 )
-            return np.frombuffer(buffer, dtype=np.dtype(numpy_code)).reshape(shape)
-        torch = self._module
-        torch_dtype = getattr(torch, torch_name, None)
-        if torch_dtype is None:
+            # numpy makes at most 64 dimensions, and no shape over 2**63 bytes even
+            # with a 0 in it: refused below, in this module's words
+            with contextlib.suppress(ValueError):
+                made = np.frombuffer(buffer, dtype=np.dtype(numpy_code)).reshape(shape)
+        else:
+            torch = self._module
+            torch_dtype = getattr(torch, torch_name, None)
+            if torch_dtype is None:
+                raise ValueError(
+                    f"tensor {_shown(name)} is {dtype}, which this torch ({torch.__version__}) "
+                    "has no dtype for"
+                )
+            with contextlib.suppress(ValueError, RuntimeError):  # refused below, too
+                if buffer:
+                    made = torch.frombuffer(buffer, dtype=torch.uint8).view(torch_dtype)
+                    made = made.reshape(shape) if made.numel() == math.prod(shape) else None
+                else:  # frombuffer takes no empty buffer
+                    made = torch.empty(shape, dtype=torch_dtype)
+            if made is not None and self._device is not None:
+                made = made.to(self._device)
+        if made is None:
+            shown_shape = str(list(shape))
+            if len(shown_shape) > 60:
+                shown_shape = shown_shape[:57] + "..."
+            framework = "numpy" if self._framework == "np" else "torch"
             raise ValueError(
-                f"tensor {_shown(name)} is {dtype}, which this torch ({torch.__version__}) "
-                "has no dtype for"
+                f"tensor {_shown(name)} has a shape {framework} cannot make "
+                f"({len(shape)} dimensions: {shown_shape})"
+                + (": read it with framework='pt'" if framework == "numpy" else "")
             )
-        if buffer:
-            tensor = torch.frombuffer(buffer, dtype=torch.uint8).view(torch_dtype).reshape(shape)
-        else:  # frombuffer takes no empty buffer
-            tensor = torch.empty(shape, dtype=torch_dtype)
-        return tensor if self._device == "cpu" else tensor.to(self._device)
+        return made
 
 
 @guarded_class
 class TensorSlice:
     """A lazy view of one tensor of a :class:`SafetensorsFile` (made by
-    :meth:`SafetensorsFile.get_slice`): indexing it reads only the rows of the first
-    dimension the index selects (an ``int``, or a ``slice`` with a positive step), and
-    applies the rest of the index to them in memory.
+    :meth:`SafetensorsFile.get_slice`).
+
+    Indexing it with an ``int`` (numpy's and 0-d integer tensors too) or a ``slice``
+    with a positive step first reads only the rows of the first dimension it selects,
+    then applies the rest of the index to them in memory: a step of 1 is one read of
+    those rows; with a larger step, rows 64 KiB or more apart are read one by one, and
+    closer ones in windows of at most 4 MiB from which the chosen rows are copied (the
+    rows between them are decrypted but not kept). What comes back never holds on to
+    much more than itself: a result less than half the rows read is a copy. Any other
+    first index (``...``, ``None``, a bool, a list, a tensor or array of indices or a
+    mask) reads the whole tensor and indexes it as ``get_tensor(name)[index]`` would.
     """
 
     def __init__(self, file: SafetensorsFile, name: str, entry: _Entry) -> None:
@@ -524,37 +601,120 @@ class TensorSlice:
     def __getitem__(self, index: Any) -> Any:
         parts = index if isinstance(index, tuple) else (index,)
         shape = self._entry.shape
-        if not parts or not shape or parts[0] is Ellipsis:
+        first = _first_position(parts[0]) if parts and shape else _WHOLE
+        if first is _WHOLE:
             whole = self._file.get_tensor(self._name)
             return whole[index] if parts else whole
-        first, rest = parts[0], parts[1:]
         rows = shape[0]
         if isinstance(first, slice):
             start, stop, step = first.indices(rows)
             if step <= 0:
                 raise ValueError(f"slices of {_shown(self._name)} need a positive step")
             chosen = range(start, stop, step)
-            low, high = (chosen[0], chosen[-1] + 1) if chosen else (0, 0)
-            local: Any = slice(0, high - low, step)
-        elif not isinstance(first, bool) and hasattr(type(first), "__index__"):
-            first = operator.index(first)  # numpy's ints, a 0-d tensor
+            local: Any = slice(None)
+        else:
             position = first + rows if first < 0 else first
             if not 0 <= position < rows:
                 raise IndexError(
                     f"index {first} is out of range for {rows} rows of {_shown(self._name)}"
                 )
-            low, high, local = position, position + 1, 0
-        else:  # None, a bool, a list, a mask: what indexing the whole tensor gives
-            return self._file.get_tensor(self._name)[index]
-        row_bytes = math.prod(shape[1:]) * _DTYPES[self._entry.dtype][0]
-        begin = self._entry.begin + low * row_bytes
-        block = self._file._read(begin, begin + (high - low) * row_bytes)
-        tensor = self._file._make(self._name, self._entry, block, (high - low, *shape[1:]))
-        within = (local, *rest)
-        return tensor[within]
+            chosen, local = range(position, position + 1), 0
+        block = self._rows(chosen)
+        tensor = self._file._make(self._name, self._entry, block, (len(chosen), *shape[1:]))
+        within = (local, *parts[1:])
+        result = tensor[within]
+        if result.nbytes * 2 < len(block):  # a few of the rows read: let go of the rest
+            copy = getattr(result, "clone", None)
+            result = result.copy() if copy is None else copy(memory_format=self._contiguous())
+        return result
 
     def __repr__(self) -> str:
         return f"<TensorSlice {_shown(self._name)} {self.get_dtype()} {self.get_shape()}>"
+
+    def _contiguous(self) -> Any:
+        return self._file._module.contiguous_format
+
+    def _rows(self, chosen: range) -> bytearray:
+        """The bytes of rows ``chosen`` (a range with a positive step), back to back."""
+        row_bytes = math.prod(self._entry.shape[1:]) * _DTYPES[self._entry.dtype][0]
+        count, step = len(chosen), chosen.step
+        begin = self._entry.begin + chosen.start * row_bytes
+        if count <= 1 or step == 1 or not row_bytes:
+            return self._file._read(begin, begin + count * row_bytes)  # one span (or none)
+        out = bytearray(count * row_bytes)
+        stride = step * row_bytes
+        together = 1 if stride - row_bytes >= _FAR else max(1, _WINDOW // stride)
+        if together == 1:  # far apart: each row its own read, straight into place
+            view = memoryview(out)
+            for i in range(count):
+                self._file._read_into(begin + i * stride, view[i * row_bytes : (i + 1) * row_bytes])
+            return out
+        module = self._file._module
+        into = module.frombuffer(out, dtype=module.uint8).reshape(count, row_bytes)
+        window = bytearray(together * stride)  # `together` rows, each followed by its gap
+        rows_of = module.frombuffer(window, dtype=module.uint8).reshape(together, stride)
+        try:
+            for i in range(0, count, together):
+                k = min(together, count - i)
+                self._file._read_into(
+                    begin + i * stride, memoryview(window)[: (k - 1) * stride + row_bytes]
+                )
+                into[i : i + k] = rows_of[:k, :row_bytes]
+        finally:
+            window[:] = bytes(len(window))  # the rows between, read but not asked for
+        return out
+
+
+_WHOLE: Any = object()  # a first index that reads the whole tensor
+
+
+def _first_position(first: Any) -> Any:  # noqa: PLR0911 - one return per kind of index
+    """What a slice's first index is, as ``torch`` and ``numpy`` read it: a ``slice``,
+    an ``int``, or ``_WHOLE`` (``...``, ``None``, a bool, a list, indices or a mask)."""
+    if isinstance(first, slice):
+        return first
+    if first is None or first is Ellipsis or isinstance(first, (bool, list)):
+        return _WHOLE
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(first, torch.Tensor):
+        # torch takes a 0-d integer tensor as an int, a uint8 one as a mask (as a bool)
+        integer = not (first.is_floating_point() or first.is_complex())
+        if first.ndim == 0 and integer and first.dtype not in (torch.bool, torch.uint8):
+            return operator.index(first)
+        return _WHOLE
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(first, (np.ndarray, np.generic)):
+        if first.ndim == 0 and first.dtype.kind in "iu":
+            return operator.index(first)
+        return _WHOLE
+    if hasattr(type(first), "__index__"):
+        return operator.index(first)
+    return _WHOLE
+
+
+def _torch_device(torch: Any, device: Any) -> Any:
+    """``device`` as a ``torch.device``, checked usable, or None for the CPU."""
+    try:
+        chosen = torch.device(device)
+    except (TypeError, ValueError, RuntimeError):
+        chosen = None  # raised out of here, in one line
+    if chosen is None:
+        raise ValueError(
+            f"device {device!r:.60} is not a torch device (such as 'cpu', 'cuda' or 'cuda:1')"
+        )
+    if chosen.type == "meta":
+        raise ValueError("device 'meta' holds no data: read tensors to a real device")
+    if chosen.type == "cpu":
+        return None
+    problem = None
+    try:
+        torch.empty(0, device=chosen)
+    except Exception as exc:  # torch says "not compiled with CUDA" with an AssertionError
+        lines = str(exc).strip().splitlines()
+        problem = (lines[0] if lines else type(exc).__name__)[:120]
+    if problem is not None:
+        raise ValueError(f"device {str(chosen)!r} cannot be used here: {problem}")
+    return chosen
 
 
 # -- the header, as hostile input -----------------------------------------------------------
@@ -584,38 +744,32 @@ def _read_header(
 def _parse_header(
     raw: bytes | bytearray, data_bytes: int, where: str
 ) -> tuple[dict[str, _Entry], dict[str, str] | None]:
-    if not raw.startswith(b"{"):
-        _not_safetensors(where, "the header does not start with '{'")
-    detail = None
-    try:
-        parsed = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_no_repeats,
-            parse_constant=_no_constant,
-        )
-    except UnicodeDecodeError:
-        detail = "the header is not UTF-8"
-    except (ValueError, RecursionError) as exc:
-        detail = str(exc) if isinstance(exc, _HeaderError) else "the header is not JSON"
-    if detail is not None:  # raised out here: the parser's error holds the header's text
-        _not_safetensors(where, detail)
-    if not isinstance(parsed, dict):
-        _not_safetensors(where, "the header is not a JSON object")
+    parsed, problem = _load_json(raw)
+    if problem is not None:  # raised out here: the parser's error holds the header's text
+        _not_safetensors(where, problem)
     metadata: dict[str, str] | None = None
     entries: dict[str, _Entry] = {}
+    end, in_order = 0, True  # the tensors tile the data in the header's order (as written)
     for name, info in parsed.items():
         if name == _METADATA:
-            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+            if info is not None and (
+                type(info) is not dict or not all(type(v) is str for v in info.values())
+            ):
                 _not_safetensors(where, "__metadata__ is not an object of strings")
             metadata = info
+            continue
+        entry = entries[name] = _parse_entry(name, info, where)
+        if in_order and entry.begin == end:
+            end = entry.end
         else:
-            entries[name] = _parse_entry(name, info, where)
-    end = 0
-    for name, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
-        if entry.begin != end:
-            problem = "overlap another tensor's" if entry.begin < end else "leave a gap before it"
-            _not_safetensors(where, f"the data_offsets of tensor {_shown(name)} {problem}")
-        end = entry.end
+            in_order = False
+    if not in_order:  # tile them by their offsets
+        end = 0
+        for begin, stop, name in sorted((e.begin, e.end, n) for n, e in entries.items()):
+            if begin != end:
+                problem = "overlap another tensor's" if begin < end else "leave a gap before it"
+                _not_safetensors(where, f"the data_offsets of tensor {_shown(name)} {problem}")
+            end = stop
     if end != data_bytes:
         _not_safetensors(
             where, f"the tensors take {end} bytes of the {data_bytes} after the header"
@@ -623,29 +777,113 @@ def _parse_header(
     return entries, metadata
 
 
-def _parse_entry(name: str, info: Any, where: str) -> _Entry:
-    shown = _shown(name)
-    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-        _not_safetensors(where, f"tensor {shown} is not an object of dtype, shape and data_offsets")
-    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in _DTYPES:
-        _not_safetensors(where, f"tensor {shown} has an unknown or unsupported dtype {dtype!r:.40}")
-    if not isinstance(shape, list) or not all(_is_size(d) for d in shape):
-        _not_safetensors(
-            where, f"the shape of tensor {shown} is not a list of non-negative integers"
+def _load_json(  # noqa: PLR0911 - one return per way a header fails
+    raw: bytes | bytearray,
+) -> tuple[dict[str, Any], str | None]:
+    """The header parsed, or why it is not a safetensors header (no exception of the
+    parser's leaves here: they hold the header's text)."""
+    if not raw.startswith(b"{"):
+        return {}, "the header does not start with '{'"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {}, "the header is not UTF-8"
+    # serde_json (safetensors) reads -0 as a float, no size: so do we (a rare hook)
+    parse_int = _int_or_float_zero if _NEGATIVE_ZERO.search(text) else None
+    try:
+        parsed = json.loads(
+            text,
+            object_pairs_hook=_no_repeats,
+            parse_constant=_no_constant,
+            parse_int=parse_int,
         )
-    if math.prod(d for d in shape if d) > _MAX_DIM:
-        _not_safetensors(where, f"the shape of tensor {shown} is too large")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_size(o) for o in offsets):
+    except _HeaderError as exc:
+        return {}, str(exc)
+    except (ValueError, RecursionError):
+        return {}, "the header is not JSON"
+    if type(parsed) is not dict:
+        return {}, "the header is not a JSON object"
+    if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(parsed):
+        return {}, "the header holds an unpaired surrogate escape, which is not Unicode"
+    return parsed, None
+
+
+def _parse_entry(name: str, info: Any, where: str) -> _Entry:
+    """Tensor ``name``'s entry checked: a dict of a known dtype, a shape of sizes and
+    two data_offsets matching it (as safetensors does, other keys are let be)."""
+    if type(info) is dict:  # the usual entry, checked in a few steps
+        dtype: Any = info.get("dtype")
+        shape: Any = info.get("shape")
+        offsets: Any = info.get("data_offsets")
+        itemsize = _ITEMSIZES.get(dtype) if type(dtype) is str else None
+        if itemsize and type(shape) is list and type(offsets) is list and len(shape) < 64:
+            values = shape + offsets
+            if (
+                len(offsets) == 2
+                and set(map(type, values)) == _INT
+                and min(values) >= 0
+                and max(values) <= _MAX_DIM
+            ):
+                begin, end = offsets
+                nonzero = math.prod(filter(None, shape))
+                count = 0 if 0 in shape else nonzero
+                if nonzero <= _MAX_DIM and begin <= end and end - begin == count * itemsize:
+                    return _Entry(dtype, tuple(shape), begin, end)
+    return _checked_entry(name, info, where)  # what is wrong, or a shape of 64 or more
+
+
+def _checked_entry(name: str, info: Any, where: str) -> _Entry:
+    if type(info) is dict:
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    else:
+        dtype = shape = offsets = None
+    if dtype is None or shape is None or offsets is None:
         _not_safetensors(
-            where, f"the data_offsets of tensor {shown} are not two non-negative integers"
+            where, f"tensor {_shown(name)} is not an object of dtype, shape and data_offsets"
+        )
+    itemsize = _ITEMSIZES.get(dtype) if type(dtype) is str else None
+    if not itemsize:
+        _not_safetensors(
+            where, f"tensor {_shown(name)} has an unknown or unsupported dtype {dtype!r:.40}"
+        )
+    if type(shape) is not list or (shape and not _sizes(shape)):
+        _not_safetensors(
+            where, f"the shape of tensor {_shown(name)} is not a list of non-negative integers"
+        )
+    count = _count(shape)
+    if count is None:
+        _not_safetensors(where, f"the shape of tensor {_shown(name)} is too large")
+    if type(offsets) is not list or len(offsets) != 2 or not _sizes(offsets):
+        _not_safetensors(
+            where, f"the data_offsets of tensor {_shown(name)} are not two non-negative integers"
         )
     begin, end = offsets
-    if end < begin or end - begin != math.prod(shape) * _DTYPES[dtype][0]:
+    if end < begin or end - begin != count * itemsize:
         _not_safetensors(
-            where, f"the data_offsets of tensor {shown} do not match its shape and dtype"
+            where, f"the data_offsets of tensor {_shown(name)} do not match its shape and dtype"
         )
     return _Entry(dtype, tuple(shape), begin, end)
+
+
+def _sizes(values: list[Any]) -> bool:
+    """Whether ``values`` (not empty) are all ints (not bools) of 0 to ``_MAX_DIM``."""
+    return set(map(type, values)) == _INT and min(values) >= 0 and max(values) <= _MAX_DIM
+
+
+def _count(shape: list[int]) -> int | None:
+    """The elements of ``shape``, or None when it is too large (its dimensions other
+    than 0 taking more than ``_MAX_DIM``, as one without a 0 would), without multiplying
+    out a shape of millions of dimensions: each of 2 or more at least doubles it."""
+    if len(shape) > 63:
+        big = [d for d in shape if d > 1]
+        if len(big) > 63:
+            return None
+        nonzero = math.prod(big)
+    else:
+        nonzero = math.prod(filter(None, shape))
+    if nonzero > _MAX_DIM:
+        return None
+    return 0 if 0 in shape else nonzero
 
 
 class _HeaderError(ValueError):
@@ -653,11 +891,13 @@ class _HeaderError(ValueError):
 
 
 def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:  # json.loads would keep the last: readers could disagree
-            raise _HeaderError(f"the header names {_shown(key)} twice")
-        found[key] = value
+    found = dict(pairs)
+    if len(found) != len(pairs):  # json.loads would keep the last: readers could disagree
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _HeaderError(f"the header names {_shown(key)} twice")
+            seen.add(key)
     return found
 
 
@@ -665,8 +905,29 @@ def _no_constant(word: str) -> NoReturn:
     raise _HeaderError(f"the header holds {word}, which is not JSON")
 
 
-def _is_size(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= _MAX_DIM
+def _int_or_float_zero(digits: str) -> int | float:
+    return -0.0 if digits == "-0" else int(digits)
+
+
+def _holds_lone_surrogate(parsed: Any) -> bool:
+    todo = [parsed]
+    while todo:
+        item = todo.pop()
+        if type(item) is str:
+            if _SURROGATE.search(item):
+                return True
+        elif type(item) is dict:
+            todo += item
+            todo += item.values()
+        elif type(item) is list:
+            todo += item
+    return False
+
+
+_INT = {int}
+_NEGATIVE_ZERO = re.compile(r"-0(?![.eE0-9])")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _not_safetensors(where: str, detail: str) -> NoReturn:
@@ -676,7 +937,7 @@ def _not_safetensors(where: str, detail: str) -> NoReturn:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _fill(reader: IO[bytes], buffer: bytearray, where: str) -> None:
+def _fill(reader: IO[bytes], buffer: bytearray | memoryview, where: str) -> None:
     view = memoryview(buffer)
     done = 0
     while done < len(view):

@@ -5,11 +5,13 @@ holder crafted."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -374,11 +376,27 @@ HOSTILE = {
     "NaN": (_file(None, raw=b'{"a":{"dtype":"F32","shape":[NaN],"data_offsets":[0,0]}}'), "NaN"),
     "unknown dtype": (_file({"a": _entry("F4")}, SECRET[:8]), "unsupported dtype 'F4'"),
     "entry not an object": (_file({"a": [1, 2]}), "not an object of dtype"),
-    "extra field": (_file({"a": {**_entry(), "x": 1}}, SECRET[:8]), "not an object of dtype"),
+    "a field missing": (_file({"a": {"dtype": "F32", "shape": [2]}}), "not an object of dtype"),
     "negative dim": (_file({"a": _entry(shape=[-2])}, SECRET[:8]), "non-negative integers"),
     "float dim": (_file({"a": _entry(shape=[2.0])}, SECRET[:8]), "non-negative integers"),
     "bool dim": (_file({"a": _entry(shape=[True, 2])}, SECRET[:8]), "non-negative integers"),
     "shape not a list": (_file({"a": _entry(shape="2")}, SECRET[:8]), "non-negative integers"),
+    "negative zero": (  # json.loads gives 0; serde_json (safetensors) -0.0, no size
+        _file(None, raw=b'{"a":{"dtype":"F32","shape":[-0],"data_offsets":[0,0]}}'),
+        "non-negative integers",
+    ),
+    "negative zero offset": (
+        _file(None, raw=b'{"a":{"dtype":"F32","shape":[0],"data_offsets":[-0,0]}}'),
+        "two non-negative integers",
+    ),
+    "lone surrogate": (  # json.loads makes a str no UTF-8 can hold; serde_json refuses
+        _file(None, SECRET[:8], raw=b'{"\\ud800":' + json.dumps(_entry()).encode() + b"}"),
+        "unpaired surrogate",
+    ),
+    "lone surrogate in metadata": (
+        _file(None, raw=b'{"__metadata__":{"k":"\\udfff"}}'),
+        "unpaired surrogate",
+    ),
     "enormous shape": (
         _file({"a": _entry(shape=[0, 2**40, 2**40], offsets=[0, 0])}),
         "is too large",
@@ -516,9 +534,280 @@ def test_a_bad_headers_error_carries_none_of_its_text(km: KeyManager, tmp_path: 
             out.write(struct.pack("<Q", len(raw)) + raw)
         with pytest.raises(ValueError, match="not a safetensors file") as caught:
             safe_open(tmp_path / "h.sml", "pt", manager=km)
-        seen, todo = [], [caught.value]
+        seen: list[str] = []
+        todo: list[BaseException] = [caught.value]
         while todo:
             exc = todo.pop()
             seen.append(repr(exc.args) + repr(vars(exc)) + repr(getattr(exc, "doc", "")))
             todo += [e for e in (exc.__context__, exc.__cause__) if e is not None]
         assert "TOP-SECRET" not in "".join(seen)
+
+
+# -- the review's findings -----------------------------------------------------------------
+
+
+def _storage_bytes(value: Any) -> int:
+    """The bytes of the memory ``value`` holds on to (its whole buffer, not its view)."""
+    if isinstance(value, np.ndarray):
+        while isinstance(value.base, np.ndarray):
+            value = value.base
+        return memoryview(value.base).nbytes if value.base is not None else value.nbytes
+    return int(value.untyped_storage().nbytes())
+
+
+def test_a_strided_slice_reads_and_keeps_only_its_rows(km: KeyManager, tmp_path: Path) -> None:
+    embed = torch.randn(1000, 1000)  # rows of 4000 bytes, 4 MB in 64 KiB segments
+    flat = torch.arange(400_000, dtype=torch.int32)  # rows of 4 bytes
+    empty_rows = torch.zeros(50, 0)
+    path = tmp_path / "e.sml"
+    save_file(
+        {"embed": embed, "flat": flat, "none": empty_rows},
+        path,
+        manager=km,
+        key_name=KEY,
+        segment_size=SEGMENT,
+    )
+    with safe_open(path, "pt", manager=km) as f:
+        sl = f.get_slice("embed")
+        before = f.segments_decrypted
+        rows = sl[::100]  # 10 rows 400 KB apart: each its own read
+        assert torch.equal(rows, embed[::100])
+        assert _storage_bytes(rows) == rows.nbytes  # no span of 3.6 MB pinned behind it
+        assert f.segments_decrypted - before <= 2 * 10  # not the span's ~55 segments
+        for index in [
+            slice(3, 998, 7), slice(1, None, 2), slice(5, 6, 9), slice(990, 2000, 20),
+            slice(4, 4, 3), (slice(0, None, 50), 7), (slice(2, 900, 3), slice(10, 12)),
+            (slice(0, 40), 3), (slice(None, None, 333), Ellipsis, None),
+        ]:  # fmt: skip
+            got = sl[index]
+            assert torch.equal(got, embed[index]), index
+            assert _storage_bytes(got) <= 2 * max(got.nbytes, 1), index
+        dense = f.get_slice("flat")[1::3]  # tiny rows close together: read in windows
+        assert torch.equal(dense, flat[1::3])
+        assert _storage_bytes(dense) == dense.nbytes
+        assert torch.equal(f.get_slice("none")[::7], empty_rows[::7])
+    with safe_open(path, "np", manager=km) as f:
+        got = f.get_slice("flat")[7::5]
+        assert np.array_equal(got, flat.numpy()[7::5])
+        assert _storage_bytes(got) == got.nbytes
+        column = f.get_slice("embed")[::9, 4]
+        assert np.array_equal(column, embed.numpy()[::9, 4])
+        assert _storage_bytes(column) == column.nbytes
+
+
+def test_get_slice_takes_the_first_index_safetensors_takes(km: KeyManager, tmp_path: Path) -> None:
+    w = torch.arange(12.0).reshape(4, 3)
+    save_file({"w": w}, tmp_path / "w.sml", manager=km, key_name=KEY)
+    km.decrypt_file(tmp_path / "w.sml", tmp_path / "w.safetensors")
+    indices = [
+        np.int64(2), np.int32(-1), np.uint8(3), np.array(2), torch.tensor(1),
+        torch.tensor(-2, dtype=torch.int16), torch.tensor(1, dtype=torch.uint8),
+        torch.tensor(True), torch.tensor([1]), torch.tensor([0, 2]),
+        torch.tensor([True, False, True, False]), np.array([0, 2]), np.array([1]), None,
+        True, False, [0, 2], [True, False, True, False], (None, 1), (np.int64(1), slice(0, 2)),
+        ([0, 1], [1, 2]), (torch.tensor(3), Ellipsis), (Ellipsis, None),
+    ]  # fmt: skip
+    with (
+        safe_open(tmp_path / "w.sml", "pt", manager=km) as f,
+        st_torch.safe_open(tmp_path / "w.safetensors", "pt") as g,
+    ):
+        mine, theirs = f.get_slice("w"), g.get_slice("w")
+        for index in indices:
+            expected = theirs[index]
+            got = mine[index]
+            assert got.shape == expected.shape, index
+            assert torch.equal(got, expected), index
+        for bad in [1.0, np.True_, torch.tensor(1.0)]:  # refused as torch refuses them
+            with pytest.raises(IndexError):
+                theirs[bad]
+            with pytest.raises(IndexError):
+                mine[bad]
+
+
+def _texts(exc: BaseException) -> str:
+    """Everything reachable from ``exc``: its chain, args, attributes and the locals of
+    the frames past the first (the test's own)."""
+    found, todo, seen = [], [exc], set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(repr(current.args) + repr(vars(current)))
+        for attr in dir(current):
+            if not attr.startswith("__"):
+                found.append(repr(getattr(current, attr, None)))
+        tb = current.__traceback__
+        tb = tb.tb_next if tb is not None and current is exc else tb
+        while tb is not None:
+            found.append(repr(tb.tb_frame.f_locals))
+            tb = tb.tb_next
+        todo += [e for e in (current.__context__, current.__cause__) if e is not None]
+    return "".join(found)
+
+
+def test_no_error_carries_the_headers_text(km: KeyManager, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not valid Unicode") as caught:  # saving
+        save_file(
+            {"w\ud800": torch.ones(1)},
+            tmp_path / "s.sml",
+            manager=km,
+            key_name=KEY,
+            metadata={"owner": "TOP-SECRET-PROJECT"},
+        )
+    assert "TOP-SECRET" not in _texts(caught.value)
+    assert not list(tmp_path.iterdir())
+    for raw in (
+        b'{"__metadata__":{"owner":"TOP-SECRET-PROJECT"},}',
+        b'{"__metadata__":{"owner":"TOP-SECRET-PROJECT\xff"}}',
+        b'{"__metadata__":{"owner":"TOP-SECRET-PROJECT"},"a":{},"a":{}}',
+        b'{"__metadata__":{"owner":"TOP-SECRET-PROJECT"},"a":NaN}',
+    ):
+        _write_plain(km, tmp_path / "h.sml", struct.pack("<Q", len(raw)) + raw)
+        with pytest.raises(ValueError, match="not a safetensors file") as caught:
+            safe_open(tmp_path / "h.sml", "pt", manager=km)
+        assert "TOP-SECRET" not in _texts(caught.value), raw
+
+
+def test_a_metadata_key_given_twice_is_refused(km: KeyManager, tmp_path: Path) -> None:
+    class Twice(dict):  # type: ignore[type-arg]
+        def items(self) -> Any:
+            return [("k", "1"), ("k", "2")]
+
+    class Key(str):
+        __hash__ = object.__hash__
+
+        def __eq__(self, other: object) -> bool:
+            return self is other
+
+        def __str__(self) -> str:
+            return "not the text"
+
+    for metadata in (Twice(), {"k": "1", Key("k"): "2"}):
+        with pytest.raises(ValueError, match="metadata key 'k' is given twice"):
+            save_file({"a": torch.ones(1)}, tmp_path / "m.sml", manager=km, key_name=KEY,
+                      metadata=metadata)  # fmt: skip
+    assert not list(tmp_path.iterdir())
+    save_file({Key("a"): torch.ones(1)}, tmp_path / "m.sml", manager=km, key_name=KEY,
+              metadata={Key("k"): Key("v")})  # fmt: skip
+    with safe_open(tmp_path / "m.sml", "pt", manager=km) as f:  # the text, not __str__'s
+        assert f.keys() == ["a"]
+        assert f.metadata() == {"k": "v"}
+
+
+def test_the_device_is_checked_before_anything_is_decrypted(
+    km: KeyManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_file({"w": torch.ones(3)}, tmp_path / "w.sml", manager=km, key_name=KEY)
+    opened: list[object] = []
+    real = km.open_encrypted
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(km, "open_encrypted", counted)
+    bad = [("nope", "not a torch device"), (3.5, "not a torch device"), ("meta", "'meta' holds")]
+    if not torch.cuda.is_available():
+        bad.append(("cuda", "'cuda' cannot be used here"))
+    for device, match in bad:
+        with pytest.raises(ValueError, match=match) as caught:
+            safe_open(tmp_path / "w.sml", "pt", manager=km, device=device)
+        assert "\n" not in str(caught.value)
+        assert len(str(caught.value)) < 200
+        with pytest.raises(ValueError, match=match):
+            load_file(tmp_path / "w.sml", manager=km, device=device)
+    assert opened == []
+    for device in ("cpu", torch.device("cpu"), "cpu:0"):
+        back = load_file(tmp_path / "w.sml", manager=km, device=device)
+        assert torch.equal(back["w"], torch.ones(3))
+    assert len(opened) == 3
+
+
+def test_a_tensor_changed_while_saved_is_refused(km: KeyManager, tmp_path: Path) -> None:
+    class Hooked(io.BytesIO):  # runs `hook` when the first ciphertext is written
+        hook: Any = None
+
+        def write(self, data: Any) -> int:
+            if self.hook is not None:
+                self.hook, hook = None, self.hook
+                hook()
+            return super().write(data)
+
+    t = torch.zeros(10)
+    a = np.zeros(10, dtype=np.float32)
+
+    def torch_dtype() -> None:
+        t.data = torch.zeros(10, dtype=torch.int32)
+
+    def torch_shape() -> None:
+        t.data = torch.zeros(2, 5)
+
+    def numpy_dtype() -> None:
+        a.dtype = np.int32
+
+    def numpy_shape() -> None:
+        a.shape = (5, 2)
+
+    for change in (torch_dtype, torch_shape, numpy_dtype, numpy_shape):
+        t.data, a.dtype, a.shape = torch.zeros(10), np.float32, (10,)  # as planned
+        value = t if change.__name__.startswith("torch") else a
+        out = Hooked()
+        out.hook = change
+        with pytest.raises(RuntimeError, match="'b' changed while it was saved"):
+            save_file({"a": torch.zeros(100_000), "b": value}, out, manager=km, key_name=KEY,
+                      segment_size=SEGMENT)  # fmt: skip
+
+
+def test_parsing_matches_safetensors(km: KeyManager, tmp_path: Path) -> None:
+    """Where json.loads and serde_json differ, or our checks did: what safetensors
+    accepts loads, what it refuses is refused."""
+    cases = {
+        "metadata null": (b'{"__metadata__":null,"a":' + json.dumps(_entry()).encode() + b"}"),
+        "extra keys": json.dumps({"a": {**_entry(), "x": [1, {"y": None}], "z": "w"}}).encode(),
+        "a paired surrogate": b'{"\\ud83d\\ude00":' + json.dumps(_entry()).encode() + b"}",
+        "a backslash then ud800": b'{"\\\\ud800":' + json.dumps(_entry()).encode() + b"}",
+        "a name with -0 in it": b'{"x-0":' + json.dumps(_entry()).encode() + b"}",
+        "lone surrogate": b'{"\\ud800":' + json.dumps(_entry()).encode() + b"}",
+        "negative zero": b'{"a":{"dtype":"F32","shape":[-0, 2],"data_offsets":[0,0]}}',
+    }
+    for case, text in cases.items():
+        header = text + b" " * (-len(text) % 8)
+        plain = struct.pack("<Q", len(header)) + header + SECRET[:8]
+        if case == "negative zero":
+            plain = plain[:-8]
+        try:
+            expected = {k: v.shape for k, v in st_torch.load(plain).items()}
+        except Exception:
+            expected = None
+        _write_plain(km, tmp_path / "p.sml", plain)
+        if expected is None:
+            with pytest.raises(ValueError, match="not a safetensors file"):
+                load_file(tmp_path / "p.sml", manager=km)
+        else:
+            got = {k: v.shape for k, v in load_file(tmp_path / "p.sml", manager=km).items()}
+            assert got == expected, case
+    assert expected is None  # the last two are refused by both
+
+
+def test_shapes_numpy_cannot_make_fail_clearly(km: KeyManager, tmp_path: Path) -> None:
+    many = _file({"t": _entry("U8", [1] * 100, [0, 1])}, b"\x07")
+    wide = _file({"t": _entry("F32", [2**62, 0], [0, 0])})
+    for plain, shape in ((many, (1,) * 100), (wide, (2**62, 0))):
+        _write_plain(km, tmp_path / "s.sml", plain)
+        assert load_file(tmp_path / "s.sml", manager=km)["t"].shape == shape  # torch can
+        with pytest.raises(ValueError, match="'t' has a shape numpy cannot make") as caught:
+            load_file(tmp_path / "s.sml", manager=km, framework="np")
+        assert "framework='pt'" in str(caught.value)
+        assert len(str(caught.value)) < 300
+
+
+def test_a_shape_of_many_large_dimensions_is_refused_at_once(
+    km: KeyManager, tmp_path: Path
+) -> None:
+    header = json.dumps({"t": _entry("U8", [2**62] * 60_000, [0, 0])}).encode()
+    _write_plain(km, tmp_path / "d.sml", _file(None, raw=header))
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="'t' is too large"):
+        safe_open(tmp_path / "d.sml", "pt", manager=km)
+    assert time.monotonic() - started < 5  # not a product of 60,000 factors of 2**62
