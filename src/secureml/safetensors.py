@@ -811,28 +811,6 @@ def _load_json(  # noqa: PLR0911 - one return per way a header fails
 def _parse_entry(name: str, info: Any, where: str) -> _Entry:
     """Tensor ``name``'s entry checked: a dict of a known dtype, a shape of sizes and
     two data_offsets matching it (as safetensors does, other keys are let be)."""
-    if type(info) is dict:  # the usual entry, checked in a few steps
-        dtype: Any = info.get("dtype")
-        shape: Any = info.get("shape")
-        offsets: Any = info.get("data_offsets")
-        itemsize = _ITEMSIZES.get(dtype) if type(dtype) is str else None
-        if itemsize and type(shape) is list and type(offsets) is list and len(shape) < 64:
-            values = shape + offsets
-            if (
-                len(offsets) == 2
-                and set(map(type, values)) == _INT
-                and min(values) >= 0
-                and max(values) <= _MAX_DIM
-            ):
-                begin, end = offsets
-                nonzero = math.prod(filter(None, shape))
-                count = 0 if 0 in shape else nonzero
-                if nonzero <= _MAX_DIM and begin <= end and end - begin == count * itemsize:
-                    return _Entry(dtype, tuple(shape), begin, end)
-    return _checked_entry(name, info, where)  # what is wrong, or a shape of 64 or more
-
-
-def _checked_entry(name: str, info: Any, where: str) -> _Entry:
     if type(info) is dict:
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     else:
