@@ -518,3 +518,18 @@ def test_a_reader_opened_before_a_fork_reads_right_in_every_process(
             assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     if how != "path":
         source.close()
+
+
+def test_a_close_whose_publishing_fails_is_closed_and_fails_again(km: KeyManager) -> None:
+    class Unflushable(io.BytesIO):
+        def flush(self) -> None:
+            if self.getbuffer().nbytes:  # the last segment is in: publishing it fails
+                raise OSError(5, "Input/output error")
+
+    writer = km.open_encrypting(Unflushable(), "k")
+    writer.write(b"all of it")
+    with pytest.raises(OSError, match="Input/output"):
+        writer.close()
+    assert writer.closed
+    with pytest.raises(ValueError, match="failed earlier"):
+        writer.close()

@@ -396,8 +396,6 @@ class EncryptingWriter(io.RawIOBase):
             self._drop()
             raise RuntimeError(_FORKED)
         with self._lock:
-            if self._failure is not None and not self.closed:
-                super().close()
             if self._failure is not None:
                 raise ValueError(f"{_FAILED} ({self._failure}): nothing was written")
             if self._finish is not None:
@@ -413,6 +411,7 @@ class EncryptingWriter(io.RawIOBase):
                     finish(None)
                 except BaseException as exc:  # publishing failed: the output is gone
                     self._failure = type(exc).__name__
+                    super().close()
                     self.on_failed(exc)
                     raise
         super().close()
