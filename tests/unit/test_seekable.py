@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -533,3 +534,39 @@ def test_a_close_whose_publishing_fails_is_closed_and_fails_again(km: KeyManager
     assert writer.closed
     with pytest.raises(ValueError, match="failed earlier"):
         writer.close()
+
+
+def test_a_child_forked_while_another_thread_reads_can_read(km: KeyManager, tmp_path: Path) -> None:
+    """The fork happens while a thread of the parent holds the reader's lock: the
+    child (where that thread does not exist) reads on, instead of waiting forever."""
+    import threading
+
+    data = os.urandom(20 * SEGMENT)
+    (tmp_path / "f.sml").write_bytes(sealed(data))
+    with km.open_encrypted(tmp_path / "f.sml") as f:
+        assert isinstance(f, EncryptedReader)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with f._locked():
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            f.seek(5 * SEGMENT + 3)
+            os._exit(0 if f.read(10) == data[5 * SEGMENT + 3 : 5 * SEGMENT + 13] else 1)
+        release.set()
+        holder.join()
+        waited = 0.0
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and waited < 20:
+            time.sleep(0.05)
+            waited += 0.05
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the child waited for its parent's lock")
+        assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -83,6 +83,7 @@ class EncryptedReader(io.RawIOBase):
         # One reader, one position: threads sharing it take turns (pyarrow may read
         # from several), so a seek and its read are never split by another's.
         self._lock = threading.Lock()
+        self._lock_owner = os.getpid()
         # One sealed segment at a time is read into this (under the lock), not a new
         # bytes each time.
         self._sealed = memoryview(bytearray(self._step))
@@ -121,7 +122,7 @@ class EncryptedReader(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         offset = operator.index(offset)  # 1.5 is no position
-        with self._lock:
+        with self._locked():
             return self._seek(offset, whence)
 
     def _seek(self, offset: int, whence: int) -> int:
@@ -144,7 +145,7 @@ class EncryptedReader(io.RawIOBase):
     @guarded  # a failure's frames held plaintext: cleared on the way out
     def readinto(self, buffer: Any) -> int:
         """Fill ``buffer`` from the current position (fewer bytes only at the end)."""
-        with self._lock:
+        with self._locked():
             return self._readinto(buffer)
 
     def _readinto(self, buffer: Any) -> int:
@@ -171,7 +172,7 @@ class EncryptedReader(io.RawIOBase):
 
     @guarded  # a failure's frames held plaintext: cleared on the way out
     def read(self, size: int | None = -1) -> bytes:
-        with self._lock:
+        with self._locked():
             return self._read(size)
 
     def _read(self, size: int | None) -> bytes:
@@ -194,7 +195,7 @@ class EncryptedReader(io.RawIOBase):
         return self.read(-1)
 
     def close(self) -> None:
-        with self._lock:  # not while another thread reads (it would keep a segment)
+        with self._locked():  # not while another thread reads (it would keep a segment)
             self._close()
         super().close()
 
@@ -279,6 +280,15 @@ class EncryptedReader(io.RawIOBase):
         refused.reason = "unauthenticated"
         self.on_rejected(refused)
         raise refused from None
+
+    def _locked(self) -> threading.Lock:
+        """The reader's lock. A process forked while another thread held it (a
+        DataLoader worker) would wait for it forever: a child makes its own, as the
+        only thread there, and reads on with what the parent had (the file is read with
+        pread, so nothing else is shared)."""
+        if os.getpid() != self._lock_owner:
+            self._lock, self._lock_owner = threading.Lock(), os.getpid()
+        return self._lock
 
     def _check_open(self) -> None:
         if self.closed:
