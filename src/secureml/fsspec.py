@@ -733,6 +733,9 @@ class _EncryptingFile(io.BufferedIOBase):
 
     def commit(self) -> None:
         """Make the file appear (fsspec calls it when a transaction ends)."""
+        if os.getpid() != self._owner:
+            self._forget()
+            raise RuntimeError(_FORKED)
         with self._lock:
             if self._state == _OPEN:
                 self._finish()

@@ -640,7 +640,7 @@ def test_a_forked_child_leaves_its_parents_file_alone(km: KeyManager, tmp_path: 
             pid = os.fork()
             if pid == 0:
                 code = 0
-                for use in (lambda: f.write(b"child"), f.close):
+                for use in (lambda: f.write(b"child"), f.commit, f.close):
                     try:
                         use()
                         code = 1
