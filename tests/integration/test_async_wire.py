@@ -86,6 +86,15 @@ def read_one(km: KeyManager, name: str = "x") -> Any:
     return outcome
 
 
+def read_sync(km: KeyManager, name: str = "x") -> Any:
+    return km.get_secret(name)
+
+
+#: Both wires parse answers with one parser (backends/_http11.py): hostile answers are
+#: read through each, the sync manager's blocking one and the async one.
+READERS = {"sync": read_sync, "async": read_one}
+
+
 @pytest.fixture
 def warm(proxy: FaultProxy, bao_server: DevServer, vault_path: str) -> KeyManager:
     """Logged in, holding secret ``x``: faults hit only the reads."""
@@ -299,8 +308,11 @@ class RawServer:
                 pass
 
 
+@pytest.mark.parametrize("face", sorted(READERS))
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_a_hostile_answer_is_a_clean_error(case: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_hostile_answer_is_a_clean_error(
+    case: str, face: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """One line naming the problem; nothing else logged by asyncio; the loop never stalls;
     the connection is never reused."""
     with RawServer(HOSTILE[case]) as server:
@@ -308,7 +320,7 @@ def test_a_hostile_answer_is_a_clean_error(case: str, caplog: pytest.LogCaptureF
         with caplog.at_level(logging.DEBUG, logger="asyncio"):
             started = time.monotonic()
             with pytest.raises((VaultUnavailableError, VaultError, SecretNotFoundError)) as caught:
-                read_one(manager)
+                READERS[face](manager)
             assert time.monotonic() - started < 1 * 2 + BACKOFF_CAP_SECONDS + 0.5
         assert server.requests == 2, "a retried read on a fresh connection"
     message = str(caught.value)
@@ -317,7 +329,8 @@ def test_a_hostile_answer_is_a_clean_error(case: str, caplog: pytest.LogCaptureF
     assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
 
 
-def test_chunked_and_close_framed_answers_are_read() -> None:
+@pytest.mark.parametrize("face", sorted(READERS))
+def test_chunked_and_close_framed_answers_are_read(face: str) -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (OK_BODY[:10], OK_BODY[10:]))
@@ -327,7 +340,7 @@ def test_chunked_and_close_framed_answers_are_read() -> None:
     padded = b"HTTP/1.1 200 OK\r\ncontent-LENGTH: \t%d \r\nX-B:\r\n\r\n" % len(OK_BODY)
     for answer in (chunked, b"HTTP/1.0 200 OK\r\n\r\n" + OK_BODY, padded + OK_BODY):
         with RawServer(answer) as server:
-            assert read_one(manager_via(server.origin, "s.t", retries=0)) == "v"
+            assert READERS[face](manager_via(server.origin, "s.t", retries=0)) == "v"
 
 
 # -- connections ---------------------------------------------------------------------
@@ -523,19 +536,21 @@ def test_an_answer_that_is_not_a_kv_answer_is_a_clean_vault_error(answer: bytes,
     assert not isinstance(caught.value, VaultUnavailableError)
 
 
-def test_a_length_in_other_digits_or_past_the_cap_is_refused() -> None:
+@pytest.mark.parametrize("face", sorted(READERS))
+def test_a_length_in_other_digits_or_past_the_cap_is_refused(face: str) -> None:
     for head in (b"Content-Length: \xb2", b"Content-Length: %d" % (40 * 1024 * 1024)):
         answer = b"HTTP/1.1 200 OK\r\n" + head + b"\r\n\r\n" + OK_BODY
         with RawServer(answer) as server, pytest.raises(VaultUnavailableError):
-            read_one(manager_via(server.origin, "s.t", retries=0))
+            READERS[face](manager_via(server.origin, "s.t", retries=0))
 
 
-def test_a_body_of_tiny_chunks_costs_its_length_not_its_square() -> None:
+@pytest.mark.parametrize("face", sorted(READERS))
+def test_a_body_of_tiny_chunks_costs_its_length_not_its_square(face: str) -> None:
     body = OK_BODY[:-2] + b', "pad": "' + b"p" * 200_000 + b'"}}'
     chunked = CHUNKED + b"".join(b"1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
     with RawServer(chunked + b"0\r\n\r\n") as server:
         started = time.monotonic()
-        assert read_one(manager_via(server.origin, "s.t", retries=0, timeout=5)) == "v"
+        assert READERS[face](manager_via(server.origin, "s.t", retries=0, timeout=5)) == "v"
     assert time.monotonic() - started < 3.0
 
 
@@ -635,6 +650,14 @@ def test_bytes_sent_after_an_answer_are_never_the_next_answer() -> None:
                 return [first, await akm.get_secret("b"), await akm.get_secret("c")]
 
         assert asyncio.run(main()) == ["a", "b", "c"]
+
+
+def test_bytes_sent_after_an_answer_are_never_the_next_answer_on_the_sync_wire() -> None:
+    with TwoAnswers(b"") as server:
+        manager = manager_via(server.origin, "s.t", retries=0)
+        first = manager.get_secret("a")
+        time.sleep(0.2)  # the stray answer arrives while the connection is idle
+        assert [first, manager.get_secret("b"), manager.get_secret("c")] == ["a", "b", "c"]
 
 
 def test_user_code_that_cancels_or_drains_all_tasks_is_unaffected(

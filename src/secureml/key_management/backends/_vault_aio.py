@@ -7,10 +7,9 @@ raised here are the urllib3 exceptions the sync wire raises for the same events,
 transport's retry, fail-over and deadline rules see no difference.
 
 Why not aiohttp: the async face must cost less than a raw aiohttp read, and aiohttp's
-client spends more Python per request than the whole of a secureml read. Vault speaks
-plain HTTP/1.1 JSON with ``Content-Length``; the parser below reads that (and chunked
-bodies, in case a proxy re-frames them) and refuses anything else. A malformed or
-oversized head is a broken connection, never a crash.
+client spends more Python per request than the whole of a secureml read. The request's
+bytes and the answer's parser are the sync wire's (:mod:`._http11`); a malformed or
+oversized answer is a broken connection, never a crash.
 
 Connections are kept alive per event loop and origin, at most
 :data:`CONNECTIONS_PER_ORIGIN` open; TLS uses a context built from the same options
@@ -22,12 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
 import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import SplitResult
 
@@ -36,6 +33,7 @@ from urllib3.util.ssl_ import create_urllib3_context
 
 from .._bridge import Signal, wait
 from ._deadline import DeadlinePassedError, note_new_connection
+from ._http11 import AnswerParser, MalformedAnswerError, ParsedAnswer
 
 __all__ = ["Wire", "exchange"]
 
@@ -45,107 +43,9 @@ __all__ = ["Wire", "exchange"]
 #: should not queue behind its own pool. Idle ones stay until Vault closes them
 #: (its idle timeout) or the loop ends.
 CONNECTIONS_PER_ORIGIN = 256
-#: The most a status line and headers may take; Vault's are a few hundred bytes.
-MAX_HEAD_BYTES = 64 * 1024
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-9][0-9]{2})(?: ([^\r\n]*))?")
-_HEADER_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*"  # a token, a colon, no CR or LF
-#: Every header line at once: one pass in C, not a match per line.
-_HEADER_BLOCK = re.compile(_HEADER_LINE + rb"(?:\r\n" + _HEADER_LINE + rb")*")
-#: The lines that frame the body, found in a checked block (values stripped in Python:
-#: a lazy value before optional blanks backtracks quadratically on a run of blanks).
-_FRAMING_LINE = re.compile(
-    rb"^(content-length|transfer-encoding|connection):([^\r\n]*)", re.IGNORECASE | re.MULTILINE
-)
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,8})(?:;[^\r\n]*)?")
-_DIGITS = re.compile(r"[0-9]{1,15}")
 #: How often exchanges in flight are checked against their timeouts: a timeout fires
 #: at most this much late.
 SWEEP_SECONDS = 0.02
-#: The most an answer's body may be: Vault's KV answers are kilobytes; a peer that
-#: sends without end must not fill memory (the sync wire keeps the same bound).
-MAX_ANSWER_BYTES = 32 * 1024 * 1024
-
-
-class _MalformedAnswerError(Exception):
-    """The answer is not HTTP/1.1 we can read (a broken or hostile peer)."""
-
-
-class _Headers(Mapping[str, str]):
-    """An answer's headers, looked up by name in any case; parsed on first use (most
-    answers are read for their body alone). Repeated names are joined with ``", "``."""
-
-    __slots__ = ("_block", "_fields")
-
-    def __init__(self, block: bytes) -> None:
-        self._block = block  # checked already: ``name: value`` lines, CRLF between
-        self._fields: dict[str, str] | None = None
-
-    def _parsed(self) -> dict[str, str]:
-        fields = self._fields
-        if fields is None:
-            fields = self._fields = {}
-            for line in self._block.split(b"\r\n") if self._block else ():
-                name, _, value = line.partition(b":")
-                key = name.decode("ascii").lower()
-                text = value.strip(b" \t").decode("latin-1")
-                found = fields.get(key)
-                fields[key] = text if found is None else f"{found}, {text}"
-        return fields
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self._parsed().get(name.lower(), default)
-
-    def __getitem__(self, name: str) -> str:
-        return self._parsed()[name.lower()]
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._parsed()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._parsed())
-
-    def __len__(self) -> int:
-        return len(self._parsed())
-
-
-class _Answer:
-    """A parsed answer: status, headers, body, and whether the connection may be reused."""
-
-    __slots__ = ("body", "headers", "reason", "reusable", "status")
-
-    def __init__(self, status: int, reason: str, headers: _Headers) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.body = b""
-        self.reusable = True
-
-
-def _fields(block: bytes) -> tuple[_Headers, dict[str, str]]:
-    """A head's header lines (``block``, CRLF between them) as :class:`_Headers`, and
-    the ones that frame the body (``content-length``, ``transfer-encoding``,
-    ``connection``), by lower-cased name.
-
-    Raises:
-        _MalformedAnswerError: A line that is not ``name: value`` (a bare CR or LF in
-            a value included: never read as two lines, as the sync wire refuses them).
-    """
-    if block and _HEADER_BLOCK.fullmatch(block) is None:
-        raise _MalformedAnswerError("a malformed header line")
-    framing: dict[str, str] = {}
-    for name, value in _FRAMING_LINE.findall(block):
-        key = _FRAMING[name.lower()]
-        text = value.strip(b" \t").decode("latin-1")
-        found = framing.get(key)
-        framing[key] = text if found is None else f"{found}, {text}"
-    return _Headers(block), framing
-
-
-_FRAMING = {
-    b"content-length": "content-length",
-    b"transfer-encoding": "transfer-encoding",
-    b"connection": "connection",
-}
 
 
 class _Connection(asyncio.Protocol):
@@ -153,16 +53,10 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._parser = AnswerParser()
         self._waiter: Signal | None = None
-        self._answer: _Answer | None = None
-        self._length: int | None = None  # body bytes expected; None: chunked or to close
-        self._chunked = False
-        self._body = bytearray()  # a chunked body so far
-        self._trailers = False  # the last chunk is in: its trailers are due
         self._eof = False
         self._lost: BaseException | None = None
-        self._no_body = False
 
     # -- asyncio's side ------------------------------------------------------------
 
@@ -171,7 +65,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
+        self._parser.buffer += data
         self._advance()
 
     def eof_received(self) -> bool:
@@ -194,7 +88,7 @@ class _Connection(asyncio.Protocol):
             transport is not None
             and not transport.is_closing()
             and not self._eof
-            and not self._buffer
+            and not self._parser.buffer
         )
 
     @property
@@ -215,9 +109,7 @@ class _Connection(asyncio.Protocol):
         """Write ``request``; the signal fires with the whole answer (``head_only``: a
         HEAD's), from ``data_received``: the read waiting on it resumes right there."""
         assert self.transport is not None  # noqa: S101 - connected before use
-        self._answer, self._length, self._chunked = None, None, False
-        self._body, self._trailers = bytearray(), False
-        self._no_body = head_only
+        self._parser.expect(head_only=head_only)
         waiter = self._waiter = Signal()
         self.transport.write(request)
         self._advance()
@@ -229,22 +121,22 @@ class _Connection(asyncio.Protocol):
 
     @property
     def head_done(self) -> bool:
-        return self._answer is not None
+        return self._parser.head_done
 
     def _advance(self) -> None:
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
         try:
-            answer = self._parse()
+            answer = self._parser.parse(self._eof)
         except Exception as exc:  # any parse failure is a broken answer
             # Never out of data_received: asyncio would log it, buffers and all.
             why = (
                 exc
-                if isinstance(exc, _MalformedAnswerError)
-                else _MalformedAnswerError("an answer that could not be parsed")
+                if isinstance(exc, MalformedAnswerError)
+                else MalformedAnswerError("an answer that could not be parsed")
             )
-            self._buffer.clear()
+            self._parser.buffer.clear()
             waiter.set_exception(urllib3.exceptions.ProtocolError("Connection aborted.", why))
             return
         if answer is not None:
@@ -257,125 +149,6 @@ class _Connection(asyncio.Protocol):
             else:
                 ended = lost or ConnectionResetError("the connection closed before the answer")
                 waiter.set_exception(urllib3.exceptions.ProtocolError("Connection aborted.", ended))
-
-    def _parse(self) -> _Answer | None:
-        """The answer, once whole; None while more bytes are due."""
-        if self._answer is None and not self._parse_head():
-            return None
-        answer = self._answer
-        assert answer is not None  # noqa: S101 - set by _parse_head
-        if self._chunked:
-            return self._parse_chunks(answer)
-        if self._length is None:  # framed by the close (HTTP/1.0 style)
-            if len(self._buffer) > MAX_ANSWER_BYTES:
-                raise _MalformedAnswerError("an answer larger than secureml reads")
-            if not self._eof:
-                return None
-            answer.body, answer.reusable = bytes(self._buffer), False
-            self._buffer.clear()
-            return answer
-        if len(self._buffer) < self._length:
-            return None
-        if len(self._buffer) > self._length:
-            raise _MalformedAnswerError("more bytes than the answer's Content-Length")
-        answer.body = bytes(self._buffer)
-        self._buffer.clear()
-        return answer
-
-    def _parse_head(self) -> bool:
-        """Whether the head is in (parsed into ``_answer``); 1xx heads are skipped."""
-        buffer = self._buffer
-        while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0 or end > MAX_HEAD_BYTES:
-                if len(buffer) > MAX_HEAD_BYTES:
-                    raise _MalformedAnswerError("an answer's head larger than 64 KiB")
-                return False
-            head = bytes(buffer[:end])
-            del buffer[: end + 4]
-            first, _, block = head.partition(b"\r\n")
-            status_line = _STATUS_LINE.fullmatch(first)
-            if status_line is None:
-                raise _MalformedAnswerError("not an HTTP/1.x status line")
-            status = int(status_line[1])
-            if status >= 200:  # 100 Continue and the like: the real answer follows
-                break
-        headers, framing = _fields(block)
-        answer = _Answer(status, (status_line[2] or b"").decode("latin-1"), headers)
-        field = framing.get  # by lower-cased name
-        if (field("connection") or "").lower() == "close" or first.startswith(b"HTTP/1.0"):
-            answer.reusable = False
-        self._answer = answer
-        self._frame(answer, field)
-        return True
-
-    def _frame(self, answer: _Answer, field: Callable[[str], str | None]) -> None:
-        """How the body ends: no body, chunks, a length, or the connection's close."""
-        if self._no_body or answer.status in (204, 304):
-            self._length = 0
-        elif (coding := field("transfer-encoding")) is not None:
-            if coding.lower() != "chunked":
-                raise _MalformedAnswerError("a transfer coding other than chunked")
-            self._chunked = True
-            if field("content-length") is not None:
-                answer.reusable = False  # both framings: read as chunked, then closed
-        elif (length := field("content-length")) is not None:
-            # ASCII digits only ("10, 10" and "²" too are refused: never guessed).
-            if _DIGITS.fullmatch(length) is None:
-                raise _MalformedAnswerError("a malformed Content-Length")
-            self._length = int(length)
-            if self._length > MAX_ANSWER_BYTES:
-                raise _MalformedAnswerError("an answer larger than secureml reads")
-        else:
-            answer.reusable = False
-
-    def _parse_chunks(self, answer: _Answer) -> _Answer | None:
-        """The chunked body, once its last chunk and trailers are in; each chunk is
-        taken out of the buffer as it completes (so a body of tiny chunks costs its
-        length, not its square)."""
-        buffer = self._buffer
-        while True:
-            if self._trailers:
-                return self._after_trailers(answer)
-            line_end = buffer.find(b"\r\n")
-            if line_end < 0:
-                if len(buffer) > 1024:
-                    raise _MalformedAnswerError("a malformed chunk size line")
-                return None
-            size_line = _CHUNK_SIZE.fullmatch(bytes(buffer[:line_end]))
-            if size_line is None:
-                raise _MalformedAnswerError("a malformed chunk size line")
-            size = int(size_line[1], 16)
-            if size == 0:
-                del buffer[: line_end + 2]
-                self._trailers = True
-                continue
-            if len(self._body) + size > MAX_ANSWER_BYTES:
-                raise _MalformedAnswerError("an answer larger than secureml reads")
-            start = line_end + 2
-            if len(buffer) < start + size + 2:
-                return None
-            if buffer[start + size : start + size + 2] != b"\r\n":
-                raise _MalformedAnswerError("a chunk without its line end")
-            self._body += buffer[start : start + size]
-            del buffer[: start + size + 2]
-
-    def _after_trailers(self, answer: _Answer) -> _Answer | None:
-        """The answer once the trailers after the last chunk are in (if any)."""
-        buffer = self._buffer
-        if buffer[:2] == b"\r\n":  # no trailers
-            taken = 2
-        else:
-            taken = buffer.find(b"\r\n\r\n") + 4
-            if taken < 4:
-                if len(buffer) > MAX_HEAD_BYTES:
-                    raise _MalformedAnswerError("trailers larger than 64 KiB")
-                return None
-        del buffer[:taken]
-        if buffer:
-            raise _MalformedAnswerError("bytes after the answer's last chunk")
-        answer.body, self._body = bytes(self._body), bytearray()
-        return answer
 
 
 class _Origin:
@@ -595,7 +368,7 @@ def exchange(
     # a timer per request costs as much as parsing its answer).
     wire.watch(conn, waiter, time.monotonic() + _within(timeout, deadline), deadline)
     try:
-        answer: _Answer = wait(waiter)
+        answer: ParsedAnswer = wait(waiter)
         ok = answer.reusable
     except BaseException as exc:
         note_new_connection(new)  # read by the transport as the failure reaches it

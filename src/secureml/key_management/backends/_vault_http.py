@@ -9,11 +9,13 @@ a ``requests.Response`` so hvac's API code works unchanged.
 
 urllib3's per-request layer costs much of what an uncached read spends in Python too
 (a ``Retry`` and ``Timeout`` per request, header normalisation, its own response
-object and decoders). So on a direct route the request is written and the answer read
-with ``http.client``'s own methods on a connection of urllib3's pool: urllib3 still
-opens it (TLS and its verification included), notices a dropped one, and keeps it
-alive; failures are raised as the urllib3 exceptions ``urlopen`` would raise, so the
-transport judges them alike. Through a proxy, ``urlopen`` does the whole exchange.
+object and decoders), and ``http.client``'s answer parsing (the ``email`` package)
+as much again. So on a direct route the request's bytes are written and the answer
+parsed by :mod:`._http11`, the layer the async wire uses, on a connection of urllib3's
+pool: urllib3 still opens it (TLS and its verification included), notices a dropped
+one, and keeps it alive; failures are raised as the urllib3 exceptions ``urlopen``
+would raise, so the transport judges them alike. Through a proxy, ``urlopen`` does the
+whole exchange.
 
 Proxies from the environment (``HTTPS_PROXY``, ``NO_PROXY``...) are honoured as
 requests would, except that loopback is never proxied (as Go's client, and so the
@@ -29,10 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import http.client
 import json
 import os
-import re
+import socket
 import ssl
 import time
 from typing import Any, TypeVar
@@ -46,8 +47,22 @@ from .. import _bridge
 from .._config import is_loopback
 from .._warnings import Once, warn_caller
 from ..errors import ConfigurationError, SecurityWarning
-from ._deadline import POOL_CLASSES, Cut, DeadlinePassedError, deadline_for_this_thread, watch
-from ._vault_aio import MAX_ANSWER_BYTES, Wire
+from ._deadline import (
+    POOL_CLASSES,
+    Cut,
+    DeadlinePassedError,
+    deadline_for_this_thread,
+    note_new_connection,
+    watch,
+)
+from ._http11 import (
+    MAX_ANSWER_BYTES,
+    AnswerParser,
+    MalformedAnswerError,
+    ParsedAnswer,
+    request_bytes,
+)
+from ._vault_aio import Wire
 from ._vault_aio import exchange as exchange_on_loop
 
 READ_CHUNK_BYTES = 64 * 1024
@@ -237,30 +252,50 @@ def send(
     origin = f"{parts.scheme}://{parts.netloc}"
     route = pools.for_origin(origin)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    if _bridge.active():  # on an event loop: its own wire, or a thread through a proxy
-        if isinstance(route, _Proxied):
+    if isinstance(route, _Proxied):  # the proxy manager speaks the proxy's protocol
+        if _bridge.active():  # on an event loop: on a thread, off the loop
             on_thread = functools.partial(
                 _sent_here, headers=headers, body=body, timeout=timeout, deadline=deadline
             )
             return _bridge.blocking(on_thread, route, method, url, target)
-        request = _request_bytes(method, parts, target, headers, body)
+        return _sent_here(
+            route,
+            method,
+            url,
+            target,
+            headers=headers,
+            body=body,
+            timeout=timeout,
+            deadline=deadline,
+        )
+    method = method.upper()
+    request = request_bytes(method, parts, target, headers, body)
+    head_only = method == "HEAD"
+    if _bridge.active():  # on an event loop: the loop's own connections
         status, found, content, reason = exchange_on_loop(
             pools.wire(),
             parts,
             origin,
             request,
-            head_only=method.upper() == "HEAD",
+            head_only=head_only,
             timeout=timeout,
             deadline=deadline,
         )
         return Answer(status, found, content, url, reason)
-    return _sent_here(
-        route, method, url, target, headers=headers, body=body, timeout=timeout, deadline=deadline
-    )
+    # The watchdog bounds what socket timeouts cannot: connecting, and TLS's handshake.
+    try:
+        with deadline_for_this_thread(deadline):
+            status, found, content, reason = _exchange(
+                route, request, target, head_only=head_only, timeout=timeout, deadline=deadline
+            )
+    except Cut:
+        # Whatever came back (a cut can look like an empty 200) is not an answer.
+        raise DeadlinePassedError("the call's deadline passed while the answer arrived") from None
+    return Answer(status, found, content, url, reason)
 
 
 def _sent_here(
-    route: Any,
+    route: _Proxied,
     method: str,
     url: str,
     target: str,
@@ -270,134 +305,123 @@ def _sent_here(
     timeout: float,
     deadline: float,
 ) -> requests.Response:
-    """:func:`send` on this thread's blocking sockets (directly, or through a proxy)."""
+    """:func:`send` through a proxy, on this thread's blocking sockets."""
     # The watchdog bounds what socket timeouts cannot: an answer dripped byte by byte.
     try:
         with deadline_for_this_thread(deadline):
-            if isinstance(route, _Proxied):
-                status, found, content, reason = _through_proxy(
-                    route, method, url, headers, body, timeout=timeout, deadline=deadline
-                )
-            else:
-                status, found, content, reason = _exchange(
-                    route, method, target, headers, body, timeout=timeout, deadline=deadline
-                )
+            status, found, content, reason = _through_proxy(
+                route, method, url, headers, body, timeout=timeout, deadline=deadline
+            )
     except Cut:
         # Whatever came back (a cut can look like an empty 200) is not an answer.
         raise DeadlinePassedError("the call's deadline passed while the answer arrived") from None
     return Answer(status, found, content, url, reason)
 
 
-#: Header values http.client would refuse (a line break would end the header).
-_LINE_BREAK = re.compile(r"[\r\n]")
-
-
 #: A URL's parts, remembered: a service reads the same few names again and again.
 _split = functools.lru_cache(maxsize=4096)(urlsplit)
 
 
-@functools.lru_cache(maxsize=64)
-def _host_header(scheme: str, netloc: str) -> str:
-    """The ``Host`` header http.client sends for a URL's origin (the port only when it
-    is not the scheme's own)."""
-    parts = urlsplit(f"{scheme}://{netloc}")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None and parts.port != (443 if scheme == "https" else 80):
-        host = f"{host}:{parts.port}"
-    return host
-
-
-def _request_bytes(
-    method: str, parts: Any, target: str, headers: dict[str, str], body: bytes | None
-) -> bytes:
-    """The request as http.client writes it on the sync wire: the same request line,
-    ``Host``, ``Accept-Encoding: identity``, headers and ``Content-Length``.
-
-    Raises:
-        UnicodeEncodeError: A header value outside Latin-1 (as http.client).
-        ValueError: A header value with a line break (its value is not quoted).
-    """
-    method = method.upper()
-    host = _host_header(parts.scheme, parts.netloc)
-    lines = [f"{method} {_encoded(target)} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity"]
-    for name, value in headers.items():
-        if _LINE_BREAK.search(value) or _LINE_BREAK.search(name):
-            raise ValueError(f"the {name.splitlines()[0]!r} header holds a line break")
-        lines.append(f"{name}: {value}")
-    if body is not None or method in _EXPECTING_BODY:
-        lines.append(f"Content-Length: {len(body or b'')}")
-    try:
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    except UnicodeEncodeError:
-        # A fresh one: the codec's own holds the whole text, token and all.
-        raise UnicodeEncodeError("latin-1", "", 0, 1, "a header outside Latin-1") from None
-    return head + body if body else head
-
-
-#: http.client's own request and response methods, called on urllib3's pooled
-#: connections: urllib3's overrides of them (header normalisation, its response object
-#: and decoders, a Retry and Timeout per request) cost as much again as the exchange.
-_WIRE = http.client.HTTPConnection
-_EXPECTING_BODY = frozenset({"PATCH", "POST", "PUT"})  # an empty one is said, as urllib3 does
-
-
 def _exchange(
     pool: Any,
-    method: str,
+    request: bytes,
     target: str,
-    headers: dict[str, str],
-    body: bytes | None,
     *,
+    head_only: bool,
     timeout: float,
     deadline: float,
 ) -> tuple[int, Any, bytes, str]:
-    """One request on a connection of ``pool`` (a direct route): status, headers,
-    body and reason of the answer. urllib3 still owns the connections: it opens them
-    (TLS and its verification included), finds dropped ones, and keeps them alive.
+    """One request (its bytes, :func:`._http11.request_bytes`) on a connection of
+    ``pool`` (a direct route): status, headers, body and reason of the answer. urllib3
+    owns the connections: it opens them (TLS and its verification included), finds
+    dropped ones, and keeps them alive; the exchange itself is written and parsed here,
+    as the async wire does it.
 
     Raises what :func:`send` does, urllib3's exception types as ``urlopen`` would.
     """
     conn = pool._get_conn()  # a dropped keep-alive connection comes back closed
     reusable = False
     try:
-        watch(conn)
+        fresh = conn.sock is None
+        if fresh:
+            # Connecting and TLS are urllib3's: the watchdog bounds them. The exchange
+            # below bounds itself (every wait ends by the deadline).
+            watch(conn)
+        else:
+            note_new_connection(False)
         conn.timeout = timeout
         try:
-            if conn.sock is None:
+            if fresh:
                 pool._validate_conn(conn)  # HTTPS: connects, TLS checked as urllib3 does
                 if conn.sock is None:
                     conn.connect()
-            else:
-                conn.sock.settimeout(timeout)
-            method = method.upper()
-            _WIRE.putrequest(conn, method, _encoded(target))  # Host, identity
-            for name, value in headers.items():
-                _WIRE.putheader(conn, name, value)
-            if body is not None or method in _EXPECTING_BODY:
-                _WIRE.putheader(conn, "Content-Length", str(len(body or b"")))
-            # Vault may answer (413: too large) and close before reading all of a big
-            # body: its answer is what the caller needs, as urllib3 gives it.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                _WIRE.endheaders(conn, body)
-            answer = _WIRE.getresponse(conn)
-            try:
-                content = _read_whole(answer, deadline)
-                if answer.length:  # http.client's read1 takes an early end for the end
-                    raise urllib3.exceptions.IncompleteRead(len(content), answer.length)
-            finally:
-                answer.close()
-        except (urllib3.exceptions.HTTPError, DeadlinePassedError, UnicodeEncodeError):
+            answer = _exchange_on(conn.sock, request, head_only, timeout, deadline)
+        except (urllib3.exceptions.HTTPError, DeadlinePassedError):
             raise  # urllib3's own (connecting), or already ours
         except Exception as exc:
             raise _as_urllib3(exc, pool, target) from None
-        reusable = not answer.will_close  # else http.client already dropped the socket
+        reusable = answer.reusable
     finally:
         if not reusable:
             conn.close()  # half-used: it must not be reused
         pool._put_conn(conn)
-    return answer.status, answer.msg, content, answer.reason or ""
+    return answer.status, answer.headers, answer.body, answer.reason
+
+
+def _exchange_on(
+    sock: socket.socket, request: bytes, head_only: bool, timeout: float, deadline: float
+) -> ParsedAnswer:
+    """Write ``request`` on ``sock`` and read the answer: each wait at most ``timeout``,
+    and none past ``deadline``, so a server that drips bytes cannot hold the call.
+
+    Raises:
+        DeadlinePassedError: The deadline passed before the whole answer was in.
+        TimeoutError: One wait took ``timeout``.
+        urllib3.exceptions.ProtocolError: The answer is malformed, or the connection
+            closed before it was whole.
+        OSError: The connection failed.
+    """
+    parser = AnswerParser()
+    parser.expect(head_only=head_only)
+    sock.settimeout(_wait_for(timeout, deadline))
+    # Vault may answer (413: too large) and close before reading all of a big body:
+    # its answer is what the caller needs, as urllib3 gives it.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(request)
+    buffer = parser.buffer
+    while True:
+        try:
+            data = sock.recv(READ_CHUNK_BYTES)
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise DeadlinePassedError(
+                    "the call's deadline passed while the answer arrived"
+                ) from None
+            raise
+        buffer += data
+        try:
+            answer = parser.parse(not data)
+        except MalformedAnswerError as exc:
+            raise urllib3.exceptions.ProtocolError("Connection aborted.", exc) from None
+        if answer is not None:
+            return answer
+        if not data:
+            raise urllib3.exceptions.ProtocolError(
+                "Connection aborted.", ConnectionResetError("closed before the whole answer")
+            )
+        sock.settimeout(_wait_for(timeout, deadline))
+
+
+def _wait_for(timeout: float, deadline: float) -> float:
+    """The longest the next wait may take: ``timeout``, or less to end by ``deadline``.
+
+    Raises:
+        DeadlinePassedError: The deadline has passed.
+    """
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlinePassedError("the call's deadline passed while the answer arrived")
+    return min(timeout, left)
 
 
 def _as_urllib3(exc: Exception, pool: Any, target: str) -> Exception:
@@ -407,22 +431,9 @@ def _as_urllib3(exc: Exception, pool: Any, target: str) -> Exception:
         return urllib3.exceptions.ReadTimeoutError(pool, target, "Read timed out.")
     if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
         return urllib3.exceptions.SSLError(exc)
-    if isinstance(exc, (OSError, http.client.HTTPException)):
+    if isinstance(exc, OSError):
         return urllib3.exceptions.ProtocolError("Connection aborted.", exc)
     return exc
-
-
-#: What a request target may hold unescaped (RFC 3986); anything else is escaped as
-#: urllib3 would.
-_TARGET_SAFE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
-
-
-def _encoded(target: str) -> str:
-    if _TARGET_SAFE.fullmatch(target):
-        return target
-    from urllib3.util.url import _encode_target
-
-    return _encode_target(target)
 
 
 def _through_proxy(
@@ -465,7 +476,7 @@ class Answer(requests.Response):
         self, status: int, headers: Any, content: bytes, url: str, reason: str
     ) -> None:  # deliberately not calling super().__init__()
         self.status_code = status
-        self.headers = headers  # http.client's or urllib3's: both case-insensitive
+        self.headers = headers  # ours (_http11.Headers) or urllib3's: both case-insensitive
         self._content = content
         self._content_consumed = True
         self._next = None
@@ -493,7 +504,7 @@ class Answer(requests.Response):
         raise requests.exceptions.JSONDecodeError(why, "", where)
 
 
-def _read_whole(raw: urllib3.BaseHTTPResponse | http.client.HTTPResponse, deadline: float) -> bytes:
+def _read_whole(raw: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
     """The answer's body, read in pieces with the deadline checked between them, so a
     server that drips bytes cannot hold a call past its deadline."""
     read = getattr(raw, "read1", None) or raw.read
