@@ -51,7 +51,7 @@ def test_a_read_is_one_get_with_the_version_as_a_parameter() -> None:
     assert Engine("secret", 2).read(through, "secureml/x") == answer["data"]
     assert through.calls == [
         ("GET", "/v1/secret/data/secureml/x", {"params": {"version": 3}}),
-        ("GET", "/v1/secret/data/secureml/x", {"params": None}),
+        ("GET", "/v1/secret/data/secureml/x", {}),
     ]
 
 

@@ -216,7 +216,6 @@ class Core:
         outage: VaultUnavailableError | None = None
         primary = self.primary
         if primary is not None:
-            tried.append(primary.locate(name))
             try:
                 found = self.read_unversioned(name)
             except VaultUnavailableError as exc:
@@ -231,6 +230,7 @@ class Core:
             else:
                 if found is not None:
                     return found
+            tried.append(primary.locate(name))  # only now: a hit needs no list
         if self.env is not None:
             where = self.env.locate(name)
             tried.append(where)

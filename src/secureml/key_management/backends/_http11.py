@@ -323,20 +323,20 @@ def request_bytes(
         ValueError: A header name or value with a line break (its value is not quoted).
     """
     method = method.upper()
-    host = _host_header(parts.scheme, parts.netloc)
-    lines = [
-        f"{method} {encoded_target(target)} HTTP/1.1",
-        f"Host: {host}",
-        "Accept-Encoding: identity",
-    ]
-    for name, value in headers.items():
-        if _LINE_BREAK.search(value) or _LINE_BREAK.search(name):
-            raise ValueError(f"the {name.splitlines()[0]!r} header holds a line break")
-        lines.append(f"{name}: {value}")
+    # One search over every name and value: a CR or LF in any of them would end it early.
+    if _LINE_BREAK.search("".join(headers) + "".join(headers.values())):
+        broken = next(n for n, v in headers.items() if _LINE_BREAK.search(n + v))
+        raise ValueError(f"the {broken.splitlines()[0]!r} header holds a line break")
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     if body is not None or method in _EXPECTING_BODY:
-        lines.append(f"Content-Length: {len(body or b'')}")
+        fields += f"Content-Length: {len(body or b'')}\r\n"
+    host = _host_header(parts.scheme, parts.netloc)
+    text = (
+        f"{method} {encoded_target(target)} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Accept-Encoding: identity\r\n{fields}\r\n"
+    )
     try:
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        head = text.encode("latin-1")
     except UnicodeEncodeError:
         # A fresh one: the codec's own holds the whole text, token and all.
         raise UnicodeEncodeError("latin-1", "", 0, 1, "a header outside Latin-1") from None

@@ -228,26 +228,25 @@ def send(
 ) -> requests.Response:
     """Send one request and read its whole answer before ``deadline``.
 
-    ``kwargs`` are hvac's: ``json`` (the body), ``params`` (the query string).
+    ``headers`` are sent as they are (the transport adds ``User-Agent``); ``kwargs`` are
+    hvac's: ``json`` (the body), ``params`` (the query string).
 
     Raises:
         urllib3.exceptions.SSLError: TLS failed.
         One of ``NOT_SENT``: it never left.
         One of ``BROKEN``, or DeadlinePassedError: it may have been processed.
     """
-    # Some firewalls in front of Vault refuse requests without one (AWS WAF's
-    # NoUserAgent rule); both routes send the same.
-    headers = {"User-Agent": USER_AGENT, **headers}
     body: bytes | None = None
-    if kwargs.get("json") is not None:
-        body = json.dumps(kwargs["json"]).encode()
-        headers = {**headers, "Content-Type": "application/json"}
-    elif kwargs.get("data") is not None:
-        data = kwargs["data"]
-        body = data.encode() if isinstance(data, str) else data
-    params = kwargs.get("params")
-    if params:
-        url = f"{url}?{urlencode(params, doseq=True)}"
+    if kwargs:
+        if kwargs.get("json") is not None:
+            body = json.dumps(kwargs["json"]).encode()
+            headers = {**headers, "Content-Type": "application/json"}
+        elif kwargs.get("data") is not None:
+            data = kwargs["data"]
+            body = data.encode() if isinstance(data, str) else data
+        params = kwargs.get("params")
+        if params:
+            url = f"{url}?{urlencode(params, doseq=True)}"
     parts = _split(url)
     origin = f"{parts.scheme}://{parts.netloc}"
     route = pools.for_origin(origin)

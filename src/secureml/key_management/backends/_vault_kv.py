@@ -67,10 +67,12 @@ class Engine:
         """
         import hvac.exceptions as hx
 
-        params = None if version is None else {"version": version}
         target = self.data_path(path)
         try:
-            answer = through.request("GET", target, params=params)
+            if version is None:
+                answer = through.request("GET", target)
+            else:
+                answer = through.request("GET", target, params={"version": version})
         except hx.InvalidPath:
             return None
         data = _data_of(answer, target)

@@ -56,6 +56,7 @@ BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 2.0
 RETRY_AFTER_CAP_SECONDS = 5.0
 READ_CHUNK_BYTES = 64 * 1024
+_BASE_HEADERS = {"User-Agent": http.USER_AGENT}
 
 
 def _path(url: str) -> str:
@@ -185,6 +186,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             verify=self._kwargs.get("verify", True),
             cert=self._kwargs.get("cert") or (),
         )
+        self._unverified = self._kwargs.get("verify") is False
         #: Set by the backend around one public call (login, retry and all), so the
         #: call as a whole ends by then; ``None`` outside a call.
         self.call_deadline: float | None = None
@@ -207,7 +209,9 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         replayable = (
             _replayable(method, url, kwargs) if known_replayable is None else known_replayable
         )
-        sent_headers = {**(headers or {}), **({} if bare else self.consistency.headers())}
+        sent_headers = {**headers} if headers else {}
+        if not bare:
+            sent_headers.update(self.consistency.headers())
         tries = _Tries(self.addresses.order(), retries, self._deadline(retries))
         while True:
             target = tries.target or _joined(tries.node, url)
@@ -392,7 +396,11 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
         deadline: float,
         bare: bool,
     ) -> requests.Response:
-        sent_headers = dict(headers or {})
+        # Some firewalls in front of Vault refuse requests without one (AWS WAF's
+        # NoUserAgent rule); every route sends the same.
+        sent_headers = (
+            {"User-Agent": http.USER_AGENT, **headers} if headers else _BASE_HEADERS.copy()
+        )
         if self.request_header:
             sent_headers["X-Vault-Request"] = "true"
         if self.token and not bare:
@@ -403,7 +411,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
             method = "get"
             kwargs = {**kwargs, "params": {**kwargs.get("params", {}), "list": "true"}}
         timeout = min(self._timeout, max(0.001, deadline - time.monotonic()))
-        if self._kwargs.get("verify") is False:
+        if self._unverified:
             # The user turned verification off and was warned once, at set-up; urllib3
             # would repeat that on every request.
             with warnings.catch_warnings():

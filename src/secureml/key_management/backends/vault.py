@@ -209,8 +209,13 @@ class _CallDeadline:
             self._adapter.call_deadline = None
 
 
-def _read_fields(client: hvac.Client, engine: Engine, path: str, version: int | None) -> Any:
+def _read_fields(
+    client: hvac.Client, backend: VaultBackend, path: str, version: int | None, where: str
+) -> Any:
     """A KV read's fields (``None``: no such secret): :meth:`VaultBackend.get`'s op."""
+    engine = backend._engine()
+    if engine.version == 1 and version is not None:
+        raise UnsupportedOperationError(f"{where} is on a KV v1 mount, which keeps no versions")
     data = engine.read(client.adapter, path, version)
     if data is None or engine.version == 1:
         return data
@@ -322,8 +327,7 @@ class VaultBackend:
     @scrubs_inline
     def get(self, name: str, version: int | None = None) -> SecretValue | None:
         try:
-            with self._deadline():
-                return self._get(name, version)
+            return self._get(name, version)
         except BaseException as exc:  # the hot path: scrubbed inline, not wrapped
             del self  # the one frame scrub leaves: it must not reach the token
             scrub(exc)
@@ -332,10 +336,9 @@ class VaultBackend:
     def _get(self, name: str, version: int | None) -> SecretValue | None:
         path = self._secret_path(name)
         where = self._located(path)
-        engine = self._engine()
-        if engine.version == 1 and version is not None:
-            raise UnsupportedOperationError(f"{where} is on a KV v1 mount, which keeps no versions")
-        fields = self._call("read", where, _read_fields, engine, path, version)
+        # The mount's KV version is found inside the read's call (_read_fields), so
+        # detecting it and reading share one deadline.
+        fields = self._call("read", where, _read_fields, self, path, version, where)
         if fields is None:
             return None
         return unpack_fields(fields, where)
