@@ -322,9 +322,9 @@ class AsyncKeyManager:
     ) -> Outcome:
         """The sync read, bridged onto the loop (:mod:`._bridge`), started now."""
         name, version = key
-        flight = _bridge.start(
-            self._offload.pool, self._sync.get_secret, name, None, version=version
-        )
+        # The read past the cache check this call has just made (its errors are
+        # scrubbed by _shared_read, as the sync face scrubs them).
+        flight = _bridge.start(self._offload.pool, self._sync._secrets.read, name, None, version)
         if not flight.done():  # else served without waiting (a fallback, or an error)
             flights[key] = flight
             # Before any waiter hears: a later call reads anew. (A partial, not a

@@ -71,7 +71,11 @@ class Secrets:
         value = self.cached(name, default, version)
         if value is not MISS:
             return value
+        return self.read(name, default, version)
 
+    def read(self, name: str, default: Any, version: int | None) -> Any:
+        """:meth:`get_secret` past the lock-free hit (a miss, or a hit with more to do,
+        such as an audit event): what the async face runs once its own check missed."""
         known = version if type(version) is int else None
         # A method and its arguments, not a closure: the read holds them across its
         # wait for Vault, and a closure is three objects more for the collector to walk.
