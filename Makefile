@@ -40,6 +40,7 @@ integration: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[vault,dev,bench]'
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/async_reads.py
 	$(BIN)/python bench/encryption.py
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/parquet.py
