@@ -69,13 +69,14 @@ class Headers(Mapping[str, str]):
     def _parsed(self) -> dict[str, str]:
         fields = self._fields
         if fields is None:
-            fields = self._fields = {}
+            fields = {}
             for line in self._block.split(b"\r\n") if self._block else ():
                 name, _, value = line.partition(b":")
                 key = name.decode("ascii").lower()
                 text = value.strip(b" \t").decode("latin-1")
                 found = fields.get(key)
                 fields[key] = text if found is None else f"{found}, {text}"
+            self._fields = fields  # only once whole: another thread may be reading too
         return fields
 
     def get(self, name: str, default: Any = None) -> Any:
@@ -132,7 +133,16 @@ class AnswerParser:
     gave to :attr:`buffer`, then call :meth:`parse`. One answer at a time: call
     :meth:`expect` before each request."""
 
-    __slots__ = ("_answer", "_body", "_chunked", "_length", "_no_body", "_trailers", "buffer")
+    __slots__ = (
+        "_answer",
+        "_body",
+        "_chunked",
+        "_length",
+        "_no_body",
+        "_scanned",
+        "_trailers",
+        "buffer",
+    )
 
     def __init__(self) -> None:
         #: Bytes received and not yet parsed (left over after an answer: unasked for).
@@ -147,6 +157,9 @@ class AnswerParser:
         self._body = bytearray()  # a chunked body so far
         self._trailers = False  # the last chunk is in: its trailers are due
         self._no_body = head_only
+        # How far the buffer is known to hold no blank line: a head or trailers that
+        # arrive a byte at a time are searched once, not once per byte.
+        self._scanned = 0
 
     @property
     def head_done(self) -> bool:
@@ -186,13 +199,15 @@ class AnswerParser:
         """Whether the head is in (parsed into ``_answer``); 1xx heads are skipped."""
         buffer = self.buffer
         while True:
-            end = buffer.find(b"\r\n\r\n")
+            end = buffer.find(b"\r\n\r\n", self._scanned)
             if end < 0 or end > MAX_HEAD_BYTES:
                 if len(buffer) > MAX_HEAD_BYTES:
                     raise MalformedAnswerError("an answer's head larger than 64 KiB")
+                self._scanned = max(0, len(buffer) - 3)
                 return False
             head = bytes(buffer[:end])
             del buffer[: end + 4]
+            self._scanned = 0
             first, _, block = head.partition(b"\r\n")
             status_line = _STATUS_LINE.fullmatch(first)
             if status_line is None:
@@ -203,7 +218,11 @@ class AnswerParser:
         headers, framing = _fields(block)
         answer = ParsedAnswer(status, (status_line[2] or b"").decode("latin-1"), headers)
         field = framing.get  # by lower-cased name
-        if (field("connection") or "").lower() == "close" or first.startswith(b"HTTP/1.0"):
+        # A list of options ("keep-alive, close"), or several lines joined into one.
+        options = (field("connection") or "").lower()
+        if first.startswith(b"HTTP/1.0") or (
+            "close" in options and "close" in {o.strip() for o in options.split(",")}
+        ):
             answer.reusable = False
         self._answer = answer
         self._frame(answer, field)
@@ -266,10 +285,11 @@ class AnswerParser:
         if buffer[:2] == b"\r\n":  # no trailers
             taken = 2
         else:
-            taken = buffer.find(b"\r\n\r\n") + 4
+            taken = buffer.find(b"\r\n\r\n", self._scanned) + 4
             if taken < 4:
                 if len(buffer) > MAX_HEAD_BYTES:
                     raise MalformedAnswerError("trailers larger than 64 KiB")
+                self._scanned = max(0, len(buffer) - 3)
                 return None
         del buffer[:taken]
         if buffer:

@@ -382,11 +382,21 @@ def _exchange_on(
     """
     parser = AnswerParser()
     parser.expect(head_only=head_only)
-    sock.settimeout(_wait_for(timeout, deadline))
+    left = deadline - time.monotonic()
+    if left <= 0:  # connecting took it all: nothing was sent, so nothing can have happened
+        raise urllib3.exceptions.ConnectTimeoutError(
+            None, "the call's deadline passed before the request could be sent"
+        )
+    sock.settimeout(min(timeout, left))
     # Vault may answer (413: too large) and close before reading all of a big body:
     # its answer is what the caller needs, as urllib3 gives it.
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        sock.sendall(request)
+    try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):
+            sock.sendall(request)
+    except TimeoutError:
+        if time.monotonic() >= deadline:
+            raise DeadlinePassedError("the call's deadline passed while sending") from None
+        raise
     buffer = parser.buffer
     while True:
         try:
