@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -365,6 +366,57 @@ def test_reads_past_the_connection_limit_wait_for_one_and_all_succeed(
     names = [f"n{i}" for i in range(60)]  # distinct: every call is a read of its own
     assert on_the_loop(manager, *names) == [f"v{i}" for i in range(60)]
     assert len(opened) == 3
+
+
+@pytest.mark.parametrize("face", sorted(READERS))
+def test_an_interrupt_after_the_value_came_back_carries_no_frame_holding_it(
+    face: str, bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BaseException (KeyboardInterrupt) out of a read is scrubbed as an error is."""
+    from secureml.key_management.backends import vault as vault_module
+    from tests.support.frames import rendered_locals
+
+    value = f"top-secret-{uuid.uuid4().hex}"
+    manager = manager_via(bao_server.address, bao_server.root_token, vault_path)
+    manager.set_secret("kb", value)
+    real = vault_module.VaultBackend.locate
+
+    def interrupted(self: Any, name: str) -> str:
+        raise KeyboardInterrupt  # read_unversioned names the source once it has the value
+
+    monkeypatch.setattr(vault_module.VaultBackend, "locate", interrupted)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        READERS[face](manager, "kb")
+    monkeypatch.setattr(vault_module.VaultBackend, "locate", real)
+    held = [(where, name) for where, name, shown in rendered_locals(caught.value) if value in shown]
+    assert held == []
+
+
+@pytest.mark.parametrize("poll", ["poll", "no-poll"])
+def test_sequential_reads_reuse_one_connection(
+    poll: str, bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept alive whether the platform has ``select.poll`` or not (Windows has not)."""
+    if poll == "no-poll":
+        monkeypatch.delattr(_vault_aio.select, "poll")
+    opened: list[object] = []
+    real_open = _vault_aio.Wire._open
+
+    async def counted(self: _vault_aio.Wire, *args: Any) -> Any:
+        conn = await real_open(self, *args)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(_vault_aio.Wire, "_open", counted)
+    manager = manager_via(bao_server.address, bao_server.root_token, vault_path)
+    manager.set_secret("x", "1")
+
+    async def main() -> list[Any]:
+        async with AsyncKeyManager(manager) as akm:
+            return [await akm.get_secret("x") for _ in range(10)]
+
+    assert asyncio.run(main()) == ["1"] * 10
+    assert len(opened) == 1
 
 
 def test_cancelled_reads_give_their_connection_slots_back(

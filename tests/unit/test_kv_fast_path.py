@@ -67,3 +67,23 @@ def test_a_missing_secret_is_none_and_other_refusals_go_on() -> None:
 def test_only_kv_versions_1_and_2() -> None:
     with pytest.raises(ValueError, match="1 or 2"):
         Engine("secret", 3)
+
+
+def test_a_version_on_a_pinned_kv_v1_mount_is_refused_without_asking_vault() -> None:
+    """Nothing listens there: the refusal needs no token, no login and no request."""
+    import socket
+
+    from secureml.key_management import KeyManager, UnsupportedOperationError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing will answer
+    km = KeyManager(
+        vault_url=f"http://127.0.0.1:{port}",
+        vault_token="s.unused",
+        vault_kv_version=1,
+        use_env_fallback=False,
+        timeout=1,
+    )
+    with pytest.raises(UnsupportedOperationError, match="KV v1"):
+        km.get_secret("a", version=1)

@@ -39,7 +39,7 @@ from ._encoding import Encoding
 from ._manager import KeyManager
 from ._materials import DEFAULT_KEY
 from ._process import reset_after_fork
-from ._secrets import MISS
+from ._secrets import MISS, Secrets
 from ._status import KeyManagerStats
 from ._transit import TransitKeys
 from .backends.base import SecretValue
@@ -322,9 +322,10 @@ class AsyncKeyManager:
     ) -> Outcome:
         """The sync read, bridged onto the loop (:mod:`._bridge`), started now."""
         name, version = key
-        # The read past the cache check this call has just made (its errors are
-        # scrubbed by _shared_read, as the sync face scrubs them).
-        flight = _bridge.start(self._offload.pool, self._sync._secrets.read, name, None, version)
+        # The read past the cache check this call has just made.
+        flight = _bridge.start(
+            self._offload.pool, _read_scrubbed, self._sync._secrets, name, version
+        )
         if not flight.done():  # else served without waiting (a fallback, or an error)
             flights[key] = flight
             # Before any waiter hears: a later call reads anew. (A partial, not a
@@ -616,3 +617,13 @@ def _drop_flight(flights: _Flights, key: tuple[str, int | None], flight: Outcome
     """``flight`` is over: the next call for ``key`` reads anew."""
     if flights.get(key) is flight:
         flights.pop(key, None)
+
+
+def _read_scrubbed(secrets: Secrets, name: str, version: int | None) -> Any:
+    """``secrets.read`` behind the sync face's boundary: whatever leaves it (a
+    BaseException too) carries no library frame's locals."""
+    try:
+        return secrets.read(name, None, version)
+    except BaseException as exc:
+        scrub(exc)
+        raise

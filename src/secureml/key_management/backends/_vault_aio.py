@@ -48,6 +48,18 @@ CONNECTIONS_PER_ORIGIN = 256
 SWEEP_SECONDS = 0.02
 
 
+class _Selected:
+    """Where ``select.poll`` does not exist (Windows): a ``select()`` per question."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def poll(self, timeout: float) -> list[int]:
+        return select.select([self._fd], [], [], timeout)[0]
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection, one exchange at a time, parsed as bytes arrive."""
 
@@ -57,7 +69,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: Signal | None = None
         self._eof = False
         self._lost: BaseException | None = None
-        self._readable: select.poll | None = None  # asks its socket for unread bytes
+        self._readable: select.poll | _Selected | None = None  # asks for unread bytes
 
     # -- asyncio's side ------------------------------------------------------------
 
@@ -68,8 +80,12 @@ class _Connection(asyncio.Protocol):
         if sock is not None:
             # One poll object for the connection's life: asking it costs a third of a
             # select() built per call, on every reuse.
-            self._readable = select.poll()
-            self._readable.register(sock.fileno(), select.POLLIN)
+            if hasattr(select, "poll"):
+                readable = select.poll()
+                readable.register(sock.fileno(), select.POLLIN)
+                self._readable = readable
+            else:
+                self._readable = _Selected(sock.fileno())
 
     def data_received(self, data: bytes) -> None:
         self._parser.buffer += data

@@ -209,13 +209,10 @@ class _CallDeadline:
             self._adapter.call_deadline = None
 
 
-def _read_fields(
-    client: hvac.Client, backend: VaultBackend, path: str, version: int | None, where: str
-) -> Any:
-    """A KV read's fields (``None``: no such secret): :meth:`VaultBackend.get`'s op."""
+def _read_fields(client: hvac.Client, backend: VaultBackend, path: str, version: int | None) -> Any:
+    """A KV read's fields (``None``: no such secret): :meth:`VaultBackend.get`'s op, once
+    the mount's KV version is known."""
     engine = backend._engine()
-    if engine.version == 1 and version is not None:
-        raise UnsupportedOperationError(f"{where} is on a KV v1 mount, which keeps no versions")
     data = engine.read(client.adapter, path, version)
     if data is None or engine.version == 1:
         return data
@@ -336,9 +333,18 @@ class VaultBackend:
     def _get(self, name: str, version: int | None) -> SecretValue | None:
         path = self._secret_path(name)
         where = self._located(path)
-        # The mount's KV version is found inside the read's call (_read_fields), so
-        # detecting it and reading share one deadline.
-        fields = self._call("read", where, _read_fields, self, path, version, where)
+        engine = self._kv_engine
+        if engine is not None and (version is None or engine.version == 2):
+            fields = self._call("read", where, _read_fields, self, path, version)
+        else:
+            # Cold: the mount's KV version first (a v1 mount refuses version= before any
+            # token is taken or request sent), in one deadline with the read.
+            with self._deadline():
+                if self._engine().version == 1 and version is not None:
+                    raise UnsupportedOperationError(
+                        f"{where} is on a KV v1 mount, which keeps no versions"
+                    )
+                fields = self._call("read", where, _read_fields, self, path, version)
         if fields is None:
             return None
         return unpack_fields(fields, where)
