@@ -347,19 +347,29 @@ def test_chunked_and_close_framed_answers_are_read(face: str) -> None:
 # -- connections ---------------------------------------------------------------------
 
 
-def test_reads_past_the_connection_limit_wait_for_one_and_all_succeed(
-    proxy: FaultProxy, bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_vault_aio, "CONNECTIONS_PER_ORIGIN", 3)
-    opened: list[object] = []
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The connections the async wire opens from now on."""
+    made: list[object] = []
     real_open = _vault_aio.Wire._open
 
     async def counted(self: _vault_aio.Wire, *args: Any) -> Any:
         conn = await real_open(self, *args)
-        opened.append(conn)
+        made.append(conn)
         return conn
 
     monkeypatch.setattr(_vault_aio.Wire, "_open", counted)
+    return made
+
+
+def test_reads_past_the_connection_limit_wait_for_one_and_all_succeed(
+    proxy: FaultProxy,
+    bao_server: DevServer,
+    vault_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+    opened: list[object],
+) -> None:
+    monkeypatch.setattr(_vault_aio, "CONNECTIONS_PER_ORIGIN", 3)
     manager = manager_via(proxy.origin, bao_server.root_token, vault_path)
     for i in range(60):
         manager.set_secret(f"n{i}", f"v{i}")
@@ -394,20 +404,15 @@ def test_an_interrupt_after_the_value_came_back_carries_no_frame_holding_it(
 
 @pytest.mark.parametrize("poll", ["poll", "no-poll"])
 def test_sequential_reads_reuse_one_connection(
-    poll: str, bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+    poll: str,
+    bao_server: DevServer,
+    vault_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+    opened: list[object],
 ) -> None:
     """Kept alive whether the platform has ``select.poll`` or not (Windows has not)."""
     if poll == "no-poll":
         monkeypatch.delattr(_vault_aio.select, "poll")
-    opened: list[object] = []
-    real_open = _vault_aio.Wire._open
-
-    async def counted(self: _vault_aio.Wire, *args: Any) -> Any:
-        conn = await real_open(self, *args)
-        opened.append(conn)
-        return conn
-
-    monkeypatch.setattr(_vault_aio.Wire, "_open", counted)
     manager = manager_via(bao_server.address, bao_server.root_token, vault_path)
     manager.set_secret("x", "1")
 
