@@ -322,7 +322,7 @@ def _host_header(scheme: str, netloc: str) -> str:
     return host
 
 
-def encoded_target(target: str) -> str:
+def _encoded_target(target: str) -> str:
     """``target`` (a path and query) with what a request line cannot carry escaped."""
     if _TARGET_SAFE.fullmatch(target):
         return target
@@ -352,7 +352,7 @@ def request_bytes(
         fields += f"Content-Length: {len(body or b'')}\r\n"
     host = _host_header(parts.scheme, parts.netloc)
     text = (
-        f"{method} {encoded_target(target)} HTTP/1.1\r\nHost: {host}\r\n"
+        f"{method} {_encoded_target(target)} HTTP/1.1\r\nHost: {host}\r\n"
         f"Accept-Encoding: identity\r\n{fields}\r\n"
     )
     try:

@@ -388,49 +388,35 @@ def _exchange_on(
             None, "the call's deadline passed before the request could be sent"
         )
     sock.settimeout(min(timeout, left))
-    # Vault may answer (413: too large) and close before reading all of a big body:
-    # its answer is what the caller needs, as urllib3 gives it.
+    buffer = parser.buffer
     try:
+        # Vault may answer (413: too large) and close before reading all of a big
+        # body: its answer is what the caller needs, as urllib3 gives it.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):
             sock.sendall(request)
-    except TimeoutError:
-        if time.monotonic() >= deadline:
-            raise DeadlinePassedError("the call's deadline passed while sending") from None
-        raise
-    buffer = parser.buffer
-    while True:
-        try:
+        while True:
             data = sock.recv(READ_CHUNK_BYTES)
-        except TimeoutError:
-            if time.monotonic() >= deadline:
-                raise DeadlinePassedError(
-                    "the call's deadline passed while the answer arrived"
-                ) from None
-            raise
-        buffer += data
-        try:
-            answer = parser.parse(not data)
-        except MalformedAnswerError as exc:
-            raise urllib3.exceptions.ProtocolError("Connection aborted.", exc) from None
-        if answer is not None:
-            return answer
-        if not data:
-            raise urllib3.exceptions.ProtocolError(
-                "Connection aborted.", ConnectionResetError("closed before the whole answer")
-            )
-        sock.settimeout(_wait_for(timeout, deadline))
-
-
-def _wait_for(timeout: float, deadline: float) -> float:
-    """The longest the next wait may take: ``timeout``, or less to end by ``deadline``.
-
-    Raises:
-        DeadlinePassedError: The deadline has passed.
-    """
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise DeadlinePassedError("the call's deadline passed while the answer arrived")
-    return min(timeout, left)
+            buffer += data
+            try:
+                answer = parser.parse(not data)
+            except MalformedAnswerError as exc:
+                raise urllib3.exceptions.ProtocolError("Connection aborted.", exc) from None
+            if answer is not None:
+                return answer
+            if not data:
+                raise urllib3.exceptions.ProtocolError(
+                    "Connection aborted.", ConnectionResetError("closed before the whole answer")
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlinePassedError("the call's deadline passed while the answer arrived")
+            sock.settimeout(min(timeout, left))
+    except TimeoutError:  # a wait cut short by the deadline is the deadline's
+        if time.monotonic() >= deadline:
+            raise DeadlinePassedError(
+                "the call's deadline passed while the answer arrived"
+            ) from None
+        raise
 
 
 def _as_urllib3(exc: Exception, pool: Any, target: str) -> Exception:

@@ -56,7 +56,6 @@ BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 2.0
 RETRY_AFTER_CAP_SECONDS = 5.0
 READ_CHUNK_BYTES = 64 * 1024
-_BASE_HEADERS = {"User-Agent": http.USER_AGENT}
 
 
 def _path(url: str) -> str:
@@ -398,9 +397,7 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
     ) -> requests.Response:
         # Some firewalls in front of Vault refuse requests without one (AWS WAF's
         # NoUserAgent rule); every route sends the same.
-        sent_headers = (
-            {"User-Agent": http.USER_AGENT, **headers} if headers else _BASE_HEADERS.copy()
-        )
+        sent_headers = {"User-Agent": http.USER_AGENT, **(headers or {})}
         if self.request_header:
             sent_headers["X-Vault-Request"] = "true"
         if self.token and not bare:

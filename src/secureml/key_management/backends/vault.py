@@ -209,10 +209,8 @@ class _CallDeadline:
             self._adapter.call_deadline = None
 
 
-def _read_fields(client: hvac.Client, backend: VaultBackend, path: str, version: int | None) -> Any:
-    """A KV read's fields (``None``: no such secret): :meth:`VaultBackend.get`'s op, once
-    the mount's KV version is known."""
-    engine = backend._engine()
+def _read_fields(client: hvac.Client, engine: Engine, path: str, version: int | None) -> Any:
+    """A KV read's fields (``None``: no such secret): :meth:`VaultBackend.get`'s op."""
     data = engine.read(client.adapter, path, version)
     if data is None or engine.version == 1:
         return data
@@ -335,16 +333,17 @@ class VaultBackend:
         where = self._located(path)
         engine = self._kv_engine
         if engine is not None and (version is None or engine.version == 2):
-            fields = self._call("read", where, _read_fields, self, path, version)
+            fields = self._call("read", where, _read_fields, engine, path, version)
         else:
             # Cold: the mount's KV version first (a v1 mount refuses version= before any
             # token is taken or request sent), in one deadline with the read.
             with self._deadline():
-                if self._engine().version == 1 and version is not None:
+                engine = self._engine()
+                if engine.version == 1 and version is not None:
                     raise UnsupportedOperationError(
                         f"{where} is on a KV v1 mount, which keeps no versions"
                     )
-                fields = self._call("read", where, _read_fields, self, path, version)
+                fields = self._call("read", where, _read_fields, engine, path, version)
         if fields is None:
             return None
         return unpack_fields(fields, where)
