@@ -9,8 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from secureml.key_management import KeyManager
+from secureml.key_management._memo import NameMemo
 from secureml.key_management._names import env_var_name
-from secureml.key_management._validate import validate_name
+from secureml.key_management._validate import validate_name, validate_secret_name
+from secureml.key_management.backends._vault_kv import _escaped
 
 SEGMENT = st.from_regex(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,11}", fullmatch=True).filter(
     lambda s: ".." not in s and s != "."
@@ -106,3 +108,44 @@ def test_validation_accepts_exactly_the_rules(text: str) -> None:
     else:
         with pytest.raises(ValueError, match="name"):
             validate_name(text)
+
+
+# -- the names a hot read remembers (_memo.NameMemo) --------------------------------------
+
+
+class _Posing(str):
+    """A str whose hash and equality claim to be another, valid, name's."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash("good")
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+def test_a_remembered_valid_name_never_vouches_for_a_str_posing_as_it() -> None:
+    assert validate_secret_name("good") == "good"  # remembered now
+    with pytest.raises(ValueError, match=r"must not contain '\.\.'"):
+        validate_secret_name(_Posing("../etc/passwd"))
+
+
+def test_a_path_escape_is_never_answered_for_a_str_posing_as_its_path() -> None:
+    assert _escaped("good") == "good"
+    assert _escaped(_Posing("a b")) == "a%20b"
+
+
+def test_a_full_memo_starts_again_instead_of_growing() -> None:
+    memo: NameMemo[int] = NameMemo(most=3)
+    for i in range(10):
+        memo.put(f"n{i}", i)
+        assert len(memo._found) <= 3
+    assert memo.get("n9") == 9
+    assert memo.get("n0") is None
+
+
+def test_invalid_names_are_refused_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(ValueError, match="reserved"):
+            validate_secret_name("vault/token")

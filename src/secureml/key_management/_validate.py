@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, SupportsIndex
 
 from ._encoding import ENCODINGS, MAX_KEY_BYTES, Encoding
+from ._memo import NameMemo
 from ._names import is_reserved_name
 
 __all__ = [
@@ -96,10 +97,17 @@ def validate_name(name: object, *, what: str = "secret name") -> str:
     return name
 
 
+#: Secret names that passed :func:`validate_secret_name` (a hot read checks its name
+#: on every call).
+_valid_secret_names: NameMemo[bool] = NameMemo()
+
+
 def validate_secret_name(name: object, *, what: str = "secret name") -> str:
     """:func:`validate_name`, and not a name whose environment variable is one of
     secureml's own settings (``SECUREML_VAULT_*``, ``SECUREML_ENV``): a secret lookup must
     never answer with the Vault token or the AppRole secret id."""
+    if _valid_secret_names.get(name):
+        return name  # type: ignore[return-value] # a str: only a str is remembered
     checked = validate_name(name, what=what)
     if is_reserved_name(checked):
         raise ValueError(
@@ -108,6 +116,7 @@ def validate_secret_name(name: object, *, what: str = "secret name") -> str:
             "pick another name (data already under it stays readable by version=, "
             "get_key_ring and decrypt, to move)"
         )
+    _valid_secret_names.put(checked, True)
     return checked
 
 

@@ -343,11 +343,12 @@ def request_bytes(
         ValueError: A header name or value with a line break (its value is not quoted).
     """
     method = method.upper()
-    # One search over every name and value: a CR or LF in any of them would end it early.
-    if _LINE_BREAK.search("".join(headers) + "".join(headers.values())):
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    # Each field ends in one CR LF: any other CR or LF is in a name or value, and would
+    # end it early. (Two counts: cheaper than searching the names and values.)
+    if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
         broken = next(n for n, v in headers.items() if _LINE_BREAK.search(n + v))
         raise ValueError(f"the {broken.splitlines()[0]!r} header holds a line break")
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     if body is not None or method in _EXPECTING_BODY:
         fields += f"Content-Length: {len(body or b'')}\r\n"
     host = _host_header(parts.scheme, parts.netloc)

@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from .._memo import NameMemo
+
 __all__ = ["Engine", "Requester"]
 
 
@@ -27,8 +29,16 @@ class Requester(Protocol):
     def request(self, method: str, url: str, **kwargs: Any) -> Any: ...
 
 
+#: Paths already escaped: a read escapes its own on every call.
+_escapes: NameMemo[str] = NameMemo()
+
+
 def _escaped(text: str) -> str:
-    return quote(text.encode("utf-8"))  # hvac's utils.format_url
+    escaped = _escapes.get(text)
+    if escaped is None:
+        escaped = quote(text.encode("utf-8"))  # hvac's utils.format_url
+        _escapes.put(text, escaped)
+    return escaped
 
 
 class Engine:
