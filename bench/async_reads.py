@@ -12,8 +12,10 @@ Three tables, each group timed in interleaved rounds (the machines are noisy), m
   and a name per coroutine (every call reads Vault), against raw aiohttp (one
   ``ClientSession``, keep-alive, the same KV v2 GET with ``X-Vault-Token``, a name per
   coroutine) and async-hvac's ``AsyncClient.read``. Target: secureml at least 1.0x
-  aiohttp's reads/s. Beside it, the CPU one read cost this process and the OpenBao
-  server (medians): the server shares the two cores, so reads/s moves with what both
+  aiohttp's reads/s, both as the ratio of the medians and as the median of the ratios
+  taken round by round (shown with their least and greatest, the run's spread).
+  Beside it, the CPU one read cost this process and the OpenBao server (medians): the
+  server shares the two cores, so reads/s moves with what both
   spend, and the CPU columns say which side a difference comes from.
 - Uncached sync ``get_secret`` against raw ``http.client`` on one kept-alive connection
   (the I/O floor) and raw hvac, as bench/run.py measures them. Targets: at most 1.25x
@@ -67,7 +69,7 @@ class Plan:
     rate_rounds: int
 
 
-FULL = Plan(50_000, 300, 1.5, rounds=7, rate_rounds=5)
+FULL = Plan(50_000, 300, 1.0, rounds=7, rate_rounds=9)
 QUICK = Plan(20_000, 150, 0.5, rounds=3, rate_rounds=3)
 
 
@@ -91,6 +93,7 @@ class RateRow:
     reads_per_call: str
     connections: str
     cpu: str = ""  # client and OpenBao CPU µs per read, secureml / baseline
+    rounds: tuple[float, float, float] | None = None  # round_ratios against the baseline
 
 
 def met(ok: bool) -> str:
@@ -132,6 +135,7 @@ class Rate:
     reads_per_s: float
     client_us: float
     server_us: float
+    per_round: tuple[float, ...] = ()  # reads/s in each round, in round order
 
 
 def server_cpu(pid: int | None) -> Callable[[], float]:
@@ -169,9 +173,22 @@ def interleaved_rates(
             cpu, served = time.process_time() - cpu, server() - served
             rates[name].append((reads / elapsed, 1e6 * cpu / reads, 1e6 * served / reads))
     return {
-        name: Rate(*(statistics.median(v[i] for v in values) for i in range(3)))
+        name: Rate(
+            statistics.median(v[0] for v in values),
+            statistics.median(v[1] for v in values),
+            statistics.median(v[2] for v in values),
+            per_round=tuple(v[0] for v in values),
+        )
         for name, values in rates.items()
     }
+
+
+def round_ratios(ours: Rate, base: Rate) -> tuple[float, float, float]:
+    """The median, least and greatest of ours / base taken round by round: the two
+    samples of a round are seconds apart, so a slow spell of the shared machine (or of
+    the server) weighs on both sides of each ratio alike."""
+    ratios = [a / b for a, b in zip(ours.per_round, base.per_round, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def aiohttp_reader(session: aiohttp.ClientSession, address: str, token: str, name: str) -> Read:
@@ -292,6 +309,7 @@ def rate_rows(
                     spent,
                     f"{opened[ours]} / {opened[f'aiohttp {c}']}",
                     _cpu(rate[ours], rate[f"aiohttp {c}"]),
+                    round_ratios(rate[ours], rate[f"aiohttp {c}"]),
                 )
             )
             hv = f"async-hvac {c}"
@@ -307,6 +325,7 @@ def rate_rows(
                     spent,
                     f"{opened[ours]} / {opened.get(hv, '')}",
                     _cpu(rate[ours], rate[hv]) if hv in rate else "",
+                    round_ratios(rate[ours], rate[hv]) if hv in rate else None,
                 )
             )
 
@@ -416,20 +435,26 @@ def print_latency(rows: Sequence[Row]) -> None:
 def print_rates(rows: Sequence[RateRow]) -> None:
     print(
         "| uncached reads/s (`cache_ttl=0`) | coroutines | secureml | baseline "
-        "| speed ratio (secureml / baseline) | target | met | baseline is "
+        "| speed ratio (secureml / baseline) "
+        "| round by round: median (least-greatest) | target | met | baseline is "
         "| secureml Vault reads per call "
         "| new TCP connections per 100 reads (secureml / baseline) "
         "| CPU µs per read, client; OpenBao (secureml / baseline) |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | :---: | --- | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: | --- | ---: | ---: | ---: |")
     for r in rows:
-        base = ratio = target = ok = ""
+        base = ratio = paired = target = ok = ""
         if r.base is not None:
             base, ratio = f"{r.base:,.0f}", f"{r.ours / r.base:.2f}x"
+            if r.rounds is not None:
+                mid, least, most = r.rounds
+                paired = f"{mid:.2f}x ({least:.2f}-{most:.2f})"
             if r.target is not None:
-                target, ok = f"≥ {r.target:g}x", met(r.ours / r.base >= r.target)
+                # Met when both the ratio of medians and the round-by-round median are.
+                both = min(r.ours / r.base, r.rounds[0] if r.rounds else r.ours / r.base)
+                target, ok = f"≥ {r.target:g}x", met(both >= r.target)
         print(
-            f"| {r.name} | {r.coroutines} | {r.ours:,.0f} | {base} | {ratio} | {target} "
+            f"| {r.name} | {r.coroutines} | {r.ours:,.0f} | {base} | {ratio} | {paired} | {target} "
             f"| {ok} | {r.baseline_is} | {r.reads_per_call} | {r.connections} | {r.cpu} |"
         )
 
