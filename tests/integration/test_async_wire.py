@@ -825,3 +825,21 @@ def test_a_read_allocates_no_socket_sized_buffer(bao_server: DevServer, vault_pa
                 tracemalloc.stop()
 
     assert asyncio.run(main()) < 64 * 1024  # the peak: well under one 256 KiB read
+
+
+def test_the_shared_read_buffer_keeps_no_answer(bao_server: DevServer, vault_path: str) -> None:
+    """What a read copied out of the loop's buffer is written over there: a secret must
+    not stay in it for the loop's life."""
+    km = manager_via(bao_server.address, bao_server.root_token, vault_path)
+    secret = f"kept-{uuid.uuid4().hex}"
+    km.set_secret("x", secret)
+
+    async def main() -> bytes:
+        async with AsyncKeyManager(km) as akm:
+            assert await akm.get_secret("x") == secret
+            wire = km._core.vault._pool.wire()  # type: ignore[union-attr]
+            return bytes(wire._into)
+
+    left = asyncio.run(main())
+    assert secret.encode() not in left
+    assert left == bytes(len(left))

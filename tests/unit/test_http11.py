@@ -130,6 +130,34 @@ def test_a_line_break_in_any_header_is_refused_without_quoting_it(
     assert "Evil" not in str(caught.value)
 
 
+class _Formatted(str):
+    """A str whose formatting (not its text) carries a line break."""
+
+    __slots__ = ()
+
+    def __format__(self, spec: str) -> str:
+        return "ok\r\nX-Evil: 1"
+
+
+def test_a_str_subclass_is_sent_as_its_text_not_its_formatting() -> None:
+    sent = request_bytes("GET", PARTS, "/v1/x", {"X-Vault-Token": _Formatted("s.t")}, None)
+    assert b"X-Vault-Token: s.t\r\n" in sent
+    assert b"X-Evil" not in sent
+
+
+def test_a_line_break_under_an_empty_name_is_refused_as_a_line_break() -> None:
+    with pytest.raises(ValueError, match="line break") as caught:
+        request_bytes("GET", PARTS, "/v1/x", {"": "s.t\r\nX-Evil: 1"}, None)
+    assert "s.t" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [b"s.t", None, 7])
+def test_a_header_value_that_is_not_text_is_a_type_error_never_sent(value: object) -> None:
+    with pytest.raises(TypeError) as caught:
+        request_bytes("GET", PARTS, "/v1/x", {"X-Vault-Token": value}, None)  # type: ignore[dict-item]
+    assert "s.t" not in str(caught.value)
+
+
 def test_a_header_outside_latin_1_is_refused_without_quoting_it() -> None:
     with pytest.raises(UnicodeEncodeError) as caught:
         request_bytes("GET", PARTS, "/v1/x", {"X-Vault-Token": "s.tök€n"}, None)

@@ -343,12 +343,15 @@ def request_bytes(
         ValueError: A header name or value with a line break (its value is not quoted).
     """
     method = method.upper()
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    # Concatenated, not formatted: a name or value that is not a str is a TypeError
+    # (never its repr sent), and a str subclass is sent as the text checked below.
+    fields = "".join([name + ": " + value + "\r\n" for name, value in headers.items()])
     # Each field ends in one CR LF: any other CR or LF is in a name or value, and would
     # end it early. (Two counts: cheaper than searching the names and values.)
     if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
         broken = next(n for n, v in headers.items() if _LINE_BREAK.search(n + v))
-        raise ValueError(f"the {broken.splitlines()[0]!r} header holds a line break")
+        shown = broken.splitlines()[0] if broken.splitlines() else broken
+        raise ValueError(f"the {shown!r} header holds a line break")
     if body is not None or method in _EXPECTING_BODY:
         fields += f"Content-Length: {len(body or b'')}\r\n"
     host = _host_header(parts.scheme, parts.netloc)

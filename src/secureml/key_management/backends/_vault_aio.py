@@ -47,9 +47,12 @@ CONNECTIONS_PER_ORIGIN = 256
 #: How often exchanges in flight are checked against their timeouts: a timeout fires
 #: at most this much late.
 SWEEP_SECONDS = 0.02
-#: What one read from a socket may take: more than a KV answer, and under the size at
-#: which malloc maps fresh pages for each buffer.
+#: What one read from a socket may take (into a buffer made once per loop and reused):
+#: more than a KV answer.
 READ_BUFFER_BYTES = 64 * 1024
+#: Written over what a read left in that buffer: an answer (a secret, a login's token)
+#: must not stay there for the loop's life.
+_ZEROS = memoryview(bytes(READ_BUFFER_BYTES))
 
 
 class _Selected:
@@ -102,7 +105,9 @@ class _Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         # Called right after the read that filled ``into``, before any other
         # connection's: what it holds is copied out before the next read reuses it.
-        self._parser.buffer += self._into[:nbytes]
+        into = self._into
+        self._parser.buffer += into[:nbytes]
+        into[:nbytes] = _ZEROS[:nbytes]
         self._advance()
 
     def eof_received(self) -> bool:
