@@ -20,6 +20,7 @@ BELOW_BACKENDS = {
     "_auth",
     "_config",
     "_encoding",
+    "_memo",
     "_names",
     "_process",
     "_validate",
