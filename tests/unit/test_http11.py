@@ -145,6 +145,43 @@ def test_a_str_subclass_is_sent_as_its_text_not_its_formatting() -> None:
     assert b"X-Evil" not in sent
 
 
+class _Unended(str):
+    """What :class:`_Adding` hands back: drops the CR LF added after it."""
+
+    __slots__ = ()
+
+    def __add__(self, other: str) -> str:
+        return str.__str__(self)
+
+
+class _Adding(str):
+    """A str whose addition (not its text) carries another header line."""
+
+    __slots__ = ()
+
+    def __radd__(self, other: str) -> str:
+        return _Unended(other + str.__str__(self) + "\r\nX-Evil: 1")
+
+
+class _NotText:
+    """Not a str, but one that `+` would turn into one."""
+
+    def __radd__(self, other: str) -> str:
+        return other + "s.t"
+
+
+def test_a_str_subclass_is_sent_as_its_text_not_its_addition() -> None:
+    sent = request_bytes("POST", PARTS, "/v1/x", {"X-Vault-Token": _Adding("s.t")}, b"{}")
+    assert b"X-Vault-Token: s.t\r\nContent-Length: 2\r\n\r\n{}" in sent
+    assert b"X-Evil" not in sent
+
+
+def test_a_value_that_only_adds_like_text_is_a_type_error_never_sent() -> None:
+    with pytest.raises(TypeError) as caught:
+        request_bytes("GET", PARTS, "/v1/x", {"X-Vault-Token": _NotText()}, None)  # type: ignore[dict-item]
+    assert "s.t" not in str(caught.value)
+
+
 def test_a_line_break_under_an_empty_name_is_refused_as_a_line_break() -> None:
     with pytest.raises(ValueError, match="line break") as caught:
         request_bytes("GET", PARTS, "/v1/x", {"": "s.t\r\nX-Evil: 1"}, None)

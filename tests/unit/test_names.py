@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from secureml.key_management import KeyManager
-from secureml.key_management._memo import NameMemo
+from secureml.key_management._memo import LONGEST_REMEMBERED, NameMemo
 from secureml.key_management._names import env_var_name
 from secureml.key_management._validate import validate_name, validate_secret_name
-from secureml.key_management.backends._vault_kv import _escaped
+from secureml.key_management.backends._vault_kv import _escaped, _escapes
 
 SEGMENT = st.from_regex(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,11}", fullmatch=True).filter(
     lambda s: ".." not in s and s != "."
@@ -143,6 +143,15 @@ def test_a_full_memo_starts_again_instead_of_growing() -> None:
         assert len(memo._found) <= 3
     assert memo.get("n9") == 9
     assert memo.get("n0") is None
+
+
+def test_a_path_longer_than_any_name_is_escaped_but_never_remembered() -> None:
+    # The backends take paths from callers unchecked: none may keep megabytes alive.
+    long = "é" * (LONGEST_REMEMBERED + 1)
+    assert _escaped(long) == "%C3%A9" * (LONGEST_REMEMBERED + 1)
+    assert _escapes.get(long) is None
+    assert _escaped("é" * LONGEST_REMEMBERED) == "%C3%A9" * LONGEST_REMEMBERED
+    assert _escapes.get("é" * LONGEST_REMEMBERED) is not None
 
 
 def test_invalid_names_are_refused_every_time() -> None:

@@ -1,14 +1,20 @@
 """Answers remembered per name, for checks a hot read would otherwise repeat per call.
 
 Keyed by exact ``str`` only: a ``str`` subclass can fake its hash and equality and so
-be answered for another name. Emptied when full, so hostile names cannot grow one.
+be answered for another name. Bounded in entries and in size: a name longer than any
+real one is never remembered (so a path from input cannot keep megabytes alive), and
+a full memo is emptied, so hostile names cannot grow one.
 """
 
 from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-__all__ = ["NameMemo"]
+__all__ = ["LONGEST_REMEMBERED", "NameMemo"]
+
+#: The longest name remembered, in characters: above a secret name's limit plus a
+#: mount and path, so every real name is; a longer one is worked out on each call.
+LONGEST_REMEMBERED = 1024
 
 _V = TypeVar("_V")
 
@@ -32,8 +38,9 @@ class NameMemo(Generic[_V]):
         return self._found.get(name)
 
     def put(self, name: object, value: _V) -> None:
-        """Remember ``value`` for ``name`` (nothing, unless a plain str)."""
-        if type(name) is not str:
+        """Remember ``value`` for ``name`` (nothing, unless a plain str of at most
+        :data:`LONGEST_REMEMBERED` characters)."""
+        if type(name) is not str or len(name) > LONGEST_REMEMBERED:
             return
         found = self._found
         if len(found) >= self._most:

@@ -331,6 +331,18 @@ def _encoded_target(target: str) -> str:
     return str(_encode_target(target))
 
 
+def _broken_name(headers: dict[str, str]) -> str:
+    """The (first line of the) name of the first header whose name or value holds a
+    line break, for a message that never shows a value."""
+    for name, value in headers.items():
+        # Their text as join sent it: no method of a str subclass is called.
+        shown, sent = "".join((name,)), "".join((value,))
+        if _LINE_BREAK.search(shown) or _LINE_BREAK.search(sent):
+            lines = shown.splitlines()
+            return lines[0] if lines else ""
+    return "?"
+
+
 def request_bytes(
     method: str, parts: SplitResult, target: str, headers: dict[str, str], body: bytes | None
 ) -> bytes:
@@ -343,15 +355,15 @@ def request_bytes(
         ValueError: A header name or value with a line break (its value is not quoted).
     """
     method = method.upper()
-    # Concatenated, not formatted: a name or value that is not a str is a TypeError
-    # (never its repr sent), and a str subclass is sent as the text checked below.
-    fields = "".join([name + ": " + value + "\r\n" for name, value in headers.items()])
+    # Joined, never formatted or added: join takes each str's own text, calling none of
+    # its methods (a subclass's __format__ or __radd__ could hand back other text than
+    # the one checked below), and a name or value that is not a str is a TypeError
+    # that does not show it.
+    fields = "".join([s for name, value in headers.items() for s in (name, ": ", value, "\r\n")])
     # Each field ends in one CR LF: any other CR or LF is in a name or value, and would
     # end it early. (Two counts: cheaper than searching the names and values.)
     if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
-        broken = next(n for n, v in headers.items() if _LINE_BREAK.search(n + v))
-        shown = broken.splitlines()[0] if broken.splitlines() else broken
-        raise ValueError(f"the {shown!r} header holds a line break")
+        raise ValueError(f"the {_broken_name(headers)!r} header holds a line break")
     if body is not None or method in _EXPECTING_BODY:
         fields += f"Content-Length: {len(body or b'')}\r\n"
     host = _host_header(parts.scheme, parts.netloc)
