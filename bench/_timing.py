@@ -39,6 +39,14 @@ def per_op_us(func: Call, n: int) -> float:
     return (time.perf_counter_ns() - start) / n / 1000
 
 
+def round_order(names: Sequence[str], r: int) -> list[str]:
+    """The order contestants run in round ``r``: rotated by ``r``, and every other round
+    reversed, so of any two of them each runs first in about half the rounds whatever
+    their number (rotation alone keeps neighbours in one order until it wraps round)."""
+    order = [*names[r % len(names) :], *names[: r % len(names)]]
+    return order[::-1] if r % 2 else order
+
+
 def interleaved(
     contestants: Mapping[str, tuple[Call, int]], rounds: int = ROUNDS
 ) -> dict[str, float]:
@@ -48,7 +56,7 @@ def interleaved(
     names = list(contestants)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in round_order(names, r):
             func, n = contestants[name]
             samples[name].append(per_op_us(func, n))
     return {name: statistics.median(values) for name, values in samples.items()}
@@ -130,7 +138,7 @@ def interleaved_throughput(
     names = list(contestants)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in round_order(names, r):
             calls, total = contestants[name]
             samples[name].append(workers.ops_per_s(calls, total // len(calls)))
     return {name: statistics.median(values) for name, values in samples.items()}
@@ -193,7 +201,7 @@ def median_seconds(
         contestants[name]()
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in round_order(names, r):
             if prepare is not None:
                 prepare()
             start = time.perf_counter()

@@ -45,7 +45,7 @@ from typing import Any
 
 import aiohttp
 from _raw import FOLDER, MOUNT, http_client_read, hvac_kv, hvac_read
-from _timing import fmt_us, interleaved, new_connections
+from _timing import fmt_us, interleaved, new_connections, round_order
 
 from secureml._devserver import DevServer
 from secureml.key_management import AsyncKeyManager, KeyManager
@@ -160,14 +160,14 @@ def interleaved_rates(
     rounds: int,
     server: Callable[[], float] = lambda: 0.0,
 ) -> dict[str, Rate]:
-    """Medians of each contestant, in rounds of rotated order (as ``_timing``'s
-    ``interleaved``), after a short warm-up sample of each (connections, threads)."""
+    """Medians of each contestant, in rounds ordered as ``_timing``'s ``interleaved``
+    (:func:`round_order`), after a short warm-up sample of each (connections, threads)."""
     for sample in contestants.values():
         sample(min(seconds, 0.3))
     names = list(contestants)
     rates: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in round_order(names, r):
             cpu, served = time.process_time(), server()
             reads, elapsed = contestants[name](seconds)
             cpu, served = time.process_time() - cpu, server() - served
@@ -185,8 +185,9 @@ def interleaved_rates(
 
 def round_ratios(ours: Rate, base: Rate) -> tuple[float, float, float]:
     """The median, least and greatest of ours / base taken round by round: the two
-    samples of a round are seconds apart, so a slow spell of the shared machine (or of
-    the server) weighs on both sides of each ratio alike."""
+    samples of a round are close in time (usually next to each other, each first in
+    about half the rounds: :func:`round_order`), so a slow spell of the shared machine
+    (or of the server) weighs on both sides of each ratio alike."""
     ratios = [a / b for a, b in zip(ours.per_round, base.per_round, strict=True)]
     return statistics.median(ratios), min(ratios), max(ratios)
 
@@ -445,10 +446,12 @@ def print_rates(rows: Sequence[RateRow]) -> None:
     for r in rows:
         base = ratio = paired = target = ok = ""
         if r.base is not None:
-            base, ratio = f"{r.base:,.0f}", f"{r.ours / r.base:.2f}x"
+            # Three decimals: the verdict is on the exact ratio, and a 0.999x shown as
+            # 1.00x beside MISSED would read as a contradiction.
+            base, ratio = f"{r.base:,.0f}", f"{r.ours / r.base:.3f}x"
             if r.rounds is not None:
                 mid, least, most = r.rounds
-                paired = f"{mid:.2f}x ({least:.2f}-{most:.2f})"
+                paired = f"{mid:.3f}x ({least:.2f}-{most:.2f})"
             if r.target is not None:
                 # Met when both the ratio of medians and the round-by-round median are.
                 both = min(r.ours / r.base, r.rounds[0] if r.rounds else r.ours / r.base)
