@@ -827,10 +827,16 @@ def test_a_read_allocates_no_socket_sized_buffer(bao_server: DevServer, vault_pa
     assert asyncio.run(main()) < 64 * 1024  # the peak: well under one 256 KiB read
 
 
-def test_the_shared_read_buffer_keeps_no_answer(bao_server: DevServer, vault_path: str) -> None:
-    """What a read copied out of the loop's buffer is written over there: a secret must
-    not stay in it for the loop's life."""
-    km = manager_via(bao_server.address, bao_server.root_token, vault_path)
+@pytest.mark.parametrize("server", ["bao_server", "tls_server"])
+def test_the_shared_read_buffer_keeps_no_answer(
+    server: str, vault_path: str, request: pytest.FixtureRequest
+) -> None:
+    """What a read copied out of the wire's buffer is written over there: a secret must
+    not stay in it for the loop's life. Over TLS too, where asyncio's SSL layer reads
+    the plaintext into the same buffer by another path."""
+    origin: DevServer = request.getfixturevalue(server)
+    options = {"vault_ca_cert": str(origin.ca_cert)} if server == "tls_server" else {}
+    km = manager_via(origin.address, origin.root_token, vault_path, **options)
     secret = f"kept-{uuid.uuid4().hex}"
     km.set_secret("x", secret)
 

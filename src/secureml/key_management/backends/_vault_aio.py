@@ -47,11 +47,12 @@ CONNECTIONS_PER_ORIGIN = 256
 #: How often exchanges in flight are checked against their timeouts: a timeout fires
 #: at most this much late.
 SWEEP_SECONDS = 0.02
-#: What one read from a socket may take (into a buffer made once per loop and reused):
-#: more than a KV answer.
+#: What one read from a socket may take (into a buffer made once per wire, that is per
+#: backend and event loop, and reused): more than a KV answer.
 READ_BUFFER_BYTES = 64 * 1024
 #: Written over what a read left in that buffer: an answer (a secret, a login's token)
-#: must not stay there for the loop's life.
+#: must not stay there for the loop's life. (Only there: the copies a read makes, in its
+#: parser and its answer, live as long as the read's own objects, as in any client.)
 _ZEROS = memoryview(bytes(READ_BUFFER_BYTES))
 
 
@@ -70,7 +71,7 @@ class _Selected:
 class _Connection(asyncio.BufferedProtocol):
     """One keep-alive connection, one exchange at a time, parsed as bytes arrive.
 
-    Buffered: asyncio reads into ``into`` (one buffer for all of a loop's connections)
+    Buffered: asyncio reads into ``into`` (one buffer for all of a wire's connections)
     instead of allocating a fresh 256 KiB ``bytes`` per read, which glibc maps, shrinks
     and unmaps, three system calls per answer (it was a tenth of a read's CPU)."""
 
@@ -213,8 +214,8 @@ class Wire:
         self._due: dict[_Connection, tuple[float, float, Signal]] = {}
         self._sweeping = False
         self._tls = _tls_context(options) if "cert_reqs" in options else None
-        # Shared by this loop's connections (:class:`_Connection`): one thread, and a
-        # read's bytes are taken out of it before the next read.
+        # Shared by this wire's connections (:class:`_Connection`): one loop, so one
+        # thread, and a read's bytes are taken out of it before the next read.
         self._into = memoryview(bytearray(READ_BUFFER_BYTES))
 
     def idle(self, origin: str) -> _Connection | None:
