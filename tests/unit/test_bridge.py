@@ -203,3 +203,79 @@ def test_a_cancelled_pilots_traceback_reaches_no_worker() -> None:
             if isinstance(value, _bridge.Outcome):
                 assert not any(isinstance(r, _bridge._Drive) for r in gc.get_referents(value))
         tb = tb.tb_next
+
+
+def _interrupt_in_start_after(marker: str) -> Any:
+    """A tracer raising KeyboardInterrupt in :func:`_bridge.start` at the first line
+    whose source holds ``marker`` (as a Ctrl-C landing at that bytecode would)."""
+    import inspect
+    import sys
+
+    lines, first = inspect.getsourcelines(_bridge.start)
+    target = first + next(i for i, line in enumerate(lines) if marker in line)
+    fired: list[int] = []
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line" and frame.f_lineno == target and not fired:
+            fired.append(1)
+            raise KeyboardInterrupt
+        return local
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        return local if frame.f_code is _bridge.start.__code__ else None
+
+    sys.settrace(tracer)
+    return fired
+
+
+def test_an_interrupt_in_start_after_the_call_began_still_ends_it_with_the_loop() -> None:
+    """The call is parked on a signal nobody fires: without the drive registered before
+    it began, the loop's end never reaches it and (a load in flight) it holds its name
+    for every later reader."""
+    import sys
+
+    call = _Call()
+    unwound: list[BaseException] = []
+
+    def parked() -> str:
+        try:
+            return call()
+        except BaseException as exc:
+            unwound.append(exc)
+            raise
+
+    async def main() -> None:
+        fired = _interrupt_in_start_after("del call, args, kwargs")
+        try:
+            _bridge.start(_no_pool, parked)
+        finally:
+            sys.settrace(None)
+        assert fired
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
+    assert len(unwound) == 1
+    assert isinstance(unwound[0], LoopEndedError)
+
+
+def test_an_interrupt_in_start_before_the_call_began_ends_cleanly_with_the_loop() -> None:
+    import sys
+
+    async def main() -> None:
+        fired = _interrupt_in_start_after("drive.went(runner.switch(")
+        try:
+            _bridge.start(_no_pool, _Call())
+        finally:
+            sys.settrace(None)
+        assert fired
+
+    with pytest.raises(KeyboardInterrupt):  # only the interrupt: the loop's end was clean
+        asyncio.run(main())
+
+    async def again() -> str:  # and the bridge serves the next call
+        call = _Call()
+        outcome = _bridge.start(_no_pool, call)
+        _fire_soon(call.signals[0], "ok")
+        return str(await _bridge.steer(outcome))
+
+    assert asyncio.run(again()) == "ok"

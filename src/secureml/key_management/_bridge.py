@@ -354,10 +354,12 @@ def start(
     runner = _workers.take()
     runner.executor = executor
     drive = _Drive(loop, runner, outcome)
+    # Registered before the call starts, so it is ended with the loop (if the loop ends
+    # first) whatever interrupts this function: a call parked with nobody to resume it
+    # would hold its load in flight for ever, every later reader of the name waiting.
+    _state_of(loop).drives.add(drive)
     drive.went(runner.switch((call, args, kwargs)))
     del call, args, kwargs
-    if not outcome.done():
-        _state_of(loop).drives.add(drive)  # ended with the loop, if it ends first
     return outcome
 
 
@@ -405,14 +407,14 @@ class _Drive:
         runner, outcome = self.runner, self.outcome
         result = runner.taken()
         runner.executor = None
-        self.finished = True
-        _state_of(self.loop).drives.discard(self)
         try:  # settled first: an interrupt from here on cannot leave it pending
             if kind == _RETURNED:
                 outcome.set_result(result)
             else:
                 _settle(outcome, result)
         finally:
+            self.finished = True
+            _state_of(self.loop).drives.discard(self)
             _workers.put(runner)
 
     def answered(self, value: Any, failure: BaseException | None) -> None:
@@ -462,7 +464,19 @@ class _Drive:
             self.ended = _ended("was ended: its event loop shut down")
             self.outcome.pilot = None
             self.held, self.value, self.failure = False, None, None
-            self.went(self.runner.throw(type(self.ended)(*self.ended.args)))
+            try:
+                said = self.runner.throw(type(self.ended)(*self.ended.args))
+            except BaseException as exc:
+                # The worker had not begun the call (an interrupt in start() came first):
+                # it is gone, and so is the call.
+                self.finished = True
+                _state_of(self.loop).drives.discard(self)
+                if not self.outcome.done():
+                    self.outcome.set_exception(
+                        self.ended if isinstance(exc, LoopEndedError) else exc
+                    )
+                return
+            self.went(said)
 
 
 class LoopEndedError(VaultUnavailableError):
