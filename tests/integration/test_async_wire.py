@@ -827,6 +827,30 @@ def test_a_read_allocates_no_socket_sized_buffer(bao_server: DevServer, vault_pa
     assert asyncio.run(main()) < 64 * 1024  # the peak: well under one 256 KiB read
 
 
+def test_an_idle_connection_keeps_no_answer(bao_server: DevServer, vault_path: str) -> None:
+    """Once a read has its answer, the connection it came on (kept alive, maybe for
+    minutes) no longer holds it: up to 256 of them would each keep a secret."""
+    km = manager_via(bao_server.address, bao_server.root_token, vault_path)
+    secret = f"kept-{uuid.uuid4().hex}"
+    km.set_secret("x", secret)
+
+    async def main() -> tuple[list[object], list[object]]:
+        async with AsyncKeyManager(km) as akm:
+            assert await akm.get_secret("x") == secret
+            wire = km._core.vault._pool.wire()  # type: ignore[union-attr]
+            idle = [conn for place in wire._origins.values() for conn in place.idle]
+            assert idle
+            gc.collect()
+            alive = [
+                o
+                for o in gc.get_objects()
+                if type(o).__name__ == "ParsedAnswer" and secret.encode() in o.body
+            ]
+            return [conn._parser._answer for conn in idle if conn._parser._answer], alive
+
+    assert asyncio.run(main()) == ([], [])
+
+
 @pytest.mark.parametrize("server", ["bao_server", "tls_server"])
 def test_the_shared_read_buffer_keeps_no_answer(
     server: str, vault_path: str, request: pytest.FixtureRequest

@@ -167,12 +167,20 @@ class AnswerParser:
         return self._answer is not None
 
     def parse(self, eof: bool) -> ParsedAnswer | None:
-        """The answer, once whole; None while more bytes are due (``eof``: the peer has
-        closed its end, so none will come).
+        """The answer, once whole (then no longer held here); None while more bytes are
+        due (``eof``: the peer has closed its end, so none will come).
 
         Raises:
             MalformedAnswerError: What arrived is not an answer secureml reads.
         """
+        answer = self._parsed_so_far(eof)
+        if answer is not None:
+            # The caller's now: kept here, a kept-alive connection would hold its body
+            # (a secret, a token) until its next request.
+            self._answer = None
+        return answer
+
+    def _parsed_so_far(self, eof: bool) -> ParsedAnswer | None:
         if self._answer is None and not self._parse_head():
             return None
         answer = self._answer
