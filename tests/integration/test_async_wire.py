@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import socket
 import threading
@@ -24,7 +25,9 @@ import pytest
 
 from secureml._devserver import DevServer
 from secureml.key_management import (
+    AppRoleAuth,
     AsyncKeyManager,
+    KeyManagementError,
     KeyManager,
     SecretNotFoundError,
     SecurityWarning,
@@ -329,6 +332,67 @@ def test_a_hostile_answer_is_a_clean_error(
     assert "\n" not in message
     assert "s.hostile-token" not in message + repr(caught.value)
     assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+
+
+class EchoServer(RawServer):
+    """Refuses every request with Vault's error JSON quoting the request whole, as a
+    debugging proxy or a chatty firewall might."""
+
+    def __init__(self, status: bytes) -> None:
+        super().__init__(b"")
+        self.status = status
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2)
+            try:
+                request = conn.recv(65536).decode("latin-1")
+                self.requests += 1
+                body = json.dumps({"errors": [f"bad request: {request}"]}).encode()
+                conn.sendall(
+                    b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (self.status, len(body), body)
+                )
+            except OSError:
+                pass
+
+
+@pytest.mark.parametrize("face", sorted(READERS))
+@pytest.mark.parametrize("status", [b"400 Bad Request", b"500 Internal Server Error"])
+def test_a_token_echoed_in_a_refusal_never_reaches_the_message(face: str, status: bytes) -> None:
+    token = f"s.echoed-{uuid.uuid4().hex}"
+    with EchoServer(status) as server:
+        manager = manager_via(server.origin, token, retries=0, timeout=1)
+        with pytest.raises(VaultError) as caught:
+            READERS[face](manager)
+    assert "bad request: GET /v1/" in str(caught.value)  # the echo was read: and blanked
+    assert token not in str(caught.value) + repr(caught.value)
+    assert token[2:] not in str(caught.value)
+
+
+async def _read_once(km: KeyManager) -> Any:
+    async with AsyncKeyManager(km) as akm:
+        return await akm.get_secret("x")
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_login_credentials_echoed_in_a_refusal_never_reach_the_message(face: str) -> None:
+    """(A login runs on a thread under asyncio too: never on the loop.)"""
+    secret_id = f"secret-id-{uuid.uuid4().hex}"
+    with EchoServer(b"400 Bad Request") as server:
+        manager = KeyManager(
+            vault_url=server.origin,
+            vault_auth=AppRoleAuth(role_id="role-echo", secret_id=secret_id),
+            vault_kv_version=2,
+            use_env_fallback=False,
+            retries=0,
+            timeout=1,
+        )
+        read = manager.get_secret if face == "sync" else lambda n: asyncio.run(_read_once(manager))
+        with pytest.raises(KeyManagementError) as caught:
+            read("x")
+    assert "role-echo" not in str(caught.value)  # the echo was blanked, role and all
+    assert secret_id not in str(caught.value) + repr(caught.value)
 
 
 @pytest.mark.parametrize("face", sorted(READERS))

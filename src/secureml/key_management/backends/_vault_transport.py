@@ -22,6 +22,7 @@ An hvac adapter, so every hvac call (KV, auth, token, sys) goes through the same
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import warnings
@@ -101,6 +102,45 @@ def _during_handshake(detail: str) -> bool:
 def _leaderless(response: requests.Response) -> bool:
     """A standby during an election: it could not forward, so it did nothing."""
     return response.status_code == 500 and "active cluster node not found" in response.text
+
+
+#: Sent values shorter than this are not looked for in an answer (nothing secret is
+#: that short, and a short one would blank out unrelated text).
+_SHORTEST_ECHO = 8
+
+
+def _forget_echoes(
+    response: requests.Response, token: str | None, headers: dict[str, str], kwargs: Any
+) -> None:
+    """Blank out of a refusal's body what the request carried that may be secret (the
+    token, a login's credentials): a proxy or a server that echoes the request in its
+    error strings would put them in our exception's message, and from there in logs."""
+    sent = [v for k, v in headers.items() if "token" in k.lower() or "authorization" in k.lower()]
+    if token:
+        sent.append(token)
+    _text_leaves(kwargs.get("json"), sent)
+    if isinstance(kwargs.get("data"), str):
+        sent.append(kwargs["data"])
+    content = response._content
+    if not isinstance(content, bytes) or not content:
+        return
+    for value in sent:
+        if len(value) < _SHORTEST_ECHO:
+            continue
+        for form in {value, json.dumps(value)[1:-1]}:  # as sent, and inside a JSON string
+            content = content.replace(form.encode("utf-8", "replace"), b"[redacted]")
+    response._content = content
+
+
+def _text_leaves(value: object, into: list[str]) -> None:
+    if isinstance(value, str):
+        into.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _text_leaves(item, into)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _text_leaves(item, into)
 
 
 def _vault_errors(response: requests.Response) -> str:
@@ -243,6 +283,8 @@ class PolicyAdapter(JSONAdapter):  # type: ignore[misc]
                 self.addresses.answered(tries.node if tries.target is None else _origin(target))
             if method.upper() not in IDEMPOTENT_METHODS:
                 self.consistency.saw(response.headers.get(INDEX_HEADER))
+            if not response.ok:  # before anyone reads it: what we sent, echoed, is gone
+                _forget_echoes(response, self.token, sent_headers, kwargs)
             return self._result(method, target, response, raise_exception)
 
     def _after_broken(
