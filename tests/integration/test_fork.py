@@ -560,3 +560,59 @@ def test_parent_and_child_encrypt_under_their_own_keys(
     if len(blobs) < 2 * BLOBS:
         problems.append(f"only {len(blobs)} of {2 * BLOBS} blobs were made")
     assert not problems, "\n".join(problems)
+
+
+# -- an event loop across a fork ---------------------------------------------------------
+
+
+def test_a_loop_used_for_reads_before_a_fork_is_refused_in_the_child(
+    bao_server: DevServer, vault_path: str
+) -> None:
+    """The child's copy of the loop polls the parent's kept-alive connections (one epoll
+    between them): a read there would take the parent's answers. Refused, in one line
+    that says what to do; the parent's connections are left alone."""
+    import asyncio
+
+    from secureml.key_management import AsyncKeyManager, ConfigurationError
+
+    km = KeyManager(
+        vault_url=bao_server.address,
+        vault_token=bao_server.root_token,
+        vault_path=vault_path,
+        use_env_fallback=False,
+        cache_ttl=0,
+    )
+    km.set_secret("x", "parent's")
+    akm = AsyncKeyManager(km)
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(akm.get_secret("x")) == "parent's"  # kept alive
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.close(read_fd)
+                try:
+                    said = f"read {loop.run_until_complete(akm.get_secret('x'))!r}"
+                except ConfigurationError as exc:
+                    said = str(exc)
+                _write_all(write_fd, said.encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        try:
+            ready, _, _ = select.select([read_fd], [], [], 20)
+            said = os.read(read_fd, 65536).decode() if ready else "(no answer)"
+        finally:
+            os.close(read_fd)
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert "cannot be shared across os.fork()" in said, said
+        assert "\n" not in said
+        for _ in range(20):
+            assert loop.run_until_complete(akm.get_secret("x")) == "parent's"
+    finally:
+        loop.run_until_complete(akm.aclose())
+        loop.close()

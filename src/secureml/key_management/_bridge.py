@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -40,7 +41,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar, overload
 
 from ._process import reset_after_fork
-from .errors import VaultUnavailableError
+from .errors import ConfigurationError, VaultUnavailableError
 
 try:
     from greenlet import GreenletExit, getcurrent, greenlet
@@ -350,6 +351,9 @@ def start(
     (the caller that started it) :func:`steer`.
     """
     loop = asyncio.get_running_loop()
+    state = _state_of(loop)
+    if state.pid != os.getpid():
+        raise _forked_loop(state.pid)
     outcome = Outcome(loop)
     runner = _workers.take()
     runner.executor = executor
@@ -357,7 +361,7 @@ def start(
     # Registered before the call starts, so it is ended with the loop (if the loop ends
     # first) whatever interrupts this function: a call parked with nobody to resume it
     # would hold its load in flight for ever, every later reader of the name waiting.
-    _state_of(loop).drives.add(drive)
+    state.drives.add(drive)
     drive.went(runner.switch((call, args, kwargs)))
     del call, args, kwargs
     return outcome
@@ -493,6 +497,8 @@ class _LoopState:
     by the loop itself: kept anywhere else, it would keep the loop alive)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        #: The process the loop's connections were opened in (see :func:`_forked_loop`).
+        self.pid = os.getpid()
         self.drives: weakref.WeakSet[_Drive] = weakref.WeakSet()
         self.values: weakref.WeakKeyDictionary[object, tuple[Any, Callable[[Any], None]]] = (
             weakref.WeakKeyDictionary()
@@ -516,6 +522,17 @@ class _LoopState:
         values, self.values = dict(self.values), weakref.WeakKeyDictionary()
         for value, close in values.values():
             close(value)
+
+
+def _forked_loop(pid: int) -> ConfigurationError:
+    """A loop this bridge used in process ``pid``, run again in a forked child: its
+    selector (an epoll shared with the parent) still watches the parent's kept-alive
+    connections, so reads here would take the parent's answers, and the parent lose them."""
+    return ConfigurationError(
+        f"this event loop was used for Vault reads in process {pid} before a fork: an "
+        "event loop cannot be shared across os.fork(); make a new one in the child "
+        "(asyncio.run(...) or asyncio.new_event_loop())"
+    )
 
 
 def _park(watch: AsyncGenerator[None, None], loop: asyncio.AbstractEventLoop) -> None:
