@@ -396,6 +396,21 @@ def test_login_credentials_echoed_in_a_refusal_never_reach_the_message(face: str
 
 
 @pytest.mark.parametrize("face", sorted(READERS))
+@pytest.mark.parametrize(
+    "body",
+    [b'{"data": null}', b'{"data": {"value": "v"}}', b'{"data": {"metadata": {"version": 1}}}'],
+    ids=["no-data", "kv1-shaped", "metadata-only"],
+)
+def test_a_200_that_is_no_kv2_answer_is_a_vault_error(face: str, body: bytes) -> None:
+    with (
+        RawServer(_ok(body)) as server,
+        pytest.raises(VaultError, match="not a KV answer") as caught,
+    ):
+        READERS[face](manager_via(server.origin, "s.t", retries=0))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("face", sorted(READERS))
 def test_chunked_and_close_framed_answers_are_read(face: str) -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"

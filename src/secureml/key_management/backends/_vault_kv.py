@@ -86,8 +86,10 @@ class Engine:
         except hx.InvalidPath:
             return None
         data = _data_of(answer, target)
-        if self.version == 2 and not isinstance(data.get("data"), (dict, type(None))):
-            raise _not_kv(target)
+        if self.version == 2 and (
+            "data" not in data or not isinstance(data["data"], (dict, type(None)))
+        ):
+            raise _not_kv(target)  # a KV v2 answer always holds "data" (null once deleted)
         return data
 
     def read_metadata(self, through: Requester, path: str) -> Any:
