@@ -15,6 +15,7 @@ import urllib3
 
 from secureml.key_management.backends._deadline import DeadlinePassedError
 from secureml.key_management.backends._http11 import (
+    MAX_INTERIM_HEADS,
     AnswerParser,
     Headers,
     MalformedAnswerError,
@@ -87,6 +88,15 @@ def test_an_early_hint_before_the_answer_is_skipped() -> None:
     answer = parsed(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + ok())
     assert answer is not None
     assert answer.status == 200
+
+
+def test_a_few_interim_heads_are_skipped_but_a_flood_is_refused() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    answer = parsed(interim * MAX_INTERIM_HEADS + ok())
+    assert answer is not None
+    assert answer.status == 200
+    with pytest.raises(MalformedAnswerError, match="too many 1xx"):
+        parsed(interim * (MAX_INTERIM_HEADS + 1) + ok())
 
 
 def test_surplus_bytes_after_the_body_are_refused() -> None:

@@ -21,6 +21,7 @@ from urllib.parse import SplitResult, urlsplit
 
 __all__ = [
     "MAX_ANSWER_BYTES",
+    "MAX_INTERIM_HEADS",
     "AnswerParser",
     "Headers",
     "MalformedAnswerError",
@@ -30,6 +31,9 @@ __all__ = [
 
 #: The most a status line and headers may take; Vault's are a few hundred bytes.
 MAX_HEAD_BYTES = 64 * 1024
+#: The most 1xx heads (100 Continue, 103 Early Hints) skipped before an answer: Vault
+#: sends none; a peer sending thousands would have each one parsed on the event loop.
+MAX_INTERIM_HEADS = 8
 #: The most an answer's body may be: Vault's KV answers are kilobytes; a peer that
 #: sends without end must not fill memory.
 MAX_ANSWER_BYTES = 32 * 1024 * 1024
@@ -137,6 +141,7 @@ class AnswerParser:
         "_answer",
         "_body",
         "_chunked",
+        "_interim",
         "_length",
         "_no_body",
         "_scanned",
@@ -157,6 +162,7 @@ class AnswerParser:
         self._body = bytearray()  # a chunked body so far
         self._trailers = False  # the last chunk is in: its trailers are due
         self._no_body = head_only
+        self._interim = 0  # 1xx heads skipped so far
         # How far the buffer is known to hold no blank line: a head or trailers that
         # arrive a byte at a time are searched once, not once per byte.
         self._scanned = 0
@@ -223,6 +229,9 @@ class AnswerParser:
             status = int(status_line[1])
             if status >= 200:  # 100 Continue and the like: the real answer follows
                 break
+            self._interim += 1
+            if self._interim > MAX_INTERIM_HEADS:  # a flood, each parsed on the loop
+                raise MalformedAnswerError("too many 1xx heads before an answer")
         headers, framing = _fields(block)
         answer = ParsedAnswer(status, (status_line[2] or b"").decode("latin-1"), headers)
         field = framing.get  # by lower-cased name
