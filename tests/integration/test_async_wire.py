@@ -36,7 +36,7 @@ from secureml.key_management import (
     _bridge,
 )
 from secureml.key_management._auth import Login
-from secureml.key_management.backends import _vault_aio
+from secureml.key_management.backends import _vault_aio, _vault_http
 from secureml.key_management.backends._vault_session import _State
 from secureml.key_management.backends._vault_transport import BACKOFF_CAP_SECONDS
 from tests.support.fault_proxy import Fault, FaultProxy
@@ -217,6 +217,29 @@ def test_a_ca_bundle_verifies_the_server(tls_server: DevServer) -> None:
         tls_server.address, tls_server.root_token, vault_ca_cert=str(tls_server.ca_cert)
     )
     assert on_the_loop(manager, "tls_probe", "tls_probe", "nope")[:2] == ["over-tls"] * 2
+
+
+def test_the_tls_context_is_built_once_off_the_loop_not_per_loop(
+    tls_server: DevServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a CA bundle (certifi's: ~28 ms) on the loop stalled it, on every new loop
+    (a service calling asyncio.run per job). Built with the facade, then shared."""
+    manager = manager_via(
+        tls_server.address, tls_server.root_token, vault_ca_cert=str(tls_server.ca_cert)
+    )
+    akm = AsyncKeyManager(manager)  # builds the pool, and its TLS context, here
+    built: list[object] = []
+    real = _vault_http.tls_context
+    monkeypatch.setattr(_vault_http, "tls_context", lambda o: built.append(o) or real(o))
+
+    async def read() -> tuple[object, object]:
+        value = await akm.get_secret("tls_probe")
+        return value, manager._core.vault._pool.wire()._tls  # type: ignore[union-attr]
+
+    outcomes = [asyncio.run(read()) for _ in range(3)]
+    assert [value for value, _ in outcomes] == ["over-tls"] * 3
+    assert built == []
+    assert len({id(tls) for _, tls in outcomes}) == 1
 
 
 def test_an_unverified_certificate_is_an_error_not_a_fallback(

@@ -36,7 +36,7 @@ from .._bridge import Signal, wait
 from ._deadline import DeadlinePassedError, note_new_connection
 from ._http11 import AnswerParser, MalformedAnswerError, ParsedAnswer
 
-__all__ = ["Wire", "exchange"]
+__all__ = ["Wire", "exchange", "tls_context"]
 
 #: Connections open at most per origin and event loop; callers beyond wait for one to
 #: come free rather than open and drop their own. Above aiohttp's 100 (Go's client,
@@ -205,15 +205,16 @@ class _Origin:
 
 
 class Wire:
-    """Kept-alive connections for one event loop, per origin, with the pool's TLS options."""
+    """Kept-alive connections for one event loop, per origin, over ``tls`` (a context
+    built from the pool's TLS options by :func:`tls_context`; None: plain http)."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
         self._origins: dict[str, _Origin] = {}
         self._closed = False
         # Exchanges in flight: when each one's head, and its whole answer, are due.
         self._due: dict[_Connection, tuple[float, float, Signal]] = {}
         self._sweeping = False
-        self._tls = _tls_context(options) if "cert_reqs" in options else None
+        self._tls = tls
         # Shared by this wire's connections (:class:`_Connection`): one loop, so one
         # thread, and a read's bytes are taken out of it before the next read.
         self._into = memoryview(bytearray(READ_BUFFER_BYTES))
@@ -459,8 +460,12 @@ class _ExpiredError(Exception):
         self.mid_answer = mid_answer
 
 
-def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
-    """A client TLS context from the options urllib3's pools get (the same checks)."""
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext | None:
+    """A client TLS context from the options urllib3's pools get (the same checks);
+    None for a plain http pool. It may block (reading a CA bundle as large as certifi's
+    takes tens of milliseconds): build it off the event loop, once."""
+    if "cert_reqs" not in options:
+        return None
     verify = options["cert_reqs"] != "CERT_NONE"
     context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE)
     if verify:

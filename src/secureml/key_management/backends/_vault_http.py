@@ -62,10 +62,11 @@ from ._http11 import (
     ParsedAnswer,
     request_bytes,
 )
-from ._vault_aio import Wire
+from ._vault_aio import Wire, tls_context
 from ._vault_aio import exchange as exchange_on_loop
 
 READ_CHUNK_BYTES = 64 * 1024
+_UNBUILT: Any = object()
 USER_AGENT = "secureml"
 
 #: Failures while connecting: the request cannot have reached Vault.
@@ -95,15 +96,25 @@ class Pools:
         self._direct = _watched(urllib3.PoolManager(**options))
         self._proxies: dict[str, urllib3.ProxyManager] = {}
         self._by_origin: dict[str, Any] = {}
+        # The async wires' TLS context (:meth:`wire`): built now, unless this is a read
+        # on an event loop (then on a pool thread, by the first wire); plain http has none.
+        tls = "cert_reqs" in options
+        self._tls: Any = _UNBUILT if tls and _bridge.active() else tls_context(options)
 
     def wire(self) -> Wire:
         """The running event loop's connections to the cluster (asyncio connections
         belong to the loop that opened them, and close when it shuts down), with the
         same TLS options."""
+        if self._tls is _UNBUILT:
+            # The same for every loop: built once, on a pool thread (it reads the CA
+            # bundle), never on the loop that asked first. (Before loop_local, whose
+            # ``make`` must not wait: a read waiting in it would let another make a
+            # second wire for the loop.) Two reads building it at once build the same.
+            self._tls = _bridge.blocking(tls_context, self._options)
         return _bridge.loop_local(self, self._new_wire, Wire.close)
 
     def _new_wire(self) -> Wire:
-        return Wire(self._options)
+        return Wire(self._tls)
 
     def for_origin(self, origin: str) -> Any:
         """What to call ``urlopen`` on for ``origin`` (see :func:`send`)."""

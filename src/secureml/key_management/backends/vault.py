@@ -897,11 +897,13 @@ class VaultBackend:
         return client
 
     def prepare(self) -> None:
-        """Import what requests need (hvac takes ~0.1 s), so no read pays for it on an
-        event loop."""
+        """Import what requests need (hvac takes ~0.1 s) and make the connection pool,
+        so no read pays for them on an event loop."""
         import hvac  # noqa: F401
 
         from . import _vault_transport  # noqa: F401
+
+        self._shared_pool()  # and its TLS context, which reads the CA bundle
 
     def close_loop_connections(self) -> None:
         """Close the running event loop's idle connections (async reads')."""
@@ -915,24 +917,25 @@ class VaultBackend:
         except IndexError:
             return self._new_client()
 
-    def _new_client(self) -> hvac.Client:
-        try:
-            import hvac
-            import requests
-
-            from ._vault_transport import PolicyAdapter
-        except ImportError:  # pragma: no cover - the manager checks this up front
-            raise ConfigurationError(f"hvac is not installed: {INSTALL_HINT}") from None
-        from ._vault_http import make_pool
-
+    def _tls_settings(self) -> tuple[bool | str, tuple[str, str] | str | tuple[()]]:
+        """``verify`` and ``cert`` as requests and hvac take them."""
         s = self._settings
         verify: bool | str = s.ca_cert if s.ca_cert else s.verify
         cert: tuple[str, str] | str | tuple[()] = ()  # () not None: hvac would read env
         if s.client_cert is not None:
             cert = (s.client_cert, s.client_key) if s.client_key else s.client_cert
+        return verify, cert
+
+    def _shared_pool(self) -> Pools:
+        """The connection pool every thread's client shares, made on first use."""
+        import requests
+
+        from ._vault_http import make_pool
+
         with self._pool_lock:
-            if self._pool is None:  # one connection pool for every thread's client
-                self._pool = make_pool(s.url, verify=verify, cert=cert)
+            if self._pool is None:
+                verify, cert = self._tls_settings()
+                self._pool = make_pool(self._settings.url, verify=verify, cert=cert)
                 # hvac gives each client a requests.Session of its own (some 80 objects
                 # for the collector to walk, per thread and per async read in flight)
                 # that secureml's adapter never sends through: they share one, set up
@@ -940,6 +943,19 @@ class VaultBackend:
                 self._session_stub = requests.Session()
                 self._session_stub.verify, self._session_stub.cert = verify, cert
                 self._session_stub.proxies = {}
+            return self._pool
+
+    def _new_client(self) -> hvac.Client:
+        try:
+            import hvac
+
+            from ._vault_transport import PolicyAdapter
+        except ImportError:  # pragma: no cover - the manager checks this up front
+            raise ConfigurationError(f"hvac is not installed: {INSTALL_HINT}") from None
+
+        s = self._settings
+        verify, cert = self._tls_settings()
+        self._shared_pool()
         return hvac.Client(
             session=self._session_stub,
             url=s.url,
