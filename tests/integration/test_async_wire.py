@@ -838,6 +838,66 @@ def test_user_code_that_cancels_or_drains_all_tasks_is_unaffected(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("waiting", ["joining-a-threads-load", "backing-off"])
+def test_a_read_in_flight_survives_code_that_cancels_every_task_but_its_own(
+    warm: KeyManager, proxy: FaultProxy, waiting: str
+) -> None:
+    """A shutdown routine or supervisor cancels "every task but mine": the bridge must
+    have none to cancel while a read waits (a back-off, another caller's load), or a
+    reader nobody cancelled would get an outage while Vault is healthy."""
+
+    async def main() -> tuple[object, list[str]]:
+        async with AsyncKeyManager(warm) as akm:
+            if waiting == "backing-off":
+                proxy.inject(Fault.status(503))  # then a pause before the next try
+            else:
+                proxy.inject(Fault.drip(0.003, path_prefix="/v1/secret/data/"))
+                threading.Thread(target=warm.get_secret, args=("x",), daemon=True).start()
+                await asyncio.sleep(0.05)  # the thread leads the load now
+            reader = asyncio.ensure_future(akm.get_secret("x"))
+            await asyncio.sleep(0.05)  # the read waits now
+            others = asyncio.all_tasks() - {asyncio.current_task(), reader}
+            for task in others:
+                task.cancel()
+            return await reader, sorted(t.get_coro().__qualname__ for t in others)
+
+    value, cancelled = asyncio.run(main())
+    assert value == "1"
+    assert cancelled == []
+
+
+def test_a_connect_cancelled_by_other_code_is_tried_again_not_an_outage(
+    bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connecting needs a task (asyncio's create_connection): cancelled by code that
+    cancels every task but its own, it is a connection never made, which the transport's
+    rules try again, not an outage."""
+    manager = manager_via(bao_server.address, bao_server.root_token, vault_path, retries=2)
+    manager.set_secret("x", "xv")
+    real_open = _vault_aio.Wire._open
+
+    async def slow_open(self: _vault_aio.Wire, *args: Any) -> Any:
+        await asyncio.sleep(0.1)  # long enough to be seen, and cancelled
+        return await real_open(self, *args)
+
+    monkeypatch.setattr(_vault_aio.Wire, "_open", slow_open)
+
+    async def main() -> tuple[object, list[str]]:
+        async with AsyncKeyManager(manager) as akm:
+            reader = asyncio.ensure_future(akm.get_secret("x"))
+            await asyncio.sleep(0.05)  # connecting now
+            others = asyncio.all_tasks() - {asyncio.current_task(), reader}
+            for task in others:
+                task.cancel()
+            return await reader, sorted(t.get_coro().__qualname__ for t in others)
+
+    value, cancelled = asyncio.run(main())
+    assert value == "xv"
+    assert cancelled == [
+        "test_a_connect_cancelled_by_other_code_is_tried_again_not_an_outage.<locals>.slow_open"
+    ]
+
+
 def test_reads_in_cleanup_code_at_shutdown_still_work(
     bao_server: DevServer, vault_path: str
 ) -> None:

@@ -58,6 +58,7 @@ else:
 
 __all__ = [
     "AVAILABLE",
+    "CutOffError",
     "Latch",
     "LoopEndedError",
     "Outcome",
@@ -457,7 +458,7 @@ class _Drive:
         if done.cancelled():
             # Not a caller's cancellation (callers wait on futures of their own): the
             # thing it waited on was (a pool job of a closed facade). An outage.
-            self.answered(None, _ended("was cut off while it waited"))
+            self.answered(None, CutOffError(_ended("was cut off while it waited").args[0]))
         else:
             failure = done.exception()
             self.answered(None if failure is not None else done.result(), failure)
@@ -486,6 +487,12 @@ class _Drive:
 class LoopEndedError(VaultUnavailableError):
     """A call made on an event loop was ended with it: an outage to its caller; to a
     thread that shared its read, a reason to read again itself."""
+
+
+class CutOffError(LoopEndedError):
+    """What a call waited on was cancelled by someone else (a task it handed the loop,
+    cancelled by code that cancels every task but its own; a pool job of a closed
+    facade), while the loop itself goes on."""
 
 
 def _ended(what: str) -> VaultUnavailableError:
@@ -628,11 +635,22 @@ def blocking(call: Callable[..., _T], *args: Any) -> _T:
 
 
 def pause(seconds: float) -> None:
-    """Sleep: ``asyncio.sleep`` when bridged, ``time.sleep`` otherwise."""
+    """Sleep: on the loop's timer when bridged, ``time.sleep`` otherwise."""
     if isinstance(getcurrent(), _Bridged):
-        wait(asyncio.sleep(seconds))
+        _wait_timed(Signal(), seconds, None)
     else:
         time.sleep(seconds)
+
+
+def _wait_timed(signal: Signal, seconds: float, value: Any) -> Any:
+    """:func:`wait` for ``signal``, fired with ``value`` after ``seconds`` if nothing
+    fires it first. A timer, not a task (``asyncio.sleep``'s or ``asyncio.wait``'s):
+    code that cancels every task but its own must not cut off a read it never saw."""
+    timer = asyncio.get_running_loop().call_later(seconds, signal.set_result, value)
+    try:
+        return wait(signal)
+    finally:
+        timer.cancel()
 
 
 class Latch(_OneShot):
@@ -715,21 +733,17 @@ def done_within(latch: Latch, timeout: float | None) -> bool:
     if not isinstance(getcurrent(), _Bridged):
         return latch.wait_in_thread(timeout)
     loop = asyncio.get_running_loop()
-    woken: asyncio.Future[None] = loop.create_future()
+    woken = Signal()
 
     def wake() -> None:  # in the thread that gave the result: maybe not the loop's
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-            loop.call_soon_threadsafe(_wake, woken)
+            loop.call_soon_threadsafe(woken.set_result, True)
 
     if not latch._on_fired(wake):
         return True
-    done, _ = wait(asyncio.wait([woken], timeout=timeout))
-    return bool(done)
-
-
-def _wake(woken: asyncio.Future[None]) -> None:
-    if not woken.done():
-        woken.set_result(None)
+    if timeout is None:
+        return bool(wait(woken))
+    return bool(_wait_timed(woken, timeout, False))
 
 
 def greenlet_local(

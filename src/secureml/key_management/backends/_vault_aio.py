@@ -32,7 +32,7 @@ from urllib.parse import SplitResult
 import urllib3
 from urllib3.util.ssl_ import create_urllib3_context
 
-from .._bridge import Signal, wait
+from .._bridge import CutOffError, Signal, wait
 from ._deadline import DeadlinePassedError, note_new_connection
 from ._http11 import AnswerParser, MalformedAnswerError, ParsedAnswer
 
@@ -253,6 +253,14 @@ class Wire:
         place.out += 1
         try:
             conn: _Connection = wait(self._open(place, parts, _within(timeout, deadline)))
+        except CutOffError:
+            # Its task (asyncio's connect needs one) was cancelled by other code, the
+            # loop going on: a connection never made, which the rules may try again.
+            self._freed(place)
+            raise urllib3.exceptions.NewConnectionError(
+                None,  # type: ignore[arg-type]
+                "Failed to establish a new connection: the attempt was cancelled by other code",
+            ) from None
         except BaseException:
             self._freed(place)
             raise
