@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 from . import _bridge
 from ._boundary import scrub
 from ._bridge import Outcome
+from ._cache import caller_copy
 from ._encoding import Encoding
 from ._manager import KeyManager
 from ._materials import DEFAULT_KEY
@@ -298,7 +299,7 @@ class AsyncKeyManager:
             # one traceback across all of them.
             scrub(exc)
             raise copy.copy(exc) from None
-        return copy.deepcopy(value) if type(value) is dict else value
+        return caller_copy(value) if type(value) is dict else value
 
     async def _joined(
         self, flight: asyncio.Future[Any] | Outcome, flights: _Flights, key: tuple[str, int | None]

@@ -15,13 +15,12 @@ an entry past its TTL, up to ``max_stale``.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, NoReturn, Protocol, TypeVar
 
-from ._cache import ABSENT, CacheKey, SecretCache, WaitExpiredError
+from ._cache import ABSENT, CacheKey, SecretCache, WaitExpiredError, caller_copy
 from ._counters import BACKEND_READS, HITS, MISSES, STALE
 from ._observe import Observer, Served
 from ._settings import ManagerSettings
@@ -268,7 +267,7 @@ class Core:
                     "does not exist, or was deleted or destroyed)",
                 )
             raise SecretNotFoundError(name, [where], detail=_why_unreadable(backend, name, version))
-        return Served(_caller_copy(value), where, outcome, version)
+        return Served(caller_copy(value), where, outcome, version)
 
     def key_mark(self, name: str) -> int | None:
         """The first version of ``name`` that is a managed key (its
@@ -317,7 +316,7 @@ class Core:
         value, outcome = self.through_cache((name, None), _loaded, primary, name)
         if value is ABSENT:
             return None
-        return Served(_caller_copy(value), primary.locate(name), outcome)
+        return Served(caller_copy(value), primary.locate(name), outcome)
 
     def read_current(self, name: str) -> Served | None:
         """The current version of ``name`` with its number, in one read, cached under
@@ -435,12 +434,6 @@ def core_of(owner: object) -> Core:
 def _loaded(backend: SecretBackend, name: str, version: int | None = None) -> object:
     value = backend.get(name, version)
     return ABSENT if value is None else value
-
-
-def _caller_copy(value: _T) -> _T:
-    """``value`` as the caller may keep it: str and bytes are immutable and shared; a
-    dict of fields is copied, so changing it cannot change what others are served."""
-    return copy.deepcopy(value) if type(value) is dict else value
 
 
 def _why_unreadable(  # noqa: PLR0911 - one answer per state a version can be in

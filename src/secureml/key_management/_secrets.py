@@ -8,12 +8,11 @@ read), no closure, no event when nobody listens.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from time import monotonic
 from typing import Any
 
-from ._cache import ABSENT
+from ._cache import ABSENT, caller_copy
 from ._core import Core
 from ._counters import HITS
 from ._devdefaults import dev_default_key, dev_default_secret
@@ -63,7 +62,7 @@ class Secrets:
                 value = entry.value
                 if value is not ABSENT:
                     self._counts.mine()[HITS] += 1  # no lock, no validation
-                    return copy.deepcopy(value) if type(value) is dict else value
+                    return caller_copy(value) if type(value) is dict else value
         return MISS
 
     def get_secret(self, name: str, default: Any, version: int | None) -> Any:
