@@ -989,6 +989,33 @@ def test_a_read_allocates_no_socket_sized_buffer(bao_server: DevServer, vault_pa
     assert asyncio.run(main()) < 64 * 1024  # the peak: well under one 256 KiB read
 
 
+def test_a_large_answer_is_decoded_off_the_loop(
+    bao_server: DevServer, vault_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding megabytes of JSON takes milliseconds a megabyte: on the loop, a stall for
+    every other coroutine. Past DECODE_OFF_LOOP_BYTES it runs on a pool thread."""
+    km = manager_via(bao_server.address, bao_server.root_token, vault_path)
+    big = "b" * (2 * _vault_http.DECODE_OFF_LOOP_BYTES)
+    km.set_secret("big", big)
+    km.set_secret("small", "s")
+    decoded_on: list[str] = []
+    real = _vault_http._json_or_undecoded
+
+    def recording(content: bytes) -> Any:
+        decoded_on.append(threading.current_thread().name)
+        return real(content)
+
+    monkeypatch.setattr(_vault_http, "_json_or_undecoded", recording)
+
+    async def main() -> tuple[object, object]:
+        async with AsyncKeyManager(km) as akm:
+            return await akm.get_secret("small"), await akm.get_secret("big")
+
+    assert asyncio.run(main()) == ("s", big)
+    assert len(decoded_on) == 1  # the big one only
+    assert decoded_on[0] != threading.main_thread().name
+
+
 def test_an_idle_connection_keeps_no_answer(bao_server: DevServer, vault_path: str) -> None:
     """Once a read has its answer, the connection it came on (kept alive, maybe for
     minutes) no longer holds it: up to 256 of them would each keep a secret."""

@@ -66,7 +66,11 @@ from ._vault_aio import Wire, tls_context
 from ._vault_aio import exchange as exchange_on_loop
 
 READ_CHUNK_BYTES = 64 * 1024
+#: An async read's answer larger than this is decoded from JSON on a pool thread: a
+#: 4 MiB one takes ~20 ms to decode, a stall for every other coroutine of the loop.
+DECODE_OFF_LOOP_BYTES = 256 * 1024
 _UNBUILT: Any = object()
+_UNDECODED: Any = object()
 USER_AGENT = "secureml"
 
 #: Failures while connecting: the request cannot have reached Vault.
@@ -291,7 +295,10 @@ def send(
             timeout=timeout,
             deadline=deadline,
         )
-        return Answer(status, found, content, url, reason)
+        decoded = _UNDECODED
+        if len(content) > DECODE_OFF_LOOP_BYTES:  # milliseconds of JSON: not on the loop
+            decoded = _bridge.blocking(_json_or_undecoded, content)
+        return Answer(status, found, content, url, reason, decoded=decoded)
     # The watchdog bounds what socket timeouts cannot: connecting, and TLS's handshake.
     try:
         with deadline_for_this_thread(deadline):
@@ -479,8 +486,16 @@ class Answer(requests.Response):
     a full one (cookie jar and all) costs more than parsing Vault's JSON."""
 
     def __init__(
-        self, status: int, headers: Any, content: bytes, url: str, reason: str
+        self,
+        status: int,
+        headers: Any,
+        content: bytes,
+        url: str,
+        reason: str,
+        *,
+        decoded: Any = _UNDECODED,
     ) -> None:  # deliberately not calling super().__init__()
+        self._decoded = decoded  # the body's JSON, if decoded already (off the loop)
         self.status_code = status
         self.headers = headers  # ours (_http11.Headers) or urllib3's: both case-insensitive
         self._content = content
@@ -500,6 +515,9 @@ class Answer(requests.Response):
 
     def json(self, **kwargs: Any) -> Any:
         """The body as JSON (Vault's answers are UTF-8), failing as requests does."""
+        decoded, self._decoded = self._decoded, _UNDECODED  # a second call decodes anew
+        if decoded is not _UNDECODED and not kwargs:
+            return decoded
         try:
             return json.loads(self._content or b"", **kwargs)
         except RecursionError:  # "[[[[..." nested past the interpreter's limit
@@ -508,6 +526,15 @@ class Answer(requests.Response):
             why, where = getattr(exc, "msg", "not JSON"), getattr(exc, "pos", 0)
         # Outside the handler, without the document: the decode error holds the body.
         raise requests.exceptions.JSONDecodeError(why, "", where)
+
+
+def _json_or_undecoded(content: bytes) -> Any:
+    """``content`` as JSON, or :data:`_UNDECODED` (``Answer.json`` then fails as it
+    would have, with its own message)."""
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError):
+        return _UNDECODED
 
 
 def _read_whole(raw: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
