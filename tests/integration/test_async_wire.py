@@ -838,6 +838,19 @@ def test_user_code_that_cancels_or_drains_all_tasks_is_unaffected(
     asyncio.run(main())
 
 
+async def _read_cancelling_every_other_task(
+    akm: AsyncKeyManager, name: str
+) -> tuple[object, list[str]]:
+    """Read ``name``; while the read waits, cancel every task but this one and the
+    reader's, as a shutdown routine might. The value, and what was cancelled."""
+    reader = asyncio.ensure_future(akm.get_secret(name))
+    await asyncio.sleep(0.05)  # the read waits now
+    others = asyncio.all_tasks() - {asyncio.current_task(), reader}
+    for task in others:
+        task.cancel()
+    return await reader, sorted(t.get_coro().__qualname__ for t in others)
+
+
 @pytest.mark.parametrize("waiting", ["joining-a-threads-load", "backing-off"])
 def test_a_read_in_flight_survives_code_that_cancels_every_task_but_its_own(
     warm: KeyManager, proxy: FaultProxy, waiting: str
@@ -854,12 +867,7 @@ def test_a_read_in_flight_survives_code_that_cancels_every_task_but_its_own(
                 proxy.inject(Fault.drip(0.003, path_prefix="/v1/secret/data/"))
                 threading.Thread(target=warm.get_secret, args=("x",), daemon=True).start()
                 await asyncio.sleep(0.05)  # the thread leads the load now
-            reader = asyncio.ensure_future(akm.get_secret("x"))
-            await asyncio.sleep(0.05)  # the read waits now
-            others = asyncio.all_tasks() - {asyncio.current_task(), reader}
-            for task in others:
-                task.cancel()
-            return await reader, sorted(t.get_coro().__qualname__ for t in others)
+            return await _read_cancelling_every_other_task(akm, "x")
 
     value, cancelled = asyncio.run(main())
     assert value == "1"
@@ -884,12 +892,7 @@ def test_a_connect_cancelled_by_other_code_is_tried_again_not_an_outage(
 
     async def main() -> tuple[object, list[str]]:
         async with AsyncKeyManager(manager) as akm:
-            reader = asyncio.ensure_future(akm.get_secret("x"))
-            await asyncio.sleep(0.05)  # connecting now
-            others = asyncio.all_tasks() - {asyncio.current_task(), reader}
-            for task in others:
-                task.cancel()
-            return await reader, sorted(t.get_coro().__qualname__ for t in others)
+            return await _read_cancelling_every_other_task(akm, "x")
 
     value, cancelled = asyncio.run(main())
     assert value == "xv"
