@@ -361,9 +361,10 @@ class EchoServer(RawServer):
     """Refuses every request with Vault's error JSON quoting the request whole, as a
     debugging proxy or a chatty firewall might."""
 
-    def __init__(self, status: bytes) -> None:
+    def __init__(self, status: bytes, pad: int = 0) -> None:
         super().__init__(b"")
         self.status = status
+        self.pad = pad  # characters of padding in the error: a large refusal
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
@@ -371,7 +372,8 @@ class EchoServer(RawServer):
             try:
                 request = conn.recv(65536).decode("latin-1")
                 self.requests += 1
-                body = json.dumps({"errors": [f"bad request: {request}"]}).encode()
+                body = json.dumps({"errors": [f"bad request: {request}" + " " * self.pad]})
+                body = body.encode()
                 conn.sendall(
                     b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (self.status, len(body), body)
@@ -382,9 +384,13 @@ class EchoServer(RawServer):
 
 @pytest.mark.parametrize("face", sorted(READERS))
 @pytest.mark.parametrize("status", [b"400 Bad Request", b"500 Internal Server Error"])
-def test_a_token_echoed_in_a_refusal_never_reaches_the_message(face: str, status: bytes) -> None:
+@pytest.mark.parametrize("pad", [0, 2 * _vault_http.DECODE_OFF_LOOP_BYTES], ids=["small", "large"])
+def test_a_token_echoed_in_a_refusal_never_reaches_the_message(
+    face: str, status: bytes, pad: int
+) -> None:
+    """(A large one too: decoded off the loop, it must still be cleared first.)"""
     token = f"s.echoed-{uuid.uuid4().hex}"
-    with EchoServer(status) as server:
+    with EchoServer(status, pad) as server:
         manager = manager_via(server.origin, token, retries=0, timeout=1)
         with pytest.raises(VaultError) as caught:
             READERS[face](manager)

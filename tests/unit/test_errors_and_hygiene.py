@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import pickle
+import urllib.parse
+from typing import Any
 
 import pytest
 
@@ -77,3 +80,38 @@ def test_manager_refuses_pickling_and_copying() -> None:
         pickle.dumps(manager)
     with pytest.raises(TypeError):
         copy.copy(manager)
+
+
+# -- what a refusal echoes back ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        lambda v: v,
+        lambda v: json.dumps(v)[1:-1],
+        lambda v: json.dumps(json.dumps({"password": v}))[1:-1],  # a JSON request, quoted in JSON
+        lambda v: (  # Go's encoder (Vault's)
+            json.dumps(v)[1:-1]
+            .replace("&", "\\u0026")
+            .replace("<", "\\u003c")
+            .replace(">", "\\u003e")
+        ),
+        lambda v: urllib.parse.quote(v, safe=""),
+        urllib.parse.quote_plus,
+    ],
+    ids=["as-sent", "json", "json-twice", "go-json", "percent", "form"],
+)
+def test_a_refusal_is_cleared_of_the_credentials_however_it_echoes_them(echo: Any) -> None:
+    from secureml.key_management.backends._vault_http import Answer
+    from secureml.key_management.backends._vault_transport import _forget_echoes
+
+    password, token = 'pw&"<x> y/1234', "s.token-0123456789"
+    errors = [f"bad request: {echo(password)} {echo(token)}"]
+    for body in (json.dumps({"errors": errors}).encode(), errors[0].encode()):  # JSON, or not
+        answer = Answer(400, {}, body, "http://v/", "Bad Request")
+        _forget_echoes(answer, token, {}, {"json": {"password": password}})
+        text = answer._content.decode()
+        assert "1234" not in text
+        assert "0123456789" not in text
+        assert "[redacted]" in text

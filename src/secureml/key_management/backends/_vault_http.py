@@ -70,7 +70,8 @@ READ_CHUNK_BYTES = 64 * 1024
 #: 4 MiB one takes ~20 ms to decode, a stall for every other coroutine of the loop.
 DECODE_OFF_LOOP_BYTES = 256 * 1024
 _UNBUILT: Any = object()
-_UNDECODED: Any = object()
+#: ``Answer``'s mark for a body not decoded yet.
+UNDECODED: Any = object()
 USER_AGENT = "secureml"
 
 #: Failures while connecting: the request cannot have reached Vault.
@@ -295,8 +296,8 @@ def send(
             timeout=timeout,
             deadline=deadline,
         )
-        decoded = _UNDECODED
-        if len(content) > DECODE_OFF_LOOP_BYTES:  # milliseconds of JSON: not on the loop
+        decoded = UNDECODED
+        if _decoded_early(status, content):  # milliseconds of JSON: not on the loop
             decoded = _bridge.blocking(_json_or_undecoded, content)
         return Answer(status, found, content, url, reason, decoded=decoded)
     # The watchdog bounds what socket timeouts cannot: connecting, and TLS's handshake.
@@ -332,7 +333,16 @@ def _sent_here(
     except Cut:
         # Whatever came back (a cut can look like an empty 200) is not an answer.
         raise DeadlinePassedError("the call's deadline passed while the answer arrived") from None
-    return Answer(status, found, content, url, reason)
+    # On a pool thread when bridged: a large answer is decoded here, not on the loop.
+    decoded = _json_or_undecoded(content) if _decoded_early(status, content) else UNDECODED
+    return Answer(status, found, content, url, reason, decoded=decoded)
+
+
+def _decoded_early(status: int, content: bytes) -> bool:
+    """Whether to decode an answer's JSON before the transport judges it: a large one,
+    and only one that is not a refusal (a refusal's body is first cleared of what the
+    request sent, which a decoded copy would still hold)."""
+    return status < 400 and len(content) > DECODE_OFF_LOOP_BYTES
 
 
 #: A URL's parts, remembered: a service reads the same few names again and again.
@@ -493,7 +503,7 @@ class Answer(requests.Response):
         url: str,
         reason: str,
         *,
-        decoded: Any = _UNDECODED,
+        decoded: Any = UNDECODED,
     ) -> None:  # deliberately not calling super().__init__()
         self._decoded = decoded  # the body's JSON, if decoded already (off the loop)
         self.status_code = status
@@ -515,8 +525,8 @@ class Answer(requests.Response):
 
     def json(self, **kwargs: Any) -> Any:
         """The body as JSON (Vault's answers are UTF-8), failing as requests does."""
-        decoded, self._decoded = self._decoded, _UNDECODED  # a second call decodes anew
-        if decoded is not _UNDECODED and not kwargs:
+        decoded, self._decoded = self._decoded, UNDECODED  # a second call decodes anew
+        if decoded is not UNDECODED and not kwargs:
             return decoded
         try:
             return json.loads(self._content or b"", **kwargs)
@@ -529,12 +539,12 @@ class Answer(requests.Response):
 
 
 def _json_or_undecoded(content: bytes) -> Any:
-    """``content`` as JSON, or :data:`_UNDECODED` (``Answer.json`` then fails as it
+    """``content`` as JSON, or :data:`UNDECODED` (``Answer.json`` then fails as it
     would have, with its own message)."""
     try:
         return json.loads(content)
     except (ValueError, RecursionError):
-        return _UNDECODED
+        return UNDECODED
 
 
 def _read_whole(raw: urllib3.BaseHTTPResponse, deadline: float) -> bytes:

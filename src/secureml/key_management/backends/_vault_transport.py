@@ -22,6 +22,7 @@ An hvac adapter, so every hvac call (KV, auth, token, sys) goes through the same
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -29,7 +30,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -124,12 +125,48 @@ def _forget_echoes(
     content = response._content
     if not isinstance(content, bytes) or not content:
         return
-    for value in sent:
-        if len(value) < _SHORTEST_ECHO:
-            continue
-        for form in {value, json.dumps(value)[1:-1]}:  # as sent, and inside a JSON string
-            content = content.replace(form.encode("utf-8", "replace"), b"[redacted]")
+    forms = sorted(
+        {form for value in sent if len(value) >= _SHORTEST_ECHO for form in _echo_forms(value)},
+        key=len,
+        reverse=True,  # the longest first: a form may hold a shorter one
+    )
+    if not forms:
+        return
+    # Vault's JSON: each string decoded (however the server escaped it), cleared; a body
+    # that is not JSON has its bytes cleared alone.
+    with contextlib.suppress(ValueError, RecursionError):
+        content = json.dumps(_cleared(json.loads(content), forms)).encode()
+    for form in forms:
+        content = content.replace(form.encode("utf-8", "replace"), _REDACTED.encode())
     response._content = content
+    if isinstance(response, http.Answer):
+        response._decoded = http.UNDECODED  # a copy decoded before this would hold them
+
+
+#: What an echoed secret is replaced with.
+_REDACTED = "[redacted]"
+
+
+def _echo_forms(value: str) -> set[str]:
+    """``value`` as an echo may show it: as sent, escaped as a JSON string (once, as
+    Go's encoder does it, and twice: a request echoed in an error that is itself JSON),
+    and percent-encoded."""
+    once = json.dumps(value)[1:-1]
+    go = once.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    return {value, once, go, json.dumps(once)[1:-1], quote(value, safe=""), quote_plus(value)}
+
+
+def _cleared(document: Any, forms: list[str]) -> Any:
+    """``document`` (decoded JSON) with every form blanked out of its strings."""
+    if isinstance(document, str):
+        for form in forms:
+            document = document.replace(form, _REDACTED)
+        return document
+    if isinstance(document, dict):
+        return {_cleared(k, forms): _cleared(v, forms) for k, v in document.items()}
+    if isinstance(document, list):
+        return [_cleared(item, forms) for item in document]
+    return document
 
 
 def _text_leaves(value: object, into: list[str]) -> None:
