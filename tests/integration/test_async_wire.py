@@ -19,6 +19,7 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -240,6 +241,26 @@ def test_the_tls_context_is_built_once_off_the_loop_not_per_loop(
     assert [value for value, _ in outcomes] == ["over-tls"] * 3
     assert built == []
     assert len({id(tls) for _, tls in outcomes}) == 1
+
+
+def test_a_ca_bundle_that_does_not_load_fails_alike_on_both_faces(
+    tls_server: DevServer, tmp_path: Path
+) -> None:
+    """Not when the facade is made (the sync manager never built a context at all), and
+    not as a raw ssl.SSLError: the read fails as the sync wire's connect does."""
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+
+    def manager() -> KeyManager:
+        return manager_via(tls_server.address, tls_server.root_token, vault_ca_cert=str(garbage))
+
+    akm = AsyncKeyManager(manager())  # made without complaint
+    with pytest.raises(KeyManagementError) as on_loop:
+        asyncio.run(akm.get_secret("tls_probe"))
+    with pytest.raises(KeyManagementError) as in_thread:
+        manager().get_secret("tls_probe")
+    assert type(on_loop.value) is type(in_thread.value)
+    assert "\n" not in str(on_loop.value)
 
 
 def test_an_unverified_certificate_is_an_error_not_a_fallback(

@@ -101,10 +101,10 @@ class Pools:
         self._direct = _watched(urllib3.PoolManager(**options))
         self._proxies: dict[str, urllib3.ProxyManager] = {}
         self._by_origin: dict[str, Any] = {}
-        # The async wires' TLS context (:meth:`wire`): built now, unless this is a read
-        # on an event loop (then on a pool thread, by the first wire); plain http has none.
-        tls = "cert_reqs" in options
-        self._tls: Any = _UNBUILT if tls and _bridge.active() else tls_context(options)
+        # The async wires' TLS context: built by :meth:`prepare_wires` (an async facade
+        # being made) or by the first wire; plain http has none. (Never for sync use:
+        # urllib3 builds its own.)
+        self._tls: Any = _UNBUILT if "cert_reqs" in options else None
 
     def wire(self) -> Wire:
         """The running event loop's connections to the cluster (asyncio connections
@@ -115,8 +115,23 @@ class Pools:
             # bundle), never on the loop that asked first. (Before loop_local, whose
             # ``make`` must not wait: a read waiting in it would let another make a
             # second wire for the loop.) Two reads building it at once build the same.
-            self._tls = _bridge.blocking(tls_context, self._options)
+            try:
+                self._tls = _bridge.blocking(tls_context, self._options)
+            except (ssl.SSLError, OSError) as exc:
+                # A CA bundle or client certificate that does not load: what the sync
+                # wire's connect raises for it, so the same rules (and fallback) apply.
+                raise urllib3.exceptions.SSLError(
+                    f"the TLS settings do not load ({type(exc).__name__}: "
+                    f"{getattr(exc, 'reason', None) or exc.strerror or 'unreadable'})"
+                ) from None
         return _bridge.loop_local(self, self._new_wire, Wire.close)
+
+    def prepare_wires(self) -> None:
+        """Build the async wires' TLS context now, off any event loop (when an async
+        facade is made). One that does not load is left for the first read to report."""
+        if self._tls is _UNBUILT:
+            with contextlib.suppress(ssl.SSLError, OSError):
+                self._tls = tls_context(self._options)
 
     def _new_wire(self) -> Wire:
         return Wire(self._tls)

@@ -903,7 +903,7 @@ class VaultBackend:
 
         from . import _vault_transport  # noqa: F401
 
-        self._shared_pool()  # and its TLS context, which reads the CA bundle
+        self._shared_pool().prepare_wires()  # their TLS context reads the CA bundle
 
     def close_loop_connections(self) -> None:
         """Close the running event loop's idle connections (async reads')."""
