@@ -10,6 +10,7 @@ it used no thread: it ran on the loop, over the async wire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -18,6 +19,7 @@ import threading
 import time
 import tracemalloc
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -926,6 +928,45 @@ def test_a_connect_cancelled_by_other_code_is_tried_again_not_an_outage(
     assert cancelled == [
         "test_a_connect_cancelled_by_other_code_is_tried_again_not_an_outage.<locals>.slow_open"
     ]
+
+
+def test_a_connect_in_flight_when_the_loop_ends_leaves_no_task_or_socket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """asyncio.run's cancelling of what is left looks, to a connect, like other code's:
+    the rules then try the next node, a connect asyncio.run never sees. The loop's end
+    cancels that one too: no task destroyed pending, no socket left open."""
+    listeners, held = [], []
+    for _ in range(2):  # two nodes that accept and never answer TLS's handshake
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+
+        def hold(listener: socket.socket = listener) -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    held.append(listener.accept()[0])
+
+        threading.Thread(target=hold, daemon=True).start()
+    nodes = [f"https://127.0.0.1:{listener.getsockname()[1]}" for listener in listeners]
+    with pytest.warns(SecurityWarning):
+        manager = manager_via(nodes, "s.t", retries=0, timeout=3, verify=False)
+
+    async def main() -> None:
+        akm = AsyncKeyManager(manager)
+        asyncio.ensure_future(akm.get_secret("x"))  # noqa: RUF006 - left for asyncio.run
+        await asyncio.sleep(0.3)  # connecting to the first node
+
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            with caplog.at_level(logging.ERROR, logger="asyncio"):
+                asyncio.run(main())
+            gc.collect()
+    finally:
+        for sock in listeners + held:
+            sock.close()
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.records
+    assert not [w for w in warned if issubclass(w.category, ResourceWarning)]
 
 
 def test_reads_in_cleanup_code_at_shutdown_still_work(

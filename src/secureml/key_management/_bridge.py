@@ -374,6 +374,7 @@ class _Drive:
 
     __slots__ = (
         "__weakref__",
+        "awaited",
         "ended",
         "failure",
         "finished",
@@ -388,6 +389,9 @@ class _Drive:
         self.loop = loop
         self.runner = runner
         self.outcome = outcome
+        # The task (or future) it waits on, if not a Signal: cancelled if the loop ends
+        # first, so nothing of the call runs on (or keeps what it made) after its end.
+        self.awaited: asyncio.Future[Any] | None = None
         self.ended: BaseException | None = None  # set when the loop shuts down
         self.finished = False  # its worker went back to the pool: never touch it again
         # An answer held for the task steering the call to resume it with (:func:`steer`).
@@ -407,7 +411,8 @@ class _Drive:
             if type(asked) is Signal:
                 asked.resume(self)
             else:
-                asyncio.ensure_future(asked, loop=self.loop).add_done_callback(self.resumed)
+                awaited = self.awaited = asyncio.ensure_future(asked, loop=self.loop)
+                awaited.add_done_callback(self.resumed)
             return
         runner, outcome = self.runner, self.outcome
         result = runner.taken()
@@ -451,6 +456,8 @@ class _Drive:
 
     def resumed(self, done: asyncio.Future[Any]) -> None:
         """A future it waited on finished."""
+        if self.awaited is done:
+            self.awaited = None
         if self.ended is not None:  # already resumed by end(): nobody wants this
             if not done.cancelled():
                 done.exception()  # taken, so asyncio does not log it as lost
@@ -469,6 +476,8 @@ class _Drive:
             self.ended = _ended("was ended: its event loop shut down")
             self.outcome.pilot = None
             self.held, self.value, self.failure = False, None, None
+            _drop(self.awaited)
+            self.awaited = None
             try:
                 said = self.runner.throw(type(self.ended)(*self.ended.args))
             except BaseException as exc:
@@ -482,6 +491,19 @@ class _Drive:
                     )
                 return
             self.went(said)
+
+
+def _drop(awaited: asyncio.Future[Any] | None) -> None:
+    """Cancel what an ended call waited on; close what it made, if it made it already
+    (a connection nobody will use)."""
+    if awaited is None:
+        return
+    if not awaited.done():
+        awaited.cancel()
+    elif not awaited.cancelled() and awaited.exception() is None:
+        close = getattr(awaited.result(), "close", None)
+        if callable(close):
+            close()
 
 
 class LoopEndedError(VaultUnavailableError):
