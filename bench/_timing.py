@@ -40,10 +40,12 @@ def per_op_us(func: Call, n: int) -> float:
 
 
 def round_order(names: Sequence[str], r: int) -> list[str]:
-    """The order contestants run in round ``r``: rotated by ``r``, and every other round
-    reversed, so of any two of them each runs first in about half the rounds whatever
-    their number (rotation alone keeps neighbours in one order until it wraps round)."""
-    order = [*names[r % len(names) :], *names[: r % len(names)]]
+    """The order contestants run in round ``r``: rotated by ``r // 2``, and every other
+    round reversed, so of any two of them each runs first in about half the rounds
+    whatever their number (rotation alone keeps neighbours in one order until it wraps
+    round; reversing alone, or with a rotation by ``r``, undoes it for two)."""
+    turn = (r // 2) % len(names)
+    order = [*names[turn:], *names[:turn]]
     return order[::-1] if r % 2 else order
 
 
