@@ -185,6 +185,21 @@ class _Workers(threading.local):
 _workers = _Workers()
 
 
+class _Process:
+    """This process's id, kept current by the fork hook: a read asks it without a
+    system call (``os.getpid()`` is one)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        reset_after_fork(self)
+
+    def after_fork(self) -> None:
+        self.pid = os.getpid()
+
+
+_process = _Process()
+
+
 def active() -> bool:
     """Whether the caller runs in a bridged greenlet (so must not block)."""
     return isinstance(getcurrent(), _Bridged)
@@ -353,7 +368,7 @@ def start(
     """
     loop = asyncio.get_running_loop()
     state = _state_of(loop)
-    if state.pid != os.getpid():
+    if state.pid != _process.pid:
         raise _forked_loop(state.pid)
     outcome = Outcome(loop)
     runner = _workers.take()
@@ -527,7 +542,7 @@ class _LoopState:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         #: The process the loop's connections were opened in (see :func:`_forked_loop`).
-        self.pid = os.getpid()
+        self.pid = _process.pid
         self.drives: weakref.WeakSet[_Drive] = weakref.WeakSet()
         self.values: weakref.WeakKeyDictionary[object, tuple[Any, Callable[[Any], None]]] = (
             weakref.WeakKeyDictionary()
