@@ -40,7 +40,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar, overload
 
-from ._process import reset_after_fork
+from ._process import PerProcess
 from .errors import ConfigurationError, VaultUnavailableError
 
 try:
@@ -185,19 +185,9 @@ class _Workers(threading.local):
 _workers = _Workers()
 
 
-class _Process:
-    """This process's id, kept current by the fork hook: a read asks it without a
-    system call (``os.getpid()`` is one)."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        reset_after_fork(self)
-
-    def after_fork(self) -> None:
-        self.pid = os.getpid()
-
-
-_process = _Process()
+#: This process's id, kept current by the fork hook: a read asks it without a system
+#: call (``os.getpid()`` is one).
+_PID = PerProcess(os.getpid)
 
 
 def active() -> bool:
@@ -368,7 +358,7 @@ def start(
     """
     loop = asyncio.get_running_loop()
     state = _state_of(loop)
-    if state.pid != _process.pid:
+    if state.pid != _PID.value:
         raise _forked_loop(state.pid)
     outcome = Outcome(loop)
     runner = _workers.take()
@@ -542,7 +532,7 @@ class _LoopState:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         #: The process the loop's connections were opened in (see :func:`_forked_loop`).
-        self.pid = _process.pid
+        self.pid = _PID.value
         self.drives: weakref.WeakSet[_Drive] = weakref.WeakSet()
         self.values: weakref.WeakKeyDictionary[object, tuple[Any, Callable[[Any], None]]] = (
             weakref.WeakKeyDictionary()
@@ -713,7 +703,7 @@ class Latch(_OneShot):
         return self._failure
 
     def _fire(self, value: Any, failure: BaseException | None) -> None:
-        with _WAKERS.lock:
+        with _WAKERS.value:
             if self._fired:
                 return
             self._value, self._failure, self._fired = value, failure, True
@@ -725,7 +715,7 @@ class Latch(_OneShot):
     def _on_fired(self, wake: Callable[[], None]) -> bool:
         """Call ``wake()`` (from the thread that gives the result) once it is in; False
         if it already is (``wake`` is not called)."""
-        with _WAKERS.lock:
+        with _WAKERS.value:
             if self._fired:
                 return False
             if self._wakers is None:
@@ -747,20 +737,10 @@ class Latch(_OneShot):
         return got or self._fired
 
 
-class _WakersLock:
-    """Guards every latch's wakers (held for a few instructions; one lock, not one a
-    latch), made again in a forked child: the parent's may have been held by a thread
-    the child does not have."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        reset_after_fork(self)
-
-    def after_fork(self) -> None:
-        self.lock = threading.Lock()
-
-
-_WAKERS = _WakersLock()
+#: Guards every latch's wakers (held for a few instructions; one lock, not one a latch),
+#: made again in a forked child: the parent's may have been held by a thread the child
+#: does not have.
+_WAKERS = PerProcess(threading.Lock)
 
 
 def done_within(latch: Latch, timeout: float | None) -> bool:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Protocol
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["ForkAware", "reset_after_fork"]
+__all__ = ["ForkAware", "PerProcess", "reset_after_fork"]
+
+_T = TypeVar("_T")
 
 
 class ForkAware(Protocol):
@@ -39,6 +42,21 @@ _live: weakref.WeakSet[ForkAware] = weakref.WeakSet()
 def reset_after_fork(owner: ForkAware) -> None:
     """Call ``owner.after_fork()`` in every child this process forks from now on."""
     _live.add(owner)
+
+
+class PerProcess(Generic[_T]):
+    """``make()``'s :attr:`value`, made again in every forked child (a lock the
+    parent's threads may have held, this process's id)."""
+
+    __slots__ = ("__weakref__", "_make", "value")
+
+    def __init__(self, make: Callable[[], _T]) -> None:
+        self._make = make
+        self.value = make()
+        reset_after_fork(self)
+
+    def after_fork(self) -> None:
+        self.value = self._make()
 
 
 def _after_fork_in_child() -> None:
