@@ -288,7 +288,7 @@ def test_a_fork_while_another_thread_holds_the_latches_lock_never_hangs_the_chil
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with _bridge._WAKERS.lock:
+        with _bridge._WAKERS.value:
             held.set()
             release.wait(10)
 
