@@ -299,7 +299,7 @@ class AsyncKeyManager:
             # one traceback across all of them.
             scrub(exc)
             raise copy.copy(exc) from None
-        return caller_copy(value) if type(value) is dict else value
+        return caller_copy(value)
 
     async def _joined(
         self, flight: asyncio.Future[Any] | Outcome, flights: _Flights, key: tuple[str, int | None]

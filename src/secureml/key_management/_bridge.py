@@ -470,7 +470,7 @@ class _Drive:
         if done.cancelled():
             # Not a caller's cancellation (callers wait on futures of their own): the
             # thing it waited on was (a pool job of a closed facade). An outage.
-            self.answered(None, CutOffError(_ended("was cut off while it waited").args[0]))
+            self.answered(None, _ended("was cut off while it waited", CutOffError))
         else:
             failure = done.exception()
             self.answered(None if failure is not None else done.result(), failure)
@@ -522,8 +522,8 @@ class CutOffError(LoopEndedError):
     facade), while the loop itself goes on."""
 
 
-def _ended(what: str) -> VaultUnavailableError:
-    return LoopEndedError(f"a Vault call made on an event loop {what}; call again")
+def _ended(what: str, kind: type[LoopEndedError] = LoopEndedError) -> LoopEndedError:
+    return kind(f"a Vault call made on an event loop {what}; call again")
 
 
 class _LoopState:

@@ -62,6 +62,7 @@ class Secrets:
                 value = entry.value
                 if value is not ABSENT:
                     self._counts.mine()[HITS] += 1  # no lock, no validation
+                    # (The type checked here too: text, the usual hit, skips a call.)
                     return caller_copy(value) if type(value) is dict else value
         return MISS
 
