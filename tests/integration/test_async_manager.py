@@ -88,6 +88,39 @@ def test_1000_coroutines_on_a_cold_name_cause_one_vault_read(
     assert stats.misses == 1  # the 999 others joined the one pool job, not the core
 
 
+class _Upper(KeyManager):
+    """A subclass that changes what ``get_secret`` answers (and counts its calls)."""
+
+    calls = 0
+
+    def get_secret(self, secret_name: str, default: Any = None, **kwargs: Any) -> Any:
+        type(self).calls += 1
+        return str(super().get_secret(secret_name, default, **kwargs)).upper()
+
+
+def test_a_subclass_get_secret_answers_every_async_call_cold_and_cached(
+    bao_server: DevServer, vault_path: str
+) -> None:
+    seed(bao_server, vault_path, "shout", "quiet")
+    km = _Upper(
+        vault_url=bao_server.address,
+        vault_token=bao_server.root_token,
+        vault_path=vault_path,
+        use_env_fallback=False,
+    )
+
+    async def main() -> list[object]:
+        async with AsyncKeyManager(km) as akm:
+            cold = await asyncio.gather(*(akm.get_secret("shout") for _ in range(5)))
+            warm = await akm.get_secret("shout")  # a cache hit: still the override's
+            return [*cold, warm]
+
+    _Upper.calls = 0
+    assert asyncio.run(main()) == ["QUIET"] * 6
+    assert _Upper.calls == 6
+    assert km.stats().backend_reads == 1  # the override's calls share the core's read
+
+
 @pytest.mark.parametrize("first", ["threads", "coroutines"])
 def test_threads_and_coroutines_on_one_cold_name_cause_one_vault_read(
     proxy: FaultProxy, bao_server: DevServer, vault_path: str, first: str

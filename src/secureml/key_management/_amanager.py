@@ -214,7 +214,10 @@ class AsyncKeyManager:
             raise ValueError("threads must be a whole number of at least 1")
         self._sync = manager if manager is not None else KeyManager(**settings)
         self._core = self._sync._core
-        self._cached = self._sync._secrets.cached
+        # A subclass's own get_secret is the one its async face calls, hits included:
+        # the core's shortcuts (the lock-free hit, the read on the loop) would skip it.
+        self._overridden = type(self._sync).get_secret is not KeyManager.get_secret
+        self._cached = _never_cached if self._overridden else self._sync._secrets.cached
         self._offload = _Offload(threads)
         # Coroutines of one loop waiting on the same cold read share its pool job.
         self._flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flights] = (
@@ -259,11 +262,12 @@ class AsyncKeyManager:
         audit events. A fresh cache hit that needs nothing else is answered on the event
         loop, and so is a Vault read (module docstring); what may block (a login, a
         proxy, an audit hook to call) runs off it. A miss joins the read in flight for
-        that name, whether a coroutine or a thread started it."""
+        that name, whether a coroutine or a thread started it. A manager whose class
+        overrides ``get_secret`` has that method answer every call (on the pool)."""
         value = self._cached(secret_name, default, version, _HIT_MARGIN)
         if value is not MISS:
             return value
-        if default is not None:  # a default of its own: a read of its own
+        if default is not None or self._overridden:  # a read of its own, on the pool
             running = _run(
                 self._offload, self._sync.get_secret, secret_name, default, version=version
             )
@@ -606,6 +610,12 @@ class _StreamBridge:
         drain = getattr(self._writer, "drain", None)
         if drain is not None:
             await drain()
+
+
+def _never_cached(name: str, default: Any, version: int | None, margin: float = 0.0) -> Any:
+    """The hit check of a facade whose manager overrides ``get_secret``: every call is
+    that method's."""
+    return MISS
 
 
 def _retrieved(job: asyncio.Future[Any]) -> None:
