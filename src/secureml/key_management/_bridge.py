@@ -233,11 +233,14 @@ class Signal(_OneShot):
     def _fire(self, value: Any, failure: BaseException | None) -> None:
         if self._fired:
             return
-        if type(getcurrent()) is _Bridged:  # a call may only be resumed from the loop
+        drive = self._drive
+        if drive is not None and not drive.steered() and type(getcurrent()) is _Bridged:
+            # A call may only be resumed from the loop; handing it to its pilot, or
+            # keeping the answer for it, may be done from anywhere on the loop's thread.
             asyncio.get_running_loop().call_soon(self._fire, value, failure)
             return
         self._fired = True
-        drive, self._drive = self._drive, None
+        self._drive = None
         if drive is None:
             self._value, self._failure = value, failure  # for the drive to come
         else:
@@ -431,6 +434,12 @@ class _Drive:
             self.finished = True
             _state_of(self.loop).drives.discard(self)
             _workers.put(runner)
+
+    def steered(self) -> bool:
+        """Whether an answer now goes to the task steering the call (or nowhere: it
+        has ended), not straight into the worker's greenlet."""
+        pilot = self.outcome.pilot
+        return self.ended is not None or (pilot is not None and not pilot.done())
 
     def answered(self, value: Any, failure: BaseException | None) -> None:
         """What it waited on is in: resumed now, or by its pilot's task (:func:`steer`)."""

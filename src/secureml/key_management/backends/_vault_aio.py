@@ -190,6 +190,31 @@ class _Connection(asyncio.BufferedProtocol):
                 waiter.set_exception(urllib3.exceptions.ProtocolError("Connection aborted.", ended))
 
 
+class _Waiter:
+    """A caller waiting for a connection to be handed over. What it was given is kept
+    here, not in its :class:`Signal` (which only wakes it): the loop's thread alone
+    touches it, so whoever settles it first (a hand-over, the sweep's timeout, the
+    caller's end) is the one that counts, whatever order the wake-ups run in."""
+
+    __slots__ = ("conn", "due", "given", "settled", "signal")
+
+    def __init__(self, due: float) -> None:
+        self.due = due  # time.monotonic() seconds: it gives up then
+        self.signal = Signal()
+        self.settled = False  # given, timed out, or gone: never handed anything again
+        self.given = False
+        self.conn: _Connection | None = None  # what was given (None: a free slot)
+
+    def give(self, conn: _Connection | None) -> bool:
+        """Hand ``conn`` (or a free slot) over; False if it no longer waits."""
+        if self.settled:
+            return False
+        self.settled = self.given = True
+        self.conn = conn
+        self.signal.set_result(None)
+        return True
+
+
 class _Origin:
     """One origin's connections on one loop: the idle ones, how many are out, and the
     callers waiting for one (at most :data:`CONNECTIONS_PER_ORIGIN` are open)."""
@@ -201,7 +226,7 @@ class _Origin:
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.idle: list[_Connection] = []
         self.out = 0
-        self.waiting: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+        self.waiting: collections.deque[_Waiter] = collections.deque()
 
 
 class Wire:
@@ -213,6 +238,9 @@ class Wire:
         self._closed = False
         # Exchanges in flight: when each one's head, and its whole answer, are due.
         self._due: dict[_Connection, tuple[float, float, Signal]] = {}
+        # Callers waiting for a connection to come free (timed out by the same sweep:
+        # a loop timer each would cost more than the rest of their wait).
+        self._queued: set[_Waiter] = set()
         self._sweeping = False
         self._tls = tls
         # Shared by this wire's connections (:class:`_Connection`): one loop, so one
@@ -268,20 +296,21 @@ class Wire:
 
     def _handed(self, place: _Origin, origin: str, timeout: float) -> _Connection | None:
         """Wait (on the loop) for a connection, or a free slot (None), to be handed over."""
-        loop = asyncio.get_running_loop()
-        handed: asyncio.Future[_Connection | None] = loop.create_future()
-        place.waiting.append(handed)
-        timer = loop.call_later(timeout, _give_up, handed)
+        waiter = _Waiter(time.monotonic() + timeout)
+        place.waiting.append(waiter)
+        self._queued.add(waiter)
+        self._sweep_soon()
         try:
-            return wait(handed)
+            wait(waiter.signal)
         except _NoConnectionError:
             raise urllib3.exceptions.ConnectTimeoutError(
                 None, f"no connection to {place.host} came free within {timeout} s"
             ) from None
         except BaseException:
-            # Ended while waiting (the read was cancelled): what was handed goes on.
-            if handed.done() and not handed.cancelled() and handed.exception() is None:
-                given = handed.result()
+            # Ended while waiting (its loop shut down): what was handed goes on.
+            waiter.settled = True
+            if waiter.given:
+                given, waiter.conn = waiter.conn, None
                 if given is None:
                     self._freed(place)
                 else:
@@ -289,7 +318,9 @@ class Wire:
                     self.put(origin, given)
             raise
         finally:
-            timer.cancel()
+            self._queued.discard(waiter)
+        given, waiter.conn = waiter.conn, None
+        return given
 
     async def _open(self, place: _Origin, parts: SplitResult, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -334,9 +365,7 @@ class Wire:
             self._freed(place)  # a waiter opens a connection of its own instead
             return
         while place.waiting:
-            handed = place.waiting.popleft()
-            if not handed.done():
-                handed.set_result(conn)
+            if place.waiting.popleft().give(conn):
                 return
         place.out -= 1
         place.idle.append(conn)
@@ -351,6 +380,9 @@ class Wire:
         or its answer by ``deadline`` (``time.monotonic()`` seconds; at most
         :data:`SWEEP_SECONDS` late)."""
         self._due[conn] = (head_by, deadline, waiter)
+        self._sweep_soon()
+
+    def _sweep_soon(self) -> None:
         if not self._sweeping:
             self._sweeping = True
             asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
@@ -367,7 +399,10 @@ class Wire:
                 waiter.set_exception(_ExpiredError(mid_answer=True))
             elif now >= head_by and not conn.head_done:
                 waiter.set_exception(_ExpiredError(mid_answer=False))
-        if self._due:
+        for queued in [q for q in self._queued if now >= q.due and not q.settled]:
+            queued.settled = True
+            queued.signal.set_exception(_NoConnectionError())
+        if self._due or self._queued:
             asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
         else:
             self._sweeping = False
@@ -384,10 +419,8 @@ class Wire:
     def _freed(place: _Origin) -> None:
         place.out -= 1
         while place.waiting:  # a slot, not a connection: the waiter opens its own
-            handed = place.waiting.popleft()
-            if not handed.done():
+            if place.waiting.popleft().give(None):
                 place.out += 1
-                handed.set_result(None)
                 return
 
 
@@ -455,11 +488,6 @@ def _within(timeout: float, deadline: float) -> float:
 
 class _NoConnectionError(Exception):
     """No connection came free within the timeout (a signal within this module)."""
-
-
-def _give_up(handed: asyncio.Future[_Connection | None]) -> None:
-    if not handed.done():
-        handed.set_exception(_NoConnectionError())
 
 
 class _ExpiredError(Exception):
