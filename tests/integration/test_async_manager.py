@@ -98,6 +98,16 @@ class _Upper(KeyManager):
         return str(super().get_secret(secret_name, default, **kwargs)).upper()
 
 
+class _Legacy(KeyManager):
+    """An override written without ``version`` (it predates it): still called as given."""
+
+    calls = 0
+
+    def get_secret(self, secret_name: str, default: Any = None) -> Any:  # type: ignore[override]
+        type(self).calls += 1
+        return str(super().get_secret(secret_name, default)).upper()
+
+
 def test_a_subclass_get_secret_answers_every_async_call_cold_and_cached(
     bao_server: DevServer, vault_path: str
 ) -> None:
@@ -119,6 +129,35 @@ def test_a_subclass_get_secret_answers_every_async_call_cold_and_cached(
     assert asyncio.run(main()) == ["QUIET"] * 6
     assert _Upper.calls == 6
     assert km.stats().backend_reads == 1  # the override's calls share the core's read
+
+
+def test_an_override_is_called_with_the_arguments_given_and_seen_on_the_instance_too(
+    bao_server: DevServer, vault_path: str
+) -> None:
+    seed(bao_server, vault_path, "shout", "quiet")
+    settings: dict[str, Any] = {
+        "vault_url": bao_server.address,
+        "vault_token": bao_server.root_token,
+        "vault_path": vault_path,
+        "use_env_fallback": False,
+    }
+    legacy = _Legacy(**settings)
+    patched = KeyManager(**settings)
+    real = patched.get_secret
+    patched.get_secret = lambda *a, **k: f"patched-{real(*a, **k)}"  # type: ignore[method-assign]
+
+    async def main() -> list[object]:
+        async with AsyncKeyManager(legacy) as old, AsyncKeyManager(patched) as new:
+            return [
+                await old.get_secret("shout"),
+                await old.get_secret("missing", "fallback"),
+                await new.get_secret("shout"),
+                await new.get_secret("shout"),  # a hit: still the patched method's
+            ]
+
+    _Legacy.calls = 0
+    assert asyncio.run(main()) == ["QUIET", "FALLBACK", "patched-quiet", "patched-quiet"]
+    assert _Legacy.calls == 2
 
 
 @pytest.mark.parametrize("first", ["threads", "coroutines"])

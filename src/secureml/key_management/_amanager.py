@@ -214,9 +214,11 @@ class AsyncKeyManager:
             raise ValueError("threads must be a whole number of at least 1")
         self._sync = manager if manager is not None else KeyManager(**settings)
         self._core = self._sync._core
-        # A subclass's own get_secret is the one its async face calls, hits included:
-        # the core's shortcuts (the lock-free hit, the read on the loop) would skip it.
-        self._overridden = type(self._sync).get_secret is not KeyManager.get_secret
+        # A subclass's own get_secret (or one set on the manager itself) is the one its
+        # async face calls, hits included: the core's shortcuts (the lock-free hit, the
+        # read on the loop) would skip it. Decided here, once.
+        own = getattr(self._sync.get_secret, "__func__", None)
+        self._overridden = own is not KeyManager.get_secret
         self._cached = _never_cached if self._overridden else self._sync._secrets.cached
         self._offload = _Offload(threads)
         # Coroutines of one loop waiting on the same cold read share its pool job.
@@ -263,15 +265,17 @@ class AsyncKeyManager:
         loop, and so is a Vault read (module docstring); what may block (a login, a
         proxy, an audit hook to call) runs off it. A miss joins the read in flight for
         that name, whether a coroutine or a thread started it. A manager whose class
-        overrides ``get_secret`` has that method answer every call (on the pool)."""
+        overrides ``get_secret`` (or that had one set on it before this facade was
+        made) has that method answer every call, on the pool, with the arguments given."""
         value = self._cached(secret_name, default, version, _HIT_MARGIN)
         if value is not MISS:
             return value
         if default is not None or self._overridden:  # a read of its own, on the pool
-            running = _run(
-                self._offload, self._sync.get_secret, secret_name, default, version=version
-            )
-            del default  # it may be a secret: only the pool job holds it now
+            # Only what the caller passed: an override may not take every argument.
+            args = (secret_name,) if default is None else (secret_name, default)
+            extra: dict[str, Any] = {} if version is None else {"version": version}
+            running = _run(self._offload, self._sync.get_secret, *args, **extra)
+            del default, args  # it may be a secret: only the pool job holds it now
             return await running
         return await self._shared_read(secret_name, version)
 

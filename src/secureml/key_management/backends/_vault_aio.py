@@ -240,7 +240,8 @@ class Wire:
         self._due: dict[_Connection, tuple[float, float, Signal]] = {}
         # Callers waiting for a connection to come free (timed out by the same sweep:
         # a loop timer each would cost more than the rest of their wait).
-        self._queued: set[_Waiter] = set()
+        # (A dict for its order: the longest waiting are timed out first.)
+        self._queued: dict[_Waiter, None] = {}
         self._sweeping = False
         self._tls = tls
         # Shared by this wire's connections (:class:`_Connection`): one loop, so one
@@ -298,7 +299,7 @@ class Wire:
         """Wait (on the loop) for a connection, or a free slot (None), to be handed over."""
         waiter = _Waiter(time.monotonic() + timeout)
         place.waiting.append(waiter)
-        self._queued.add(waiter)
+        self._queued[waiter] = None
         self._sweep_soon()
         try:
             wait(waiter.signal)
@@ -314,11 +315,10 @@ class Wire:
                 if given is None:
                     self._freed(place)
                 else:
-                    place.out -= 1
-                    self.put(origin, given)
+                    self.put(origin, given)  # still counted out, as put expects
             raise
         finally:
-            self._queued.discard(waiter)
+            self._queued.pop(waiter, None)
         given, waiter.conn = waiter.conn, None
         return given
 
@@ -399,9 +399,12 @@ class Wire:
                 waiter.set_exception(_ExpiredError(mid_answer=True))
             elif now >= head_by and not conn.head_done:
                 waiter.set_exception(_ExpiredError(mid_answer=False))
-        for queued in [q for q in self._queued if now >= q.due and not q.settled]:
-            queued.settled = True
-            queued.signal.set_exception(_NoConnectionError())
+        for queued in [q for q in self._queued if now >= q.due]:
+            # Checked as each is reached: one timed out before it may have freed a
+            # slot, handed to a later one in this very list.
+            if not queued.settled:
+                queued.settled = True
+                queued.signal.set_exception(_NoConnectionError())
         if self._due or self._queued:
             asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
         else:
