@@ -226,7 +226,10 @@ class Signal(_OneShot):
     __slots__ = ("_drive",)
 
     def __init__(self) -> None:
-        super().__init__()
+        # _OneShot's fields set here rather than through super(): one a read or more.
+        self._fired = False
+        self._value: Any = None
+        self._failure: BaseException | None = None
         self._drive: _Drive | None = None  # the call to resume (not a bound method:
         # that would be one more object per read for the collector to walk)
 
@@ -263,7 +266,9 @@ class Outcome(_OneShot):
     __slots__ = ("_loop", "_waiters", "on_done", "pilot")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
+        self._fired = False  # _OneShot's fields (see Signal)
+        self._value: Any = None
+        self._failure: BaseException | None = None
         self._loop = loop
         self._waiters: list[asyncio.Future[Any]] = []
         #: Called once, when the outcome is in, before any waiter hears of it.
@@ -332,8 +337,10 @@ async def steer(outcome: Outcome) -> Any:
             raise
         if type(value) is not _Drive:
             return value
-        with contextlib.suppress(ValueError):  # already resolved: not a waiter now
-            outcome._waiters.remove(future)
+        waiters = outcome._waiters
+        if future in waiters:  # else already resolved: not a waiter now
+            waiters.remove(future)
+        del waiters
         del future
         value.take_over()
         del value  # the drive (and through it the worker) stays out of this frame
@@ -366,7 +373,7 @@ def start(
     outcome = Outcome(loop)
     runner = _workers.take()
     runner.executor = executor
-    drive = _Drive(loop, runner, outcome)
+    drive = _Drive(loop, state, runner, outcome)
     # Registered before the call starts, so it is ended with the loop (if the loop ends
     # first) whatever interrupts this function: a call parked with nobody to resume it
     # would hold its load in flight for ever, every later reader of the name waiting.
@@ -390,11 +397,15 @@ class _Drive:
         "loop",
         "outcome",
         "runner",
+        "state",
         "value",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, runner: _Bridged, outcome: Outcome) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, state: _LoopState, runner: _Bridged, outcome: Outcome
+    ) -> None:
         self.loop = loop
+        self.state = state  # the loop's: where it is registered until it ends
         self.runner = runner
         self.outcome = outcome
         # The task (or future) it waits on, if not a Signal: cancelled if the loop ends
@@ -432,7 +443,7 @@ class _Drive:
                 _settle(outcome, result)
         finally:
             self.finished = True
-            _state_of(self.loop).drives.discard(self)
+            self.state.drives.discard(self)
             _workers.put(runner)
 
     def steered(self) -> bool:
@@ -498,7 +509,7 @@ class _Drive:
                 # The worker had not begun the call (an interrupt in start() came first):
                 # it is gone, and so is the call.
                 self.finished = True
-                _state_of(self.loop).drives.discard(self)
+                self.state.drives.discard(self)
                 if not self.outcome.done():
                     self.outcome.set_exception(
                         self.ended if isinstance(exc, LoopEndedError) else exc
@@ -698,7 +709,9 @@ class Latch(_OneShot):
     __slots__ = ("_gate", "_wakers")
 
     def __init__(self) -> None:
-        super().__init__()
+        self._fired = False  # _OneShot's fields (see Signal)
+        self._value: Any = None
+        self._failure: BaseException | None = None
         self._gate = threading.Lock()
         self._gate.acquire()  # released once, when the result is in
         self._wakers: list[Callable[[], None]] | None = None
