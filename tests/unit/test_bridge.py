@@ -279,3 +279,38 @@ def test_an_interrupt_in_start_before_the_call_began_ends_cleanly_with_the_loop(
         return str(await _bridge.steer(outcome))
 
     assert asyncio.run(again()) == "ok"
+
+
+class _NoAttributes(asyncio.SelectorEventLoop):
+    """A loop that takes no attributes of ours, as uvloop's: its state is kept aside."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "_secureml_bridge":
+            raise AttributeError(name)
+        super().__setattr__(name, value)
+
+
+@pytest.mark.parametrize("loop_class", [asyncio.SelectorEventLoop, _NoAttributes])
+def test_a_loop_the_bridge_used_is_collected_once_it_is_closed(
+    loop_class: type[asyncio.AbstractEventLoop],
+) -> None:
+    import gc
+    import weakref
+
+    def used_and_closed() -> weakref.ref[asyncio.AbstractEventLoop]:
+        loop = loop_class()
+        call = _Call()
+
+        async def read() -> object:
+            outcome = _bridge.start(_no_pool, call)
+            loop.call_soon(call.signals[0].set_result, "v")
+            return await _bridge.steer(outcome)
+
+        assert loop.run_until_complete(read()) == "v"
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        return weakref.ref(loop)
+
+    gone = used_and_closed()
+    gc.collect()
+    assert gone() is None  # not kept by its own state (one loop per asyncio.run)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import os
 import sys
 import threading
@@ -595,11 +596,20 @@ def _park(watch: AsyncGenerator[None, None], loop: asyncio.AbstractEventLoop) ->
     closed without shutting down, it is left alone (the loop's own finalizer would
     raise on the closed loop)."""
     hooks = sys.get_asyncgen_hooks()
-    loop_finalizer = hooks.finalizer
+    # Held weakly, the loop and its hook (a bound method of the loop) both: the
+    # generator keeps its finalizer, the loop's state keeps the generator, and a loop
+    # that takes no attributes (uvloop's) has its state in a WeakKeyDictionary keyed by
+    # the loop, which a value reaching its key would keep alive for ever.
+    found = hooks.finalizer
+    loop_finalizer: Callable[[], Callable[[AsyncGenerator[Any, Any]], object] | None] = (
+        weakref.WeakMethod(found) if inspect.ismethod(found) else lambda: found
+    )
+    owner = weakref.ref(loop)
 
     def finalizer(generator: AsyncGenerator[Any, Any]) -> None:
-        if loop_finalizer is not None and not loop.is_closed():
-            loop_finalizer(generator)
+        hook, alive = loop_finalizer(), owner()
+        if hook is not None and alive is not None and not alive.is_closed():
+            hook(generator)
 
     sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=finalizer)
     try:
