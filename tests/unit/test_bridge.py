@@ -314,3 +314,19 @@ def test_a_loop_the_bridge_used_is_collected_once_it_is_closed(
     gone = used_and_closed()
     gc.collect()
     assert gone() is None  # not kept by its own state (one loop per asyncio.run)
+
+
+@pytest.mark.parametrize(
+    "make", [Signal, _bridge.Latch, lambda: _bridge.Outcome(asyncio.new_event_loop())]
+)
+def test_every_one_shot_sets_every_slot_it_has(make: Any) -> None:
+    """They set their base's fields themselves (no super() on the hot path): a field
+    added to one class must be set by every one."""
+    made = make()
+    for cls in type(made).__mro__:
+        for slot in getattr(cls, "__slots__", ()):
+            if slot != "__weakref__":
+                getattr(made, slot)  # AttributeError if never set
+    loop = getattr(made, "_loop", None)
+    if loop is not None:
+        loop.close()
