@@ -205,6 +205,20 @@ def test_a_header_value_that_is_not_text_is_a_type_error_never_sent(value: objec
     assert "s.t" not in str(caught.value)
 
 
+class _OddItems(dict[str, str]):
+    """A mapping whose ``items()`` yields what is not a (name, value) pair."""
+
+    def items(self) -> list[tuple[str, ...]]:  # type: ignore[override]
+        return [("X-A", "b", "c"), ("X-Lonely",)]
+
+
+def test_header_fields_come_in_name_value_pairs_whatever_the_mapping() -> None:
+    sent = request_bytes("GET", PARTS, "/v1/x", _OddItems({"X-Vault-Token": "s.t"}), None)
+    assert b"X-Vault-Token: s.t\r\n" in sent
+    assert b"X-A" not in sent
+    assert b"X-Lonely" not in sent
+
+
 def test_a_header_outside_latin_1_is_refused_without_quoting_it() -> None:
     with pytest.raises(UnicodeEncodeError) as caught:
         request_bytes("GET", PARTS, "/v1/x", {"X-Vault-Token": "s.tök€n"}, None)

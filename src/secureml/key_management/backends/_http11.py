@@ -382,6 +382,8 @@ def request_bytes(
     # its methods (a subclass's __format__ or __radd__ could hand back other text than
     # the one checked below), and a name or value that is not a str is a TypeError
     # that does not show it.
+    if type(headers) is not dict:  # a mapping whose items() may not be pairs
+        headers = dict(headers)
     fields = "\r\n".join(map(": ".join, headers.items()))
     if headers:
         fields += "\r\n"  # the join's own str: adding to it calls no subclass's method
